@@ -18,6 +18,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             temp_file.write(text)
             temp_file.flush()
             os.fsync(temp_file.fileno())
+        # mkstemp creates 0600; give the file the mode an ordinary write would have.
+        os.chmod(temp_name, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

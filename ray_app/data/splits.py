@@ -28,6 +28,16 @@ class SplitSizes:
     def total(self) -> int:
         return self.train + self.val + self.test
 
+    def scaled_to(self, available: int) -> SplitSizes:
+        """Same proportions for a smaller pool (trace exports are often smaller than the defaults)."""
+        if available >= self.total():
+            return self
+        if available < 3:
+            return SplitSizes(train=available, val=0, test=0)
+        test = max(1, round(available * self.test / self.total()))
+        val = max(1, round(available * self.val / self.total()))
+        return SplitSizes(train=available - test - val, val=val, test=test)
+
 
 @dataclass(frozen=True)
 class Candidate:

@@ -1,0 +1,3 @@
+from ray_app.cli import main
+
+main()

