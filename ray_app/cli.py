@@ -115,7 +115,10 @@ def data_traces(
             client = langfuse_client_from_env()
             with console.status("pulling observations from Langfuse") as status:
                 observations = pull_observations(
-                    client, since, until, on_page=lambda page, total: status.update(f"page {page}: {total} observations")
+                    client,
+                    since,
+                    until,
+                    on_page=lambda page, total: status.update(f"page {page}: {total} observations"),
                 )
             traces = traces_from_observations(observations)
             source = f"Langfuse ({len(observations)} observations)"

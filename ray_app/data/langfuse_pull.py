@@ -27,7 +27,9 @@ def langfuse_client_from_env():
     public_key = os.environ.get("LANGFUSE_PUBLIC_KEY")
     secret_key = os.environ.get("LANGFUSE_SECRET_KEY")
     base_url = os.environ.get("LANGFUSE_BASE_URL") or os.environ.get("LANGFUSE_HOST")
-    missing = [name for name, value in (("LANGFUSE_PUBLIC_KEY", public_key), ("LANGFUSE_SECRET_KEY", secret_key)) if not value]
+    missing = [
+        name for name, value in (("LANGFUSE_PUBLIC_KEY", public_key), ("LANGFUSE_SECRET_KEY", secret_key)) if not value
+    ]
     if missing:
         raise LangfuseSettingsError(
             f"set {' and '.join(missing)} (and LANGFUSE_BASE_URL or LANGFUSE_HOST) to pull traces from Langfuse, "

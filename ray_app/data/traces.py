@@ -122,9 +122,20 @@ def instruction_and_user_text(messages: list[dict[str, Any]]) -> tuple[str, str]
     return instruction, user_text
 
 
+def _decoded_output(raw_output: Any) -> Any:
+    """Decode a string output only when it is a serialised assistant message or response.
+
+    A plain string answer such as '{"city": "Oslo"}' is the model's text and must stay text.
+    """
+    decoded = _maybe_json(raw_output)
+    if isinstance(decoded, dict) and ({"role", "tool_calls", "choices"} & set(decoded)):
+        return decoded
+    return raw_output
+
+
 def generation_answer(raw_output: Any) -> tuple[str, list[dict[str, Any]]]:
     """(text content, tool calls) of a generation's output."""
-    value = raw_output
+    value = _decoded_output(raw_output)
     if isinstance(value, dict) and "choices" in value and value["choices"]:
         value = value["choices"][0].get("message", {})  # a raw chat.completions response
     if isinstance(value, str):
@@ -185,7 +196,7 @@ def generation_row(generation: dict[str, Any]) -> tuple[Track, Candidate]:
         raise SkipGeneration("generation failed (level ERROR)")
     messages, tools = generation_messages_and_tools(generation.get("input"))
     instruction, user_text = instruction_and_user_text(messages)
-    content, calls = generation_answer(_maybe_json(generation.get("output")))
+    content, calls = generation_answer(generation.get("output"))
     if len(calls) > 1:
         raise SkipGeneration("more than one tool call")
     if len(calls) == 1:

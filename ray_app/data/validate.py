@@ -36,7 +36,9 @@ def validate_paths(paths: list[Path], track: Track | None = None) -> ValidationR
         for file in files:
             file_track = track or track_from_path(file)
             if file_track is None:
-                report.problems.append(f"{file}: cannot tell the track; put it under structured/ or toolcall/ or pass --track")
+                report.problems.append(
+                    f"{file}: cannot tell the track; put it under structured/ or toolcall/ or pass --track"
+                )
                 continue
             rows, problems = split_problems(file, file_track)
             report.problems.extend(problems)
@@ -45,5 +47,7 @@ def validate_paths(paths: list[Path], track: Track | None = None) -> ValidationR
             for line_number, row in enumerate(rows, start=1):
                 other = seen.setdefault(row.prompt, f"{file.name}")
                 if other != file.name:
-                    report.problems.append(f"{file}:{line_number}: prompt also appears in {other} (splits must be distinct)")
+                    report.problems.append(
+                        f"{file}:{line_number}: prompt also appears in {other} (splits must be distinct)"
+                    )
     return report

@@ -77,6 +77,30 @@ def xlam_type_schema(type_text: str) -> dict[str, Any]:
     return {"x-python-type": text}
 
 
+_MISSING = object()
+
+
+def typed_default(schema: dict[str, Any], default: Any) -> Any:
+    """xLAM often writes defaults as text ("10" for an int, "" for none); give them the schema's type.
+
+    Returns `_MISSING` when the default means "no default" or cannot be read as the declared type,
+    so the schema never states a default of the wrong type.
+    """
+    kind = schema.get("type")
+    if not isinstance(default, str) or kind not in ("integer", "number", "boolean"):
+        return default
+    text = default.strip()
+    if kind == "boolean":
+        return {"true": True, "false": False}.get(text.lower(), _MISSING)
+    try:
+        number = float(text)
+    except ValueError:
+        return _MISSING
+    if kind == "integer":
+        return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else _MISSING
+    return int(text) if text.lstrip("-").isdigit() else number
+
+
 def xlam_tool_signature(tool: dict[str, Any]) -> dict[str, Any]:
     """OpenAI function signature (JSON Schema parameters) for one xLAM tool."""
     properties: dict[str, Any] = {}
@@ -89,8 +113,9 @@ def xlam_tool_signature(tool: dict[str, Any]) -> dict[str, Any]:
         schema = dict(xlam_type_schema(base_type))
         if spec.get("description"):
             schema["description"] = spec["description"]
-        if optional and "default" in spec:
-            schema["default"] = spec["default"]
+        default = typed_default(schema, spec["default"]) if optional and "default" in spec else _MISSING
+        if default is not _MISSING:
+            schema["default"] = default
         properties[name] = schema
         if not optional:
             required.append(name)

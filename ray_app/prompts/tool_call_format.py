@@ -41,10 +41,10 @@ def _parse_arguments(name: str, body: str) -> dict[str, Any]:
     try:
         arguments = strict_json_loads(body)
     except ValueError as error:
-        raise ToolCallFormatError(f"arguments of <tool_call name=\"{name}\"> are not valid JSON: {error}") from None
+        raise ToolCallFormatError(f'arguments of <tool_call name="{name}"> are not valid JSON: {error}') from None
     if not isinstance(arguments, dict):
         raise ToolCallFormatError(
-            f"arguments of <tool_call name=\"{name}\"> must be a JSON object, got {type(arguments).__name__}"
+            f'arguments of <tool_call name="{name}"> must be a JSON object, got {type(arguments).__name__}'
         )
     return arguments
 
@@ -54,7 +54,7 @@ def parse_model_tool_call(text: str) -> ParsedToolCall:
     matches = TOOL_CALL_PATTERN.findall(text)
     opened = len(TOOL_CALL_OPEN_PATTERN.findall(text))
     if not matches:
-        raise ToolCallFormatError("no <tool_call name=\"...\">...</tool_call> wrapper found")
+        raise ToolCallFormatError('no <tool_call name="...">...</tool_call> wrapper found')
     if len(matches) > 1 or opened > 1:
         raise ToolCallFormatError(f"expected exactly one tool call, found {max(len(matches), opened)}")
     name, body = matches[0]

