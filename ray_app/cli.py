@@ -34,8 +34,9 @@ def fail(message: str, code: int = 2) -> None:
 
 def print_split_table(title: str, written: dict[str, dict[str, int]], paths: dict) -> None:
     table = Table(title=title)
-    for column in ("track", "train", "val", "test", "folder"):
+    for column in ("track", "train", "val", "test"):
         table.add_column(column)
+    table.add_column("folder", overflow="fold")
     for track, counts in written.items():
         folder = str(Path(paths[track]["test"]).parent)
         table.add_row(track, *(str(counts.get(split, 0)) for split in ("train", "val", "test")), folder)

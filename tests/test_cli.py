@@ -1,0 +1,85 @@
+"""The command line as a user runs it: subprocesses, real files, exit codes and messages."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ray_app.paths import PROJECT_ROOT
+
+
+def slm_swap(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ray_app", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_score_prints_the_rates_a_person_computes(tmp_path):
+    gold = '<tool_call name="get_weather">{"city": "Oslo", "days": 2}</tool_call>'
+    predictions = [
+        gold,  # valid, name, args
+        'Calling: <tool_call name="get_weather">{"days": 2, "city": "Oslo"}</tool_call>',  # valid, name, args
+        '<tool_call name="get_forecast">{"city": "Oslo", "days": 2}</tool_call>',  # valid, args only
+        '<tool_call name="get_weather">{"city": "Oslo", "days": 2.0}</tool_call>',  # valid, name (2 != 2.0)
+        '<tool_call name="get_weather">["Oslo", 2]</tool_call>',  # invalid
+        gold + gold,  # two calls: invalid
+        "",  # invalid
+        '```\n<tool_call name="get_weather">{"city": "Oslo", "days": 2}</tool_call>\n```',  # valid, name, args
+    ]
+    lines = [
+        {
+            "index": i,
+            "prompt": f"prompt {i}",
+            "completion": gold,
+            "prediction": p,
+            "latency_s": 0.5,
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+        }
+        for i, p in enumerate(predictions)
+    ]
+    path = tmp_path / "predictions.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    result = slm_swap("score", "--track", "toolcall", "--predictions", str(path))
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["rows"] == 8
+    assert metrics["valid_call_rate"] == 5 / 8
+    assert metrics["name_match_rate"] == 4 / 8
+    assert metrics["args_exact_rate"] == 4 / 8
+    assert metrics["args_lenient_rate"] == 5 / 8  # 2 == 2.0 leniently
+
+
+def test_score_names_file_line_and_field_of_a_bad_line(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    path.write_text('{"index": 0, "prompt": "p", "completion": "{}"}\n', encoding="utf-8")
+    result = slm_swap("score", "--track", "structured", "--predictions", str(path))
+    assert result.returncode == 2
+    assert f"{path}:1:" in result.stderr and "prediction" in result.stderr
+
+
+def test_validate_exits_1_and_lists_bad_rows(tmp_path):
+    split = tmp_path / "toolcall" / "test.jsonl"
+    split.parent.mkdir()
+    split.write_text(
+        json.dumps({"prompt": "p", "completion": '<tool_call name="f">{}</tool_call>'})
+        + "\n"
+        + json.dumps({"prompt": "q", "completion": "{}", "extra": 1})
+        + "\n",
+        encoding="utf-8",
+    )
+    result = slm_swap("data", "validate", str(tmp_path))
+    assert result.returncode == 1
+    assert f"{split}:2: unexpected field(s) extra" in result.stderr.replace("\n", "")
+
+
+def test_validate_accepts_the_committed_splits():
+    result = slm_swap("data", "validate", "slm_swap/02_dataset/structured", "slm_swap/02_dataset/toolcall")
+    assert result.returncode == 0, result.stderr
+    assert "ok: 800 rows in 6 file(s)" in result.stderr
+
+
+def test_xlam_command_writes_both_tracks(tmp_path):
+    result = slm_swap("data", "xlam", "--output-root", str(tmp_path), "--train", "20", "--val", "5", "--test", "5")
+    assert result.returncode == 0, result.stderr
+    for track in ("structured", "toolcall"):
+        counts = [len((tmp_path / track / f"{s}.jsonl").read_text().splitlines()) for s in ("train", "val", "test")]
+        assert counts == [20, 5, 5]
