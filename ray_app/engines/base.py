@@ -1,0 +1,48 @@
+"""The one interface every model engine implements: a batch of rows in, raw text and counts out.
+
+An engine gets `EngineRequest`s (the row's prompt, already-built chat messages, its track) and
+returns one `Generation` per request, in the same order. What "latency" means is engine-specific
+and documented on each engine: a hosted call's round trip, or the wall time of the local batch the
+row was generated in (what a request in that batch waits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from ray_app.data.rows import Track
+from ray_app.prompts import chat_messages
+
+EngineKind = Literal["transformers", "azure", "openai-compatible", "replay"]
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    index: int  # the row's position in its split
+    track: Track
+    prompt: str
+
+    @property
+    def messages(self) -> list[dict[str, str]]:
+        return chat_messages(self.prompt)
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # raw model text; for tool_calls answers, the project's wrapper(s)
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+
+
+class Engine(Protocol):
+    kind: EngineKind
+
+    def generate(self, requests: list[EngineRequest]) -> list[Generation]:
+        """One Generation per request, same order. Raises on configuration errors, never returns partials."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """What produced the numbers: engine kind, model, precision or mode (written into metrics.json)."""
+        ...
