@@ -14,7 +14,10 @@ from rich.table import Table
 
 from ray_app.paths import DATASET_ROOT
 
-app = typer.Typer(help="Prove, from an agent's traces, whether a small local model can replace its hosted LLM.")
+app = typer.Typer(
+    help="Prove, from an agent's traces, whether a small local model can replace its hosted LLM.",
+    pretty_exceptions_show_locals=False,  # locals may hold keys; tracebacks stay short
+)
 data_app = typer.Typer(help="Build and check the train/val/test splits.")
 models_app = typer.Typer(help="Checkpoints: the demo SLM and SLM_MODEL_PATH.")
 app.add_typer(data_app, name="data")
@@ -159,6 +162,82 @@ def score(
     except (PredictionsFileError, FileNotFoundError) as error:
         fail(str(error))
     sys.stdout.write(json.dumps(metrics) + "\n")
+
+
+@app.command("eval")
+def evaluate(
+    track: Annotated[str, typer.Option(help="structured or toolcall")],
+    model: Annotated[str, typer.Option(help="slm (local, Ray Data actors) or teacher (hosted LLM or replay)")],
+    adapter: Annotated[Path | None, typer.Option(help="PEFT adapter folder for the SLM")] = None,
+    split: Annotated[str, typer.Option(help="split file name under <dataset-root>/<track>/")] = "test",
+    label: Annotated[str | None, typer.Option(help="output folder name (default teacher / slm / slm-adapter)")] = None,
+    dataset_root: Annotated[Path, typer.Option(help="holds <track>/<split>.jsonl")] = DATASET_ROOT,
+    eval_root: Annotated[Path | None, typer.Option(help="where results go (default slm_swap/05_eval)")] = None,
+    model_path: Annotated[str | None, typer.Option(help="SLM checkpoint (default $SLM_MODEL_PATH)")] = None,
+    precision: Annotated[str, typer.Option(help="auto (8bit on GPU, fp32 on CPU), fp32, bf16, 8bit, 4bit")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    actors: Annotated[int | None, typer.Option(min=1, help="SLM actors (default: one per GPU, else 1)")] = None,
+    teacher_mode: Annotated[str, typer.Option(help="auto, azure, openai-compatible or replay")] = "auto",
+    replay_traces: Annotated[Path | None, typer.Option(help="trace JSONL for replay")] = None,
+    agent_id: Annotated[str, typer.Option(help="agent whose recorded answers are replayed")] = "dummy-agent",
+    toolcall_mode: Annotated[str, typer.Option(help="teacher on toolcall: native (OpenAI tools) or prompt")] = "native",
+    concurrency: Annotated[int, typer.Option(min=1, help="parallel teacher calls")] = 4,
+    force: Annotated[bool, typer.Option(help="recompute even when finished outputs match")] = False,
+    require_langfuse: Annotated[bool, typer.Option(help="fail when LANGFUSE_* keys are missing")] = False,
+) -> None:
+    """Evaluate the SLM or the teacher on one track: predictions.jsonl + metrics.json under 05_eval/."""
+    from ray_app.data.rows import TRACKS, DatasetError
+    from ray_app.engines.slm import PRECISIONS, SlmEngineError
+    from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings
+    from ray_app.eval.evaluate import run_eval
+    from ray_app.models.model_path import ModelPathError
+    from ray_app.paths import EVAL_ROOT
+
+    if track not in TRACKS:
+        fail(f"--track must be one of {', '.join(TRACKS)}, got {track!r}")
+    if model not in ("slm", "teacher"):
+        fail(f"--model must be slm or teacher, got {model!r}")
+    if precision not in PRECISIONS:
+        fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if teacher_mode not in ("auto", "azure", "openai-compatible", "replay"):
+        fail(f"--teacher-mode must be auto, azure, openai-compatible or replay, got {teacher_mode!r}")
+    if toolcall_mode not in ("native", "prompt"):
+        fail(f"--toolcall-mode must be native or prompt, got {toolcall_mode!r}")
+    teacher_defaults = TeacherEvalSettings()
+    config = EvalConfig(
+        track=track,  # type: ignore[arg-type]
+        model=model,  # type: ignore[arg-type]
+        split=split,
+        label=label,
+        dataset_root=dataset_root,
+        eval_root=eval_root or EVAL_ROOT,
+        slm=SlmEvalSettings(
+            model_path=model_path,
+            adapter_path=adapter,
+            precision=precision,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            num_actors=actors,
+        ),
+        teacher=TeacherEvalSettings(
+            mode=teacher_mode,  # type: ignore[arg-type]
+            replay_traces=replay_traces or teacher_defaults.replay_traces,
+            replay_agent_id=agent_id,
+            toolcall_mode=toolcall_mode,  # type: ignore[arg-type]
+            concurrency=concurrency,
+        ),
+        force=force,
+        require_langfuse=True if require_langfuse else None,
+    )
+    try:
+        run_eval(config)
+    except (DatasetError, ModelPathError, SlmEngineError, FileNotFoundError) as error:
+        fail(str(error))
+    except Exception as error:  # engine configuration errors carry their own advice
+        if type(error).__name__ in ("TeacherConfigError", "ReplayMissingError", "LangfuseRequiredError"):
+            fail(str(error))
+        raise
 
 
 @models_app.command("fetch-demo")

@@ -4,6 +4,10 @@ JSONL, one line per test row in split order:
 `{"index": int, "prompt": str, "completion": str (gold), "prediction": str (raw model text),
 "latency_s": float, "prompt_tokens": int, "completion_tokens": int}`. Extra keys are ignored, so a
 writer may add diagnostics without breaking old readers.
+
+`latency_s` is optional: the evaluate step writes measured latencies to `timings.jsonl` beside the
+predictions, so that `predictions.jsonl` holds only what the model produced and is byte-identical
+when the same evaluation runs twice. A hand-made file may carry it inline.
 """
 
 from __future__ import annotations
@@ -28,12 +32,12 @@ class PredictionRecord:
     prompt: str
     completion: str
     prediction: str
-    latency_s: float
+    latency_s: float | None
     prompt_tokens: int
     completion_tokens: int
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        record = {
             "index": self.index,
             "prompt": self.prompt,
             "completion": self.completion,
@@ -42,6 +46,9 @@ class PredictionRecord:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
         }
+        if self.latency_s is None:
+            del record["latency_s"]
+        return record
 
 
 class PredictionsFileError(ValueError):
@@ -54,7 +61,7 @@ EXPECTED_FIELDS = {
     "prompt": "a string",
     "completion": "a string",
     "prediction": "a string",
-    "latency_s": "a non-negative number of seconds",
+    "latency_s": "a non-negative number of seconds (optional)",
     "prompt_tokens": "a non-negative integer",
     "completion_tokens": "a non-negative integer",
 }
@@ -73,6 +80,8 @@ def _value_fits(key: str, value: Any) -> bool:
 def _field_problem(record: dict[str, Any], expected_index: int) -> str | None:
     """Why a parsed line is not a prediction record, or None when it is."""
     for key, expected in EXPECTED_FIELDS.items():
+        if key == "latency_s" and key not in record:
+            continue
         if key not in record:
             return f"missing field {key!r} (expected {expected})"
         if not _value_fits(key, record[key]):
@@ -97,8 +106,9 @@ def _line_problem(line: str, expected_index: int) -> tuple[PredictionRecord | No
     problem = _field_problem(record, expected_index)
     if problem is not None:
         return None, problem
-    fields = {key: record[key] for key in EXPECTED_FIELDS}
-    return PredictionRecord(**{**fields, "latency_s": float(fields["latency_s"])}), None
+    fields = {key: record.get(key) for key in EXPECTED_FIELDS}
+    latency = fields["latency_s"]
+    return PredictionRecord(**{**fields, "latency_s": None if latency is None else float(latency)}), None
 
 
 def read_predictions(path: str | Path) -> list[PredictionRecord]:

@@ -17,9 +17,11 @@ from ray_app.prompts.templates import TEMPLATES_PATH, load_templates, render_tem
 from ray_app.prompts.tool_call_format import (
     ParsedToolCall,
     ToolCallFormatError,
+    answer_text,
     format_tool_call,
     parse_gold_tool_call,
     parse_model_tool_call,
+    tool_calls_text,
 )
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "PromptFormatError",
     "ToolCallFormatError",
     "ToolcallPrompt",
+    "answer_text",
     "chat_messages",
     "format_tool_call",
     "load_templates",
@@ -40,6 +43,7 @@ __all__ = [
     "render_template",
     "structured_prompt",
     "structured_prompt_from_instruction",
+    "tool_calls_text",
     "tool_signature",
     "toolcall_prompt",
 ]

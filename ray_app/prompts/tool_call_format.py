@@ -10,7 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ray_app.json_text import readable_json, strict_json_loads
+from ray_app.json_text import compact_json, readable_json, strict_json_loads
+from ray_app.prompts.builders import openai_safe_tool_names
 from ray_app.prompts.templates import render_template
 
 # A tool name is anything but quotes and angle brackets (agents use dots, dashes, slashes).
@@ -71,3 +72,33 @@ def parse_gold_tool_call(text: str) -> ParsedToolCall:
         )
     name, body = match.groups()
     return ParsedToolCall(name=name, arguments=_parse_arguments(name, body.strip()))
+
+
+def tool_calls_text(tool_calls: list[dict[str, Any]], tool_names: list[str]) -> str:
+    """OpenAI `tool_calls` as the project's wrapper(s), one per line, under the tools' real names.
+
+    A name recorded under its OpenAI-safe alias (`crm_search` for `crm.search`) is mapped back.
+    Arguments that are not a JSON object stay raw inside the wrapper, so the metric counts the
+    answer invalid instead of this function hiding the mistake; so do two or more calls.
+    """
+    real_name_of_alias = {alias: real for real, alias in openai_safe_tool_names(tool_names).items()}
+    wrappers = []
+    for call in tool_calls:
+        call = call if isinstance(call, dict) else {}
+        function = call.get("function") if isinstance(call.get("function"), dict) else call
+        name = str(function.get("name") or "")
+        name = real_name_of_alias.get(name, name)
+        arguments = function.get("arguments", {})
+        raw = arguments if isinstance(arguments, str) else compact_json(arguments)
+        try:
+            wrappers.append(format_tool_call(name, strict_json_loads(raw) if raw.strip() else {}))
+        except ValueError:  # not JSON, not an object, or a name the wrapper cannot hold
+            wrappers.append(render_template("tool_call_wrapper", name=name, arguments=raw))
+    return "\n".join(wrappers)
+
+
+def answer_text(content: str | None, tool_calls: list[dict[str, Any]], tool_names: list[str]) -> str:
+    """The text an engine returns for an assistant message: its tool calls as wrappers, else its content."""
+    if tool_calls:
+        return tool_calls_text(tool_calls, tool_names)
+    return content or ""

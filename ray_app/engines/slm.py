@@ -1,0 +1,165 @@
+"""The local SLM engine: transformers, greedy decoding, left padding, optional LoRA adapter.
+
+Precision: `auto` loads 8-bit (bitsandbytes) on a GPU, as the seed does, and fp32 on CPU; `bf16`,
+`fp32`, `4bit` and `8bit` are explicit choices (4/8-bit need a CUDA GPU). The run's metadata records
+what was loaded. Latency of a row = wall time of the batch it was generated in (what a request in
+that batch waits); throughput comes from the batch totals.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from ray_app.engines.base import EngineRequest, Generation
+from ray_app.engines.determinism import SEED, apply_determinism
+
+Precision = Literal["auto", "fp32", "bf16", "8bit", "4bit"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "8bit", "4bit")
+
+
+class SlmEngineError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class SlmSettings:
+    model_path: Path
+    adapter_path: Path | None = None
+    precision: Precision = "auto"
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cpu_threads: int | None = None  # None: torch's default (all cores of the process)
+    seed: int = SEED
+
+    def to_json(self) -> dict[str, object]:
+        values = asdict(self)
+        values["model_path"] = str(self.model_path)
+        values["adapter_path"] = str(self.adapter_path) if self.adapter_path else None
+        return values
+
+
+def resolve_device_and_precision(settings: SlmSettings) -> tuple[str, str]:
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    device = settings.device if settings.device != "auto" else ("cuda" if has_cuda else "cpu")
+    if device == "cuda" and not has_cuda:
+        raise SlmEngineError("device cuda requested but torch sees no CUDA GPU; use --device cpu")
+    precision = settings.precision if settings.precision != "auto" else ("8bit" if device == "cuda" else "fp32")
+    if precision in ("8bit", "4bit") and device != "cuda":
+        raise SlmEngineError(
+            f"{precision} loading needs a CUDA GPU (bitsandbytes); on CPU use --precision fp32 or bf16"
+        )
+    return device, precision
+
+
+def load_model_and_tokenizer(settings: SlmSettings):
+    """(model in eval mode, left-padding tokenizer, device, precision actually loaded)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device, precision = resolve_device_and_precision(settings)
+    tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+    tokenizer.padding_side = "left"  # decoder-only batches: every answer starts right after its prompt
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    load_kwargs: dict[str, object] = {}
+    if precision in ("8bit", "4bit"):
+        from transformers import BitsAndBytesConfig
+
+        quantization = (
+            BitsAndBytesConfig(load_in_8bit=True)
+            if precision == "8bit"
+            else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4")
+        )
+        load_kwargs = {"quantization_config": quantization, "device_map": {"": 0}}
+    else:
+        load_kwargs = {"dtype": torch.bfloat16 if precision == "bf16" else torch.float32}
+    model = AutoModelForCausalLM.from_pretrained(settings.model_path, **load_kwargs)
+    if precision not in ("8bit", "4bit"):
+        model.to(device)
+    if settings.adapter_path is not None:
+        from peft import PeftModel
+
+        if not (Path(settings.adapter_path) / "adapter_config.json").is_file():
+            raise SlmEngineError(f"{settings.adapter_path} is not a PEFT adapter (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, settings.adapter_path)
+    model.eval()
+    return model, tokenizer, device, precision
+
+
+class SlmEngine:
+    """Greedy batched generation with the project's chat messages."""
+
+    kind = "transformers"
+
+    def __init__(self, settings: SlmSettings):
+        import torch
+
+        apply_determinism(settings.seed)
+        if settings.cpu_threads:
+            torch.set_num_threads(settings.cpu_threads)
+        self.settings = settings
+        self.model, self.tokenizer, self.device, self.precision = load_model_and_tokenizer(settings)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "model_path": str(self.settings.model_path),
+            "adapter_path": str(self.settings.adapter_path) if self.settings.adapter_path else None,
+            "device": self.device,
+            "precision": self.precision,
+            "batch_size": self.settings.batch_size,
+            "max_new_tokens": self.settings.max_new_tokens,
+            "decoding": "greedy",
+            "simulated": False,
+        }
+
+    def generate(self, requests: list[EngineRequest]) -> list[Generation]:
+        generations: list[Generation] = []
+        for start in range(0, len(requests), self.settings.batch_size):
+            generations.extend(self._generate_batch(requests[start : start + self.settings.batch_size]))
+        return generations
+
+    def _generate_batch(self, requests: list[EngineRequest]) -> list[Generation]:
+        import torch
+
+        texts = [
+            self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+            for request in requests
+        ]
+        # The chat template already holds every special token the model expects.
+        inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=self.settings.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        latency_s = time.perf_counter() - started
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        return [
+            Generation(
+                text=self.tokenizer.decode(tokens[: self._answer_length(tokens)], skip_special_tokens=True),
+                prompt_tokens=int(prompt_length),
+                completion_tokens=self._answer_length(tokens),
+                latency_s=latency_s,
+            )
+            for tokens, prompt_length in zip(new_tokens, prompt_lengths, strict=True)
+        ]
+
+    def _answer_length(self, tokens: list[int]) -> int:
+        """Generated tokens up to and including the first end-of-sequence (padding after it excluded)."""
+        stop_ids = self.model.generation_config.eos_token_id
+        stop_ids = set(stop_ids if isinstance(stop_ids, list) else [stop_ids]) | {self.tokenizer.eos_token_id}
+        for position, token in enumerate(tokens):
+            if token in stop_ids:
+                return position + 1
+        return len(tokens)

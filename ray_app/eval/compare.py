@@ -1,0 +1,434 @@
+"""Compare step: teacher vs base SLM (and every adapted SLM) per track → `<eval_root>/decision.json`.
+
+Reads `<eval_root>/<track>/<label>/{predictions.jsonl,metrics.json}` as the evaluate step writes
+them. For each track with both teacher and base-SLM results it:
+1. checks both answered the same rows (same prompts and golds, same order) and re-scores every row;
+2. per core metric reports teacher rate, SLM rate, delta = teacher - slm, a paired bootstrap 95%
+   interval of the delta, the exact McNemar p and a verdict in plain words; non-core metrics
+   (args_lenient_rate, field_f1, ...) are reported as info;
+3. applies the seed's rule unchanged (`decide_fine_tune`): FINE_TUNE = 1 when the SLM is below the
+   teacher on any core metric (delta > 0), else 0. Intervals sit beside it and never change it;
+4. puts latency p50/p95, tokens and cost per 1,000 calls (`price_table.py`) side by side;
+5. compares every other label (adapted SLMs such as `slm-adapter`) with the teacher and with the
+   base SLM the same way (delta = reference - candidate: > 0 means the candidate is worse).
+Tracks without results are listed with the command that produces them. decision.json also records
+the resolved config, the price table, the files read with their sha256, and when it was written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray_app.atomic_files import atomic_write_json
+from ray_app.data.rows import TRACKS, Track
+from ray_app.eval.paired_statistics import discordant_counts, mcnemar_exact_p, paired_bootstrap_interval
+from ray_app.eval.price_table import (
+    PriceTable,
+    load_price_table,
+    slm_cost_per_1k_calls,
+    teacher_cost_per_1k_calls,
+)
+from ray_app.metrics import (
+    CORE_METRICS,
+    PredictionRecord,
+    read_predictions,
+    score_rows,
+    score_structured_row,
+    score_toolcall_row,
+)
+from ray_app.paths import EVAL_ROOT, PROJECT_ROOT
+
+CONFIDENCE = 0.95
+DECISION_FILE = "decision.json"
+RULE = (
+    "FINE_TUNE = 1 when the base SLM is below the teacher on any core metric (delta = teacher - slm > 0), "
+    "else 0; the 95% intervals and McNemar p-values are reported beside it and never change it"
+)
+
+
+class CompareError(ValueError):
+    """Results that cannot be compared; the message names the files involved and what to do."""
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    eval_root: Path = EVAL_ROOT  # holds <track>/<label>/{predictions.jsonl,metrics.json}; decision.json goes here
+    tracks: tuple[Track, ...] = TRACKS
+    teacher_label: str = "teacher"
+    slm_label: str = "slm"  # the base SLM; every other label under a track is an adapted SLM
+    price_table_path: Path | None = None  # None: $SLM_SWAP_PRICE_TABLE, else slm_swap/price_table.json
+    slm_hardware: str = "cpu-2core"  # the price table's slm_usd_per_instance_hour entry the SLMs run on
+    teacher_price_model: str | None = None  # None: the teacher engine's "model" when listed, else "default"
+    bootstrap_resamples: int = 10_000
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class ModelResults:
+    """One label's evaluation of one track, re-scored."""
+
+    label: str
+    predictions_path: Path
+    metrics_path: Path
+    records: tuple[PredictionRecord, ...]
+    summary: dict[str, Any]  # metrics.json
+    rates: dict[str, float]  # re-scored rates (score_rows), core and info
+    hits: dict[str, tuple[bool, ...]]  # per-row hits by rate name, for metrics scored per row
+
+
+def r6(value: float) -> float:
+    return round(float(value), 6)
+
+
+def project_relative(path: Path) -> str:
+    resolved = path.resolve()
+    return resolved.relative_to(PROJECT_ROOT).as_posix() if resolved.is_relative_to(PROJECT_ROOT) else str(resolved)
+
+
+def eval_command(track: str, label: str, config: CompareConfig) -> str:
+    """The command that writes `<eval_root>/<track>/<label>/`."""
+    if label == config.teacher_label:
+        return f"slm-swap eval --track {track} --model teacher" + ("" if label == "teacher" else f" --label {label}")
+    if label == config.slm_label:
+        return f"slm-swap eval --track {track} --model slm" + ("" if label == "slm" else f" --label {label}")
+    return f"slm-swap eval --track {track} --model slm --adapter ADAPTER_FOLDER --label {label}"
+
+
+def teacher_model_name(engine: Mapping[str, Any]) -> str | None:
+    """The hosted model behind the teacher's numbers: `model`, else the one model a replay saw."""
+    if isinstance(engine.get("model"), str):
+        return engine["model"]
+    seen = engine.get("models_seen")
+    return seen[0] if isinstance(seen, list) and len(seen) == 1 and isinstance(seen[0], str) else None
+
+
+# ---- pure logic: verdicts and the decision rule ----
+
+
+def metric_verdict(delta: float, interval: Sequence[float], rows: int, reference: str, candidate: str) -> str:
+    """Plain words for one metric; delta = reference - candidate, so > 0 means the candidate is worse."""
+    low, high = interval
+    where = f"95% interval [{low:.3f}, {high:.3f}]"
+    if delta == 0:
+        return f"{candidate} equal to {reference} on these {rows} rows ({where})"
+    direction = "worse" if delta > 0 else "better"
+    if (delta > 0 and low > 0) or (delta < 0 and high < 0):
+        return f"{candidate} {direction} than {reference}, significant ({where} excludes 0)"
+    return f"{candidate} {direction} than {reference}; {rows} rows cannot tell them apart ({where} contains 0)"
+
+
+def decide_fine_tune(core_deltas: Mapping[str, float], teacher: str = "teacher", slm: str = "slm") -> tuple[int, str]:
+    """The seed's rule: (1, reason) when any core delta (teacher - slm) is > 0, else (0, reason)."""
+    below = {metric: delta for metric, delta in core_deltas.items() if delta > 0}
+    if below:
+        listed = ", ".join(f"{metric} (delta {delta:.6g})" for metric, delta in below.items())
+        return 1, f"{slm} below {teacher} on {listed}"
+    return 0, f"{slm} equal to or above {teacher} on every core metric ({', '.join(core_deltas)})"
+
+
+def compare_hits(
+    reference: ModelResults, candidate: ModelResults, metric: str, resamples: int, seed: int
+) -> dict[str, Any]:
+    """One core metric of candidate vs reference over paired rows."""
+    ref_hits, cand_hits = reference.hits[metric], candidate.hits[metric]
+    rows = len(ref_hits)
+    delta = (sum(ref_hits) - sum(cand_hits)) / rows  # from counts, so its sign is exact
+    low, high = paired_bootstrap_interval(ref_hits, cand_hits, resamples, seed, CONFIDENCE)
+    reference_only, candidate_only = discordant_counts(ref_hits, cand_hits)
+    return {
+        reference.label: r6(reference.rates[metric]),
+        candidate.label: r6(candidate.rates[metric]),
+        "delta": r6(delta),
+        "interval_95": [r6(low), r6(high)],
+        "mcnemar_p": r6(mcnemar_exact_p(ref_hits, cand_hits)),
+        "discordant": {f"{reference.label}_only": reference_only, f"{candidate.label}_only": candidate_only},
+        "verdict": metric_verdict(delta, (low, high), rows, reference.label, candidate.label),
+    }
+
+
+def compare_models(
+    track: Track, reference: ModelResults, candidate: ModelResults, config: CompareConfig
+) -> dict[str, Any]:
+    """Core metrics with intervals and p-values, non-core metrics as info."""
+    check_same_rows(reference, candidate)
+    core = {
+        metric: compare_hits(reference, candidate, metric, config.bootstrap_resamples, config.seed)
+        for metric in CORE_METRICS[track]
+    }
+    info = {
+        metric: {
+            reference.label: r6(reference.rates[metric]),
+            candidate.label: r6(candidate.rates[metric]),
+            "delta": r6(reference.rates[metric] - candidate.rates[metric]),
+        }
+        for metric in reference.rates
+        if metric not in CORE_METRICS[track]
+    }
+    return {"reference": reference.label, "candidate": candidate.label, "core": core, "info": info}
+
+
+def check_same_rows(reference: ModelResults, candidate: ModelResults) -> None:
+    """Paired statistics need the same rows in the same order: raise CompareError naming both files."""
+    ref_path, cand_path = reference.predictions_path, candidate.predictions_path
+    if len(reference.records) != len(candidate.records):
+        raise CompareError(
+            f"{ref_path} has {len(reference.records)} rows but {cand_path} has {len(candidate.records)}: "
+            "evaluate both models on the same test split"
+        )
+    for index, (ref, cand) in enumerate(zip(reference.records, candidate.records, strict=True)):
+        for field in ("prompt", "completion"):
+            if getattr(ref, field) != getattr(cand, field):
+                raise CompareError(
+                    f"{ref_path}:{index + 1} and {cand_path}:{index + 1}: different {field!r} at row {index}: "
+                    "both models must answer the same test split in the same order; re-run the stale evaluation"
+                )
+
+
+# ---- loading one label's results ----
+
+
+def _summary_problem(summary: Any) -> str | None:
+    """Why a decoded metrics.json lacks what the compare step reads, or None."""
+    if not isinstance(summary, dict):
+        return "must be a JSON object"
+    expected = {
+        "rows": int,
+        "metrics": dict,
+        "latency_s": dict,
+        "tokens": dict,
+        "wall_time_s": (int, float),
+        "engine": dict,
+    }
+    for key, kind in expected.items():
+        if not isinstance(summary.get(key), kind) or isinstance(summary.get(key), bool):
+            return f"field {key!r} missing or not a {getattr(kind, '__name__', 'number')}"
+    for key, fields in {"latency_s": ("p50", "p95", "mean"), "tokens": ("prompt", "completion")}.items():
+        for field in fields:
+            value = summary[key].get(field)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return f"field '{key}.{field}' missing or not a number"
+    if not isinstance(summary["engine"].get("kind"), str):
+        return "field 'engine.kind' missing or not a string"
+    return None
+
+
+def row_hits(track: Track, records: Sequence[PredictionRecord]) -> dict[str, tuple[bool, ...]]:
+    """Per-row hits of every metric scored per row, keyed by rate name (e.g. 'exact_match_rate')."""
+    if track == "structured":
+        scores: list[Any] = [score_structured_row(record.completion, record.prediction) for record in records]
+    else:
+        scores = [score_toolcall_row(record.completion, record.prediction, record.prompt) for record in records]
+    names = [name for name, value in vars(scores[0]).items() if isinstance(value, bool)]
+    return {f"{name}_rate": tuple(getattr(score, name) for score in scores) for name in names}
+
+
+def load_model_results(track: Track, label: str, config: CompareConfig, read_files: dict[str, str]) -> ModelResults:
+    """Read, check and re-score `<eval_root>/<track>/<label>/{predictions.jsonl,metrics.json}`.
+
+    Records each file's sha256 in `read_files` (project-relative path → digest).
+    """
+    folder = config.eval_root / track / label
+    predictions_path, metrics_path = folder / "predictions.jsonl", folder / "metrics.json"
+    rerun = f"re-run {eval_command(track, label, config)}"
+    if not metrics_path.is_file():
+        raise CompareError(f"{metrics_path}: missing beside {predictions_path} (an interrupted evaluation?); {rerun}")
+    for path in (predictions_path, metrics_path):
+        read_files[project_relative(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
+    records = tuple(read_predictions(predictions_path))
+    try:
+        summary = json.loads(metrics_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CompareError(f"{metrics_path}:{error.lineno}: not valid JSON: {error.msg}") from None
+    problem = _summary_problem(summary)
+    if problem is not None:
+        raise CompareError(f"{metrics_path}: {problem}; {rerun}")
+    if summary.get("track", track) != track:
+        raise CompareError(f"{metrics_path}: field 'track' is {summary['track']!r} but the file sits under {track}/")
+    if summary["rows"] != len(records):
+        raise CompareError(
+            f"{metrics_path} says rows={summary['rows']} but {predictions_path} has {len(records)} lines: "
+            f"the two files come from different runs; {rerun}"
+        )
+    try:
+        scored = score_rows(
+            track,
+            golds=[record.completion for record in records],
+            predictions=[record.prediction for record in records],
+            prompts=[record.prompt for record in records],
+        )
+    except ValueError as error:
+        raise CompareError(f"{predictions_path}: {error}") from None
+    rates = {key: float(value) for key, value in scored.items() if key.endswith("_rate") or key.startswith("field_")}
+    for metric in CORE_METRICS[track]:
+        written = summary["metrics"].get(metric)
+        if not isinstance(written, int | float) or abs(written - rates[metric]) > 1e-6:
+            raise CompareError(
+                f"{metrics_path}: field 'metrics.{metric}' is {written!r} but {predictions_path} re-scores to "
+                f"{rates[metric]:.6f}; {rerun}"
+            )
+    return ModelResults(label, predictions_path, metrics_path, records, summary, rates, row_hits(track, records))
+
+
+# ---- latency and cost ----
+
+
+def model_summary(results: ModelResults, is_teacher: bool, prices: PriceTable, config: CompareConfig) -> dict:
+    """What one model costs and how fast it answered, from its metrics.json and the price table."""
+    summary, rows = results.summary, len(results.records)
+    mean_prompt, mean_completion = summary["tokens"]["prompt"] / rows, summary["tokens"]["completion"] / rows
+    if is_teacher:
+        entry, price = prices.teacher_price(config.teacher_price_model or teacher_model_name(summary["engine"]))
+        cost = teacher_cost_per_1k_calls(price, mean_prompt, mean_completion)
+        basis = (
+            f"per token, price entry {entry!r}: mean {mean_prompt:.1f} prompt tokens x ${price.input_usd_per_1m}/1M "
+            f"+ mean {mean_completion:.1f} completion tokens x ${price.output_usd_per_1m}/1M"
+        )
+    else:
+        hourly = prices.slm_hourly_usd(config.slm_hardware)
+        cost = slm_cost_per_1k_calls(hourly, summary["wall_time_s"], rows)
+        basis = (
+            f"throughput: {summary['wall_time_s'] / rows:.4f} s per row (eval wall time / rows) "
+            f"x ${hourly}/h on {config.slm_hardware}"
+        )
+    return {
+        "engine": summary["engine"],
+        "predictions": project_relative(results.predictions_path),
+        "rates": {metric: r6(value) for metric, value in results.rates.items()},
+        "latency_s": {key: r6(summary["latency_s"][key]) for key in ("p50", "p95", "mean")},
+        "tokens": {
+            "prompt": summary["tokens"]["prompt"],
+            "completion": summary["tokens"]["completion"],
+            "mean_prompt": r6(mean_prompt),
+            "mean_completion": r6(mean_completion),
+        },
+        "wall_time_s": r6(summary["wall_time_s"]),
+        "cost_per_1k_calls_usd": r6(cost),
+        "cost_basis": basis,
+    }
+
+
+def teacher_mode(engine: Mapping[str, Any]) -> str:
+    return f"{engine['kind']} (simulated)" if engine.get("simulated") else str(engine["kind"])
+
+
+# ---- the step ----
+
+
+def compare_track(track: Track, config: CompareConfig, prices: PriceTable, read_files: dict[str, str]) -> dict:
+    """Teacher vs base SLM (the decision) and every adapted label vs both, for one track."""
+    track_root = config.eval_root / track
+    teacher = load_model_results(track, config.teacher_label, config, read_files)
+    slm = load_model_results(track, config.slm_label, config, read_files)
+    adapted_labels = sorted(
+        folder.name
+        for folder in track_root.iterdir()
+        if (folder / "predictions.jsonl").is_file() and folder.name not in (config.teacher_label, config.slm_label)
+    )
+    adapted = {label: load_model_results(track, label, config, read_files) for label in adapted_labels}
+
+    teacher_vs_slm = compare_models(track, teacher, slm, config)
+    core_deltas = {
+        metric: (sum(teacher.hits[metric]) - sum(slm.hits[metric])) / len(slm.records) for metric in CORE_METRICS[track]
+    }
+    fine_tune, reason = decide_fine_tune(core_deltas, teacher.label, slm.label)
+    models = {
+        teacher.label: model_summary(teacher, True, prices, config),
+        slm.label: model_summary(slm, False, prices, config),
+        **{label: model_summary(results, False, prices, config) for label, results in adapted.items()},
+    }
+    return {
+        "FINE_TUNE": fine_tune,
+        "reason": reason,
+        "rows": len(teacher.records),
+        "teacher_mode": teacher_mode(teacher.summary["engine"]),
+        "teacher_vs_slm": teacher_vs_slm,
+        "latency_cost": {
+            "latency_p50_s": {label: model["latency_s"]["p50"] for label, model in models.items()},
+            "latency_p95_s": {label: model["latency_s"]["p95"] for label, model in models.items()},
+            "cost_per_1k_calls_usd": {label: model["cost_per_1k_calls_usd"] for label, model in models.items()},
+        },
+        "models": models,
+        "adapted": {
+            label: {
+                "vs_teacher": compare_models(track, teacher, results, config),
+                "vs_slm": compare_models(track, slm, results, config),
+            }
+            for label, results in adapted.items()
+        },
+    }
+
+
+def missing_reason(track: Track, config: CompareConfig) -> str | None:
+    """Why a track cannot be decided (no teacher or no base-SLM predictions), or None."""
+    reasons = [
+        f"no {label} results: run {eval_command(track, label, config)}"
+        for label in (config.teacher_label, config.slm_label)
+        if not (config.eval_root / track / label / "predictions.jsonl").is_file()
+    ]
+    return "; ".join(reasons) or None
+
+
+def config_to_json(config: CompareConfig, prices: PriceTable) -> dict[str, Any]:
+    return {
+        "eval_root": project_relative(config.eval_root),
+        "tracks": list(config.tracks),
+        "teacher_label": config.teacher_label,
+        "slm_label": config.slm_label,
+        "price_table": project_relative(prices.path),
+        "slm_hardware": config.slm_hardware,
+        "teacher_price_model": config.teacher_price_model,
+        "bootstrap_resamples": config.bootstrap_resamples,
+        "confidence": CONFIDENCE,
+        "seed": config.seed,
+    }
+
+
+def check_config(config: CompareConfig, prices: PriceTable) -> None:
+    """Fail before reading any result: unknown tracks, labels, hardware or price entries."""
+    unknown = [track for track in config.tracks if track not in TRACKS]
+    if unknown:
+        raise CompareError(f"unknown track(s) {', '.join(map(repr, unknown))} (expected {', '.join(TRACKS)})")
+    if not config.teacher_label or not config.slm_label or config.teacher_label == config.slm_label:
+        raise CompareError(f"teacher and slm labels must be two different names, got {config.teacher_label!r}")
+    if config.bootstrap_resamples < 1:
+        raise CompareError(f"bootstrap_resamples must be at least 1, got {config.bootstrap_resamples}")
+    prices.slm_hourly_usd(config.slm_hardware)  # raises PriceTableError naming the file and the field
+    if config.teacher_price_model is not None and config.teacher_price_model not in prices.teacher_usd_per_1m_tokens:
+        known = ", ".join(sorted(prices.teacher_usd_per_1m_tokens))
+        raise CompareError(
+            f"{prices.path}: field 'teacher_usd_per_1m_tokens' has no entry {config.teacher_price_model!r} "
+            f"(known: {known})"
+        )
+
+
+def run_compare(config: CompareConfig) -> dict[str, Any]:
+    """Compare every track's results and write `<eval_root>/decision.json`; returns what it wrote."""
+    prices = load_price_table(config.price_table_path)
+    check_config(config, prices)
+    read_files = {project_relative(prices.path): hashlib.sha256(prices.path.read_bytes()).hexdigest()}
+    tracks: dict[str, Any] = {}
+    missing: dict[str, str] = {}
+    for track in config.tracks:
+        reason = missing_reason(track, config)
+        if reason is not None:
+            missing[track] = reason
+            continue
+        tracks[track] = compare_track(track, config, prices, read_files)
+    decision = {
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "rule": RULE,
+        "FINE_TUNE": {track: result["FINE_TUNE"] for track, result in tracks.items()},
+        "tracks": tracks,
+        "missing": missing,
+        "config": config_to_json(config, prices),
+        "price_table": prices.to_json(),
+        "files": [{"path": path, "sha256": digest} for path, digest in read_files.items()],
+    }
+    atomic_write_json(config.eval_root / DECISION_FILE, decision)
+    return decision

@@ -1,0 +1,84 @@
+"""Typed settings of one evaluation run, with the seed's defaults; CLI flags and env override them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from ray_app.data.rows import Track
+from ray_app.engines.slm import Precision
+from ray_app.paths import DATASET_ROOT, EVAL_ROOT, PROJECT_ROOT
+
+ModelSide = Literal["slm", "teacher"]
+TeacherMode = Literal["auto", "azure", "openai-compatible", "replay"]
+
+DEFAULT_REPLAY_TRACES = PROJECT_ROOT / "storage" / "dummy_langfuse_traces.jsonl"
+
+
+@dataclass(frozen=True)
+class SlmEvalSettings:
+    model_path: str | None = None  # None: SLM_MODEL_PATH, then the seed's default
+    adapter_path: Path | None = None
+    precision: Precision = "auto"  # 8-bit on GPU, fp32 on CPU
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    num_actors: int | None = None  # None: one per GPU, else one CPU actor
+    actor_num_cpus: float = 0.5  # fractional, so the Ray Data read task is never starved on 2 cores
+
+
+@dataclass(frozen=True)
+class TeacherEvalSettings:
+    mode: TeacherMode = "auto"  # azure when AZURE_ENDPOINT is set, openai-compatible with a base URL, else replay
+    replay_traces: Path = DEFAULT_REPLAY_TRACES
+    replay_agent_id: str = "dummy-agent"
+    toolcall_mode: Literal["native", "prompt"] = "native"  # native: OpenAI `tools`, answers as tool_calls
+    concurrency: int = 4
+    max_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    track: Track
+    model: ModelSide
+    split: str = "test"
+    label: str | None = None  # default: teacher / slm / slm-adapter
+    dataset_root: Path = DATASET_ROOT
+    eval_root: Path = EVAL_ROOT
+    seed: int = 42
+    slm: SlmEvalSettings = field(default_factory=SlmEvalSettings)
+    teacher: TeacherEvalSettings = field(default_factory=TeacherEvalSettings)
+    force: bool = False  # recompute even when finished outputs match the inputs
+    require_langfuse: bool | None = None  # None: SLM_SWAP_REQUIRE_LANGFUSE
+
+    @property
+    def model_label(self) -> str:
+        if self.label:
+            return self.label
+        if self.model == "slm" and self.slm.adapter_path is not None:
+            return "slm-adapter"
+        return self.model
+
+    @property
+    def split_path(self) -> Path:
+        return self.dataset_root / self.track / f"{self.split}.jsonl"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.eval_root / self.track / self.model_label
+
+
+def teacher_mode_from_env(requested: TeacherMode, environ=os.environ) -> TeacherMode:
+    """`auto` → azure (AZURE_ENDPOINT), openai-compatible (SLM_SWAP_TEACHER_BASE_URL), else replay."""
+    if requested != "auto":
+        return requested
+    if environ.get("AZURE_ENDPOINT"):
+        return "azure"
+    if environ.get("SLM_SWAP_TEACHER_BASE_URL"):
+        return "openai-compatible"
+    return "replay"
+
+
+def with_overrides(config: EvalConfig, **changes) -> EvalConfig:
+    return replace(config, **{key: value for key, value in changes.items() if value is not None})

@@ -1,0 +1,248 @@
+"""Evaluate one model on one track's split: predictions.jsonl and metrics.json under 05_eval/.
+
+Reads the split (a bad row stops the run before any compute), works out the run key (split hash +
+everything the numbers depend on), skips the run when finished outputs carry the same key, else
+answers the missing rows — the SLM through a Ray Data actor pool, the teacher (hosted or replayed)
+from this process with bounded concurrency — appending each finished batch, then scores, writes
+`<eval_root>/<track>/<label>/{predictions.jsonl,metrics.json}` and logs one trace for the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ray_app.atomic_files import atomic_write_json
+from ray_app.data.rows import Row, read_split
+from ray_app.engines.base import EngineRequest
+from ray_app.engines.slm import SlmSettings
+from ray_app.eval.config import EvalConfig, teacher_mode_from_env
+from ray_app.eval.prediction_store import PredictionStore
+from ray_app.eval.ray_predictor import fixed_batches, predict_with_ray_data, prediction_record
+from ray_app.eval.run_facts import latency_summary, run_facts
+from ray_app.json_text import canonical_json
+from ray_app.metrics import score_rows
+from ray_app.models.fingerprint import file_sha256, folder_fingerprint
+from ray_app.models.model_path import resolve_slm_model_path
+from ray_app.paths import PROJECT_ROOT
+
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    metrics_path: Path
+    predictions_path: Path
+    metrics: dict[str, Any]
+    reused: bool
+
+
+def display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def run_key_of(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()
+
+
+def finished_outputs_match(config: EvalConfig, run_key: str) -> dict[str, Any] | None:
+    metrics_path = config.output_dir / "metrics.json"
+    if config.force or not metrics_path.is_file() or not (config.output_dir / "predictions.jsonl").is_file():
+        return None
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    return metrics if metrics.get("run_key") == run_key else None
+
+
+def slm_plan(config: EvalConfig) -> tuple[SlmSettings, dict[str, Any], int, float, float]:
+    """Resolved SLM settings, their identity, and the actor pool (count, CPUs and GPUs per actor)."""
+    from ray_app.engines.slm import resolve_device_and_precision
+    from ray_app.ray_runtime import cluster_cpus, cluster_gpus, ensure_ray
+
+    model_path = resolve_slm_model_path(config.slm.model_path)
+    ensure_ray()
+    adapter = Path(config.slm.adapter_path).resolve() if config.slm.adapter_path else None
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"--adapter {adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    gpus = cluster_gpus()
+    num_actors = config.slm.num_actors or (gpus if gpus else 1)
+    device = "cuda" if gpus else "cpu"
+    cpu_threads = None if gpus else max(1, int(cluster_cpus()) // num_actors)
+    settings = SlmSettings(
+        model_path=model_path,
+        adapter_path=adapter,
+        precision=config.slm.precision,
+        batch_size=config.slm.batch_size,
+        max_new_tokens=config.slm.max_new_tokens,
+        device=device,
+        cpu_threads=cpu_threads,
+        seed=config.seed,
+    )
+    if device == "cpu":
+        _, precision = resolve_device_and_precision(settings)
+    else:
+        precision = "8bit" if config.slm.precision == "auto" else config.slm.precision
+    settings = SlmSettings(**{**settings.__dict__, "precision": precision})
+    identity = {
+        "engine": "transformers",
+        "model_fingerprint": folder_fingerprint(model_path),
+        "adapter_fingerprint": folder_fingerprint(adapter) if adapter else None,
+        "device": device,
+        "precision": precision,
+        "batch_size": settings.batch_size,
+        "max_new_tokens": settings.max_new_tokens,
+        "seed": config.seed,
+    }
+    return settings, identity, num_actors, (0 if gpus else config.slm.actor_num_cpus), (1 if gpus else 0)
+
+
+def build_teacher_engine(config: EvalConfig):
+    """The teacher engine for the resolved mode: hosted (azure / openai-compatible) or replay."""
+    mode = teacher_mode_from_env(config.teacher.mode)
+    if mode == "replay":
+        from ray_app.engines.replay import ReplayEngine
+
+        return ReplayEngine(config.teacher.replay_traces, config.teacher.replay_agent_id)
+    from ray_app.engines.hosted import HostedLlmEngine, teacher_settings_from_env
+
+    settings = teacher_settings_from_env(
+        mode=mode,
+        toolcall_mode=config.teacher.toolcall_mode,
+        concurrency=config.teacher.concurrency,
+        max_tokens=config.teacher.max_tokens,
+    )
+    return HostedLlmEngine(settings)
+
+
+def teacher_identity(engine, config: EvalConfig) -> dict[str, Any]:
+    described = engine.describe()
+    identity = {key: described.get(key) for key in sorted(described) if key not in ("recorded_prompts",)}
+    if described.get("kind") == "replay":
+        identity["trace_sha256"] = file_sha256(Path(config.teacher.replay_traces))
+    return identity
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+
+
+def answer_with_slm(config, rows, store, settings, num_actors, actor_cpus, actor_gpus, progress, task) -> dict:
+    todo = [batch for batch in fixed_batches(rows, settings.batch_size) if any(i not in store.records for i in batch)]
+    engine_description: dict[str, Any] = {}
+    for result in predict_with_ray_data(rows, todo, settings, config.track, num_actors, actor_cpus, actor_gpus):
+        store.append(result["records"], result["elapsed_s"])
+        engine_description = result["engine"]
+        progress.update(task, advance=len(result["records"]))
+    return engine_description
+
+
+def answer_with_teacher(config, rows, store, engine, progress, task) -> None:
+    chunk = max(1, config.teacher.concurrency) * 2
+    todo = [index for index in range(len(rows)) if index not in store.records]
+    for start in range(0, len(todo), chunk):
+        indices = todo[start : start + chunk]
+        started = time.perf_counter()
+        generations = engine.generate([EngineRequest(i, config.track, rows[i].prompt) for i in indices])
+        records = [prediction_record(i, rows[i], g) for i, g in zip(indices, generations, strict=True)]
+        store.append(records, time.perf_counter() - started)
+        progress.update(task, advance=len(records))
+
+
+def run_eval(config: EvalConfig) -> EvalOutcome:
+    """Evaluate `config.model` on `config.track`'s split; reuse finished work; return the metrics."""
+    from ray_app.tracing import start_run_trace
+
+    rows: list[Row] = read_split(config.split_path, config.track)
+    split_identity = {"track": config.track, "split": config.split, "split_sha256": file_sha256(config.split_path)}
+    teacher_engine = None
+    if config.model == "slm":
+        settings, identity, num_actors, actor_cpus, actor_gpus = slm_plan(config)
+    else:
+        teacher_engine = build_teacher_engine(config)
+        identity = teacher_identity(teacher_engine, config)
+    run_key = run_key_of({**split_identity, **identity})
+    label = config.model_label
+    finished = finished_outputs_match(config, run_key)
+    if finished is not None:
+        console.print(f"eval {config.track}/{label}: up to date (run key {run_key[:12]} matches), skipped")
+        return EvalOutcome(config.output_dir / "metrics.json", config.output_dir / "predictions.jsonl", finished, True)
+
+    trace_input = {
+        "split": display_path(config.split_path),
+        "output_dir": display_path(config.output_dir),
+        "rows": len(rows),
+        "identity": identity,
+    }
+    with start_run_trace(
+        name=f"eval {config.track}/{label}",
+        kind="eval",
+        local_dir=config.eval_root / "traces",
+        input=trace_input,
+        metadata={"track": config.track, "model_label": label, "run_key": run_key},
+        require_langfuse=config.require_langfuse,
+    ) as trace:
+        store = PredictionStore.open(config.output_dir, run_key)
+        if store.discarded_reason:
+            console.print(f"eval {config.track}/{label}: {store.discarded_reason}")
+        if store.records:
+            console.print(f"eval {config.track}/{label}: resuming, {len(store.records)}/{len(rows)} rows already done")
+        with progress_bar() as progress:
+            task = progress.add_task(f"eval {config.track}/{label}", total=len(rows), completed=len(store.records))
+            with trace.span("generate", input={"rows_todo": len(rows) - len(store.records)}) as span:
+                if teacher_engine is None:
+                    description = answer_with_slm(
+                        config, rows, store, settings, num_actors, actor_cpus, actor_gpus, progress, task
+                    )
+                    engine_description = {**settings.to_json(), **description, "actors": num_actors}
+                else:
+                    answer_with_teacher(config, rows, store, teacher_engine, progress, task)
+                    engine_description = teacher_engine.describe()
+                span.update(output={"rows_done": len(store.records)})
+        records = store.finish(len(rows))
+        metrics = score_rows(
+            config.track,
+            [r["completion"] for r in records],
+            [r["prediction"] for r in records],
+            [r["prompt"] for r in records],
+        )
+        completion_tokens = sum(r["completion_tokens"] for r in records)
+        result = {
+            "track": config.track,
+            "model_label": label,
+            "split": config.split,
+            "rows": len(records),
+            "metrics": metrics,
+            "latency_s": latency_summary([r["latency_s"] for r in records]),
+            "tokens": {
+                "prompt": sum(r["prompt_tokens"] for r in records),
+                "completion": completion_tokens,
+                "completion_per_s": round(completion_tokens / store.elapsed_s, 3) if store.elapsed_s else None,
+            },
+            "wall_time_s": round(store.elapsed_s, 3),
+            "engine": engine_description,
+            "teacher_mode": engine_description.get("kind") if config.model == "teacher" else None,
+            "run_key": run_key,
+            "identity": identity,
+            "predictions": display_path(store.predictions_path),
+            **run_facts(config),
+        }
+        metrics_path = atomic_write_json(config.output_dir / "metrics.json", result)
+        trace.end(output={"metrics": metrics, "metrics_path": display_path(metrics_path)})
+    console.print(
+        f"eval {config.track}/{label}: "
+        + ", ".join(f"{name}={value:.3f}" for name, value in metrics.items() if name.endswith("_rate"))
+        + f" → {display_path(metrics_path)}",
+        highlight=False,
+    )
+    return EvalOutcome(metrics_path, store.predictions_path, result, False)

@@ -1,0 +1,46 @@
+"""Connecting to Ray: an embedded local Ray by default, the cluster named by RAY_ADDRESS otherwise."""
+
+from __future__ import annotations
+
+import os
+
+from rich.console import Console
+
+from ray_app.engines.determinism import DETERMINISM_ENV
+
+console = Console(stderr=True)
+_dashboard_url: str | None = None  # remembered from ray.init, for the job's closing summary
+
+
+def ensure_ray() -> str | None:
+    """Start or join Ray once per process; return the dashboard URL when there is one."""
+    import ray
+
+    global _dashboard_url
+    if ray.is_initialized():
+        return _dashboard_url
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        context = ray.init(address=address, log_to_driver=True)
+        where = f"cluster at {address}"
+    else:
+        # Local mode: workers start from this process, so they get the determinism variables here.
+        context = ray.init(runtime_env={"env_vars": DETERMINISM_ENV}, log_to_driver=True)
+        where = "embedded local Ray"
+    url = getattr(context, "dashboard_url", None) or None
+    url = f"http://{url}" if url and not url.startswith("http") else url
+    console.print(f"Ray: {where}; dashboard: {url or 'not running'}", highlight=False)
+    _dashboard_url = url
+    return url
+
+
+def cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1))

@@ -1,0 +1,108 @@
+"""SLM evaluation through Ray Data: byte-identical reruns, reuse of finished work, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ray_app.eval.config import EvalConfig, SlmEvalSettings
+from ray_app.eval.evaluate import run_eval
+from ray_app.paths import DATASET_ROOT, PROJECT_ROOT
+
+
+def slm_config(model_dir: Path, eval_root: Path, track: str = "toolcall", **changes) -> EvalConfig:
+    settings = SlmEvalSettings(model_path=str(model_dir), batch_size=8, max_new_tokens=8)
+    return EvalConfig(track=track, model="slm", eval_root=eval_root, slm=settings, **changes)
+
+
+@pytest.fixture(autouse=True)
+def no_langfuse(monkeypatch, tmp_path):
+    for name in ("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "LANGFUSE_BASE_URL", "LANGFUSE_HOST"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_eval_writes_predictions_and_metrics_byte_identical_twice(ray_session, tiny_model_dir, tmp_path):
+    first = run_eval(slm_config(tiny_model_dir, tmp_path / "one"))
+    second = run_eval(slm_config(tiny_model_dir, tmp_path / "two"))
+    assert first.predictions_path.read_bytes() == second.predictions_path.read_bytes()
+    lines = [json.loads(line) for line in first.predictions_path.read_text().splitlines()]
+    gold = [json.loads(line) for line in (DATASET_ROOT / "toolcall" / "test.jsonl").read_text().splitlines()]
+    assert [line["index"] for line in lines] == list(range(50))
+    assert [line["completion"] for line in lines] == [row["completion"] for row in gold]
+    metrics = first.metrics
+    assert metrics["rows"] == 50 and metrics["model_label"] == "slm"
+    assert metrics["engine"]["precision"] == "fp32" and metrics["engine"]["device"] == "cpu"
+    assert metrics["identity"]["batch_size"] == 8 and len(metrics["identity"]["model_fingerprint"]) == 64
+    assert set(metrics["metrics"]) >= {"valid_call_rate", "name_match_rate", "args_exact_rate"}
+    assert metrics["tokens"]["completion"] == sum(line["completion_tokens"] for line in lines)
+    assert metrics["packages"]["ray"] and metrics["git"]["commit"] is not None
+    assert not (first.predictions_path.parent / "predictions.partial.jsonl").exists()
+    timings = (first.predictions_path.parent / "timings.jsonl").read_text().splitlines()
+    assert len(timings) == 50 and all(json.loads(line)["latency_s"] > 0 for line in timings)
+    assert "latency_s" not in lines[0]  # measured wall-clock lives in timings.jsonl
+
+
+def test_finished_eval_is_reused_and_force_recomputes(ray_session, tiny_model_dir, tmp_path):
+    run_eval(slm_config(tiny_model_dir, tmp_path, track="structured"))
+    again = run_eval(slm_config(tiny_model_dir, tmp_path, track="structured"))
+    assert again.reused
+    forced = run_eval(slm_config(tiny_model_dir, tmp_path, track="structured", force=True))
+    assert not forced.reused
+
+
+def test_resume_keeps_finished_batches_and_cuts_a_torn_line(ray_session, tiny_model_dir, tmp_path):
+    reference = run_eval(slm_config(tiny_model_dir, tmp_path / "reference"))
+    timings = [
+        json.loads(line) for line in (reference.predictions_path.parent / "timings.jsonl").read_text().splitlines()
+    ]
+    lines = [
+        json.dumps({**json.loads(line), "latency_s": timing["latency_s"]}) + "\n"
+        for line, timing in zip(reference.predictions_path.read_text().splitlines(), timings, strict=True)
+    ]
+    interrupted = tmp_path / "interrupted" / "toolcall" / "slm"
+    interrupted.mkdir(parents=True)
+    # What a kill during the third batch leaves: two finished batches and half of a line.
+    (interrupted / "predictions.partial.jsonl").write_text("".join(lines[:16]) + lines[16][:40])
+    (interrupted / "run_state.json").write_text(json.dumps({"run_key": reference.metrics["run_key"], "elapsed_s": 1.5}))
+    resumed = run_eval(slm_config(tiny_model_dir, tmp_path / "interrupted"))
+    assert resumed.predictions_path.read_bytes() == reference.predictions_path.read_bytes()
+    assert resumed.metrics["wall_time_s"] >= 1.5
+
+
+def test_killed_eval_restarted_finishes_with_the_same_predictions(tiny_model_dir, tmp_path):
+    """A real SIGKILL of `slm-swap eval` mid-run, then the same command again."""
+    command = [
+        sys.executable, "-m", "ray_app", "eval", "--track", "toolcall", "--model", "slm",
+        "--model-path", str(tiny_model_dir), "--batch-size", "2", "--max-new-tokens", "48",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "RAY_ADDRESS"))}
+    reference = subprocess.run([*command, "--eval-root", str(tmp_path / "reference")], env=env, cwd=PROJECT_ROOT)
+    assert reference.returncode == 0
+    partial = tmp_path / "killed" / "toolcall" / "slm" / "predictions.partial.jsonl"
+    process = subprocess.Popen(
+        [*command, "--eval-root", str(tmp_path / "killed")], env=env, cwd=PROJECT_ROOT, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if partial.is_file() and partial.read_text().count("\n") >= 4:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed; make it longer"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before_restart = partial.read_text().count("\n")
+    assert 4 <= done_before_restart < 50
+    restarted = subprocess.run(
+        [*command, "--eval-root", str(tmp_path / "killed")], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
+    assert restarted.returncode == 0, restarted.stderr
+    assert "resuming" in restarted.stderr
+    killed_predictions = (tmp_path / "killed" / "toolcall" / "slm" / "predictions.jsonl").read_bytes()
+    assert killed_predictions == (tmp_path / "reference" / "toolcall" / "slm" / "predictions.jsonl").read_bytes()
