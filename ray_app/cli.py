@@ -188,11 +188,15 @@ def evaluate(
 ) -> None:
     """Evaluate the SLM or the teacher on one track: predictions.jsonl + metrics.json under 05_eval/."""
     from ray_app.data.rows import TRACKS, DatasetError
+    from ray_app.data.trace_splits import TraceFileError
+    from ray_app.engines.replay import ReplayMissingError
     from ray_app.engines.slm import PRECISIONS, SlmEngineError
+    from ray_app.engines.teacher_settings import TeacherConfigError
     from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings
     from ray_app.eval.evaluate import run_eval
     from ray_app.models.model_path import ModelPathError
     from ray_app.paths import EVAL_ROOT
+    from ray_app.tracing import LangfuseRequiredError
 
     if track not in TRACKS:
         fail(f"--track must be one of {', '.join(TRACKS)}, got {track!r}")
@@ -232,12 +236,70 @@ def evaluate(
     )
     try:
         run_eval(config)
-    except (DatasetError, ModelPathError, SlmEngineError, FileNotFoundError) as error:
+    except (
+        DatasetError,
+        ModelPathError,
+        SlmEngineError,
+        TeacherConfigError,
+        ReplayMissingError,
+        LangfuseRequiredError,
+        TraceFileError,
+        FileNotFoundError,
+    ) as error:
         fail(str(error))
-    except Exception as error:  # engine configuration errors carry their own advice
-        if type(error).__name__ in ("TeacherConfigError", "ReplayMissingError", "LangfuseRequiredError"):
-            fail(str(error))
-        raise
+
+
+@app.command("compare")
+def compare(
+    eval_root: Annotated[
+        Path | None, typer.Option(help="holds <track>/<label>/ results (default slm_swap/05_eval)")
+    ] = None,
+    price_table: Annotated[
+        Path | None,
+        typer.Option(help="price table JSON (default $SLM_SWAP_PRICE_TABLE, then slm_swap/price_table.json)"),
+    ] = None,
+    slm_hardware: Annotated[str, typer.Option(help="price-table entry the SLM runs on")] = "cpu-2core",
+    teacher_price_model: Annotated[str | None, typer.Option(help="price-table entry of the teacher")] = None,
+    require_langfuse: Annotated[bool, typer.Option(help="fail when LANGFUSE_* keys are missing")] = False,
+) -> None:
+    """Teacher vs SLM (and adapted SLMs) per track → decision.json, with intervals, p-values, latency and cost."""
+    from ray_app.eval.compare import CompareConfig, CompareError, run_compare
+    from ray_app.eval.price_table import PriceTableError
+    from ray_app.metrics import PredictionsFileError
+    from ray_app.paths import EVAL_ROOT
+    from ray_app.tracing import LangfuseRequiredError
+
+    config = CompareConfig(
+        eval_root=eval_root or EVAL_ROOT,
+        price_table_path=price_table,
+        slm_hardware=slm_hardware,
+        teacher_price_model=teacher_price_model,
+        require_langfuse=True if require_langfuse else None,
+    )
+    try:
+        decision = run_compare(config)
+    except (CompareError, PriceTableError, PredictionsFileError, LangfuseRequiredError) as error:
+        fail(str(error))
+    table = Table(title=f"decision → {config.eval_root / 'decision.json'}")
+    for column in ("track", "FINE_TUNE", "core metric", "teacher", "slm", "delta [95% CI]", "McNemar p"):
+        table.add_column(column)
+    for track, result in decision["tracks"].items():
+        for metric, values in result["teacher_vs_slm"]["core"].items():
+            low, high = values["interval_95"]
+            table.add_row(
+                track,
+                str(result["FINE_TUNE"]),
+                metric,
+                f"{values['teacher']:.3f}",
+                f"{values['slm']:.3f}",
+                f"{values['delta']:+.3f} [{low:+.3f}, {high:+.3f}]",
+                f"{values['mcnemar_p']:.3g}",
+            )
+    console.print(table)
+    for track, result in decision["tracks"].items():
+        console.print(f"{track}: FINE_TUNE={result['FINE_TUNE']} ({result['reason']})", highlight=False)
+    for track, reason in decision["missing"].items():
+        console.print(f"{track}: not compared: {reason}", highlight=False)
 
 
 @models_app.command("fetch-demo")

@@ -67,6 +67,7 @@ class CompareConfig:
     teacher_price_model: str | None = None  # None: the teacher engine's "model" when listed, else "default"
     bootstrap_resamples: int = 10_000
     seed: int = 42
+    require_langfuse: bool | None = None  # None: SLM_SWAP_REQUIRE_LANGFUSE
 
 
 @dataclass(frozen=True)
@@ -430,5 +431,38 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
         "price_table": prices.to_json(),
         "files": [{"path": path, "sha256": digest} for path, digest in read_files.items()],
     }
-    atomic_write_json(config.eval_root / DECISION_FILE, decision)
+    decision_path = atomic_write_json(config.eval_root / DECISION_FILE, decision)
+    log_decision_trace(decision, decision_path, config)
     return decision
+
+
+def log_decision_trace(decision: dict[str, Any], decision_path: Path, config: CompareConfig) -> None:
+    """One trace for the compare run, with the fine-tune decision of each track as an event."""
+    from ray_app.tracing import start_run_trace
+
+    with start_run_trace(
+        name="compare",
+        kind="compare",
+        input={"files": decision["files"]},
+        metadata={"rule": decision["rule"]},
+        require_langfuse=config.require_langfuse,
+        local_dir=config.eval_root / "traces",
+    ) as trace:
+        for track, result in decision["tracks"].items():
+            core = result["teacher_vs_slm"]["core"]
+            trace.event(
+                f"decision {track}",
+                input={
+                    metric: {"delta": values["delta"], "interval_95": values["interval_95"]}
+                    for metric, values in core.items()
+                },
+                output={"FINE_TUNE": result["FINE_TUNE"], "reason": result["reason"]},
+                metadata={"track": track, "teacher_mode": result["teacher_mode"]},
+            )
+        trace.end(
+            output={
+                "FINE_TUNE": decision["FINE_TUNE"],
+                "missing": decision["missing"],
+                "decision": project_relative(decision_path),
+            }
+        )
