@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -77,11 +78,7 @@ def test_job_submit_runs_the_eval_job_to_success(tiny_model_dir, tmp_path):
         assert (eval_root / "structured" / "slm" / "predictions.jsonl").read_text().count("\n") == 50
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the head's processes on SIGTERM
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)  # anything of that head still in its process group
-        except ProcessLookupError:
-            pass
