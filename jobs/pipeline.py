@@ -14,11 +14,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--agent-id", default=defaults.agent_id)
     parser.add_argument("--trace-path", type=Path, default=defaults.trace_path)
-    parser.add_argument("--smoke-rows", type=int, default=defaults.smoke_rows)
+    parser.add_argument("--slm-precision", default=defaults.slm_precision, choices=("fp32", "bf16", "auto"))
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args()
     config = PipelineConfig(
-        agent_id=args.agent_id, trace_path=args.trace_path, smoke_rows=args.smoke_rows, seed=args.seed
+        agent_id=args.agent_id,
+        trace_path=args.trace_path,
+        slm_precision=args.slm_precision,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
     )
     try:
         run_pipeline(config)

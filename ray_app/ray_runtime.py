@@ -24,8 +24,10 @@ def ensure_ray() -> str | None:
         context = ray.init(address=address, log_to_driver=True)
         where = f"cluster at {address}"
     else:
-        # Local mode: workers start from this process, so they get the determinism variables here.
-        context = ray.init(runtime_env={"env_vars": DETERMINISM_ENV}, log_to_driver=True)
+        # address="local": always a new embedded Ray, never a stale cluster named in
+        # /tmp/ray/ray_current_cluster. Workers start from this process, so they get the
+        # determinism variables here.
+        context = ray.init(address="local", runtime_env={"env_vars": DETERMINISM_ENV}, log_to_driver=True)
         where = "embedded local Ray"
     url = getattr(context, "dashboard_url", None) or None
     url = f"http://{url}" if url and not url.startswith("http") else url

@@ -48,6 +48,6 @@ def ray_session():
     from ray_app.engines.determinism import DETERMINISM_ENV
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": DETERMINISM_ENV})
+        ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": DETERMINISM_ENV})
     yield ray
     ray.shutdown()

@@ -41,13 +41,13 @@ def wait_for_dashboard(url: str, head: subprocess.Popen, seconds: float = 120) -
 
 
 def test_job_submit_runs_the_eval_job_to_success(tiny_model_dir, tmp_path):
-    dashboard_port = free_port()
+    dashboard_port, gcs_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "LANGFUSE_"))}
     # Ray 2.60 heads use token authentication (~/.ray/auth_token); the job CLI sends the token in this mode.
     env["RAY_AUTH_MODE"] = "token"
     head = subprocess.Popen(
         [
-            RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
+            RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2",
             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
             f"--metrics-export-port={free_port()}", f"--ray-client-server-port={free_port()}",
@@ -82,3 +82,8 @@ def test_job_submit_runs_the_eval_job_to_success(tiny_model_dir, tmp_path):
             head.wait(timeout=60)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(head.pid, signal.SIGKILL)  # anything of that head still in its process group
+        # `ray start` records the head in /tmp/ray/ray_current_cluster and only `ray stop` removes it;
+        # a stale entry would make later plain ray.init() calls try to join a dead cluster.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip().endswith(f":{gcs_port}"):
+            current.unlink()

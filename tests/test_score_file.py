@@ -111,6 +111,14 @@ def test_read_predictions_returns_typed_records(tmp_path: Path) -> None:
     assert only.to_json() == {**record(0, "p", "{}", "{}"), "latency_s": 2.0}  # extra keys are ignored
 
 
+def test_latency_is_optional_because_evaluations_keep_it_in_timings_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "predictions.jsonl"
+    line = {k: v for k, v in record(0, "p", "{}", "{}").items() if k != "latency_s"}
+    path.write_text(json.dumps(line) + "\n")
+    (only,) = read_predictions(path)
+    assert only.latency_s is None and only.to_json() == line
+
+
 def bad_file(tmp_path: Path, second_line: dict | str) -> Path:
     path = tmp_path / "bad.jsonl"
     line = second_line if isinstance(second_line, str) else json.dumps(second_line)
@@ -121,7 +129,10 @@ def bad_file(tmp_path: Path, second_line: dict | str) -> Path:
 @pytest.mark.parametrize(
     ("second_line", "message"),
     [
-        ({k: v for k, v in record(1, "p1", "{}", "{}").items() if k != "latency_s"}, "missing field 'latency_s'"),
+        (
+            {k: v for k, v in record(1, "p1", "{}", "{}").items() if k != "prompt_tokens"},
+            "missing field 'prompt_tokens'",
+        ),
         (
             {k: v for k, v in record(1, "p1", "{}", "{}").items() if k != "prediction"},
             "missing field 'prediction' (expected a string)",
