@@ -29,7 +29,7 @@ from ray_app.eval.compare import CompareConfig, run_compare
 from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings
 from ray_app.eval.evaluate import run_eval
 from ray_app.paths import DATASET_ROOT, EVAL_ROOT, PROJECT_ROOT
-from ray_app.ray_runtime import ensure_ray
+from ray_app.ray_runtime import dashboard_url_if_running
 
 console = Console(stderr=True)
 
@@ -119,5 +119,6 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> None:
     for track, result in decision["tracks"].items():
         console.print(f"{track}: FINE_TUNE={result['FINE_TUNE']}: {result['reason']}", highlight=False)
     console.print(f"decision: {config.eval_root / 'decision.json'}", highlight=False)
-    console.print(f"Ray dashboard: {ensure_ray() or 'not running'}", highlight=False)
+    dashboard = dashboard_url_if_running()
+    console.print(f"Ray dashboard: {dashboard or 'Ray not started (every evaluation was reused)'}", highlight=False)
     console.print("Training, re-evaluation with adapters, serving and the report join this job in the next issues.")

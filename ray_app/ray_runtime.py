@@ -36,6 +36,13 @@ def ensure_ray() -> str | None:
     return url
 
 
+def dashboard_url_if_running() -> str | None:
+    """The dashboard this process's Ray uses, without starting Ray just to ask."""
+    import ray
+
+    return _dashboard_url if ray.is_initialized() else None
+
+
 def cluster_gpus() -> int:
     import ray
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.langfuse_capture import langfuse_server  # noqa: F401  (a fixture shared by the tracing tests)
+
 TOKENIZER_DIR = Path(__file__).parent / "fixtures" / "smollm2_tokenizer"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 
 import pytest
@@ -15,6 +16,7 @@ from ray_app.eval.evaluate import run_eval
 from ray_app.json_text import strict_json_loads
 from ray_app.paths import DATASET_ROOT
 from ray_app.prompts import parse_gold_tool_call
+from tests.langfuse_capture import exported_spans
 from tests.recording_server import RecordingServer
 
 
@@ -121,3 +123,26 @@ def test_replay_teacher_then_slm_then_decision(ray_session, tiny_model_dir, tmp_
     assert len(compare_traces) == 1
     events = [e["name"] for e in strict_json_loads(compare_traces[0].read_text())["events"]]
     assert events == ["decision structured", "decision toolcall"]
+
+
+def test_eval_and_decision_reach_langfuse_through_the_sdk(langfuse_server, tmp_path):
+    """Replay-teacher evals and the compare run, sent by the real SDK; decode what arrived."""
+    traces = tmp_path / "traces.jsonl"
+    write_dummy_traces(DummyAgentConfig(out_json=traces))
+    eval_root = tmp_path / "05_eval"
+    replay = TeacherEvalSettings(mode="replay", replay_traces=traces)
+    for track in ("structured", "toolcall"):
+        run_eval(EvalConfig(track=track, model="teacher", eval_root=eval_root, teacher=replay))
+        # The same answers under the SLM's label: a tie, so no fine-tuning is needed.
+        shutil.copytree(eval_root / track / "teacher", eval_root / track / "slm")
+    decision = run_compare(CompareConfig(eval_root=eval_root, bootstrap_resamples=500))
+    assert decision["FINE_TUNE"] == {"structured": 0, "toolcall": 0}
+    assert not (eval_root / "traces").exists()  # with keys, nothing goes to local trace files
+    spans = exported_spans(langfuse_server)
+    eval_root_span = spans["eval toolcall/teacher"]
+    assert spans["generate"]["trace_id"] in {s["trace_id"] for name, s in spans.items() if name.startswith("eval ")}
+    assert json.loads(eval_root_span["attributes"]["langfuse.observation.output"])["metrics"]["valid_call_rate"] == 0.98
+    decision_event = spans["decision toolcall"]
+    assert decision_event["trace_id"] == spans["compare"]["trace_id"]
+    assert decision_event["attributes"]["langfuse.observation.type"] == "event"
+    assert json.loads(decision_event["attributes"]["langfuse.observation.output"])["FINE_TUNE"] == 0

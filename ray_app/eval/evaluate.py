@@ -183,6 +183,7 @@ def run_eval(config: EvalConfig) -> EvalOutcome:
         "output_dir": display_path(config.output_dir),
         "rows": len(rows),
         "identity": identity,
+        "config": run_facts(config)["config"],
     }
     with start_run_trace(
         name=f"eval {config.track}/{label}",
