@@ -43,13 +43,26 @@ def dashboard_url_if_running() -> str | None:
     return _dashboard_url if ray.is_initialized() else None
 
 
+def _will_run_locally(ray) -> bool:
+    return not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+
+
 def cluster_gpus() -> int:
+    """GPUs Ray can schedule; for a local Ray not started yet, this machine's (no start just to ask)."""
     import ray
 
+    if _will_run_locally(ray):
+        import torch
+
+        return torch.cuda.device_count()
+    ensure_ray()
     return int(ray.cluster_resources().get("GPU", 0))
 
 
 def cluster_cpus() -> float:
     import ray
 
+    if _will_run_locally(ray):
+        return float(os.cpu_count() or 1)
+    ensure_ray()
     return float(ray.cluster_resources().get("CPU", 1))

@@ -66,10 +66,9 @@ def finished_outputs_match(config: EvalConfig, run_key: str) -> dict[str, Any] |
 def slm_plan(config: EvalConfig) -> tuple[SlmSettings, dict[str, Any], int, float, float]:
     """Resolved SLM settings, their identity, and the actor pool (count, CPUs and GPUs per actor)."""
     from ray_app.engines.slm import resolve_device_and_precision
-    from ray_app.ray_runtime import cluster_cpus, cluster_gpus, ensure_ray
+    from ray_app.ray_runtime import cluster_cpus, cluster_gpus
 
     model_path = resolve_slm_model_path(config.slm.model_path)
-    ensure_ray()
     adapter = Path(config.slm.adapter_path).resolve() if config.slm.adapter_path else None
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"--adapter {adapter}: not a PEFT adapter folder (no adapter_config.json)")
@@ -138,6 +137,9 @@ def progress_bar() -> Progress:
 
 
 def answer_with_slm(config, rows, store, settings, num_actors, actor_cpus, actor_gpus, progress, task) -> dict:
+    from ray_app.ray_runtime import ensure_ray
+
+    ensure_ray()
     todo = [batch for batch in fixed_batches(rows, settings.batch_size) if any(i not in store.records for i in batch)]
     engine_description: dict[str, Any] = {}
     for result in predict_with_ray_data(rows, todo, settings, config.track, num_actors, actor_cpus, actor_gpus):
