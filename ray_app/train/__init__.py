@@ -1,0 +1,1 @@
+"""Fine-tuning on Ray Train: LoRA adapters per track (see train.py)."""

@@ -1,0 +1,61 @@
+"""Typed settings of a fine-tuning run, with the seed's values as defaults (CLI flags override them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ray_app.data.rows import Track
+from ray_app.paths import ADAPTER_ROOT, DATASET_ROOT, EVAL_ROOT, PROJECT_ROOT
+
+Backend = Literal["auto", "unsloth", "peft"]
+Quantization = Literal["auto", "8bit", "4bit", "none"]
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 64
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: str = "all-linear"  # every linear projection (PEFT's default is q_proj/v_proj only)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    track: Track
+    model_path: str | None = None  # None: SLM_MODEL_PATH, then the seed's default
+    dataset_root: Path = DATASET_ROOT
+    adapter_root: Path = ADAPTER_ROOT  # writes <adapter_root>/adapter_<track>/
+    backend: Backend = "auto"  # unsloth with a GPU and the package, else peft
+    quantization: Quantization = "auto"  # 8-bit on GPU (the seed), none on CPU; 4bit is QLoRA proper
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_length: int = 2048
+    per_device_batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    max_steps: int = -1  # > 0 caps the run (a smaller demo budget); -1: the epochs decide
+    max_train_rows: int | None = None  # None: the whole train split
+    max_val_rows: int | None = None
+    save_steps: int = 10  # a Ray Train checkpoint every N optimizer steps (resume point)
+    seed: int = 42
+    num_workers: int = 1  # Ray Train workers; 0 runs the loop in the driver (tests)
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else CPU workers
+    cpus_per_worker: float = 1.0
+    storage_path: Path = PROJECT_ROOT / "storage" / "ray_train"  # checkpoints, per run name
+    force: bool = False  # train even when the decision says FINE_TUNE=0
+    decision_path: Path = EVAL_ROOT / "decision.json"
+    eval_after: bool = True  # re-evaluate with the adapter, then compare
+    eval_root: Path = EVAL_ROOT
+    eval_precision: str = "auto"
+    eval_max_new_tokens: int = 256
+    require_langfuse: bool | None = None
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.adapter_root / f"adapter_{self.track}"
+
+    @property
+    def run_name(self) -> str:
+        return f"slm-swap-train-{self.track}"

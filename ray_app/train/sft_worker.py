@@ -1,0 +1,229 @@
+"""What each Ray Train worker runs: supervised fine-tuning of a LoRA adapter with TRL's SFTTrainer.
+
+Rows become conversational prompt/completion examples built with `chat_messages` — the same
+messages evaluation and serving send — so TRL computes the loss on completion tokens only.
+Checkpoints go to Ray Train every `save_steps` optimizer steps; a worker that finds one (a restarted
+run) resumes from it with the optimizer, scheduler and data position restored. The final adapter is
+reported as the last checkpoint, with the loss curve and throughput as metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+FINAL_ADAPTER_DIR = "final_adapter"
+HF_CHECKPOINT_DIR = "checkpoint"  # RayTrainReportCallback's layout
+UNSLOTH_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class TrainBackendError(RuntimeError):
+    pass
+
+
+def conversational_examples(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """{prompt, completion} rows → TRL conversational prompt/completion examples."""
+    from ray_app.prompts import chat_messages
+
+    return [
+        {"prompt": chat_messages(row["prompt"]), "completion": [{"role": "assistant", "content": row["completion"]}]}
+        for row in rows
+    ]
+
+
+def load_peft_backend(config: dict[str, Any], device):
+    """transformers + PEFT (TRL wraps the LoRA): fp32 on CPU, bitsandbytes 8/4-bit or bf16 on GPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config["model_path"])
+    quantization = config["quantization"]
+    kwargs: dict[str, Any] = {}
+    if quantization in ("8bit", "4bit"):
+        if device.type != "cuda":
+            raise TrainBackendError(f"{quantization} loading needs a CUDA GPU (bitsandbytes); use --quantization none")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_8bit=True)
+            if quantization == "8bit"
+            else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+        )
+        kwargs["device_map"] = {"": device}
+    else:
+        kwargs["dtype"] = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(config["model_path"], **kwargs)
+    if quantization in ("8bit", "4bit"):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+    from peft import LoraConfig
+
+    lora = config["lora"]
+    peft_config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return model, tokenizer, peft_config
+
+
+def load_unsloth_backend(config: dict[str, Any], device):
+    """Unsloth's FastLanguageModel and its LoRA (GPU only; imported before transformers/trl/peft)."""
+    if device.type != "cuda":
+        raise TrainBackendError("the unsloth backend needs a CUDA GPU; use --backend peft on CPU")
+    try:
+        import unsloth  # noqa: F401  (patches transformers/trl/peft; must come first)
+        from unsloth import FastLanguageModel
+    except ImportError as error:
+        raise TrainBackendError(
+            f"the unsloth backend needs the package (pip install -e '.[gpu]'): {error}; or use --backend peft"
+        ) from None
+    lora = config["lora"]
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=config["model_path"],
+        max_seq_length=config["max_length"],
+        load_in_4bit=config["quantization"] == "4bit",
+        load_in_8bit=config["quantization"] == "8bit",
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=UNSLOTH_TARGET_MODULES,
+        use_gradient_checkpointing="unsloth",
+        random_state=config["seed"],
+    )
+    return model, tokenizer, None
+
+
+def restored_checkpoint(workdir: Path) -> Path | None:
+    """Copy the latest Ray Train checkpoint of this run (if any) to `workdir`; return its folder."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    target = workdir / "restored"
+    checkpoint.to_directory(str(target))
+    return target
+
+
+def loss_curve(log_history: list[dict[str, Any]]) -> list[list[float]]:
+    return [[entry["step"], round(float(entry["loss"]), 6)] for entry in log_history if "loss" in entry]
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+
+    if config["backend"] == "unsloth":
+        import unsloth  # noqa: F401  (must be imported before transformers, trl and peft)
+    import ray.train.torch
+    from datasets import Dataset
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from ray_app.engines.determinism import apply_determinism
+
+    apply_determinism(config["seed"])
+    device = ray.train.torch.get_device()
+    context = ray.train.get_context()
+    workdir = Path(tempfile.mkdtemp(prefix="slm-swap-train-"))
+    restored = restored_checkpoint(workdir)
+    if restored is not None and (restored / FINAL_ADAPTER_DIR).is_dir():
+        # The run had finished; report its final checkpoint again instead of training twice.
+        metrics = json.loads((restored / "final_metrics.json").read_text())
+        ray.train.report(metrics=metrics, checkpoint=ray.train.Checkpoint.from_directory(str(restored)))
+        return
+    loader = load_unsloth_backend if config["backend"] == "unsloth" else load_peft_backend
+    model, tokenizer, peft_config = loader(config, device)
+    train_dataset = Dataset.from_list(conversational_examples(config["train_rows"]))
+    eval_dataset = Dataset.from_list(conversational_examples(config["val_rows"])) if config["val_rows"] else None
+    on_gpu = device.type == "cuda"
+    args = SFTConfig(
+        output_dir=str(workdir / "hf"),
+        per_device_train_batch_size=config["per_device_batch_size"],
+        per_device_eval_batch_size=config["per_device_batch_size"],
+        gradient_accumulation_steps=config["gradient_accumulation_steps"],
+        learning_rate=config["learning_rate"],
+        num_train_epochs=config["epochs"],
+        max_steps=config["max_steps"],
+        max_length=config["max_length"],
+        seed=config["seed"],
+        data_seed=config["seed"],
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=config["save_steps"],
+        save_total_limit=2,
+        eval_strategy="epoch" if eval_dataset is not None else "no",
+        report_to=[],
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        ddp_find_unused_parameters=False,
+        bf16=on_gpu and _bf16_supported(),  # TRL defaults to bf16=True, which fails on CPU
+        use_cpu=not on_gpu,
+        dataloader_num_workers=0,
+        disable_tqdm=context.get_world_rank() != 0,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[RayTrainReportCallback()],
+    )
+    resume_from = str(restored / HF_CHECKPOINT_DIR) if restored is not None else None
+    resumed_from_step = 0
+    if restored is not None:
+        resumed_from_step = json.loads((restored / HF_CHECKPOINT_DIR / "trainer_state.json").read_text())["global_step"]
+    started = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - started
+    eval_loss = None
+    if eval_dataset is not None:
+        eval_loss = next((e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
+    # TRL logs the running count of trained tokens (prompt + completion) as num_tokens.
+    token_counts = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]
+    tokens = int(token_counts[-1]) if token_counts else None
+    metrics = {
+        "final": True,
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": resumed_from_step,
+        "train_loss": round(float(train_output.training_loss), 6),
+        "eval_loss": round(float(eval_loss), 6) if eval_loss is not None else None,
+        "loss_curve": loss_curve(trainer.state.log_history),
+        "train_seconds_this_attempt": round(seconds, 3),
+        "tokens_this_attempt": tokens,
+        "tokens_per_s": round(tokens / seconds, 3) if tokens and seconds else None,
+        "device": str(device.type),
+        "world_size": context.get_world_size(),
+    }
+    final_dir = workdir / "final"
+    if context.get_world_rank() == 0:
+        trainer.model.save_pretrained(str(final_dir / FINAL_ADAPTER_DIR))
+        tokenizer.save_pretrained(str(final_dir / FINAL_ADAPTER_DIR))
+        (final_dir / "final_metrics.json").write_text(json.dumps(metrics))
+        ray.train.report(metrics=metrics, checkpoint=ray.train.Checkpoint.from_directory(str(final_dir)))
+    else:
+        ray.train.report(metrics=metrics, checkpoint=None)
+    # The final folder stays: in local mode (num_workers=0) the reported checkpoint is that folder.
+    shutil.rmtree(workdir / "hf", ignore_errors=True)
+    shutil.rmtree(workdir / "restored", ignore_errors=True)
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -1,0 +1,283 @@
+"""Fine-tune one track's LoRA adapter on Ray Train, then re-evaluate the SLM with it and compare.
+
+1. the gate: train only when decision.json says FINE_TUNE=1 for the track (or `--force`);
+2. read and validate train.jsonl and val.jsonl (a bad row or an empty split stops here);
+3. the run key (data hashes, base model fingerprint, every training setting) names the Ray Train
+   run, so a restarted run with the same inputs resumes from its last checkpoint and a changed
+   setting starts afresh; a finished adapter with the same key is reused;
+4. `TorchTrainer.fit()` runs `train_loop_per_worker` on the workers;
+5. the final adapter is copied into `04_ft/adapter_<track>/` (temp folder, then rename) with
+   `training.json` beside it (config, loss curve, val loss, tokens/s, wall time, data hash, backend);
+6. the SLM is evaluated again with the adapter (label `slm-adapter`) and compare runs.
+One trace covers the run (start/end, data paths, config, loss curve, adapter path, eval metrics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ray_app.atomic_files import atomic_write_json
+from ray_app.data.rows import DatasetError, read_split
+from ray_app.eval.evaluate import display_path, run_key_of
+from ray_app.eval.run_facts import jsonable, run_facts
+from ray_app.models.fingerprint import file_sha256, folder_fingerprint
+from ray_app.models.model_path import resolve_slm_model_path
+from ray_app.train.config import TrainConfig
+
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    track: str
+    trained: bool
+    reason: str
+    adapter_dir: Path | None = None
+    training: dict[str, Any] | None = None
+
+
+def fine_tune_gate(config: TrainConfig) -> tuple[bool, str]:
+    """(train?, why): the decision's FINE_TUNE flag for the track, unless --force."""
+    if config.force:
+        return True, "--force"
+    if not config.decision_path.is_file():
+        return False, f"no decision at {display_path(config.decision_path)}: run `slm-swap compare` first, or --force"
+    decision = json.loads(config.decision_path.read_text(encoding="utf-8"))
+    track_result = decision.get("tracks", {}).get(config.track)
+    if track_result is None:
+        missing = decision.get("missing", {}).get(config.track, "the track was not compared")
+        return False, f"decision.json has no result for {config.track}: {missing}"
+    if track_result.get("FINE_TUNE") == 1:
+        return True, f"decision says FINE_TUNE=1 ({track_result.get('reason')})"
+    return False, f"decision says FINE_TUNE=0 ({track_result.get('reason')}); --force trains anyway"
+
+
+def resolve_backend(config: TrainConfig, gpus: int) -> str:
+    """`auto`: unsloth when there is a GPU and the package, else peft. Never a silent switch."""
+    import importlib.util
+
+    if config.backend != "auto":
+        if config.backend == "unsloth" and not gpus:
+            raise ValueError("--backend unsloth needs a GPU in the cluster; use --backend peft on CPU")
+        return config.backend
+    return "unsloth" if gpus and importlib.util.find_spec("unsloth") else "peft"
+
+
+def training_plan(config: TrainConfig) -> dict[str, Any]:
+    """Validate the data and settle every setting the run depends on (before any compute)."""
+    from ray_app.ray_runtime import cluster_gpus
+
+    train_path = config.dataset_root / config.track / "train.jsonl"
+    val_path = config.dataset_root / config.track / "val.jsonl"
+    train_rows = read_split(train_path, config.track)[: config.max_train_rows]
+    val_rows = read_split(val_path, config.track)[: config.max_val_rows] if val_path.is_file() else []
+    if not train_rows:
+        raise DatasetError(f"{train_path}: no training rows")
+    model_path = resolve_slm_model_path(config.model_path)
+    gpus = cluster_gpus()
+    gpus_per_worker = config.gpus_per_worker if config.gpus_per_worker is not None else (1 if gpus else 0)
+    quantization = config.quantization if config.quantization != "auto" else ("8bit" if gpus_per_worker else "none")
+    backend = resolve_backend(config, gpus_per_worker)
+    settings = {
+        "backend": backend,
+        "quantization": quantization,
+        "lora": dataclasses.asdict(config.lora),
+        "learning_rate": config.learning_rate,
+        "epochs": config.epochs,
+        "max_length": config.max_length,
+        "per_device_batch_size": config.per_device_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "max_steps": config.max_steps,
+        "save_steps": config.save_steps,
+        "seed": config.seed,
+        "num_workers": config.num_workers,
+        "gpus_per_worker": gpus_per_worker,
+    }
+    identity = {
+        "track": config.track,
+        "train_sha256": file_sha256(train_path),
+        "val_sha256": file_sha256(val_path) if val_path.is_file() else None,
+        "max_train_rows": config.max_train_rows,
+        "max_val_rows": config.max_val_rows,
+        "model_fingerprint": folder_fingerprint(model_path),
+        **settings,
+    }
+    return {
+        "model_path": str(model_path),
+        "train_path": train_path,
+        "val_path": val_path,
+        "train_rows": [row.to_json() for row in train_rows],
+        "val_rows": [row.to_json() for row in val_rows],
+        "settings": settings,
+        "identity": identity,
+        "run_key": run_key_of(identity),
+    }
+
+
+def fit_on_ray_train(config: TrainConfig, plan: dict[str, Any]):
+    """Build the TorchTrainer for this run and fit it; returns the Ray Train result."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ray_app.ray_runtime import ensure_ray
+    from ray_app.train.sft_worker import train_loop_per_worker
+
+    ensure_ray()  # never let fit() auto-join whatever cluster /tmp/ray/ray_current_cluster names
+    settings = plan["settings"]
+    use_gpu = bool(settings["gpus_per_worker"])
+    resources = {"CPU": config.cpus_per_worker, **({"GPU": settings["gpus_per_worker"]} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            **settings,
+            "model_path": plan["model_path"],
+            "train_rows": plan["train_rows"],
+            "val_rows": plan["val_rows"],
+        },
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(name=f"{config.run_name}-{plan['run_key'][:12]}", storage_path=str(config.storage_path)),
+    )
+    return trainer.fit()
+
+
+def install_adapter(result, adapter_dir: Path) -> None:
+    """Copy the final adapter out of the run's last checkpoint; replace the old one only when complete."""
+    from ray_app.train.sft_worker import FINAL_ADAPTER_DIR
+
+    if result.checkpoint is None:
+        raise RuntimeError("the training run reported no checkpoint")
+    adapter_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{adapter_dir.name}.", dir=adapter_dir.parent))
+    try:
+        with result.checkpoint.as_directory() as checkpoint_dir:
+            source = Path(checkpoint_dir) / FINAL_ADAPTER_DIR
+            if not (source / "adapter_config.json").is_file():
+                raise RuntimeError(f"the last checkpoint holds no adapter ({source})")
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+        staging.chmod(0o755)
+        previous = adapter_dir.with_name(adapter_dir.name + ".previous")
+        if adapter_dir.exists():
+            shutil.rmtree(previous, ignore_errors=True)
+            adapter_dir.rename(previous)
+        staging.rename(adapter_dir)
+        shutil.rmtree(previous, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def reevaluate_with_adapter(config: TrainConfig, base_model_path: str) -> dict[str, Any]:
+    from ray_app.eval.compare import CompareConfig, run_compare
+    from ray_app.eval.config import EvalConfig, SlmEvalSettings
+    from ray_app.eval.evaluate import run_eval
+
+    slm = SlmEvalSettings(
+        model_path=base_model_path,
+        adapter_path=config.adapter_dir,
+        precision=config.eval_precision,  # type: ignore[arg-type]
+        max_new_tokens=config.eval_max_new_tokens,
+    )
+    outcome = run_eval(
+        EvalConfig(track=config.track, model="slm", eval_root=config.eval_root, seed=config.seed, slm=slm)
+    )
+    decision = run_compare(CompareConfig(eval_root=config.eval_root, seed=config.seed))
+    metrics_path = display_path(outcome.metrics_path)
+    return {"metrics": outcome.metrics["metrics"], "metrics_path": metrics_path, "decision": decision}
+
+
+def record_eval_after(config: TrainConfig, outcome: TrainOutcome) -> dict[str, Any]:
+    """Re-evaluate with the installed adapter, compare, and add the numbers to training.json."""
+    training = dict(outcome.training or {})
+    after = reevaluate_with_adapter(config, training["base_model_path"])
+    training["eval_after"] = {"metrics": after["metrics"], "metrics_path": after["metrics_path"]}
+    atomic_write_json(config.adapter_dir / "training.json", training)
+    return training["eval_after"]
+
+
+def run_train(config: TrainConfig) -> TrainOutcome:
+    """Train the track's adapter when the decision asks for it; re-evaluate; return what happened."""
+    from ray_app.tracing import start_run_trace
+
+    train, why = fine_tune_gate(config)
+    if not train:
+        console.print(f"train {config.track}: skipped: {why}", highlight=False)
+        return TrainOutcome(config.track, False, why)
+    plan = training_plan(config)
+    training_json = config.adapter_dir / "training.json"
+    if training_json.is_file() and json.loads(training_json.read_text()).get("run_key") == plan["run_key"]:
+        console.print(f"train {config.track}: adapter up to date (run key {plan['run_key'][:12]} matches), reused")
+        training = json.loads(training_json.read_text())
+        return TrainOutcome(config.track, False, "adapter up to date", config.adapter_dir, training)
+    with start_run_trace(
+        name=f"train {config.track}",
+        kind="train",
+        input={
+            "train": display_path(plan["train_path"]),
+            "val": display_path(plan["val_path"]),
+            "rows": {"train": len(plan["train_rows"]), "val": len(plan["val_rows"])},
+            "config": jsonable(config),
+            "settings": plan["settings"],
+        },
+        metadata={"track": config.track, "run_key": plan["run_key"], "gate": why},
+        require_langfuse=config.require_langfuse,
+        local_dir=config.eval_root / "traces",
+    ) as trace:
+        console.print(
+            f"train {config.track}: {len(plan['train_rows'])} rows, backend {plan['settings']['backend']}, "
+            f"{config.num_workers} worker(s); {why}",
+            highlight=False,
+        )
+        started = time.perf_counter()
+        with trace.span("ray-train fit", input={"run_key": plan["run_key"]}) as span:
+            result = fit_on_ray_train(config, plan)
+            span.update(output={k: v for k, v in result.metrics.items() if k != "loss_curve"})
+        install_adapter(result, config.adapter_dir)
+        metrics = result.metrics
+        training = {
+            "track": config.track,
+            "adapter": display_path(config.adapter_dir),
+            "backend": plan["settings"]["backend"],
+            "run_key": plan["run_key"],
+            "identity": plan["identity"],
+            "settings": plan["settings"],
+            "rows": {"train": len(plan["train_rows"]), "val": len(plan["val_rows"])},
+            "train_loss": metrics.get("train_loss"),
+            "val_loss": metrics.get("eval_loss"),
+            "loss_curve": metrics.get("loss_curve"),
+            "global_step": metrics.get("global_step"),
+            "resumed_from_step": metrics.get("resumed_from_step"),
+            "tokens_per_s": metrics.get("tokens_per_s"),
+            "train_seconds_last_attempt": metrics.get("train_seconds_this_attempt"),
+            "wall_time_s": round(time.perf_counter() - started, 3),
+            "ray_train_run": str(result.path) if getattr(result, "path", None) else None,
+            "base_model_path": plan["model_path"],
+            **run_facts(config),
+        }
+        atomic_write_json(training_json, training)
+        console.print(
+            f"train {config.track}: adapter → {display_path(config.adapter_dir)} (train loss {training['train_loss']}, "
+            f"val loss {training['val_loss']}, {training['tokens_per_s']} tokens/s)",
+            highlight=False,
+        )
+        if config.eval_after:
+            outcome = TrainOutcome(config.track, True, why, config.adapter_dir, training)
+            training["eval_after"] = record_eval_after(config, outcome)
+        trace.end(
+            output={
+                "adapter": training["adapter"],
+                "loss_curve": training["loss_curve"],
+                "val_loss": training["val_loss"],
+                "tokens_per_s": training["tokens_per_s"],
+                "eval_after": training.get("eval_after"),
+            }
+        )
+    return TrainOutcome(config.track, True, why, config.adapter_dir, training)
