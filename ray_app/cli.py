@@ -249,6 +249,104 @@ def evaluate(
         fail(str(error))
 
 
+@app.command("train")
+def train(
+    track: Annotated[str, typer.Option(help="structured, toolcall, or all")],
+    strategy: Annotated[str, typer.Option(help="with --track all: sequential or parallel")] = "sequential",
+    workers: Annotated[int, typer.Option(min=0, help="Ray Train workers per track (0: in this process)")] = 1,
+    gpus_per_worker: Annotated[float | None, typer.Option(help="default: 1 with GPUs, else 0 (CPU)")] = None,
+    cpus_per_worker: Annotated[float | None, typer.Option(help="default: 1 with GPUs, else CPUs / workers")] = None,
+    backend: Annotated[
+        str, typer.Option(help="auto (unsloth with a GPU and the package, else peft), unsloth, peft")
+    ] = "auto",
+    quantization: Annotated[str, typer.Option(help="auto (8bit on GPU, none on CPU), 8bit, 4bit, none")] = "auto",
+    model_path: Annotated[str | None, typer.Option(help="base SLM (default $SLM_MODEL_PATH)")] = None,
+    dataset_root: Annotated[Path, typer.Option(help="holds <track>/{train,val}.jsonl")] = DATASET_ROOT,
+    adapter_root: Annotated[
+        Path | None, typer.Option(help="writes adapter_<track>/ here (default slm_swap/04_ft)")
+    ] = None,
+    eval_root: Annotated[
+        Path | None, typer.Option(help="decision.json and re-eval results (default slm_swap/05_eval)")
+    ] = None,
+    storage_path: Annotated[Path | None, typer.Option(help="Ray Train checkpoints (default storage/ray_train)")] = None,
+    learning_rate: Annotated[float, typer.Option()] = 2e-4,
+    epochs: Annotated[float, typer.Option()] = 1.0,
+    max_length: Annotated[int, typer.Option()] = 2048,
+    batch_size: Annotated[int, typer.Option(min=1, help="per-device batch size")] = 2,
+    grad_accum: Annotated[int, typer.Option(min=1, help="gradient accumulation steps")] = 4,
+    max_steps: Annotated[int, typer.Option(help="> 0 caps the optimizer steps (a smaller budget)")] = -1,
+    max_train_rows: Annotated[int | None, typer.Option(min=1, help="use only the first N train rows")] = None,
+    max_val_rows: Annotated[int | None, typer.Option(min=0, help="use only the first N val rows")] = None,
+    save_steps: Annotated[int, typer.Option(min=1, help="checkpoint every N optimizer steps")] = 10,
+    force: Annotated[bool, typer.Option(help="train even when the decision says FINE_TUNE=0")] = False,
+    eval_after: Annotated[bool, typer.Option(help="re-evaluate with the adapter and compare")] = True,
+    eval_precision: Annotated[str, typer.Option(help="precision of the re-evaluation")] = "auto",
+    eval_max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    require_langfuse: Annotated[bool, typer.Option(help="fail when LANGFUSE_* keys are missing")] = False,
+) -> None:
+    """QLoRA/LoRA adapters on Ray Train for the tracks whose decision says FINE_TUNE=1, then re-evaluate."""
+    from ray_app.data.rows import TRACKS, DatasetError
+    from ray_app.engines.slm import PRECISIONS
+    from ray_app.models.model_path import ModelPathError
+    from ray_app.paths import ADAPTER_ROOT, EVAL_ROOT
+    from ray_app.tracing import LangfuseRequiredError
+    from ray_app.train.config import TrainConfig
+    from ray_app.train.sft_worker import TrainBackendError
+    from ray_app.train.strategies import train_tracks
+
+    tracks = list(TRACKS) if track == "all" else [track]
+    if any(t not in TRACKS for t in tracks):
+        fail(f"--track must be structured, toolcall or all, got {track!r}")
+    if strategy not in ("sequential", "parallel"):
+        fail(f"--strategy must be sequential or parallel, got {strategy!r}")
+    if backend not in ("auto", "unsloth", "peft"):
+        fail(f"--backend must be auto, unsloth or peft, got {backend!r}")
+    if quantization not in ("auto", "8bit", "4bit", "none"):
+        fail(f"--quantization must be auto, 8bit, 4bit or none, got {quantization!r}")
+    if eval_precision not in PRECISIONS:
+        fail(f"--eval-precision must be one of {', '.join(PRECISIONS)}, got {eval_precision!r}")
+    defaults = TrainConfig(track=tracks[0])
+    configs = [
+        TrainConfig(
+            track=t,  # type: ignore[arg-type]
+            model_path=model_path,
+            dataset_root=dataset_root,
+            adapter_root=adapter_root or ADAPTER_ROOT,
+            backend=backend,  # type: ignore[arg-type]
+            quantization=quantization,  # type: ignore[arg-type]
+            learning_rate=learning_rate,
+            epochs=epochs,
+            max_length=max_length,
+            per_device_batch_size=batch_size,
+            gradient_accumulation_steps=grad_accum,
+            max_steps=max_steps,
+            max_train_rows=max_train_rows,
+            max_val_rows=max_val_rows,
+            save_steps=save_steps,
+            num_workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            cpus_per_worker=cpus_per_worker,
+            storage_path=(storage_path or defaults.storage_path).resolve(),
+            force=force,
+            decision_path=(eval_root or EVAL_ROOT) / "decision.json",
+            eval_after=eval_after,
+            eval_root=eval_root or EVAL_ROOT,
+            eval_precision=eval_precision,
+            eval_max_new_tokens=eval_max_new_tokens,
+            require_langfuse=True if require_langfuse else None,
+        )
+        for t in tracks
+    ]
+    try:
+        outcomes = train_tracks(configs, strategy)  # type: ignore[arg-type]
+    except (DatasetError, ModelPathError, TrainBackendError, LangfuseRequiredError) as error:
+        fail(str(error))
+    for outcome in outcomes:
+        state = "trained" if outcome.trained else "not trained"
+        where = f" → {outcome.adapter_dir}" if outcome.adapter_dir else ""
+        console.print(f"{outcome.track}: {state} ({outcome.reason}){where}", highlight=False)
+
+
 @app.command("compare")
 def compare(
     eval_root: Annotated[

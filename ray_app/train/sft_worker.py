@@ -123,35 +123,18 @@ def loss_curve(log_history: list[dict[str, Any]]) -> list[list[float]]:
     return [[entry["step"], round(float(entry["loss"]), 6)] for entry in log_history if "loss" in entry]
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
-
-    if config["backend"] == "unsloth":
-        import unsloth  # noqa: F401  (must be imported before transformers, trl and peft)
-    import ray.train.torch
+def build_sft_trainer(config: dict[str, Any], device, output_dir: Path, callbacks: list, show_progress: bool = True):
+    """The SFTTrainer every path uses (Ray Train workers and the plain-loop benchmark alike)."""
     from datasets import Dataset
-    from ray.train.huggingface.transformers import RayTrainReportCallback
     from trl import SFTConfig, SFTTrainer
 
-    from ray_app.engines.determinism import apply_determinism
-
-    apply_determinism(config["seed"])
-    device = ray.train.torch.get_device()
-    context = ray.train.get_context()
-    workdir = Path(tempfile.mkdtemp(prefix="slm-swap-train-"))
-    restored = restored_checkpoint(workdir)
-    if restored is not None and (restored / FINAL_ADAPTER_DIR).is_dir():
-        # The run had finished; report its final checkpoint again instead of training twice.
-        metrics = json.loads((restored / "final_metrics.json").read_text())
-        ray.train.report(metrics=metrics, checkpoint=ray.train.Checkpoint.from_directory(str(restored)))
-        return
     loader = load_unsloth_backend if config["backend"] == "unsloth" else load_peft_backend
     model, tokenizer, peft_config = loader(config, device)
     train_dataset = Dataset.from_list(conversational_examples(config["train_rows"]))
     eval_dataset = Dataset.from_list(conversational_examples(config["val_rows"])) if config["val_rows"] else None
     on_gpu = device.type == "cuda"
     args = SFTConfig(
-        output_dir=str(workdir / "hf"),
+        output_dir=str(output_dir),
         per_device_train_batch_size=config["per_device_batch_size"],
         per_device_eval_batch_size=config["per_device_batch_size"],
         gradient_accumulation_steps=config["gradient_accumulation_steps"],
@@ -173,7 +156,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         bf16=on_gpu and _bf16_supported(),  # TRL defaults to bf16=True, which fails on CPU
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
-        disable_tqdm=context.get_world_rank() != 0,
+        disable_tqdm=not show_progress,
     )
     trainer = SFTTrainer(
         model=model,
@@ -182,7 +165,37 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[RayTrainReportCallback()],
+        callbacks=callbacks,
+    )
+    return trainer, tokenizer
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+
+    if config["backend"] == "unsloth":
+        import unsloth  # noqa: F401  (must be imported before transformers, trl and peft)
+    import ray.train.torch
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+
+    from ray_app.engines.determinism import apply_determinism
+
+    apply_determinism(config["seed"])
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        import torch
+
+        torch.set_num_threads(max(1, int(config["cpus_per_worker"])))  # Ray sets OMP threads from num_cpus
+    context = ray.train.get_context()
+    workdir = Path(tempfile.mkdtemp(prefix="slm-swap-train-"))
+    restored = restored_checkpoint(workdir)
+    if restored is not None and (restored / FINAL_ADAPTER_DIR).is_dir():
+        # The run had finished; report its final checkpoint again instead of training twice.
+        metrics = json.loads((restored / "final_metrics.json").read_text())
+        ray.train.report(metrics=metrics, checkpoint=ray.train.Checkpoint.from_directory(str(restored)))
+        return
+    trainer, tokenizer = build_sft_trainer(
+        config, device, workdir / "hf", [RayTrainReportCallback()], show_progress=context.get_world_rank() == 0
     )
     resume_from = str(restored / HF_CHECKPOINT_DIR) if restored is not None else None
     resumed_from_step = 0
@@ -192,7 +205,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - started
     eval_loss = None
-    if eval_dataset is not None:
+    if trainer.eval_dataset is not None:
         eval_loss = next((e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
     # TRL logs the running count of trained tokens (prompt + completion) as num_tokens.
     token_counts = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]

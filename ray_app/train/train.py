@@ -32,6 +32,7 @@ from ray_app.eval.run_facts import jsonable, run_facts
 from ray_app.models.fingerprint import file_sha256, folder_fingerprint
 from ray_app.models.model_path import resolve_slm_model_path
 from ray_app.train.config import TrainConfig
+from ray_app.train.sft_worker import TrainBackendError
 
 console = Console(stderr=True)
 
@@ -67,14 +68,14 @@ def resolve_backend(config: TrainConfig, gpus: int) -> str:
 
     if config.backend != "auto":
         if config.backend == "unsloth" and not gpus:
-            raise ValueError("--backend unsloth needs a GPU in the cluster; use --backend peft on CPU")
+            raise TrainBackendError("--backend unsloth needs a GPU in the cluster; use --backend peft on CPU")
         return config.backend
     return "unsloth" if gpus and importlib.util.find_spec("unsloth") else "peft"
 
 
 def training_plan(config: TrainConfig) -> dict[str, Any]:
     """Validate the data and settle every setting the run depends on (before any compute)."""
-    from ray_app.ray_runtime import cluster_gpus
+    from ray_app.ray_runtime import cluster_cpus, cluster_gpus
 
     train_path = config.dataset_root / config.track / "train.jsonl"
     val_path = config.dataset_root / config.track / "val.jsonl"
@@ -87,6 +88,9 @@ def training_plan(config: TrainConfig) -> dict[str, Any]:
     gpus_per_worker = config.gpus_per_worker if config.gpus_per_worker is not None else (1 if gpus else 0)
     quantization = config.quantization if config.quantization != "auto" else ("8bit" if gpus_per_worker else "none")
     backend = resolve_backend(config, gpus_per_worker)
+    cpus_per_worker = config.cpus_per_worker or (
+        1 if gpus_per_worker else max(1, int(cluster_cpus()) // max(1, config.num_workers))
+    )
     settings = {
         "backend": backend,
         "quantization": quantization,
@@ -101,6 +105,7 @@ def training_plan(config: TrainConfig) -> dict[str, Any]:
         "seed": config.seed,
         "num_workers": config.num_workers,
         "gpus_per_worker": gpus_per_worker,
+        "cpus_per_worker": cpus_per_worker,
     }
     identity = {
         "track": config.track,
@@ -125,7 +130,7 @@ def training_plan(config: TrainConfig) -> dict[str, Any]:
 
 def fit_on_ray_train(config: TrainConfig, plan: dict[str, Any]):
     """Build the TorchTrainer for this run and fit it; returns the Ray Train result."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ray_app.ray_runtime import ensure_ray
@@ -134,7 +139,7 @@ def fit_on_ray_train(config: TrainConfig, plan: dict[str, Any]):
     ensure_ray()  # never let fit() auto-join whatever cluster /tmp/ray/ray_current_cluster names
     settings = plan["settings"]
     use_gpu = bool(settings["gpus_per_worker"])
-    resources = {"CPU": config.cpus_per_worker, **({"GPU": settings["gpus_per_worker"]} if use_gpu else {})}
+    resources = {"CPU": settings["cpus_per_worker"], **({"GPU": settings["gpus_per_worker"]} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -144,7 +149,11 @@ def fit_on_ray_train(config: TrainConfig, plan: dict[str, Any]):
             "val_rows": plan["val_rows"],
         },
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=f"{config.run_name}-{plan['run_key'][:12]}", storage_path=str(config.storage_path)),
+        run_config=RunConfig(
+            name=f"{config.run_name}-{plan['run_key'][:12]}",
+            storage_path=str(config.storage_path),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
+        ),
     )
     return trainer.fit()
 

@@ -1,0 +1,14 @@
+"""`ray job submit --runtime-env runtime_env.yaml -- python jobs/train.py --track {structured,toolcall,all} ...`
+
+Same flags as `slm-swap train`; the job joins the cluster through RAY_ADDRESS, which Ray sets for jobs.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run by path, also from a Ray working_dir
+
+from ray_app.cli import app  # noqa: E402
+
+if __name__ == "__main__":
+    app(["train", *sys.argv[1:]])

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Train both tracks at the same time: two Ray Train trainers, each with 2 GPU workers (a 4-GPU node).
+# Only tracks whose decision says FINE_TUNE=1 are trained (add --force to train anyway).
+# Flags after the script name override the defaults below, e.g. on a CPU-only machine:
+#   slm_swap/train_parallel.sh --workers 1 --gpus-per-worker 0 --cpus-per-worker 1
+set -euo pipefail
+project_root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$project_root"
+python_bin="${PYTHON:-$project_root/.venv/bin/python}"
+[ -x "$python_bin" ] || python_bin=python
+exec "$python_bin" jobs/train.py --track all --strategy parallel --workers 2 --gpus-per-worker 1 "$@"

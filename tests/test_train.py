@@ -1,0 +1,156 @@
+"""Fine-tuning on Ray Train with a tiny random model: adapter and training.json, the gate, bad data,
+resume after a kill, and the two shell scripts on CPU workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ray_app.data.rows import DatasetError
+from ray_app.engines.base import EngineRequest
+from ray_app.engines.slm import SlmEngine, SlmSettings
+from ray_app.paths import DATASET_ROOT, PROJECT_ROOT
+from ray_app.train.config import TrainConfig
+from ray_app.train.train import fine_tune_gate, run_train
+
+
+@pytest.fixture(autouse=True)
+def no_langfuse(monkeypatch):
+    for name in ("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "LANGFUSE_BASE_URL", "LANGFUSE_HOST", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def tiny_config(model_dir: Path, tmp_path: Path, **changes) -> TrainConfig:
+    settings = {
+        "track": "toolcall",
+        "model_path": str(model_dir),
+        "adapter_root": tmp_path / "04_ft",
+        "eval_root": tmp_path / "05_eval",
+        "decision_path": tmp_path / "05_eval" / "decision.json",
+        "storage_path": tmp_path / "ray_train",
+        "force": True,
+        "max_train_rows": 6,
+        "max_val_rows": 2,
+        "per_device_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "num_workers": 0,
+        "eval_after": False,
+        "eval_max_new_tokens": 8,
+        **changes,
+    }
+    return TrainConfig(**settings)
+
+
+def test_training_writes_a_loadable_adapter_and_training_json(ray_session, tiny_model_dir, tmp_path):
+    outcome = run_train(tiny_config(tiny_model_dir, tmp_path, eval_after=True))
+    adapter = tmp_path / "04_ft" / "adapter_toolcall"
+    assert outcome.trained and outcome.adapter_dir == adapter
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    training = json.loads((adapter / "training.json").read_text())
+    assert training["backend"] == "peft" and training["settings"]["lora"] == {
+        "r": 64, "alpha": 16, "dropout": 0.1, "target_modules": "all-linear"
+    }  # fmt: skip
+    assert training["settings"]["learning_rate"] == 2e-4 and training["settings"]["max_length"] == 2048
+    assert [step for step, _ in training["loss_curve"]] == [1, 2, 3]  # 6 rows, batch 2, 1 epoch
+    assert training["val_loss"] > 0 and training["tokens_per_s"] > 0
+    assert training["identity"]["train_sha256"] and training["rows"] == {"train": 6, "val": 2}
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 64 and adapter_config["lora_alpha"] == 16 and adapter_config["lora_dropout"] == 0.1
+    # Re-evaluated with the adapter under its own label, then compared.
+    assert training["eval_after"]["metrics"]["rows"] == 50
+    assert (tmp_path / "05_eval" / "toolcall" / "slm-adapter" / "metrics.json").is_file()
+    engine = SlmEngine(SlmSettings(model_path=tiny_model_dir, adapter_path=adapter, max_new_tokens=4))
+    assert len(engine.generate([EngineRequest(0, "toolcall", "hello")])) == 1
+    again = run_train(tiny_config(tiny_model_dir, tmp_path))
+    assert not again.trained and again.reason == "adapter up to date"
+
+
+def test_the_gate_follows_the_decision(tmp_path):
+    decision = tmp_path / "decision.json"
+    config = TrainConfig(track="toolcall", decision_path=decision)
+    assert fine_tune_gate(config) == (False, f"no decision at {decision}: run `slm-swap compare` first, or --force")
+    decision.write_text(json.dumps({"tracks": {"toolcall": {"FINE_TUNE": 0, "reason": "tie"}}, "missing": {}}))
+    assert fine_tune_gate(config)[0] is False and "FINE_TUNE=0 (tie)" in fine_tune_gate(config)[1]
+    decision.write_text(json.dumps({"tracks": {"toolcall": {"FINE_TUNE": 1, "reason": "worse"}}, "missing": {}}))
+    assert fine_tune_gate(config) == (True, "decision says FINE_TUNE=1 (worse)")
+    assert fine_tune_gate(TrainConfig(track="structured", decision_path=decision))[0] is False
+    assert fine_tune_gate(TrainConfig(track="structured", decision_path=decision, force=True)) == (True, "--force")
+
+
+def test_bad_training_data_stops_before_any_compute(tiny_model_dir, tmp_path):
+    dataset = tmp_path / "data"
+    (dataset / "toolcall").mkdir(parents=True)
+    good = (DATASET_ROOT / "toolcall" / "train.jsonl").read_text().splitlines()[:3]
+    (dataset / "toolcall" / "train.jsonl").write_text("\n".join([*good, '{"prompt": "p", "completion": "{}"}']) + "\n")
+    (dataset / "toolcall" / "val.jsonl").write_text("")
+    with pytest.raises(DatasetError, match=r"train.jsonl:4: field 'completion'"):
+        run_train(tiny_config(tiny_model_dir, tmp_path, dataset_root=dataset))
+    assert not (tmp_path / "ray_train").exists() and not (tmp_path / "04_ft").exists()
+
+
+def slm_swap_train(model_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "ray_app", "train", "--track", "toolcall", "--force", "--no-eval-after",
+        "--model-path", str(model_dir), "--adapter-root", str(tmp_path / "04_ft"),
+        "--eval-root", str(tmp_path / "05_eval"), "--storage-path", str(tmp_path / "ray_train"),
+        "--max-val-rows", "0", *extra,
+    ]  # fmt: skip
+
+
+def test_a_killed_train_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
+    command = slm_swap_train(
+        tiny_model_dir,
+        tmp_path,
+        "--max-train-rows",
+        "24",
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "1",
+        "--save-steps",
+        "2",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "RAY_ADDRESS"))}
+    process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if list((tmp_path / "ray_train").glob("*/checkpoint_*")):
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "training finished before it could be killed"
+    time.sleep(1.0)  # let the first checkpoint's upload finish
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "04_ft" / "adapter_toolcall").exists()
+    restarted = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    training = json.loads((tmp_path / "04_ft" / "adapter_toolcall" / "training.json").read_text())
+    assert training["global_step"] == 24
+    assert 2 <= training["resumed_from_step"] < 24
+
+
+@pytest.mark.parametrize("script", ["train_sequential.sh", "train_parallel.sh"])
+def test_training_scripts_run_on_cpu_workers(script, tiny_model_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "RAY_ADDRESS"))}
+    result = subprocess.run(
+        [
+            str(PROJECT_ROOT / "slm_swap" / script), "--workers", "1", "--gpus-per-worker", "0",
+            "--cpus-per-worker", "0.5", "--force", "--no-eval-after", "--model-path", str(tiny_model_dir),
+            "--max-train-rows", "2", "--max-val-rows", "0", "--batch-size", "2", "--grad-accum", "1",
+            "--adapter-root", str(tmp_path / "04_ft"), "--eval-root", str(tmp_path / "05_eval"),
+            "--storage-path", str(tmp_path / "ray_train"),
+        ],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for track in ("structured", "toolcall"):
+        training = json.loads((tmp_path / "04_ft" / f"adapter_{track}" / "training.json").read_text())
+        assert training["settings"]["num_workers"] == 1 and training["settings"]["gpus_per_worker"] == 0
+        assert training["global_step"] == 1
