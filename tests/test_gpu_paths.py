@@ -1,0 +1,70 @@
+"""GPU-only paths: 8-bit evaluation, the 8-bit peft backend and the unsloth backend.
+
+Marked `gpu` and skipped where torch sees no CUDA device (the project's own machines); on a GPU
+machine they run for real with the demo SLM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.fixture(scope="module")
+def demo_model_dir():
+    from ray_app.models.demo_checkpoint import fetch_demo_model
+
+    return fetch_demo_model()[0]
+
+
+def test_eight_bit_slm_generates(demo_model_dir):
+    from ray_app.engines.base import EngineRequest
+    from ray_app.engines.slm import SlmEngine, SlmSettings
+
+    engine = SlmEngine(SlmSettings(model_path=demo_model_dir, precision="8bit", max_new_tokens=16))
+    assert engine.describe()["precision"] == "8bit" and engine.describe()["device"] == "cuda"
+    (generation,) = engine.generate([EngineRequest(0, "structured", 'Return {"a": 1} as JSON.')])
+    assert generation.completion_tokens > 0
+
+
+@pytest.mark.parametrize(
+    ("backend", "quantization"),
+    [
+        ("peft", "8bit"),
+        pytest.param(
+            "unsloth",
+            "4bit",
+            marks=pytest.mark.skipif(importlib.util.find_spec("unsloth") is None, reason="needs the gpu extra"),
+        ),
+    ],
+)
+def test_gpu_backends_train_an_adapter(backend, quantization, demo_model_dir, tmp_path):
+    from ray_app.train.config import TrainConfig
+    from ray_app.train.train import run_train
+
+    config = TrainConfig(
+        track="toolcall",
+        model_path=str(demo_model_dir),
+        backend=backend,
+        quantization=quantization,
+        adapter_root=tmp_path / "04_ft",
+        eval_root=tmp_path / "05_eval",
+        storage_path=tmp_path / "ray_train",
+        force=True,
+        max_train_rows=16,
+        max_val_rows=4,
+        num_workers=1,
+        eval_after=False,
+    )
+    outcome = run_train(config)
+    training = json.loads((outcome.adapter_dir / "training.json").read_text())
+    assert training["backend"] == backend and training["settings"]["quantization"] == quantization
+    assert training["tokens_per_s"] > 0
