@@ -189,6 +189,7 @@ def evaluate(
     """Evaluate the SLM or the teacher on one track: predictions.jsonl + metrics.json under 05_eval/."""
     from ray_app.data.rows import TRACKS, DatasetError
     from ray_app.data.trace_splits import TraceFileError
+    from ray_app.engines.hosted import TeacherRequestError
     from ray_app.engines.replay import ReplayMissingError
     from ray_app.engines.slm import PRECISIONS, SlmEngineError
     from ray_app.engines.teacher_settings import TeacherConfigError
@@ -241,6 +242,7 @@ def evaluate(
         ModelPathError,
         SlmEngineError,
         TeacherConfigError,
+        TeacherRequestError,
         ReplayMissingError,
         LangfuseRequiredError,
         TraceFileError,
