@@ -147,7 +147,8 @@ def compare_hits(
         candidate.label: r6(candidate.rates[metric]),
         "delta": r6(delta),
         "interval_95": [r6(low), r6(high)],
-        "mcnemar_p": r6(mcnemar_exact_p(ref_hits, cand_hits)),
+        # Significant digits, not decimals: a p-value of 4e-11 must not print as 0.
+        "mcnemar_p": float(f"{mcnemar_exact_p(ref_hits, cand_hits):.6g}"),
         "discordant": {f"{reference.label}_only": reference_only, f"{candidate.label}_only": candidate_only},
         "verdict": metric_verdict(delta, (low, high), rows, reference.label, candidate.label),
     }
