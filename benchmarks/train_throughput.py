@@ -10,8 +10,10 @@ for Ray the worker start) are printed beside them. Target: Ray Train ≥ 0.9 × 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -103,9 +105,11 @@ def main() -> None:
     rows = read_split(DATASET_ROOT / args.track / "train.jsonl")[: args.rows]
     cpus = os.cpu_count() or 1
     config = loop_config(model_dir, rows, args.steps, cpus)
-    plain = plain_trainer(config)
-    with tempfile.TemporaryDirectory() as storage:
-        in_ray = ray_train(config, Path(storage))
+    # The trainers print their logs on stdout; keep stdout for the JSON report alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        plain = plain_trainer(config)
+        with tempfile.TemporaryDirectory() as storage:
+            in_ray = ray_train(config, Path(storage))
     report = {
         "benchmark": "train_throughput",
         "track": args.track,

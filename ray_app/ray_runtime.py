@@ -27,6 +27,9 @@ def ensure_ray() -> str | None:
         # address="local": always a new embedded Ray, never a stale cluster named in
         # /tmp/ray/ray_current_cluster. Workers start from this process, so they get the
         # determinism variables here.
+        # Ray starts workers at nice 15 by default; here the workers do the job's real work (the
+        # model), so they get normal priority and do not lose CPU to Ray's own daemons on 2 cores.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         context = ray.init(address="local", runtime_env={"env_vars": DETERMINISM_ENV}, log_to_driver=True)
         where = "embedded local Ray"
     url = getattr(context, "dashboard_url", None) or None

@@ -187,6 +187,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         torch.set_num_threads(max(1, int(config["cpus_per_worker"])))  # Ray sets OMP threads from num_cpus
     context = ray.train.get_context()
+    if context.get_world_size() == 1:
+        single_process_training()
     workdir = Path(tempfile.mkdtemp(prefix="slm-swap-train-"))
     restored = restored_checkpoint(workdir)
     if restored is not None and (restored / FINAL_ADAPTER_DIR).is_dir():
@@ -234,6 +236,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # The final folder stays: in local mode (num_workers=0) the reported checkpoint is that folder.
     shutil.rmtree(workdir / "hf", ignore_errors=True)
     shutil.rmtree(workdir / "restored", ignore_errors=True)
+
+
+def single_process_training() -> None:
+    """One worker has nobody to synchronise with: drop the process group Ray Train set up, so the
+    HF Trainer does not wrap the model in DistributedDataParallel and all-reduce to itself."""
+    import os
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK"):
+        os.environ.pop(name, None)
 
 
 def _bf16_supported() -> bool:
