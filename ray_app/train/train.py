@@ -222,7 +222,14 @@ def run_train(config: TrainConfig) -> TrainOutcome:
         return TrainOutcome(config.track, False, why)
     plan = training_plan(config)
     training_json = config.adapter_dir / "training.json"
-    if training_json.is_file() and json.loads(training_json.read_text()).get("run_key") == plan["run_key"]:
+    adapter_complete = (config.adapter_dir / "adapter_config.json").is_file() and any(
+        config.adapter_dir.glob("adapter_model.*")
+    )  # a clone carries training.json (the record) but not the weights
+    if (
+        adapter_complete
+        and training_json.is_file()
+        and json.loads(training_json.read_text()).get("run_key") == plan["run_key"]
+    ):
         console.print(f"train {config.track}: adapter up to date (run key {plan['run_key'][:12]} matches), reused")
         training = json.loads(training_json.read_text())
         return TrainOutcome(config.track, False, "adapter up to date", config.adapter_dir, training)
