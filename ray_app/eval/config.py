@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -78,7 +78,3 @@ def teacher_mode_from_env(requested: TeacherMode, environ=os.environ) -> Teacher
     if environ.get("SLM_SWAP_TEACHER_BASE_URL"):
         return "openai-compatible"
     return "replay"
-
-
-def with_overrides(config: EvalConfig, **changes) -> EvalConfig:
-    return replace(config, **{key: value for key, value in changes.items() if value is not None})

@@ -9,6 +9,7 @@ from this process with bounded concurrency — appending each finished batch, th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -90,7 +91,7 @@ def slm_plan(config: EvalConfig) -> tuple[SlmSettings, dict[str, Any], int, floa
         _, precision = resolve_device_and_precision(settings)
     else:
         precision = "8bit" if config.slm.precision == "auto" else config.slm.precision
-    settings = SlmSettings(**{**settings.__dict__, "precision": precision})
+    settings = dataclasses.replace(settings, precision=precision)
     identity = {
         "engine": "transformers",
         "model_fingerprint": folder_fingerprint(model_path),
