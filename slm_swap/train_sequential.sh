@@ -6,6 +6,8 @@
 set -euo pipefail
 project_root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$project_root"
-python_bin="${PYTHON:-$project_root/.venv/bin/python}"
-[ -x "$python_bin" ] || python_bin=python
+# SLM_SWAP_PYTHON picks the interpreter; else the project venv; else python3 on PATH.
+# (Not $PYTHON: `make VAR=...` exports its command-line variables to every child process.)
+python_bin="${SLM_SWAP_PYTHON:-$project_root/.venv/bin/python}"
+[ -x "$python_bin" ] || python_bin=python3
 exec "$python_bin" jobs/train.py --track all --strategy sequential --workers 4 --gpus-per-worker 1 "$@"
