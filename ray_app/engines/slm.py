@@ -126,40 +126,64 @@ class SlmEngine:
         return generations
 
     def _generate_batch(self, requests: list[EngineRequest]) -> list[Generation]:
-        import torch
+        return generate_greedy(
+            self.model, self.tokenizer, self.device, [request.messages for request in requests],
+            [self.settings.max_new_tokens] * len(requests),
+        )  # fmt: skip
 
-        texts = [
-            self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
-            for request in requests
-        ]
-        # The chat template already holds every special token the model expects.
-        inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        started = time.perf_counter()
-        with torch.inference_mode():
-            output = self.model.generate(
-                **inputs,
-                max_new_tokens=self.settings.max_new_tokens,
-                do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        latency_s = time.perf_counter() - started
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
-        prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
-        return [
-            Generation(
-                text=self.tokenizer.decode(tokens[: self._answer_length(tokens)], skip_special_tokens=True),
+
+def stop_token_ids(model, tokenizer) -> set[int]:
+    stop_ids = model.generation_config.eos_token_id
+    return set(stop_ids if isinstance(stop_ids, list) else [stop_ids]) | {tokenizer.eos_token_id}
+
+
+def prompt_token_count(tokenizer, messages: list[dict[str, str]]) -> int:
+    """Tokens of a conversation as the model sees it (chat template with the generation prompt)."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@dataclass(frozen=True)
+class GreedyAnswer(Generation):
+    token_ids: tuple[int, ...] = ()  # the answer's tokens (end-of-sequence included when it stopped)
+    stopped: bool = True  # False when it ran into its token limit
+
+
+def generate_greedy(model, tokenizer, device, conversations, max_new_tokens: list[int]) -> list[GreedyAnswer]:
+    """One left-padded greedy `generate` over a batch of conversations: what eval measures and Serve serves.
+
+    Each answer is cut at its first end-of-sequence and at its own token limit; greedy decoding makes
+    that equal to generating it with that limit (the batch runs to the largest limit).
+    """
+    import torch
+
+    texts = [
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        for messages in conversations
+    ]
+    # The chat template already holds every special token the model expects.
+    inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        output = model.generate(
+            **inputs, max_new_tokens=max(max_new_tokens), do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )
+    latency_s = time.perf_counter() - started
+    new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+    prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
+    stop_ids = stop_token_ids(model, tokenizer)
+    answers = []
+    for tokens, prompt_length, limit in zip(new_tokens, prompt_lengths, max_new_tokens, strict=True):
+        stop_at = next((position + 1 for position, token in enumerate(tokens[:limit]) if token in stop_ids), None)
+        kept = tokens[: stop_at if stop_at is not None else limit]
+        answers.append(
+            GreedyAnswer(
+                text=tokenizer.decode(kept, skip_special_tokens=True),
                 prompt_tokens=int(prompt_length),
-                completion_tokens=self._answer_length(tokens),
+                completion_tokens=len(kept),
                 latency_s=latency_s,
+                token_ids=tuple(kept),
+                stopped=stop_at is not None,
             )
-            for tokens, prompt_length in zip(new_tokens, prompt_lengths, strict=True)
-        ]
-
-    def _answer_length(self, tokens: list[int]) -> int:
-        """Generated tokens up to and including the first end-of-sequence (padding after it excluded)."""
-        stop_ids = self.model.generation_config.eos_token_id
-        stop_ids = set(stop_ids if isinstance(stop_ids, list) else [stop_ids]) | {self.tokenizer.eos_token_id}
-        for position, token in enumerate(tokens):
-            if token in stop_ids:
-                return position + 1
-        return len(tokens)
+        )
+    return answers

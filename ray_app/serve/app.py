@@ -1,0 +1,183 @@
+"""The Ray Serve app: an OpenAI-compatible chat endpoint for the base SLM and its adapters.
+
+One deployment is both the HTTP ingress (FastAPI) and the model host, so a request is checked
+(model name, messages, context length) before it queues, and concurrent requests are grouped by
+`@serve.batch` into one greedy `generate` per model. Routes:
+
+    POST /v1/chat/completions   GET /v1/models   GET /health
+
+Start it with `slm-swap serve` (binds 127.0.0.1:8000 unless told otherwise) or
+`serve run slm_swap/serve_config.yaml` (the config names `build_app` below). No
+`from __future__ import annotations` here: FastAPI reads the route signatures' real types.
+"""
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from ray import serve
+
+from ray_app.engines.slm import PRECISIONS, GreedyAnswer, Precision, SlmSettings
+from ray_app.models.model_path import resolve_slm_model_path
+from ray_app.paths import ADAPTER_ROOT
+from ray_app.serve.model_host import GenerationJob, MultiAdapterModel
+from ray_app.serve.openai_protocol import (
+    OpenAiError,
+    assistant_answer,
+    completion_response,
+    models_response,
+    parse_chat_request,
+    parse_json_body,
+    server_sent_events,
+    stream_chunks,
+)
+
+APP_NAME = "slm-swap"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    model_path: str | None = None  # None: SLM_MODEL_PATH, then the seed's default checkpoint
+    adapter_root: Path | None = ADAPTER_ROOT  # every adapter_<name>/ in it is served as slm-<name>
+    precision: Precision = "auto"  # 8-bit on GPU, fp32 on CPU (bf16 is ~2x faster on CPU)
+    max_batch_size: int = 8  # requests per generate call
+    batch_wait_timeout_s: float = 0.05  # how long the first request of a batch waits for company
+    default_max_tokens: int = 512  # when a request gives no max_tokens
+    max_model_len: int | None = None  # None: the model config's max_position_embeddings
+    num_replicas: int = 1
+    cpus_per_replica: float = 1.0
+    gpus_per_replica: float = 0.0
+    cpu_threads: int | None = None  # None on CPU: every core of the node
+    max_ongoing_requests: int = 64  # per replica; must be ≥ max_batch_size or batches get split
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.max_batch_size < 1 or self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError("need max_batch_size ≥ 1 and max_ongoing_requests ≥ max_batch_size")
+
+    def to_json(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["adapter_root"] = str(self.adapter_root) if self.adapter_root else None
+        return values
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "ServeSettings":
+        known = {name for name in cls.__dataclass_fields__}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown serve settings {unknown}; known: {sorted(known)}")
+        values = dict(values)
+        if values.get("adapter_root"):
+            values["adapter_root"] = Path(values["adapter_root"])
+        return cls(**values)
+
+
+fastapi_app = FastAPI(title="slm-swap", docs_url=None, redoc_url=None)
+
+
+def error_response(error: OpenAiError) -> JSONResponse:
+    return JSONResponse(status_code=error.status, content=error.body())
+
+
+@serve.deployment(name="SlmChat")
+@serve.ingress(fastapi_app)
+class SlmChatDeployment:
+    def __init__(self, settings_json: dict[str, Any]):
+        import os
+
+        settings = ServeSettings.from_json(settings_json)
+        model_path = resolve_slm_model_path(settings.model_path)
+        threads = settings.cpu_threads or (None if settings.gpus_per_replica else os.cpu_count())
+        slm_settings = SlmSettings(model_path=model_path, precision=settings.precision, cpu_threads=threads)
+        self.settings = settings
+        self.host = MultiAdapterModel(slm_settings, settings.adapter_root, settings.max_model_len)
+        self.started = int(time.time())
+        self.generate_batch.set_max_batch_size(settings.max_batch_size)
+        self.generate_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
+    async def generate_batch(self, jobs: list[GenerationJob]) -> list[GreedyAnswer]:
+        # The generate runs in a thread so /health and request checks keep answering meanwhile.
+        return await asyncio.to_thread(self.host.generate, jobs)
+
+    @fastapi_app.get("/health")
+    async def health(self) -> dict[str, Any]:
+        return {"status": "ok", "models": self.host.model_names, "precision": self.host.precision}
+
+    @fastapi_app.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return models_response(self.host.model_names, self.started)
+
+    @fastapi_app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request):
+        try:
+            chat = parse_chat_request(
+                parse_json_body(await request.body()), self.host.model_names, self.settings.default_max_tokens
+            )
+            prompt_tokens = self.host.prompt_tokens(chat.prompt.messages)
+            if prompt_tokens + chat.max_tokens > self.host.context_limit:
+                raise OpenAiError(
+                    400,
+                    f"this model's context is {self.host.context_limit} tokens; the messages take {prompt_tokens} "
+                    f"and max_tokens asks for {chat.max_tokens} more: shorten the messages or lower max_tokens",
+                    "messages",
+                    "context_length_exceeded",
+                )
+        except OpenAiError as error:
+            return error_response(error)
+        answer = await self.generate_batch(GenerationJob(chat.model, chat.prompt.messages, chat.max_tokens))
+        message = assistant_answer(answer.text, answer.stopped)
+        if not chat.stream:
+            return completion_response(
+                chat.model, message, answer.prompt_tokens, answer.completion_tokens, self.host.fingerprint
+            )
+        chunks = stream_chunks(
+            chat.model, message, self.host.decode_pieces(answer.token_ids), answer.prompt_tokens,
+            answer.completion_tokens, self.host.fingerprint, chat.include_usage,
+        )  # fmt: skip
+        return StreamingResponse(iter(server_sent_events(chunks)), media_type="text/event-stream")
+
+
+def build_app(args: dict[str, Any] | None = None):
+    """The Serve application for `serve run` / `serve deploy` (the config's `args` are ServeSettings)."""
+    settings = ServeSettings.from_json(dict(args or {}))
+    actor_options: dict[str, Any] = {"num_cpus": settings.cpus_per_replica}
+    if settings.gpus_per_replica:
+        actor_options["num_gpus"] = settings.gpus_per_replica
+    return SlmChatDeployment.options(
+        num_replicas=settings.num_replicas,
+        max_ongoing_requests=settings.max_ongoing_requests,
+        ray_actor_options=actor_options,
+    ).bind(settings.to_json())
+
+
+@dataclass
+class RunningServer:
+    settings: ServeSettings
+    url: str
+    models: list[str] = field(default_factory=list)
+
+
+def start_server(settings: ServeSettings) -> RunningServer:
+    """Start (or join) Ray, bind the HTTP proxy, deploy the app and wait until it answers."""
+    import json
+    import urllib.request
+
+    from ray_app.ray_runtime import ensure_ray
+
+    settings = replace(settings, model_path=str(resolve_slm_model_path(settings.model_path)))
+    ensure_ray()
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(build_app(settings.to_json()), name=APP_NAME, route_prefix="/")
+    probe_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = f"http://{probe_host}:{settings.port}"
+    with urllib.request.urlopen(f"{url}/health", timeout=30) as response:
+        models = json.loads(response.read())["models"]
+    return RunningServer(settings=settings, url=url, models=models)
