@@ -120,6 +120,8 @@ def request_text(messages: list[dict[str, Any]]) -> str:
     results: list[str] = []
     for index in range(user_index + 1, len(messages)):
         message = messages[index]
+        if message["role"] in ("system", "developer"):
+            continue  # instructions, wherever they sit, go into the instruction (as the trace conversion does)
         if message["role"] == "assistant":
             if message_text(message.get("content"), f"messages[{index}].content").strip():
                 raise AgentRequestError(

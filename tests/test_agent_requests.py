@@ -1,0 +1,125 @@
+"""Agent requests → the project's prompts: what Serve builds equals what the traces became."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ray_app.data.traces import SkipGeneration, generation_messages_and_tools, generation_row, generations_of
+from ray_app.dummy_agent.config import DummyAgentConfig
+from ray_app.dummy_agent.workflow import load_test_rows, simulate_traces
+from ray_app.prompts import chat_messages, load_templates, tool_signature, toolcall_prompt
+from ray_app.prompts.agent_requests import AgentRequestError, agent_request_prompt
+from ray_app.serve.openai_protocol import assistant_answer, stream_chunks
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_served_messages_equal_the_rows_the_agents_traces_became():
+    """For every generation of the dummy agent's traces that becomes a row, Serve builds that row's messages."""
+    config = DummyAgentConfig()
+    toolcall_rows, structured_rows = load_test_rows(config.dataset_root)
+    checked = {"toolcall": 0, "structured": 0}
+    for trace in simulate_traces(config, toolcall_rows, structured_rows):
+        for generation in generations_of(trace):
+            try:
+                track, candidate = generation_row(generation)
+            except SkipGeneration:
+                continue
+            messages, tools = generation_messages_and_tools(generation["input"])
+            served = agent_request_prompt(messages, tools, "auto")
+            assert served.messages == chat_messages(candidate.row.prompt), generation["id"]
+            checked[track] += 1
+    assert checked["toolcall"] >= 20 and checked["structured"] >= 20
+
+
+def test_project_format_messages_are_served_as_they_are():
+    messages = chat_messages(toolcall_prompt([tool_signature(WEATHER)], "weather in Oslo"))
+    served = agent_request_prompt(messages, [WEATHER], "auto")
+    assert served.messages == messages and served.source == "project-format"
+
+
+def test_tool_choice_names_one_tool_and_none_offers_no_tools():
+    messages = [{"role": "user", "content": "what time is it"}]
+    one = agent_request_prompt(messages, [WEATHER, TIME], {"type": "function", "function": {"name": "get_time"}})
+    assert one.offered_tool_names == ("get_time",) and "get_weather" not in one.messages[1]["content"]
+    none = agent_request_prompt(messages, [WEATHER, TIME], "none")
+    assert none.offered_tool_names == () and none.messages == chat_messages("what time is it")
+    with pytest.raises(AgentRequestError) as error:
+        agent_request_prompt(messages, [WEATHER], {"type": "function", "function": {"name": "nope"}})
+    assert error.value.param == "tool_choice"
+
+
+def test_tool_results_are_appended_to_the_request_text():
+    messages = [
+        {"role": "system", "content": "You are a weather agent."},
+        {"role": "user", "content": "weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+        ]},
+        {"role": "tool", "tool_call_id": "c1", "content": '{"temp": 3}'},
+    ]  # fmt: skip
+    served = agent_request_prompt(messages, [WEATHER], "auto")
+    expected_text = 'weather in Oslo?\n\n<tool_result name="get_weather">{"temp": 3}</tool_result>'
+    assert served.messages == chat_messages(toolcall_prompt([tool_signature(WEATHER)], expected_text))
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+         "messages[2]"),
+        ([{"role": "system", "content": "only a system"}], "messages"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content[0]"),
+        ([{"role": "user", "content": "  "}], "messages[0].content"),
+        ("not a list", "messages"),
+    ],
+)  # fmt: skip
+def test_unservable_conversations_name_the_field(messages, param):
+    with pytest.raises(AgentRequestError) as error:
+        agent_request_prompt(messages)
+    assert error.value.param == param
+
+
+def test_wrapper_becomes_a_tool_call_and_other_text_stays_content():
+    answer = assistant_answer('<tool_call name="get_weather">{"city": "Oslo"}</tool_call>', stopped=True)
+    assert answer.finish_reason == "tool_calls" and answer.content is None
+    assert json.loads(answer.tool_calls[0]["function"]["arguments"]) == {"city": "Oslo"}
+    broken = assistant_answer('<tool_call name="get_weather">{"city": </tool_call>', stopped=True)
+    assert broken.tool_calls == [] and broken.content.startswith("<tool_call") and broken.finish_reason == "stop"
+    assert assistant_answer("cut off", stopped=False).finish_reason == "length"
+
+
+def test_streamed_tool_call_chunks_rebuild_the_call():
+    answer = assistant_answer('<tool_call name="get_weather">{"city": "Oslo"}</tool_call>', stopped=True)
+    chunks = stream_chunks("slm", answer, [], 10, 5, "fp", include_usage=True)
+    deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"]]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    calls = [call for delta in deltas for call in delta.get("tool_calls", [])]
+    assert calls[0]["function"] == {"name": "get_weather", "arguments": ""} and calls[0]["id"].startswith("call_")
+    assert "".join(call["function"]["arguments"] for call in calls) == '{"city":"Oslo"}'
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 15
+
+
+def test_system_text_of_the_project_is_not_repeated_as_an_agent_instruction():
+    project_system = load_templates()["system"]
+    messages = [
+        {"role": "system", "content": project_system},
+        {"role": "user", "content": "a"},
+    ]
+    messages.append({"role": "developer", "content": "Answer in JSON."})
+    served = agent_request_prompt(messages)
+    assert (
+        served.messages[1]["content"].startswith("Answer in JSON.")
+        and project_system not in served.messages[1]["content"]
+    )
