@@ -74,8 +74,7 @@ class ServeSettings:
         if unknown:
             raise ValueError(f"unknown serve settings {unknown}; known: {sorted(known)}")
         values = dict(values)
-        if values.get("adapter_root"):
-            values["adapter_root"] = Path(values["adapter_root"])
+        values["adapter_root"] = Path(values["adapter_root"]) if values.get("adapter_root") else ADAPTER_ROOT
         return cls(**values)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from ray_app.data.rows import Track
-from ray_app.paths import ADAPTER_ROOT, DATASET_ROOT, EVAL_ROOT, PROJECT_ROOT
+from ray_app.paths import ADAPTER_ROOT, DATASET_ROOT, EVAL_ROOT, RAY_TRAIN_STORAGE
 
 Backend = Literal["auto", "unsloth", "peft"]
 Quantization = Literal["auto", "8bit", "4bit", "none"]
@@ -44,7 +44,7 @@ class TrainConfig:
     gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else CPU workers
     cpus_per_worker: float | None = None  # None: 1 with GPUs, else the machine's CPUs split between workers
     checkpoints_to_keep: int = 2
-    storage_path: Path = PROJECT_ROOT / "storage" / "ray_train"  # checkpoints, per run name
+    storage_path: Path = RAY_TRAIN_STORAGE  # checkpoints, per run name (SLM_SWAP_STORAGE_PATH moves it)
     force: bool = False  # train even when the decision says FINE_TUNE=0
     decision_path: Path = EVAL_ROOT / "decision.json"
     eval_after: bool = True  # re-evaluate with the adapter, then compare
