@@ -402,6 +402,35 @@ def compare(
         console.print(f"{track}: not compared: {reason}", highlight=False)
 
 
+@app.command(
+    "pipeline",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def pipeline(context: typer.Context) -> None:
+    """The main job: data → evaluate → decide → train → re-evaluate → compare → report (`--help` for flags)."""
+    from ray_app.pipeline.arguments import main as pipeline_main
+
+    pipeline_main(list(context.args))
+
+
+@app.command("report")
+def report(
+    eval_root: Annotated[Path | None, typer.Option(help="holds decision.json and <track>/<label>/ results")] = None,
+    dataset_root: Annotated[Path, typer.Option(help="holds <track>/test.jsonl (gold rows)")] = DATASET_ROOT,
+    failing_rows: Annotated[int, typer.Option(min=0, help="first failing test rows shown per model")] = 3,
+) -> None:
+    """Write <eval-root>/report.md and its PNG charts from decision.json and the metrics files."""
+    from ray_app.paths import EVAL_ROOT
+    from ray_app.report import ReportError, write_report
+
+    try:
+        written = write_report(eval_root or EVAL_ROOT, dataset_root, failing_rows_per_model=failing_rows)
+    except ReportError as error:
+        fail(str(error))
+    console.print(f"report: {written.report_path} ({len(written.chart_paths)} charts)", highlight=False)
+
+
 @app.command("serve")
 def serve_command(
     model_path: Annotated[str | None, typer.Option(help="base SLM (default $SLM_MODEL_PATH)")] = None,

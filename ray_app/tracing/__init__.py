@@ -15,7 +15,14 @@ run is a Langfuse trace (see `langfuse_backend`); without them it is `slm_swap/0
 
 from ray_app.tracing.langfuse_backend import close_langfuse_clients
 from ray_app.tracing.redaction import REDACTED, is_secret_name, redact_secrets, to_jsonable
-from ray_app.tracing.run_trace import DEFAULT_LOCAL_DIR, LangfuseRequiredError, RunTrace, Span, start_run_trace
+from ray_app.tracing.run_trace import (
+    DEFAULT_LOCAL_DIR,
+    LangfuseRequiredError,
+    RunTrace,
+    Span,
+    runs_nest_under,
+    start_run_trace,
+)
 
 __all__ = [
     "DEFAULT_LOCAL_DIR",
@@ -26,6 +33,7 @@ __all__ = [
     "close_langfuse_clients",
     "is_secret_name",
     "redact_secrets",
+    "runs_nest_under",
     "start_run_trace",
     "to_jsonable",
 ]

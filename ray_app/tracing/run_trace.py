@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,20 @@ STATUSES = ("ok", "error")
 
 class LangfuseRequiredError(RuntimeError):
     pass
+
+
+_PARENT_RUN: ContextVar[RunTrace | None] = ContextVar("slm_swap_parent_run", default=None)
+
+
+@contextmanager
+def runs_nest_under(parent: RunTrace) -> Iterator[RunTrace]:
+    """Inside this block every run started without an explicit parent is a child of `parent`
+    (the pipeline's one trace holds each step's eval/train/compare run)."""
+    token = _PARENT_RUN.set(parent)
+    try:
+        yield parent
+    finally:
+        _PARENT_RUN.reset(token)
 
 
 def langfuse_required(require_langfuse: bool | None, environ: Mapping[str, str]) -> bool:
@@ -192,6 +207,7 @@ def start_run_trace(
     A `parent` run makes this run's root a child in the parent's trace, on the parent's backend.
     """
     environ = os.environ
+    parent = parent if parent is not None else _PARENT_RUN.get()
     missing = missing_langfuse_keys(environ)
     if missing and langfuse_required(require_langfuse, environ):
         raise LangfuseRequiredError(

