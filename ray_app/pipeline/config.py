@@ -52,6 +52,7 @@ class PipelineConfig:
     max_train_rows: int | None = None  # None: the profile's (demo 40 per track, full all)
     train_batch_size: int = 2
     gradient_accumulation_steps: int | None = None  # None: the profile's (demo 1, full 4)
+    train_save_steps: int = 10  # a Ray Train checkpoint every N optimizer steps (where a stopped run resumes)
     report: bool = True
     seed: int = 42
 

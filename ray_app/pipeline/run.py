@@ -136,13 +136,13 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineOutcome:
             model_path = prepare_model(config)
             evaluate_base_models(config, dataset_root, model_path, teacher_mode)
             say(6, "decide: teacher vs base SLM per track")
-            decision = run_compare(CompareConfig(eval_root=config.eval_root, seed=config.seed))
+            decision = compare_unless_done(config, ledger, "decide", labels=("teacher", "slm"))
             for track, result in decision["tracks"].items():
                 detail(f"{track}: FINE_TUNE={result['FINE_TUNE']} ({result['reason']})")
             outcome.trained = train_needed_tracks(config, dataset_root, model_path, decision)
             evaluate_adapters(config, dataset_root, model_path)
             say(9, "compare teacher / SLM / SLM+adapter")
-            outcome.decision = run_compare(CompareConfig(eval_root=config.eval_root, seed=config.seed))
+            outcome.decision = compare_unless_done(config, ledger, "compare", labels=None)
             outcome.report_path = write_the_report(config, ledger)
         pipeline_run.end(
             output={"decision": outcome.decision.get("FINE_TUNE"), "trained": outcome.trained,
@@ -256,6 +256,30 @@ def evaluate_base_models(config: PipelineConfig, dataset_root: Path, model_path:
         detail(f"{track}/slm: {eval_reused_note(result)}")
 
 
+def compare_unless_done(
+    config: PipelineConfig, ledger: StepLedger, step: str, labels: tuple[str, ...] | None
+) -> dict[str, Any]:
+    """decision.json from the metrics files (of `labels`, or all); skipped when none of them changed."""
+    import json
+
+    from ray_app.eval.price_table import load_price_table
+
+    metrics_files = sorted(
+        path for path in config.eval_root.glob("*/*/metrics.json") if labels is None or path.parent.name in labels
+    )
+    decision_path = config.eval_root / "decision.json"
+    digest = inputs_hash(
+        {"metrics": files_digest(metrics_files), "price_table": file_hash(load_price_table(None).path),
+         "seed": config.seed}
+    )  # fmt: skip
+    if ledger.is_done(step, digest, [decision_path]):
+        detail(f"skipped: results and price table unchanged (sha256 {digest[:12]})")
+        return json.loads(decision_path.read_text(encoding="utf-8"))
+    decision = run_compare(CompareConfig(eval_root=config.eval_root, seed=config.seed))
+    ledger.record(step, digest, [decision_path])
+    return decision
+
+
 def train_needed_tracks(
     config: PipelineConfig, dataset_root: Path, model_path: str, decision: dict[str, Any]
 ) -> dict[str, str]:
@@ -285,6 +309,7 @@ def train_needed_tracks(
             per_device_batch_size=config.train_batch_size,
             gradient_accumulation_steps=config.gradient_accumulation_steps,  # type: ignore[arg-type]
             num_workers=config.train_workers,
+            save_steps=config.train_save_steps,
             seed=config.seed,
             decision_path=config.eval_root / "decision.json",
             eval_after=True,

@@ -1,0 +1,101 @@
+"""The main job end to end on a tiny model: killed in training, restarted, then re-run once more."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ray_app.paths import PROJECT_ROOT
+from ray_app.pipeline import PipelineConfigError, build_config
+
+
+def pipeline_command(model_dir: Path, root: Path) -> list[str]:
+    return [
+        sys.executable, "jobs/pipeline.py", "--model-path", str(model_dir), "--profile", "demo",
+        "--max-new-tokens", "8", "--eval-root", str(root / "05_eval"), "--adapter-root", str(root / "04_ft"),
+        "--storage-path", str(root / "ray_train"), "--trace-path", str(root / "traces.jsonl"),
+        "--max-train-rows", "24", "--train-batch-size", "1", "--gradient-accumulation-steps", "1",
+        "--train-save-steps", "2",
+    ]  # fmt: skip
+
+
+BASE_RESULTS = [f"{track}/{label}/metrics.json" for track in ("structured", "toolcall") for label in ("teacher", "slm")]
+
+
+def test_pipeline_killed_in_training_resumes_without_redoing_evaluations_then_reuses_everything(
+    tiny_model_dir, tmp_path
+):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "RAY_ADDRESS", "AZURE_", "SLM_"))}
+    command = pipeline_command(tiny_model_dir, tmp_path)
+    process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        if list((tmp_path / "ray_train").glob("*/checkpoint_*")):
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "the pipeline finished before it could be killed in training"
+    time.sleep(1.0)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    eval_root = tmp_path / "05_eval"
+    before = {name: (eval_root / name).read_bytes() for name in BASE_RESULTS}
+
+    restarted = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    log = " ".join(restarted.stderr.split())  # rich wraps long lines
+    assert log.count("reused: inputs unchanged (run key") == 4
+    assert {name: (eval_root / name).read_bytes() for name in BASE_RESULTS} == before
+    for track in ("structured", "toolcall"):
+        training = json.loads((tmp_path / "04_ft" / f"adapter_{track}" / "training.json").read_text())
+        assert training["global_step"] == 24
+        assert (eval_root / track / "slm-adapter" / "metrics.json").is_file()
+    resumed = [
+        json.loads((tmp_path / "04_ft" / f"adapter_{track}" / "training.json").read_text()).get("resumed_from_step")
+        for track in ("structured", "toolcall")
+    ]
+    assert resumed[0] and resumed[0] >= 2  # structured trains first: it was the one killed
+    decision = json.loads((eval_root / "decision.json").read_text())
+    assert set(decision["tracks"]["toolcall"]["adapted"]) == {"slm-adapter"}
+    report = (eval_root / "report.md").read_text()
+    assert "slm-adapter" in report and list((eval_root / "report_charts").glob("*.png"))
+    resolved = json.loads((eval_root / "pipeline_config.json").read_text())
+    assert resolved["profile"] == "demo" and resolved["max_train_rows"] == 24
+
+    [pipeline_trace] = [
+        json.loads(path.read_text())
+        for path in sorted((eval_root / "traces").glob("pipeline-*.json"))
+        if json.loads(path.read_text()).get("status") == "ok"
+    ]
+    child_kinds = {child["kind"] for child in pipeline_trace["children"]}
+    assert {"eval", "compare", "train"} <= child_kinds
+
+    again = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = " ".join(again.stderr.split())
+    assert log.count("reused: inputs unchanged (run key") == 6  # 4 base + 2 adapter evaluations
+    assert log.count("adapter up to date (run key") == 2
+    assert "skipped: splits and templates unchanged" in log and "skipped: metrics and decision unchanged" in log
+    assert log.count("skipped: results and price table unchanged") == 2
+
+
+def test_config_file_flags_and_profiles_resolve_in_order(tmp_path, monkeypatch):
+    monkeypatch.delenv("SLM_MODEL_PATH", raising=False)
+    settings = tmp_path / "pipeline.yaml"
+    settings.write_text("max_new_tokens: 64\ntrain: false\nmax_train_rows: 10\n")
+    config = build_config(settings, {"max_train_rows": 5, "seed": None})
+    assert (config.profile, config.max_new_tokens, config.train, config.max_train_rows) == ("demo", 64, False, 5)
+    assert config.slm_precision == "bf16" and config.gradient_accumulation_steps == 1
+    monkeypatch.setenv("SLM_MODEL_PATH", "/models/qwen2.5-7b-instruct")
+    full = build_config(None, {})
+    assert (full.profile, full.slm_precision, full.max_new_tokens, full.max_train_rows) == ("full", "auto", 256, None)
+    assert full.gradient_accumulation_steps == 4 and full.model_path == "/models/qwen2.5-7b-instruct"
+    settings.write_text("max_new_token: 64\n")
+    with pytest.raises(PipelineConfigError, match="unknown setting.*max_new_token"):
+        build_config(settings, {})
