@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint unit data clean-venv
+.PHONY: demo test install lint unit mastra-test data clean-venv
 
 # Torch is pinned and installed first: 2.13.0 has a CPU build on this machine's disk, and
 # installing it before the rest stops pip from pulling a multi-GB CUDA build.
@@ -25,7 +25,17 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-test: lint unit
+# The TypeScript client (mastra/): npm ci once per lockfile change; the package brings its own Node 22.
+MASTRA_STAMP := mastra/node_modules/.installed
+$(MASTRA_STAMP): mastra/package.json mastra/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "need npm on PATH (Debian: apt-get install -y npm)"; exit 1; }
+	cd mastra && npm ci --no-audit --no-fund
+	touch $(MASTRA_STAMP)
+
+mastra-test: $(STAMP) $(MASTRA_STAMP)
+	cd mastra && npm run typecheck && npm test
+
+test: lint unit mastra-test
 
 demo: $(STAMP)
 	$(BIN)/python jobs/pipeline.py

@@ -1,0 +1,54 @@
+/**
+ * `npm run demo`: the example Mastra agent against a running Serve endpoint.
+ *
+ * Sends one request in the toolcall data's style, lets Mastra execute the tool the SLM called, and
+ * prints the call (tool name + arguments) and the tool's result. Environment: SLM_SWAP_BASE_URL
+ * (default http://127.0.0.1:8000/v1), SLM_SWAP_MODEL (default slm-toolcall), SLM_SWAP_DEMO_REQUEST,
+ * and the Langfuse variables (LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_BASE_URL).
+ * Exits 1 when the model answered without a tool call.
+ */
+
+import { agentSettingsFromEnv, buildTracedAgent, flushTraces } from "../src/agent.ts";
+
+const DEFAULT_REQUEST = "What is the GCD of 84 and 126?";
+
+async function main(): Promise<number> {
+  const settings = agentSettingsFromEnv();
+  const request = process.env.SLM_SWAP_DEMO_REQUEST ?? DEFAULT_REQUEST;
+  const tracing = settings.langfusePublicKey && settings.langfuseSecretKey;
+  console.log(`endpoint ${settings.baseUrl}, model ${settings.model}`);
+  console.log(
+    tracing
+      ? `Langfuse tracing on (${settings.langfuseBaseUrl ?? "https://cloud.langfuse.com"})`
+      : "Langfuse tracing off (set LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY to send traces)",
+  );
+  console.log(`request: ${request}`);
+
+  const traced = buildTracedAgent(settings);
+  try {
+    // One step: the SLM calls the tool, Mastra executes it, the run ends.
+    const result = await traced.agent.generate(request, { maxSteps: 1, modelSettings: { temperature: 0 } });
+    if (result.toolCalls.length === 0) {
+      console.log(`the model answered without a tool call (finish reason ${result.finishReason}): ${result.text}`);
+      return 1;
+    }
+    for (const call of result.toolCalls) {
+      console.log(`SLM tool call: ${call.payload.toolName} ${JSON.stringify(call.payload.args)}`);
+    }
+    for (const toolResult of result.toolResults) {
+      const { toolName, result: output, isError } = toolResult.payload;
+      console.log(`tool ${isError ? "error" : "result"}: ${toolName} → ${JSON.stringify(output)}`);
+    }
+    return result.toolResults.some((toolResult) => toolResult.payload.isError) ? 1 : 0;
+  } finally {
+    await flushTraces(traced);
+  }
+}
+
+main().then(
+  (code) => process.exit(code),
+  (error: unknown) => {
+    console.error(`demo failed: ${error instanceof Error ? error.message : String(error)}`);
+    process.exit(1);
+  },
+);
