@@ -162,6 +162,50 @@ def answer_with_teacher(config, rows, store, engine, progress, task) -> None:
         progress.update(task, advance=len(records))
 
 
+def eval_metrics_record(
+    *,
+    track: str,
+    label: str,
+    split: str,
+    records: list[dict[str, Any]],
+    elapsed_s: float,
+    engine_description: dict[str, Any],
+    is_teacher: bool,
+    run_key: str,
+    identity: dict[str, Any],
+    predictions_path: Path,
+    config: Any,
+) -> dict[str, Any]:
+    """The metrics.json of one evaluated model (`run_eval` and the live compare's --save write it)."""
+    metrics = score_rows(
+        track,  # type: ignore[arg-type]
+        [r["completion"] for r in records],
+        [r["prediction"] for r in records],
+        [r["prompt"] for r in records],
+    )
+    completion_tokens = sum(r["completion_tokens"] for r in records)
+    return {
+        "track": track,
+        "model_label": label,
+        "split": split,
+        "rows": len(records),
+        "metrics": metrics,
+        "latency_s": latency_summary([r["latency_s"] for r in records]),
+        "tokens": {
+            "prompt": sum(r["prompt_tokens"] for r in records),
+            "completion": completion_tokens,
+            "completion_per_s": round(completion_tokens / elapsed_s, 3) if elapsed_s else None,
+        },
+        "wall_time_s": round(elapsed_s, 3),
+        "engine": engine_description,
+        "teacher_mode": engine_description.get("kind") if is_teacher else None,
+        "run_key": run_key,
+        "identity": identity,
+        "predictions": display_path(predictions_path),
+        **run_facts(config),
+    }
+
+
 def run_eval(config: EvalConfig) -> EvalOutcome:
     """Evaluate `config.model` on `config.track`'s split; reuse finished work; return the metrics."""
     from ray_app.tracing import start_run_trace
@@ -214,33 +258,20 @@ def run_eval(config: EvalConfig) -> EvalOutcome:
                     engine_description = teacher_engine.describe()
                 span.update(output={"rows_done": len(store.records)})
         records = store.finish(len(rows))
-        metrics = score_rows(
-            config.track,
-            [r["completion"] for r in records],
-            [r["prediction"] for r in records],
-            [r["prompt"] for r in records],
+        result = eval_metrics_record(
+            track=config.track,
+            label=label,
+            split=config.split,
+            records=records,
+            elapsed_s=store.elapsed_s,
+            engine_description=engine_description,
+            is_teacher=config.model == "teacher",
+            run_key=run_key,
+            identity=identity,
+            predictions_path=store.predictions_path,
+            config=config,
         )
-        completion_tokens = sum(r["completion_tokens"] for r in records)
-        result = {
-            "track": config.track,
-            "model_label": label,
-            "split": config.split,
-            "rows": len(records),
-            "metrics": metrics,
-            "latency_s": latency_summary([r["latency_s"] for r in records]),
-            "tokens": {
-                "prompt": sum(r["prompt_tokens"] for r in records),
-                "completion": completion_tokens,
-                "completion_per_s": round(completion_tokens / store.elapsed_s, 3) if store.elapsed_s else None,
-            },
-            "wall_time_s": round(store.elapsed_s, 3),
-            "engine": engine_description,
-            "teacher_mode": engine_description.get("kind") if config.model == "teacher" else None,
-            "run_key": run_key,
-            "identity": identity,
-            "predictions": display_path(store.predictions_path),
-            **run_facts(config),
-        }
+        metrics = result["metrics"]
         metrics_path = atomic_write_json(config.output_dir / "metrics.json", result)
         trace.end(output={"metrics": metrics, "metrics_path": display_path(metrics_path)})
     console.print(
