@@ -5,7 +5,7 @@ time `trainer.train()`; tokens are TRL's count of trained tokens. End-to-end tim
 for Ray the worker start) are printed beside them. Ray is started before either side runs, so both
 share the same machine state. Target: Ray Train ≥ 0.9 × plain.
 
-    .venv/bin/python benchmarks/train_throughput.py [--rows 16] [--steps 8] [--track toolcall]
+    .venv/bin/python benchmarks/train_throughput.py [--rows 16] [--steps 8] [--rounds 2] [--ray-first]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -100,7 +101,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=16)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--track", default="toolcall")
-    parser.add_argument("--ray-first", action="store_true", help="run the Ray Train side first (order check)")
+    parser.add_argument("--ray-first", action="store_true", help="start with the Ray Train side (order check)")
+    parser.add_argument(
+        "--rounds", type=int, default=2,
+        help="ABBA rounds: each round runs both sides, alternating which goes first; medians are compared",
+    )  # fmt: skip
     args = parser.parse_args()
     model_dir, _ = fetch_demo_model()
     rows = read_split(DATASET_ROOT / args.track / "train.jsonl")[: args.rows]
@@ -108,16 +113,19 @@ def main() -> None:
     config = loop_config(model_dir, rows, args.steps, cpus)
     # The trainers print their logs on stdout; keep stdout for the JSON report alone.
     # Ray's daemons (GCS, raylet, dashboard) take a share of 2 cores while Ray is up; start Ray
-    # before either side so both are measured on the same machine state (plain first on an idle
-    # machine vs Ray second measured 0.75-0.81; Ray first 0.94).
+    # before either side so both are measured on the same machine state. Whichever side runs first
+    # on a freshly started process measured faster (order effect: 0.85 plain first vs 0.94 Ray
+    # first), so rounds alternate the order (ABBA) and the ratio is of the medians.
     ensure_ray()
+    plain_runs, ray_runs = [], []
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory() as storage:
-        if args.ray_first:
-            in_ray = ray_train(config, Path(storage))
-            plain = plain_trainer(config)
-        else:
-            plain = plain_trainer(config)
-            in_ray = ray_train(config, Path(storage))
+        for round_index in range(args.rounds):
+            ray_first = (round_index % 2 == 0) == args.ray_first
+            sides = [("ray", ray_runs), ("plain", plain_runs)]
+            for side, runs in sides if ray_first else reversed(sides):
+                runs.append(ray_train(config, Path(storage)) if side == "ray" else plain_trainer(config))
+    plain_median = statistics.median(run["tokens_per_s"] for run in plain_runs)
+    ray_median = statistics.median(run["tokens_per_s"] for run in ray_runs)
     report = {
         "benchmark": "train_throughput",
         "track": args.track,
@@ -125,10 +133,13 @@ def main() -> None:
         "steps": args.steps,
         "cpus": cpus,
         "lora_r": 64,
-        "order": "ray_train first" if args.ray_first else "plain first",
-        "plain_trl": plain,
-        "ray_train_1_worker": in_ray,
-        "ratio_tokens_per_s": round(in_ray["tokens_per_s"] / plain["tokens_per_s"], 3),
+        "rounds": args.rounds,
+        "first_round_order": "ray_train first" if args.ray_first else "plain first",
+        "plain_trl": plain_runs,
+        "ray_train_1_worker": ray_runs,
+        "plain_tokens_per_s_median": plain_median,
+        "ray_train_tokens_per_s_median": ray_median,
+        "ratio_tokens_per_s": round(ray_median / plain_median, 3),
     }
     print(json.dumps(report, indent=2))
 
