@@ -3,7 +3,9 @@
 The base model is loaded once (same loader and precision rules as evaluation); each
 `<adapter_root>/adapter_<name>/` holding a PEFT adapter is added to the same PeftModel under the
 model name `slm-<name>`. A batch is split by model name; each group runs with its adapter active
-(the base runs with adapters disabled), through the same greedy generation evaluation uses.
+(the base runs with adapters disabled): greedy decoding of the project's chat messages, as in
+evaluation, with each prompt prefilled on its own and the decode steps batched
+(`batched_decode.py`; a padded prefill of prompts of very different lengths wastes most of a CPU).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray_app.engines.determinism import apply_determinism
-from ray_app.engines.slm import GreedyAnswer, SlmSettings, generate_greedy, load_model_and_tokenizer, prompt_token_count
+from ray_app.engines.slm import GreedyAnswer, SlmSettings, load_model_and_tokenizer, prompt_token_count
 from ray_app.models.fingerprint import folder_fingerprint
+from ray_app.serve.batched_decode import generate_greedy_unpadded
 
 BASE_MODEL_NAME = "slm"
 
@@ -84,7 +87,7 @@ class MultiAdapterModel:
             self.model.set_adapter(model_name)
             active = contextlib.nullcontext()
         with active:
-            return generate_greedy(
+            return generate_greedy_unpadded(
                 self.model, self.tokenizer, self.device,
                 [job.messages for job in jobs], [job.max_new_tokens for job in jobs],
             )  # fmt: skip
