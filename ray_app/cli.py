@@ -280,6 +280,10 @@ def train(
     max_train_rows: Annotated[int | None, typer.Option(min=1, help="use only the first N train rows")] = None,
     max_val_rows: Annotated[int | None, typer.Option(min=0, help="use only the first N val rows")] = None,
     save_steps: Annotated[int, typer.Option(min=1, help="checkpoint every N optimizer steps")] = 10,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations to save memory")] = True,
+    cpu_bf16: Annotated[
+        bool, typer.Option(help="on CPU workers: bf16 autocast (faster where the CPU has bf16)")
+    ] = False,
     force: Annotated[bool, typer.Option(help="train even when the decision says FINE_TUNE=0")] = False,
     eval_after: Annotated[bool, typer.Option(help="re-evaluate with the adapter and compare")] = True,
     eval_precision: Annotated[str, typer.Option(help="precision of the re-evaluation")] = "auto",
@@ -325,6 +329,8 @@ def train(
             max_train_rows=max_train_rows,
             max_val_rows=max_val_rows,
             save_steps=save_steps,
+            gradient_checkpointing=gradient_checkpointing,
+            cpu_bf16=cpu_bf16,
             num_workers=workers,
             gpus_per_worker=gpus_per_worker,
             cpus_per_worker=cpus_per_worker,

@@ -6,8 +6,9 @@ where the paths are defined) → command-line flags. The resolved config is writ
 outputs (`<eval_root>/pipeline_config.json`).
 
 Profiles: `demo` is what `make demo` runs on 2 CPU cores with no credentials — the demo SLM in bf16,
-128 new tokens, and a smaller training budget (a slice of each train split, batch 2) so the whole
-job stays under 15 minutes; `full` is the seed's run — the whole train split, effective batch 8,
+128 new tokens, and a smaller training budget (the first 40 rows of each train split, batch 2, 16
+validation rows, bf16 autocast without gradient checkpointing on CPU) so the whole job stays under
+15 minutes; `full` is the seed's run — the whole train split, effective batch 8,
 precision `auto` (8-bit on GPU). `auto` picks `full` when a model path is given (flag, config file
 or SLM_MODEL_PATH) and `demo` otherwise.
 """
@@ -53,6 +54,8 @@ class PipelineConfig:
     train_batch_size: int = 2
     gradient_accumulation_steps: int | None = None  # None: the profile's (demo 1, full 4)
     train_save_steps: int = 10  # a Ray Train checkpoint every N optimizer steps (where a stopped run resumes)
+    max_val_rows: int | None = None  # None: the profile's (demo 16, full all)
+    train_cpu_bf16: bool | None = None  # None: the profile's (demo: bf16 autocast on CPU, no gradient checkpointing)
     report: bool = True
     seed: int = 42
 
@@ -73,6 +76,8 @@ class PipelineConfig:
             max_new_tokens=pick(self.max_new_tokens, 128, 256),
             max_train_rows=pick(self.max_train_rows, 40, None),
             gradient_accumulation_steps=pick(self.gradient_accumulation_steps, 1, 4),
+            max_val_rows=pick(self.max_val_rows, 16, None),
+            train_cpu_bf16=pick(self.train_cpu_bf16, True, False),
         )
 
     def to_json(self) -> dict[str, Any]:

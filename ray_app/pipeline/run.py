@@ -306,6 +306,9 @@ def train_needed_tracks(
             adapter_root=config.adapter_root,
             storage_path=config.storage_path,
             max_train_rows=config.max_train_rows,
+            max_val_rows=config.max_val_rows,
+            cpu_bf16=bool(config.train_cpu_bf16),
+            gradient_checkpointing=not config.train_cpu_bf16,  # the demo's CPU speed-up; GPUs keep it
             per_device_batch_size=config.train_batch_size,
             gradient_accumulation_steps=config.gradient_accumulation_steps,  # type: ignore[arg-type]
             num_workers=config.train_workers,

@@ -150,10 +150,12 @@ def build_sft_trainer(config: dict[str, Any], device, output_dir: Path, callback
         save_total_limit=2,
         eval_strategy="epoch" if eval_dataset is not None else "no",
         report_to=[],
-        gradient_checkpointing=True,
+        gradient_checkpointing=config.get("gradient_checkpointing", True),
         gradient_checkpointing_kwargs={"use_reentrant": False},
         ddp_find_unused_parameters=False,
-        bf16=on_gpu and _bf16_supported(),  # TRL defaults to bf16=True, which fails on CPU
+        # TRL defaults to bf16=True, which fails on CPU unless use_cpu: there bf16 is CPU autocast
+        # (fp32 weights and LoRA parameters, bf16 matmuls), an explicit choice (`cpu_bf16`).
+        bf16=(on_gpu and _bf16_supported()) or (not on_gpu and config.get("cpu_bf16", False)),
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
         disable_tqdm=not show_progress,

@@ -102,6 +102,8 @@ def training_plan(config: TrainConfig) -> dict[str, Any]:
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "max_steps": config.max_steps,
         "save_steps": config.save_steps,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "cpu_bf16": config.cpu_bf16 and not gpus_per_worker,
         "seed": config.seed,
         "num_workers": config.num_workers,
         "gpus_per_worker": gpus_per_worker,
