@@ -30,7 +30,7 @@ from ray_app.eval.ray_predictor import fixed_batches, predict_with_ray_data, pre
 from ray_app.eval.run_facts import latency_summary, run_facts
 from ray_app.json_text import canonical_json
 from ray_app.metrics import score_rows
-from ray_app.models.fingerprint import file_sha256, folder_fingerprint
+from ray_app.models.fingerprint import adapter_fingerprint, file_sha256, folder_fingerprint
 from ray_app.models.model_path import resolve_slm_model_path
 from ray_app.paths import PROJECT_ROOT
 
@@ -95,7 +95,7 @@ def slm_plan(config: EvalConfig) -> tuple[SlmSettings, dict[str, Any], int, floa
     identity = {
         "engine": "transformers",
         "model_fingerprint": folder_fingerprint(model_path),
-        "adapter_fingerprint": folder_fingerprint(adapter) if adapter else None,
+        "adapter_fingerprint": adapter_fingerprint(adapter) if adapter else None,
         "device": device,
         "precision": precision,
         "batch_size": settings.batch_size,

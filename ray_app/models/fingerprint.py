@@ -30,10 +30,12 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def folder_fingerprint(folder: Path) -> str:
-    """sha256 over (relative path, file digest) of every file, in sorted order; hidden files skipped."""
+def folder_fingerprint(folder: Path, skip: frozenset[str] = frozenset()) -> str:
+    """sha256 over (relative path, file digest) of every file, in sorted order; hidden files and `skip`
+    names skipped."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    files = (p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name not in skip)
+    for path in sorted(files):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + _file_digest(path).encode() + b"\n")
     return digest.hexdigest()
 
@@ -44,3 +46,9 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1024 * 1024), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def adapter_fingerprint(folder: Path) -> str:
+    """An adapter folder's fingerprint without `training.json`, the run record that training updates
+    after its own re-evaluation (the weights, config and tokenizer files are what answers depend on)."""
+    return folder_fingerprint(folder, skip=frozenset({"training.json"}))
