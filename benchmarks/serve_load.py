@@ -36,7 +36,6 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python benchmarks/serve_load.py`: make `benchmarks` importable
@@ -54,6 +53,7 @@ from benchmarks.llama_cpp_server import (  # noqa: E402
 )
 from ray_app.atomic_files import atomic_write_json  # noqa: E402
 from ray_app.data.rows import read_split  # noqa: E402
+from ray_app.eval.run_facts import package_versions  # noqa: E402
 from ray_app.paths import DATASET_ROOT, PROJECT_ROOT  # noqa: E402
 from ray_app.prompts import chat_messages  # noqa: E402
 
@@ -349,16 +349,6 @@ def comparisons(configurations: dict[str, dict]) -> dict:
             "p50_lower_than_llama_cpp": p50_lower,
         },
     }
-
-
-def package_versions(names: list[str]) -> dict[str, str | None]:
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def positive_int(text: str) -> int:

@@ -40,9 +40,10 @@ def git_commit() -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(names: tuple[str, ...] | list[str] = PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution (None where it is not installed)."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
