@@ -25,10 +25,11 @@ from ray_app.data.rows import Row, read_split
 from ray_app.data.splits import write_track_splits
 from ray_app.engines.base import Generation
 from ray_app.eval.compare import CompareConfig, run_compare
+from ray_app.eval.config import EvalConfig
+from ray_app.eval.evaluate import eval_metrics_record
 from ray_app.eval.prediction_store import PredictionStore
 from ray_app.eval.ray_predictor import prediction_record
-from ray_app.eval.run_facts import latency_summary
-from ray_app.metrics import score_rows, score_structured_row
+from ray_app.metrics import score_structured_row
 from ray_app.prompts import format_tool_call, structured_prompt, toolcall_prompt
 from ray_app.report import ReportError, write_report
 
@@ -105,25 +106,12 @@ def write_evaluation(eval_root: Path, dataset_root: Path, track: str, label: str
         generations = {i: Generation(answers[i], 100 + i, 20 + i % 3, latencies[i]) for i in indices}
         store.append([prediction_record(i, rows[i], generations[i]) for i in indices], max(latencies.values()))
     records = store.finish(len(rows))
-    metrics = score_rows(track, [r["completion"] for r in records], [r["prediction"] for r in records],
-                         [r["prompt"] for r in records])  # fmt: skip
-    completion_tokens = sum(r["completion_tokens"] for r in records)
-    summary = {
-        "track": track,
-        "model_label": label,
-        "split": "test",
-        "rows": len(records),
-        "metrics": metrics,
-        "latency_s": latency_summary([r["latency_s"] for r in records]),
-        "tokens": {
-            "prompt": sum(r["prompt_tokens"] for r in records),
-            "completion": completion_tokens,
-            "completion_per_s": round(completion_tokens / store.elapsed_s, 3),
-        },
-        "wall_time_s": round(store.elapsed_s, 3),
-        "engine": engine,
-        "teacher_mode": "replay" if label == "teacher" else None,
-    }
+    summary = eval_metrics_record(
+        track=track, label=label, split="test", records=records, elapsed_s=store.elapsed_s,
+        engine_description=engine, is_teacher=label == "teacher", run_key=f"{track}-{label}", identity={},
+        predictions_path=store.predictions_path,
+        config=EvalConfig(track=track, model="teacher" if label == "teacher" else "slm", label=label),
+    )  # fmt: skip
     atomic_write_json(folder / "metrics.json", summary)
 
 
