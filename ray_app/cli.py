@@ -187,17 +187,11 @@ def evaluate(
     require_langfuse: Annotated[bool, typer.Option(help="fail when LANGFUSE_* keys are missing")] = False,
 ) -> None:
     """Evaluate the SLM or the teacher on one track: predictions.jsonl + metrics.json under 05_eval/."""
-    from ray_app.data.rows import TRACKS, DatasetError
-    from ray_app.data.trace_splits import TraceFileError
-    from ray_app.engines.hosted import TeacherRequestError
-    from ray_app.engines.replay import ReplayMissingError
-    from ray_app.engines.slm import PRECISIONS, SlmEngineError
-    from ray_app.engines.teacher_settings import TeacherConfigError
+    from ray_app.data.rows import TRACKS
+    from ray_app.engines.slm import PRECISIONS
     from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings
-    from ray_app.eval.evaluate import run_eval
-    from ray_app.models.model_path import ModelPathError
+    from ray_app.eval.evaluate import eval_input_errors, run_eval
     from ray_app.paths import EVAL_ROOT
-    from ray_app.tracing import LangfuseRequiredError
 
     if track not in TRACKS:
         fail(f"--track must be one of {', '.join(TRACKS)}, got {track!r}")
@@ -237,17 +231,7 @@ def evaluate(
     )
     try:
         run_eval(config)
-    except (
-        DatasetError,
-        ModelPathError,
-        SlmEngineError,
-        TeacherConfigError,
-        TeacherRequestError,
-        ReplayMissingError,
-        LangfuseRequiredError,
-        TraceFileError,
-        FileNotFoundError,
-    ) as error:
+    except eval_input_errors() as error:
         fail(str(error))
 
 

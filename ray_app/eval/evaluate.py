@@ -162,6 +162,24 @@ def answer_with_teacher(config, rows, store, engine, progress, task) -> None:
         progress.update(task, advance=len(records))
 
 
+def eval_input_errors() -> tuple[type[Exception], ...]:
+    """The errors of an evaluation that mean its inputs or settings are wrong (bad row, model path,
+    teacher settings, missing recording, Langfuse required...): shown as one message, not a traceback."""
+    from ray_app.data.rows import DatasetError
+    from ray_app.data.trace_splits import TraceFileError
+    from ray_app.engines.hosted import TeacherRequestError
+    from ray_app.engines.replay import ReplayMissingError
+    from ray_app.engines.slm import SlmEngineError
+    from ray_app.engines.teacher_settings import TeacherConfigError
+    from ray_app.models.model_path import ModelPathError
+    from ray_app.tracing import LangfuseRequiredError
+
+    return (
+        DatasetError, ModelPathError, SlmEngineError, TeacherConfigError, TeacherRequestError,
+        ReplayMissingError, LangfuseRequiredError, TraceFileError, FileNotFoundError,
+    )  # fmt: skip
+
+
 def eval_metrics_record(
     *,
     track: str,

@@ -86,30 +86,12 @@ def teacher_settings(args: argparse.Namespace) -> TeacherEvalSettings:
 
 def run_reporting_errors(step) -> int:
     """Run `step()`; a configuration or data error becomes `error: ...` on stderr and exit status 2."""
-    from ray_app.data.rows import DatasetError
-    from ray_app.data.trace_splits import TraceFileError
-    from ray_app.engines.hosted import TeacherRequestError
-    from ray_app.engines.replay import ReplayMissingError
-    from ray_app.engines.slm import SlmEngineError
-    from ray_app.engines.teacher_settings import TeacherConfigError
+    from ray_app.eval.evaluate import eval_input_errors
     from ray_app.eval.live_first_tests import NothingToSampleError
-    from ray_app.models.model_path import ModelPathError
-    from ray_app.tracing import LangfuseRequiredError
 
     try:
         step()
-    except (
-        DatasetError,
-        ModelPathError,
-        SlmEngineError,
-        TeacherConfigError,
-        TeacherRequestError,
-        ReplayMissingError,
-        LangfuseRequiredError,
-        TraceFileError,
-        FileNotFoundError,
-        NothingToSampleError,
-    ) as error:
+    except (*eval_input_errors(), NothingToSampleError) as error:
         sys.stderr.write(f"error: {error}\n")
         return 2
     return 0
