@@ -275,14 +275,16 @@ def test_openai_client_raises_typed_errors_for_unknown_model_and_missing_message
 
 def test_unpadded_batch_decoding_gives_each_prompt_its_own_greedy_answer(tiny_model_dir):
     """Serve's batches (prefill per prompt, batched decode) answer as generating each prompt alone does."""
-    from ray_app.engines.slm import SlmSettings, generate_greedy, load_model_and_tokenizer
+    from ray_app.engines.slm import SlmSettings, generate_greedy, load_model_and_tokenizer, prompt_ids
     from ray_app.prompts import chat_messages
     from ray_app.serve.batched_decode import generate_greedy_unpadded
 
     model, tokenizer, device, _ = load_model_and_tokenizer(SlmSettings(model_path=tiny_model_dir, precision="fp32"))
     conversations = [chat_messages("hi"), chat_messages("a much longer request " * 30), chat_messages("mid " * 8)]
     limits = [5, 12, 1]
-    batched = generate_greedy_unpadded(model, tokenizer, device, conversations, limits)
+    batched = generate_greedy_unpadded(
+        model, tokenizer, device, [prompt_ids(tokenizer, c) for c in conversations], limits
+    )
     for conversation, limit, answer in zip(conversations, limits, batched, strict=True):
         [alone] = generate_greedy(model, tokenizer, device, [conversation], [limit])
         assert (answer.text, answer.token_ids, answer.prompt_tokens) == (

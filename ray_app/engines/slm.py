@@ -137,10 +137,10 @@ def stop_token_ids(model, tokenizer) -> set[int]:
     return set(stop_ids if isinstance(stop_ids, list) else [stop_ids]) | {tokenizer.eos_token_id}
 
 
-def prompt_token_count(tokenizer, messages: list[dict[str, str]]) -> int:
-    """Tokens of a conversation as the model sees it (chat template with the generation prompt)."""
+def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """A conversation's token ids as the model sees it (chat template with the generation prompt)."""
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @dataclass(frozen=True)

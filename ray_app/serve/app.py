@@ -120,7 +120,8 @@ class SlmChatDeployment:
             chat = parse_chat_request(
                 parse_json_body(await request.body()), self.host.model_names, self.settings.default_max_tokens
             )
-            prompt_tokens = self.host.prompt_tokens(chat.prompt.messages)
+            prompt = self.host.prompt_ids(chat.prompt.messages)
+            prompt_tokens = len(prompt)
             if prompt_tokens + chat.max_tokens > self.host.context_limit:
                 raise OpenAiError(
                     400,
@@ -131,7 +132,7 @@ class SlmChatDeployment:
                 )
         except OpenAiError as error:
             return error_response(error)
-        answer = await self.generate_batch(GenerationJob(chat.model, chat.prompt.messages, chat.max_tokens))
+        answer = await self.generate_batch(GenerationJob(chat.model, prompt, chat.max_tokens))
         message = assistant_answer(answer.text, answer.stopped)
         if not chat.stream:
             return completion_response(

@@ -16,17 +16,14 @@ import time
 from ray_app.engines.slm import GreedyAnswer, stop_token_ids
 
 
-def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def generate_greedy_unpadded(model, tokenizer, device, conversations, max_new_tokens: list[int]) -> list[GreedyAnswer]:
+def generate_greedy_unpadded(
+    model, tokenizer, device, prompts: list[list[int]], max_new_tokens: list[int]
+) -> list[GreedyAnswer]:
+    """`prompts`: token ids of conversations with the chat template applied (`engines.slm.prompt_ids`)."""
     import torch
     from transformers import DynamicCache
 
     started = time.perf_counter()
-    prompts = [prompt_ids(tokenizer, messages) for messages in conversations]
     stop_ids = stop_token_ids(model, tokenizer)
     longest = max(len(ids) for ids in prompts)
     batch = len(prompts)

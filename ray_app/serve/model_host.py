@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray_app.engines.determinism import apply_determinism
-from ray_app.engines.slm import GreedyAnswer, SlmSettings, load_model_and_tokenizer, prompt_token_count
+from ray_app.engines.slm import GreedyAnswer, SlmSettings, load_model_and_tokenizer, prompt_ids
 from ray_app.models.fingerprint import folder_fingerprint
 from ray_app.serve.batched_decode import generate_greedy_unpadded
 
@@ -25,7 +25,7 @@ BASE_MODEL_NAME = "slm"
 @dataclass(frozen=True)
 class GenerationJob:
     model_name: str
-    messages: list[dict[str, str]]
+    prompt_ids: list[int]  # the messages with the chat template applied, tokenized once at the ingress
     max_new_tokens: int
 
 
@@ -64,8 +64,8 @@ class MultiAdapterModel:
         self.fingerprint = "slm-swap-" + folder_fingerprint(Path(settings.model_path))[:12]
         self.lock = threading.Lock()  # one generate at a time: adapter switching is model-wide state
 
-    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        return prompt_token_count(self.tokenizer, messages)
+    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        return prompt_ids(self.tokenizer, messages)
 
     def generate(self, jobs: list[GenerationJob]) -> list[GreedyAnswer]:
         """Answers in the order of `jobs`; jobs for different models run as separate sub-batches."""
@@ -89,7 +89,7 @@ class MultiAdapterModel:
         with active:
             return generate_greedy_unpadded(
                 self.model, self.tokenizer, self.device,
-                [job.messages for job in jobs], [job.max_new_tokens for job in jobs],
+                [job.prompt_ids for job in jobs], [job.max_new_tokens for job in jobs],
             )  # fmt: skip
 
     def decode_pieces(self, token_ids: tuple[int, ...]) -> list[str]:
