@@ -81,7 +81,7 @@ async function pythonPromptTokens(modelDir: string, rowIds: string[]): Promise<R
 import json, sys
 from transformers import AutoTokenizer
 from ray_app.data.rows import read_split
-from ray_app.engines.slm import prompt_token_count
+from ray_app.engines.slm import prompt_ids
 from ray_app.prompts import chat_messages
 model_dir, row_ids = sys.argv[1], json.loads(sys.argv[2])
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -89,7 +89,7 @@ counts = {}
 for row_id in row_ids:
     path, line = row_id.rsplit(":", 1)
     row = read_split(f"slm_swap/02_dataset/{path}", path.split("/")[0])[int(line) - 1]
-    counts[row_id] = prompt_token_count(tokenizer, chat_messages(row.prompt))
+    counts[row_id] = len(prompt_ids(tokenizer, chat_messages(row.prompt)))
 print(json.dumps(counts))
 `;
   return JSON.parse(await runPython(["-c", script, modelDir, JSON.stringify(rowIds)])) as Record<string, number>;
