@@ -434,6 +434,9 @@ def serve_command(
     batch_wait_ms: Annotated[float, typer.Option(min=0, help="how long a batch waits to fill")] = 50,
     max_tokens: Annotated[int, typer.Option(min=1, help="default max_tokens when a request gives none")] = 512,
     max_model_len: Annotated[int | None, typer.Option(min=1, help="context limit (default: the model's)")] = None,
+    prefix_cache_tokens: Annotated[
+        int, typer.Option(min=0, help="tokens of shared prompt prefixes kept prefilled (0: off)")
+    ] = 32768,
     replicas: Annotated[int, typer.Option(min=1)] = 1,
     cpus_per_replica: Annotated[float, typer.Option(min=0)] = 1.0,
     gpus_per_replica: Annotated[float | None, typer.Option(min=0, help="default: 1 with GPUs, else 0")] = None,
@@ -456,6 +459,7 @@ def serve_command(
             batch_wait_timeout_s=batch_wait_ms / 1000,
             default_max_tokens=max_tokens,
             max_model_len=max_model_len,
+            prefix_cache_tokens=prefix_cache_tokens,
             num_replicas=replicas,
             cpus_per_replica=cpus_per_replica,
             gpus_per_replica=gpus_per_replica if gpus_per_replica is not None else (1.0 if cluster_gpus() else 0.0),

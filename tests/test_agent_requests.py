@@ -11,7 +11,7 @@ from ray_app.dummy_agent.config import DummyAgentConfig
 from ray_app.dummy_agent.workflow import load_test_rows, simulate_traces
 from ray_app.prompts import chat_messages, load_templates, tool_signature, toolcall_prompt
 from ray_app.prompts.agent_requests import AgentRequestError, agent_request_prompt
-from ray_app.serve.openai_protocol import assistant_answer, stream_chunks
+from ray_app.serve.openai_protocol import AnswerStream, assistant_answer
 
 WEATHER = {
     "type": "function",
@@ -94,21 +94,83 @@ def test_wrapper_becomes_a_tool_call_and_other_text_stays_content():
     answer = assistant_answer('<tool_call name="get_weather">{"city": "Oslo"}</tool_call>', stopped=True)
     assert answer.finish_reason == "tool_calls" and answer.content is None
     assert json.loads(answer.tool_calls[0]["function"]["arguments"]) == {"city": "Oslo"}
+    with_words = assistant_answer('Checking. <tool_call name="get_weather">{"city": "Oslo"}</tool_call> done', True)
+    assert with_words.content == "Checking. " and with_words.tool_calls[0]["function"]["name"] == "get_weather"
+    spaced = assistant_answer(' \n<tool_call name="get_weather">{"city": "Oslo"}</tool_call>', stopped=True)
+    assert spaced.content is None and spaced.finish_reason == "tool_calls"
     broken = assistant_answer('<tool_call name="get_weather">{"city": </tool_call>', stopped=True)
     assert broken.tool_calls == [] and broken.content.startswith("<tool_call") and broken.finish_reason == "stop"
     assert assistant_answer("cut off", stopped=False).finish_reason == "length"
 
 
-def test_streamed_tool_call_chunks_rebuild_the_call():
-    answer = assistant_answer('<tool_call name="get_weather">{"city": "Oslo"}</tool_call>', stopped=True)
-    chunks = stream_chunks("slm", answer, [], 10, 5, "fp", include_usage=True)
-    deltas = [chunk["choices"][0]["delta"] for chunk in chunks if chunk["choices"]]
-    assert deltas[0] == {"role": "assistant", "content": ""}
-    calls = [call for delta in deltas for call in delta.get("tool_calls", [])]
-    assert calls[0]["function"] == {"name": "get_weather", "arguments": ""} and calls[0]["id"].startswith("call_")
-    assert "".join(call["function"]["arguments"] for call in calls) == '{"city":"Oslo"}'
-    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 15
+def character_tokens(text: str) -> list[int]:
+    return [ord(character) for character in text]
+
+
+def decode_characters(token_ids: list[int]) -> str:
+    return "".join(chr(token_id) for token_id in token_ids)
+
+
+def stream_text(text: str, stopped: bool = True) -> tuple[list[list[dict]], list[dict]]:
+    """(the chunks sent after each token, the chunks of the finish), one character per token."""
+    stream = AnswerStream("slm", "fp", include_usage=True, decode=decode_characters)
+    assert stream.opening()[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    per_token = [stream.add(token) for token in character_tokens(text)]
+    return per_token, stream.finish(text, stopped, 10, len(text))
+
+
+def streamed_message(chunks: list[dict]) -> tuple[str, list[dict], str | None]:
+    deltas = [chunk["choices"][0] for chunk in chunks if chunk["choices"]]
+    content = "".join(delta["delta"].get("content") or "" for delta in deltas)
+    calls = [call for delta in deltas for call in delta["delta"].get("tool_calls", [])]
+    finish = [delta["finish_reason"] for delta in deltas if delta["finish_reason"]]
+    return content, calls, finish[-1] if finish else None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Plain words, streamed as they come.",
+        '<tool_call name="get_weather">{"city": "Oslo"}</tool_call>',
+        'Let me check. <tool_call name="get_weather">{"city": "Oslo"}</tool_call>',
+        '  \n<tool_call name="get_weather">{"city": "Oslo"}</tool_call>\n',
+        '<tool_call name="get_weather">{"city": </tool_call>',  # broken: content after all
+        "a < b and c <tool",  # ends in what might have become a wrapper
+        '<tool_call name="a">{}</tool_call><tool_call name="b">{}</tool_call>',  # two calls: content
+        "   ",
+    ],
+)
+def test_streamed_deltas_join_to_the_unstreamed_message(text):
+    per_token, finish = stream_text(text)
+    content, calls, finish_reason = streamed_message([chunk for chunks in per_token for chunk in chunks] + finish)
+    message = assistant_answer(text, stopped=True)
+    assert content == (message.content or "") and finish_reason == message.finish_reason
+    if message.tool_calls:
+        [expected] = message.tool_calls
+        assert calls[0]["id"] == expected["id"] and calls[0]["function"] == {
+            "name": expected["function"]["name"],
+            "arguments": "",
+        }
+        assert "".join(call["function"]["arguments"] for call in calls) == expected["function"]["arguments"]
+    else:
+        assert calls == []
+    assert finish[-1]["choices"] == [] and finish[-1]["usage"]["total_tokens"] == 10 + len(text)
+
+
+def test_plain_text_goes_out_token_by_token_and_a_wrapper_is_held_until_it_closes():
+    per_token, _ = stream_text("Hello there")
+    assert all(len(chunks) == 1 for chunks in per_token[1:])  # every character after the first word start
+    per_token, finish = stream_text('Sure. <tool_call name="get_weather">{"city": "Oslo"}</tool_call>')
+    sent_before_finish = "".join(chunk["choices"][0]["delta"]["content"] for chunks in per_token for chunk in chunks)
+    assert sent_before_finish == "Sure. "  # never a piece of the wrapper
+    assert any("tool_calls" in chunk["choices"][0]["delta"] for chunk in finish if chunk["choices"])
+
+
+def test_a_character_split_across_tokens_waits_for_its_last_byte():
+    pieces = {1: "caf", 2: "caf\ufffd", 3: "café"}  # what decoding the first n tokens gives
+    stream = AnswerStream("slm", "fp", include_usage=False, decode=lambda ids: pieces[len(ids)])
+    sent = [stream.add(token) for token in (1, 2, 3)]
+    assert [[chunk["choices"][0]["delta"]["content"] for chunk in chunks] for chunks in sent] == [["caf"], [], ["é"]]
 
 
 def test_system_text_of_the_project_is_not_repeated_as_an_agent_instruction():

@@ -13,6 +13,7 @@ Start it with `slm-swap serve` (binds 127.0.0.1:8000 unless told otherwise) or
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,19 +25,22 @@ from ray import serve
 from ray_app.engines.slm import PRECISIONS, GreedyAnswer, Precision, SlmSettings
 from ray_app.models.model_path import resolve_slm_model_path
 from ray_app.paths import ADAPTER_ROOT
-from ray_app.serve.model_host import GenerationJob, MultiAdapterModel
+from ray_app.serve.batched_decode import StepToken
+from ray_app.serve.model_host import DEFAULT_PREFIX_CACHE_TOKENS, GenerationJob, MultiAdapterModel
 from ray_app.serve.openai_protocol import (
+    SERVER_SENT_EVENTS_END,
+    AnswerStream,
     OpenAiError,
     assistant_answer,
     completion_response,
     models_response,
     parse_chat_request,
     parse_json_body,
-    server_sent_events,
-    stream_chunks,
+    server_sent_event,
 )
 
 APP_NAME = "slm-swap"
+MAX_CONCURRENT_BATCHES = 1024  # groups of requests in flight at once; the decode loop bounds the real work
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,11 @@ class ServeSettings:
     model_path: str | None = None  # None: SLM_MODEL_PATH, then the seed's default checkpoint
     adapter_root: Path | None = ADAPTER_ROOT  # every adapter_<name>/ in it is served as slm-<name>
     precision: Precision = "auto"  # 8-bit on GPU, fp32 on CPU (bf16 is ~2x faster on CPU)
-    max_batch_size: int = 8  # requests per generate call
+    max_batch_size: int = 8  # requests decoding at once (rows of the running batch; @serve.batch groups)
     batch_wait_timeout_s: float = 0.05  # how long the first request of a batch waits for company
     default_max_tokens: int = 512  # when a request gives no max_tokens
     max_model_len: int | None = None  # None: the model config's max_position_embeddings
+    prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS  # shared prompt prefixes kept (0: off)
     num_replicas: int = 1
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
@@ -59,6 +64,8 @@ class ServeSettings:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.prefix_cache_tokens < 0:
+            raise ValueError(f"prefix_cache_tokens must be ≥ 0 (0 turns the cache off), got {self.prefix_cache_tokens}")
         if self.max_batch_size < 1 or self.max_ongoing_requests < self.max_batch_size:
             raise ValueError("need max_batch_size ≥ 1 and max_ongoing_requests ≥ max_batch_size")
 
@@ -85,6 +92,15 @@ def error_response(error: OpenAiError) -> JSONResponse:
     return JSONResponse(status_code=error.status, content=error.body())
 
 
+async def final_answer(tokens: AsyncIterator[StepToken | None]) -> GreedyAnswer:
+    async for token in tokens:
+        if token is not None and token.answer is not None:
+            return token.answer
+    raise RuntimeError("the batch ended without an answer for this request")
+
+
+# Everything the deployment class uses is defined above it: `@serve.deployment` pickles the class
+# (and the module globals it refers to) as it is declared.
 @serve.deployment(name="SlmChat")
 @serve.ingress(fastapi_app)
 class SlmChatDeployment:
@@ -96,19 +112,49 @@ class SlmChatDeployment:
         threads = settings.cpu_threads or (None if settings.gpus_per_replica else os.cpu_count())
         slm_settings = SlmSettings(model_path=model_path, precision=settings.precision, cpu_threads=threads)
         self.settings = settings
-        self.host = MultiAdapterModel(slm_settings, settings.adapter_root, settings.max_model_len)
+        self.host = MultiAdapterModel(
+            slm_settings,
+            settings.adapter_root,
+            settings.max_model_len,
+            settings.prefix_cache_tokens,
+            max_batch_rows=settings.max_batch_size,
+        )
         self.started = int(time.time())
         self.generate_batch.set_max_batch_size(settings.max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
-    async def generate_batch(self, jobs: list[GenerationJob]) -> list[GreedyAnswer]:
-        # The generate runs in a thread so /health and request checks keep answering meanwhile.
-        return await asyncio.to_thread(self.host.generate, jobs)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
+    async def generate_batch(self, jobs: list[GenerationJob]) -> AsyncIterator[list[StepToken | None]]:
+        """Requests that arrived together, handed to the decode loop together (it admits them between
+        two steps of whatever is already decoding, up to max_batch_size rows).
+
+        Yields, whenever the loop has tokens for them, for each job: its new token (a StepToken; the
+        last one carries the whole answer), None when it has nothing new, and StopIteration once it
+        is done, which ends that caller's stream.
+        """
+        loop = asyncio.get_running_loop()
+        steps: asyncio.Queue = asyncio.Queue()
+        self.host.submit(jobs, lambda tokens: loop.call_soon_threadsafe(steps.put_nowait, tokens))
+        done: set[int] = set()
+        while len(done) < len(jobs):
+            step = await steps.get()
+            if isinstance(step, Exception):
+                raise step
+            results: list = [StopIteration if index in done else None for index in range(len(jobs))]
+            for token in step:
+                results[token.job] = token
+            yield results
+            done.update(token.job for token in step if token.finished)
 
     @fastapi_app.get("/health")
     async def health(self) -> dict[str, Any]:
-        return {"status": "ok", "models": self.host.model_names, "precision": self.host.precision}
+        prefix_cache = self.host.prefix_cache.stats() if self.host.prefix_cache else None
+        return {
+            "status": "ok",
+            "models": self.host.model_names,
+            "precision": self.host.precision,
+            "prefix_cache": prefix_cache,
+        }
 
     @fastapi_app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
@@ -120,8 +166,8 @@ class SlmChatDeployment:
             chat = parse_chat_request(
                 parse_json_body(await request.body()), self.host.model_names, self.settings.default_max_tokens
             )
-            prompt = self.host.prompt_ids(chat.prompt.messages)
-            prompt_tokens = len(prompt)
+            job = self.host.job(chat.model, chat.prompt.messages, chat.max_tokens)
+            prompt_tokens = len(job.prompt_ids)
             if prompt_tokens + chat.max_tokens > self.host.context_limit:
                 raise OpenAiError(
                     400,
@@ -132,17 +178,30 @@ class SlmChatDeployment:
                 )
         except OpenAiError as error:
             return error_response(error)
-        answer = await self.generate_batch(GenerationJob(chat.model, prompt, chat.max_tokens))
-        message = assistant_answer(answer.text, answer.stopped)
+        tokens = self.generate_batch(job)  # queued for the next batch now
         if not chat.stream:
+            answer = await final_answer(tokens)
+            message = assistant_answer(answer.text, answer.stopped)
             return completion_response(
                 chat.model, message, answer.prompt_tokens, answer.completion_tokens, self.host.fingerprint
             )
-        chunks = stream_chunks(
-            chat.model, message, self.host.decode_pieces(answer.token_ids), answer.prompt_tokens,
-            answer.completion_tokens, self.host.fingerprint, chat.include_usage,
-        )  # fmt: skip
-        return StreamingResponse(iter(server_sent_events(chunks)), media_type="text/event-stream")
+        stream = AnswerStream(chat.model, self.host.fingerprint, chat.include_usage, self.host.decode_text)
+
+        async def events() -> AsyncIterator[str]:
+            for chunk in stream.opening():
+                yield server_sent_event(chunk)
+            async for token in tokens:
+                if token is None:
+                    continue
+                chunks = stream.add(token.token_id)
+                if token.answer is not None:
+                    answer = token.answer
+                    chunks += stream.finish(answer.text, answer.stopped, answer.prompt_tokens, answer.completion_tokens)
+                for chunk in chunks:
+                    yield server_sent_event(chunk)
+            yield SERVER_SENT_EVENTS_END
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
 
 def build_app(args: dict[str, Any] | None = None):

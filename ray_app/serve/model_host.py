@@ -1,32 +1,58 @@
-"""One base SLM with every trained adapter loaded beside it, answering batches for any of them.
+"""One base SLM with every trained adapter loaded beside it, and the decode loop that serves them.
 
 The base model is loaded once (same loader and precision rules as evaluation); each
 `<adapter_root>/adapter_<name>/` holding a PEFT adapter is added to the same PeftModel under the
-model name `slm-<name>`. A batch is split by model name; each group runs with its adapter active
-(the base runs with adapters disabled): greedy decoding of the project's chat messages, as in
-evaluation, with each prompt prefilled on its own and the decode steps batched
-(`batched_decode.py`; a padded prefill of prompts of very different lengths wastes most of a CPU).
+model name `slm-<name>`.
+
+One thread runs the decode loop (continuous batching): submitted jobs wait in a queue; between
+two steps the loop admits as many as `max_batch_rows` allows (each prefilled on its own, see
+`batched_decode.py`) into the running batch of their model, then runs one step of each model's
+batch with that model's adapter active (the base with adapters disabled). A job that finishes
+leaves at once and the next waiting one takes its row, so nobody waits for a whole batch to end.
+Greedy decoding of the project's chat messages, as in evaluation.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import logging
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ray_app.engines.determinism import apply_determinism
-from ray_app.engines.slm import GreedyAnswer, SlmSettings, load_model_and_tokenizer, prompt_ids
+from ray_app.engines.slm import GreedyAnswer, SlmSettings, load_model_and_tokenizer
 from ray_app.models.fingerprint import folder_fingerprint
-from ray_app.serve.batched_decode import generate_greedy_unpadded
+from ray_app.serve.batched_decode import GenerationJob, RunningBatch, StepToken
+from ray_app.serve.prefix_cache import PrefixKvCache, shared_prefix_ends, template_anchors
 
 BASE_MODEL_NAME = "slm"
+DEFAULT_PREFIX_CACHE_TOKENS = 32768
+DEFAULT_MAX_BATCH_ROWS = 8
+
+logger = logging.getLogger("ray.serve")  # a replica's log (and the dashboard's)
+
+TokensCallback = Callable[[list[StepToken] | Exception], None]
 
 
-@dataclass(frozen=True)
-class GenerationJob:
-    model_name: str
-    prompt_ids: list[int]  # the messages with the chat template applied, tokenized once at the ingress
-    max_new_tokens: int
+@dataclass
+class Submission:
+    """Jobs handed over together, and where their tokens go (StepToken.job indexes `jobs`)."""
+
+    jobs: list[GenerationJob]
+    on_tokens: TokensCallback  # called from the loop's thread, once per step with this submission's tokens
+    started: float
+
+
+@dataclass
+class WaitingJob:
+    key: int  # unique in this host: how the running batch names the row
+    index: int  # in its submission's jobs
+    submission: Submission
 
 
 def discover_adapters(adapter_root: Path | None) -> dict[str, Path]:
@@ -41,7 +67,14 @@ def discover_adapters(adapter_root: Path | None) -> dict[str, Path]:
 
 
 class MultiAdapterModel:
-    def __init__(self, settings: SlmSettings, adapter_root: Path | None, max_model_len: int | None = None):
+    def __init__(
+        self,
+        settings: SlmSettings,
+        adapter_root: Path | None,
+        max_model_len: int | None = None,
+        prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
+        max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS,
+    ):
         import torch
 
         apply_determinism(settings.seed)
@@ -62,46 +95,131 @@ class MultiAdapterModel:
             getattr(self.model.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length
         )
         self.fingerprint = "slm-swap-" + folder_fingerprint(Path(settings.model_path))[:12]
-        self.lock = threading.Lock()  # one generate at a time: adapter switching is model-wide state
+        self.prefix_cache = PrefixKvCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+        self.anchors = template_anchors()
+        self.max_batch_rows = max_batch_rows
+        self.waiting: deque[WaitingJob] = deque()
+        self.running: dict[int, WaitingJob] = {}  # by key: admitted, not finished
+        self.batches: dict[str, RunningBatch] = {}  # by model name
+        self.keys = itertools.count()
+        self.wakeup = threading.Condition()
+        self.loop_thread: threading.Thread | None = None
 
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
-        return prompt_ids(self.tokenizer, messages)
+    def job(self, model_name: str, messages: list[dict[str, str]], max_new_tokens: int) -> GenerationJob:
+        """The messages with the chat template applied (as `engines.slm.prompt_ids`), and where their
+        shareable prefixes end."""
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if getattr(self.tokenizer, "is_fast", False):
+            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ends = shared_prefix_ends(text, [end for _, end in encoded["offset_mapping"]], self.anchors)
+        else:  # no offsets: the prompt is prefilled whole
+            encoded, ends = self.tokenizer(text, add_special_tokens=False), ()
+        return GenerationJob(model_name, list(encoded["input_ids"]), max_new_tokens, ends)
 
-    def generate(self, jobs: list[GenerationJob]) -> list[GreedyAnswer]:
-        """Answers in the order of `jobs`; jobs for different models run as separate sub-batches."""
+    def submit(self, jobs: list[GenerationJob], on_tokens: TokensCallback) -> None:
+        """Queue `jobs` for the decode loop. `on_tokens` gets, from the loop's thread, each step's tokens
+        of these jobs (the last token of a job carries its answer), or the exception that ended them."""
+        unknown = sorted({job.model_name for job in jobs} - set(self.model_names))
+        if unknown:
+            raise ValueError(f"models {unknown} are not served here; served: {self.model_names}")
+        submission = Submission(jobs, on_tokens, time.perf_counter())
+        with self.wakeup:
+            self.waiting.extend(WaitingJob(next(self.keys), index, submission) for index in range(len(jobs)))
+            if self.loop_thread is None:
+                self.loop_thread = threading.Thread(target=self._decode_loop, name="slm-decode-loop", daemon=True)
+                self.loop_thread.start()
+            self.wakeup.notify()
+
+    def generate(
+        self, jobs: list[GenerationJob], on_step: Callable[[list[StepToken]], None] | None = None
+    ) -> list[GreedyAnswer]:
+        """Submit `jobs` and wait for their answers (in order); `on_step` sees each step's tokens."""
         answers: list[GreedyAnswer | None] = [None] * len(jobs)
-        with self.lock:
-            for model_name in dict.fromkeys(job.model_name for job in jobs):
-                positions = [index for index, job in enumerate(jobs) if job.model_name == model_name]
-                group = [jobs[index] for index in positions]
-                for index, answer in zip(positions, self._generate_group(model_name, group), strict=True):
-                    answers[index] = answer
+        failures: list[Exception] = []
+        done = threading.Event()
+
+        def on_tokens(tokens: list[StepToken] | Exception) -> None:
+            if isinstance(tokens, Exception):
+                failures.append(tokens)
+                done.set()
+                return
+            if on_step is not None:
+                on_step(tokens)
+            for token in tokens:
+                if token.answer is not None:
+                    answers[token.job] = token.answer
+            if all(answer is not None for answer in answers):
+                done.set()
+
+        self.submit(jobs, on_tokens)
+        done.wait()
+        if failures:
+            raise failures[0]
         return answers  # type: ignore[return-value]
 
-    def _generate_group(self, model_name: str, jobs: list[GenerationJob]) -> list[GreedyAnswer]:
-        import contextlib
+    def _decode_loop(self) -> None:
+        while True:
+            with self.wakeup:
+                while not self.waiting and not self.batches:
+                    self.wakeup.wait()
+                admitted = []
+                while self.waiting and len(self.running) + len(admitted) < self.max_batch_rows:
+                    admitted.append(self.waiting.popleft())
+                self.running.update((waiting.key, waiting) for waiting in admitted)
+            for model_name in dict.fromkeys(waiting.submission.jobs[waiting.index].model_name for waiting in admitted):
+                group = [
+                    waiting for waiting in admitted if waiting.submission.jobs[waiting.index].model_name == model_name
+                ]
+                batch = self.batches.setdefault(
+                    model_name, RunningBatch(self.model, self.tokenizer, self.device, self.prefix_cache)
+                )
+                rows = [
+                    (waiting.key, waiting.submission.jobs[waiting.index], waiting.submission.started)
+                    for waiting in group
+                ]
+                started = time.perf_counter()
+                self._run(model_name, batch, group, lambda batch=batch, rows=rows: batch.admit(rows))
+                logger.info(
+                    "%s: %d joined (%d prompt tokens prefilled in %.2f s); %d decoding",
+                    model_name, len(rows), sum(len(job.prompt_ids) for _, job, _ in rows),
+                    time.perf_counter() - started, len(self.running),
+                )  # fmt: skip
+            for model_name, batch in list(self.batches.items()):
+                if batch:
+                    self._run(model_name, batch, [self.running[row.key] for row in batch.rows], batch.step)
+                if not batch:
+                    del self.batches[model_name]
 
+    def _run(self, model_name: str, batch: RunningBatch, rows: list[WaitingJob], work) -> None:
+        """Run `work` (an admit or a step of `batch`) with the model's adapter active; hand out the tokens."""
+        try:
+            with self._active(model_name):
+                tokens = work()
+        except Exception as error:  # the rows of this batch fail; the loop and the other models go on
+            logger.exception("%s: decoding failed for %d requests", model_name, len(rows))
+            self.batches.pop(model_name, None)
+            failed = {waiting.key: waiting for waiting in rows} | {row.key: self.running[row.key] for row in batch.rows}
+            for waiting in failed.values():
+                self.running.pop(waiting.key, None)
+            for submission in {id(waiting.submission): waiting.submission for waiting in failed.values()}.values():
+                submission.on_tokens(error)
+            return
+        by_submission: dict[int, tuple[Submission, list[StepToken]]] = {}
+        for token in tokens:
+            waiting = self.running[token.job]
+            if token.finished:
+                del self.running[token.job]
+            entry = by_submission.setdefault(id(waiting.submission), (waiting.submission, []))
+            entry[1].append(StepToken(waiting.index, token.token_id, token.answer))
+        for submission, submission_tokens in by_submission.values():
+            submission.on_tokens(submission_tokens)
+
+    def _active(self, model_name: str):
+        """The adapter of `model_name` active on the shared PeftModel (none for the base)."""
         if model_name == BASE_MODEL_NAME:
-            active = self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
-        else:
-            self.model.set_adapter(model_name)
-            active = contextlib.nullcontext()
-        with active:
-            return generate_greedy_unpadded(
-                self.model, self.tokenizer, self.device,
-                [job.prompt_ids for job in jobs], [job.max_new_tokens for job in jobs],
-            )  # fmt: skip
+            return self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
+        self.model.set_adapter(model_name)
+        return contextlib.nullcontext()
 
-    def decode_pieces(self, token_ids: tuple[int, ...]) -> list[str]:
-        """The answer text split at token boundaries (for streaming); the pieces join to the full text."""
-        pieces, previous = [], ""
-        for end in range(1, len(token_ids) + 1):
-            text = self.tokenizer.decode(list(token_ids[:end]), skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
-                continue
-            pieces.append(text[len(previous) :])
-            previous = text
-        full = self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
-        if previous != full:
-            pieces.append(full[len(previous) :])
-        return pieces
+    def decode_text(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +108,12 @@ class AssistantAnswer:
 
 
 def assistant_answer(text: str, stopped: bool) -> AssistantAnswer:
-    """Model text → OpenAI assistant message: the wrapper becomes one tool call, anything else content."""
+    """Model text → OpenAI assistant message.
+
+    Exactly one valid wrapper becomes one tool call; text before it (if any is not whitespace) is the
+    message's content, as OpenAI sends a model's words before its call; text after it is dropped.
+    Anything else is content, whole.
+    """
     if "<tool_call" in text:
         try:
             call = parse_model_tool_call(text)
@@ -120,7 +126,9 @@ def assistant_answer(text: str, stopped: bool) -> AssistantAnswer:
                 "type": "function",
                 "function": {"name": call.name, "arguments": compact_json(call.arguments)},
             }
-            return AssistantAnswer(content=None, tool_calls=[tool_call], finish_reason="tool_calls")
+            before = text[: text.index("<tool_call")]
+            return AssistantAnswer(content=before if before.strip() else None, tool_calls=[tool_call],
+                                   finish_reason="tool_calls")  # fmt: skip
     return AssistantAnswer(content=text, tool_calls=[], finish_reason="stop" if stopped else "length")
 
 
@@ -153,51 +161,88 @@ def completion_response(
     }
 
 
-def stream_chunks(
-    model: str,
-    answer: AssistantAnswer,
-    content_pieces: list[str],
-    prompt_tokens: int,
-    completion_tokens: int,
-    fingerprint: str,
-    include_usage: bool,
-) -> list[dict[str, Any]]:
-    """The chunks of a streamed answer: role, then content pieces or tool-call deltas, then the finish.
+WRAPPER_OPENING = "<tool_call"
 
-    A tool call is sent as OpenAI sends one: a first delta with id, type and name (arguments ""),
-    then the arguments text.
+
+def streamable_content_end(text: str) -> int:
+    """How much of an unfinished answer can go out as content now, whatever the model writes next.
+
+    Not a wrapper (it becomes a tool call, known only once closed), nor a tail that may be the start
+    of one, nor leading whitespace (dropped if a call follows). The rest is content in
+    `assistant_answer` whatever comes later, so a stream never sends what the final message lacks.
     """
-    chunk_id, created = completion_id(), int(time.time())
+    end = text.find(WRAPPER_OPENING)
+    if end == -1:
+        end = len(text)
+        for length in range(min(len(WRAPPER_OPENING) - 1, len(text)), 0, -1):
+            if WRAPPER_OPENING.startswith(text[-length:]):
+                end = len(text) - length
+                break
+    return end if text[:end].strip() else 0
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+
+class AnswerStream:
+    """The chunks of one streamed answer, made as its tokens arrive.
+
+    `opening()` first (the role), then `add(token_id)` per token (content deltas as soon as they are
+    safe to send), then `finish(...)` (the held-back rest: content, or the tool call as OpenAI
+    streams one — a delta with id, type and name, then the arguments —, the finish reason, and the
+    usage when asked). Joined, the deltas are exactly the unstreamed message.
+    """
+
+    def __init__(self, model: str, fingerprint: str, include_usage: bool, decode: Callable[[list[int]], str]):
+        self.model, self.fingerprint, self.include_usage, self.decode = model, fingerprint, include_usage, decode
+        self.id, self.created = completion_id(), int(time.time())
+        self.token_ids: list[int] = []
+        self.sent = 0  # characters of content sent
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         return {
-            "id": chunk_id,
+            "id": self.id,
             "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "system_fingerprint": fingerprint,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.fingerprint,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
         }
 
-    chunks = [chunk({"role": "assistant", "content": ""})]
-    for index, call in enumerate(answer.tool_calls):
-        head = {"index": index, "id": call["id"], "type": "function"}
-        chunks.append(
-            chunk({"tool_calls": [{**head, "function": {"name": call["function"]["name"], "arguments": ""}}]})
-        )
-        chunks.append(
-            chunk({"tool_calls": [{"index": index, "function": {"arguments": call["function"]["arguments"]}}]})
-        )
-    if not answer.tool_calls:
-        chunks.extend(chunk({"content": piece}) for piece in content_pieces if piece)
-    chunks.append(chunk({}, answer.finish_reason))
-    if include_usage:
-        chunks.append({**chunk({}), "choices": [], "usage": usage_body(prompt_tokens, completion_tokens)})
-    return chunks
+    def opening(self) -> list[dict[str, Any]]:
+        return [self.chunk({"role": "assistant", "content": ""})]
+
+    def add(self, token_id: int) -> list[dict[str, Any]]:
+        self.token_ids.append(token_id)
+        text = self.decode(self.token_ids)
+        if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest of it
+            return []
+        end = streamable_content_end(text)
+        if end <= self.sent:
+            return []
+        piece, self.sent = text[self.sent : end], end
+        return [self.chunk({"content": piece})]
+
+    def finish(self, text: str, stopped: bool, prompt_tokens: int, completion_tokens: int) -> list[dict[str, Any]]:
+        answer = assistant_answer(text, stopped)
+        chunks = []
+        content = answer.content or ""
+        if len(content) > self.sent:
+            chunks.append(self.chunk({"content": content[self.sent :]}))
+            self.sent = len(content)
+        for index, call in enumerate(answer.tool_calls):
+            name, arguments = call["function"]["name"], call["function"]["arguments"]
+            head = {"index": index, "id": call["id"], "type": "function", "function": {"name": name, "arguments": ""}}
+            chunks.append(self.chunk({"tool_calls": [head]}))
+            chunks.append(self.chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}))
+        chunks.append(self.chunk({}, answer.finish_reason))
+        if self.include_usage:
+            chunks.append({**self.chunk({}), "choices": [], "usage": usage_body(prompt_tokens, completion_tokens)})
+        return chunks
 
 
-def server_sent_events(chunks: list[dict[str, Any]]) -> list[str]:
-    return [f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n" for chunk in chunks] + ["data: [DONE]\n\n"]
+def server_sent_event(chunk: dict[str, Any]) -> str:
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+
+SERVER_SENT_EVENTS_END = "data: [DONE]\n\n"
 
 
 def models_response(model_names: list[str], created: int) -> dict[str, Any]:

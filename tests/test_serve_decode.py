@@ -1,0 +1,143 @@
+"""Serve's batch decoding without Ray: pieces of shared prompt prefixes, the prefix cache, rows
+leaving the batch as they finish, and the per-step tokens that streaming sends."""
+
+from __future__ import annotations
+
+import pytest
+
+from ray_app.prompts import chat_messages, toolcall_prompt
+from ray_app.serve.prefix_cache import MIN_PIECE_TOKENS, PrefixKvCache, shared_prefix_ends, template_anchors
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather forecast for a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+FLIGHTS = {
+    "name": "search_flights",
+    "description": "Flights between two airports on a date.",
+    "parameters": {
+        "type": "object",
+        "properties": {"origin": {"type": "string"}, "destination": {"type": "string"}, "date": {"type": "string"}},
+        "required": ["origin", "destination"],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def host(tiny_model_dir):
+    from ray_app.engines.slm import SlmSettings
+    from ray_app.serve.model_host import MultiAdapterModel
+
+    return MultiAdapterModel(SlmSettings(model_path=tiny_model_dir, precision="fp32"), adapter_root=None)
+
+
+def test_anchors_are_the_fixed_texts_before_placeholders_and_the_system_texts():
+    anchors = template_anchors()
+    assert "\n\nRequest: " in anchors
+    assert any(anchor.endswith("Tools (one JSON signature per line):\n") for anchor in anchors)
+    assert "You are a precise assistant inside a software agent. Answer in exactly the requested format, with no " \
+           "other text." in anchors  # fmt: skip
+    assert all("{{" not in anchor for anchor in anchors)
+
+
+def test_prefix_ends_split_the_prompt_where_shared_text_ends(host):
+    weather_paris = host.job("slm", chat_messages(toolcall_prompt([WEATHER], "Weather in Paris?")), 8)
+    weather_oslo = host.job("slm", chat_messages(toolcall_prompt([WEATHER], "And in Oslo, for tomorrow?")), 8)
+    flights = host.job("slm", chat_messages(toolcall_prompt([FLIGHTS, WEATHER], "Fly me to Rome")), 8)
+    for job in (weather_paris, weather_oslo, flights):
+        assert job.prefix_ends and list(job.prefix_ends) == sorted(set(job.prefix_ends))
+        assert job.prefix_ends[0] >= MIN_PIECE_TOKENS and job.prefix_ends[-1] < len(job.prompt_ids)
+        assert all(b - a >= MIN_PIECE_TOKENS for a, b in zip(job.prefix_ends, job.prefix_ends[1:]))
+    # system + instruction: shared by every toolcall prompt, whatever the tools
+    instruction_end = weather_paris.prefix_ends[-2]
+    assert host.tokenizer.decode(weather_paris.prompt_ids[:instruction_end]).endswith(
+        "Tools (one JSON signature per line):\n"
+    )
+    assert instruction_end in flights.prefix_ends
+    assert flights.prompt_ids[:instruction_end] == weather_paris.prompt_ids[:instruction_end]
+    # ... + the same tools: shared by every call of an agent that sends the same tools
+    assert weather_paris.prefix_ends == weather_oslo.prefix_ends
+    tools_end = weather_paris.prefix_ends[-1]
+    assert weather_paris.prompt_ids[:tools_end] == weather_oslo.prompt_ids[:tools_end]
+    assert host.tokenizer.decode(weather_paris.prompt_ids[:tools_end]).endswith("\n\nRequest:")
+
+
+def test_prompt_ids_are_the_evaluation_prompt_ids(host):
+    from ray_app.engines.slm import prompt_ids
+
+    messages = chat_messages(toolcall_prompt([FLIGHTS], "Fly me to Rome on Friday"))
+    assert host.job("slm", messages, 8).prompt_ids == prompt_ids(host.tokenizer, messages)
+
+
+def test_shared_prefix_ends_skips_pieces_too_short_to_pay():
+    text = "aaaa bbbb"
+    token_ends = list(range(1, len(text) + 1))  # one character per token
+    assert shared_prefix_ends(text, token_ends, ("aaaa",)) == ()  # 4 tokens < MIN_PIECE_TOKENS
+    long_text = "x" * 40 + "ANCHOR" + "y" * 5
+    long_ends = list(range(1, len(long_text) + 1))
+    assert shared_prefix_ends(long_text, long_ends, ("ANCHOR",)) == (46,)
+    assert shared_prefix_ends("x" * 40 + "ANCHOR", list(range(1, 47)), ("ANCHOR",)) == ()  # nothing after it
+
+
+def test_prefix_cache_evicts_the_least_recently_used_past_its_token_budget():
+    cache = PrefixKvCache(max_tokens=10)
+    cache.put("slm", (1, 2, 3, 4), ("a",))
+    cache.put("slm", (5, 6, 7, 8), ("b",))
+    assert cache.get("slm", (1, 2, 3, 4)).layers == ("a",)  # now the most recent
+    cache.put("slm", (9, 9, 9), ("c",))  # 11 tokens > 10: (5, 6, 7, 8) goes
+    assert cache.get("slm", (5, 6, 7, 8)) is None
+    assert cache.get("slm-toolcall", (1, 2, 3, 4)) is None  # another model's prefix is another entry
+    cache.put("slm", tuple(range(11)), ("too long",))  # longer than the whole budget: not kept
+    assert cache.stats() == {"prefixes": 2, "cached_tokens": 7, "max_tokens": 10, "hits": 1, "misses": 2}
+
+
+def batch_of_conversations():
+    queries = ["Weather in Paris?", "And in Oslo, for the whole weekend, in Celsius please?", "Rome"]
+    conversations = [chat_messages(toolcall_prompt([WEATHER], query)) for query in queries]
+    conversations.append(chat_messages(toolcall_prompt([FLIGHTS, WEATHER], "Fly to Rome " * 20)))
+    conversations.append([{"role": "user", "content": "hi"}])  # no template text in it: prefilled whole
+    return conversations, [5, 12, 1, 9, 3]
+
+
+def test_batches_answer_each_prompt_as_generating_it_alone_with_or_without_cached_prefixes(host):
+    """Prefill in pieces (cache miss, then hit), rows leaving the batch as they finish: each answer is the
+    evaluation engine's greedy answer for that prompt alone."""
+    from ray_app.engines.slm import generate_greedy
+
+    host.prefix_cache.clear()
+    conversations, limits = batch_of_conversations()
+    jobs = [host.job("slm", messages, limit) for messages, limit in zip(conversations, limits, strict=True)]
+    assert [bool(job.prefix_ends) for job in jobs] == [True, True, True, True, False]
+    first = host.generate(jobs)
+    misses = host.prefix_cache.stats()["misses"]
+    assert host.prefix_cache.stats()["prefixes"] >= 3
+    second = host.generate(jobs)
+    assert host.prefix_cache.stats()["hits"] >= 4 and host.prefix_cache.stats()["misses"] == misses
+    for messages, limit, answer, again in zip(conversations, limits, first, second, strict=True):
+        [alone] = generate_greedy(host.model, host.tokenizer, host.device, [messages], [limit])
+        assert answer.text == again.text and answer.token_ids == again.token_ids
+        assert (answer.text, answer.token_ids, answer.prompt_tokens) == (
+            alone.text,
+            alone.token_ids,
+            alone.prompt_tokens,
+        )
+        assert answer.completion_tokens <= limit and answer.stopped == alone.stopped
+
+
+def test_every_step_reports_each_running_jobs_token_once_in_order(host):
+    steps = []
+    conversations, limits = batch_of_conversations()
+    jobs = [host.job("slm", messages, limit) for messages, limit in zip(conversations, limits, strict=True)]
+    answers = host.generate(jobs, on_step=steps.append)
+    streamed: dict[int, list[int]] = {index: [] for index in range(len(jobs))}
+    finished: dict[int, int] = {index: 0 for index in range(len(jobs))}
+    for step in steps:
+        assert len({token.job for token in step}) == len(step)
+        for token in step:
+            assert finished[token.job] == 0, "a job got a token after its last one"
+            streamed[token.job].append(token.token_id)
+            finished[token.job] += token.finished
+    assert len(steps) == max(answer.completion_tokens for answer in answers)
+    for index, answer in enumerate(answers):
+        assert tuple(streamed[index]) == answer.token_ids and finished[index] == 1
