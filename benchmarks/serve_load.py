@@ -7,7 +7,9 @@ its previous one is answered. Configurations, one after another, each server shu
 next starts so none shares the cores:
 
 - ours with each --batch-sizes value (`python -m ray_app serve --max-batch-size B`, the demo SLM at
-  --precision, no adapters);
+  --precision, no adapters), and with `--prefix-cache both` (the default) each batched size again
+  with the shared-prefix cache off: cycled prompts repeat their tool signatures, which the cache
+  keeps, so the run shows what the cache adds;
 - llama-cpp-python's OpenAI-compatible server on the demo SLM's own Q4_1 GGUF, every core
   (`repeat_penalty: 1.0` and temperature 0: its defaults differ from greedy decoding).
 
@@ -18,7 +20,7 @@ cores with the demo SLM at 16 clients: batching ≥ 2.5× batch size 1; ours ≥
 throughput with a lower p50 latency.
 
     .venv/bin/python benchmarks/serve_load.py [--clients 16] [--requests 64] [--max-tokens 64]
-        [--batch-sizes 16,1] [--precision bf16] [--skip-llama-cpp] [--output FILE]
+        [--batch-sizes 16,1] [--precision bf16] [--prefix-cache both|on|off] [--skip-llama-cpp] [--output FILE]
 """
 
 from __future__ import annotations
@@ -268,9 +270,9 @@ def process_group_alive(group: int) -> bool:
 
 
 def our_server_command(
-    model_path: Path, adapter_root: Path, precision: str, max_batch_size: int, port: int
+    model_path: Path, adapter_root: Path, precision: str, max_batch_size: int, port: int, prefix_cache: bool = True
 ) -> list[str]:
-    return [
+    command = [
         sys.executable, "-m", "ray_app", "serve",
         "--model-path", str(model_path),
         "--adapter-root", str(adapter_root),
@@ -279,6 +281,7 @@ def our_server_command(
         "--host", "127.0.0.1",
         "--port", str(port),
     ]  # fmt: skip
+    return command if prefix_cache else [*command, "--prefix-cache-tokens", "0"]
 
 
 def measure(
@@ -319,9 +322,15 @@ def at_least(value: float | None, target: float) -> bool | None:
 
 def comparisons(configurations: dict[str, dict]) -> dict:
     """The ratios the targets are about, for our best batched configuration; throughput = completion tokens/s."""
-    batched = [name for name, entry in configurations.items() if entry.get("max_batch_size", 1) > 1]
-    best_name = max(batched, key=lambda name: configurations[name]["completion_tokens_per_s"], default=None)
+
+    def best_batched(prefix_cache: bool) -> str | None:
+        names = [name for name, entry in configurations.items()
+                 if entry.get("max_batch_size", 1) > 1 and entry.get("prefix_cache", True) == prefix_cache]  # fmt: skip
+        return max(names, key=lambda name: configurations[name]["completion_tokens_per_s"], default=None)
+
+    best_name = best_batched(prefix_cache=True)
     best = configurations.get(best_name)
+    without_prefix_cache = configurations.get(best_batched(prefix_cache=False))
     batch1 = next((entry for entry in configurations.values() if entry.get("max_batch_size") == 1), None)
     llama_cpp = configurations.get("llama_cpp")
 
@@ -337,6 +346,9 @@ def comparisons(configurations: dict[str, dict]) -> dict:
         "batching_vs_batch1_throughput_ratio": batching_ratio,
         "ours_vs_llama_cpp_throughput_ratio": llama_cpp_ratio,
         "ours_vs_llama_cpp_requests_ratio": ratio(best, llama_cpp, "requests_per_s"),
+        "ours_without_prefix_cache_vs_llama_cpp_throughput_ratio": ratio(
+            without_prefix_cache, llama_cpp, "completion_tokens_per_s"
+        ),
         "p50_lower_than_llama_cpp": p50_lower,
         "targets": {
             "batching_vs_batch1_throughput_ratio": TARGET_BATCHING_VS_BATCH1,
@@ -376,6 +388,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", type=batch_sizes, default=[16, 1], help="our max batch sizes to run")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32", "auto"], help="our model's precision")
     parser.add_argument("--model-path", type=Path, help="our base SLM (default: the demo SLM, fetched if missing)")
+    parser.add_argument(
+        "--prefix-cache",
+        choices=["on", "off", "both"],
+        default="both",
+        help="our shared-prefix cache: on (the server's default), off, or both (batched sizes run again without it)",
+    )
     parser.add_argument("--skip-llama-cpp", action="store_true", help="run without llama-cpp-python's server")
     parser.add_argument("--output", type=Path, help="also write the JSON report here")
     return parser.parse_args(argv)
@@ -403,15 +421,20 @@ def main(argv: list[str] | None = None) -> int:
 
     configurations: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="serve-load-no-adapters-") as no_adapters:
-        for size in args.batch_sizes:
-            name = f"ours_batch{size}"
+        runs = [(size, True) for size in args.batch_sizes]
+        if args.prefix_cache == "off":
+            runs = [(size, False) for size in args.batch_sizes]
+        elif args.prefix_cache == "both":
+            runs += [(size, False) for size in args.batch_sizes if size > 1]
+        for size, prefix_cache in runs:
+            name = f"ours_batch{size}" + ("" if prefix_cache else "_no_prefix_cache")
             port = free_port()
-            command = our_server_command(model_path, Path(no_adapters), args.precision, size, port)
+            command = our_server_command(model_path, Path(no_adapters), args.precision, size, port, prefix_cache)
             server = ServerProcess(name, command, f"http://127.0.0.1:{port}/health", LOG_DIR / f"{name}.log")
             result = measure(server, f"http://127.0.0.1:{port}", OUR_MODEL_NAME, conversations, args.clients,
                              args.max_tokens)  # fmt: skip
             configurations[name] = {"server": "ray-serve", "max_batch_size": size, "precision": args.precision,
-                                    **result}  # fmt: skip
+                                    "prefix_cache": prefix_cache, **result}  # fmt: skip
     if gguf_path is not None:
         port = free_port()
         server = ServerProcess(

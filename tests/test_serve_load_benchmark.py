@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,10 +59,13 @@ def test_comparisons_use_the_best_batched_configuration_and_say_which_targets_ar
                 "latency_p50_s": p50}  # fmt: skip
 
     configurations = {"ours_batch16": entry(16, 150.0, 4.0), "ours_batch8": entry(8, 180.0, 3.0),
-                      "ours_batch1": entry(1, 60.0, 9.0), "llama_cpp": {**entry(0, 80.0, 5.0)}}  # fmt: skip
+                      "ours_batch1": entry(1, 60.0, 9.0), "llama_cpp": {**entry(0, 80.0, 5.0)},
+                      "ours_batch8_no_prefix_cache": {**entry(8, 400.0, 1.0), "prefix_cache": False},
+                      "ours_batch16_no_prefix_cache": {**entry(16, 120.0, 1.0), "prefix_cache": False}}  # fmt: skip
     del configurations["llama_cpp"]["max_batch_size"]
     result = serve_load.comparisons(configurations)
-    assert result["best_batched_configuration"] == "ours_batch8"
+    assert result["best_batched_configuration"] == "ours_batch8"  # like with like: the server's default cache on
+    assert result["ours_without_prefix_cache_vs_llama_cpp_throughput_ratio"] == 5.0
     assert result["batching_vs_batch1_throughput_ratio"] == 3.0
     assert result["ours_vs_llama_cpp_throughput_ratio"] == 2.25
     assert result["p50_lower_than_llama_cpp"] is True
@@ -75,6 +79,12 @@ def test_comparisons_use_the_best_batched_configuration_and_say_which_targets_ar
     assert without_peer["targets_met"]["batching_vs_batch1_throughput_ratio"] is False
     assert without_peer["ours_vs_llama_cpp_throughput_ratio"] is None
     assert without_peer["p50_lower_than_llama_cpp"] is None
+
+
+def test_our_server_runs_without_the_prefix_cache_when_asked():
+    on = serve_load.our_server_command(Path("m"), Path("a"), "bf16", 16, 8000)
+    off = serve_load.our_server_command(Path("m"), Path("a"), "bf16", 16, 8000, prefix_cache=False)
+    assert "--prefix-cache-tokens" not in on and off == [*on, "--prefix-cache-tokens", "0"]
 
 
 def test_batch_sizes_flag_rejects_what_is_not_a_list_of_positive_integers(capsys):
@@ -165,6 +175,7 @@ def test_whole_run_on_a_tiny_model_with_the_real_serve_cli(tiny_model_dir, tmp_p
     arguments = [
         "--model-path", str(tiny_model_dir), "--skip-llama-cpp", "--clients", "3", "--requests", "6",
         "--max-tokens", "4", "--batch-sizes", "4,1", "--precision", "fp32", "--output", str(output),
+        "--prefix-cache", "on",
     ]  # fmt: skip
     assert serve_load.main(arguments) == 0
     report = json.loads(capsys.readouterr().out)
