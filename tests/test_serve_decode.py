@@ -3,6 +3,9 @@ leaving the batch as they finish, and the per-step tokens that streaming sends."
 
 from __future__ import annotations
 
+import itertools
+import threading
+
 import pytest
 
 from ray_app.prompts import chat_messages, toolcall_prompt
@@ -48,7 +51,7 @@ def test_prefix_ends_split_the_prompt_where_shared_text_ends(host):
     for job in (weather_paris, weather_oslo, flights):
         assert job.prefix_ends and list(job.prefix_ends) == sorted(set(job.prefix_ends))
         assert job.prefix_ends[0] >= MIN_PIECE_TOKENS and job.prefix_ends[-1] < len(job.prompt_ids)
-        assert all(b - a >= MIN_PIECE_TOKENS for a, b in zip(job.prefix_ends, job.prefix_ends[1:]))
+        assert all(b - a >= MIN_PIECE_TOKENS for a, b in itertools.pairwise(job.prefix_ends))
     # system + instruction: shared by every toolcall prompt, whatever the tools
     instruction_end = weather_paris.prefix_ends[-2]
     assert host.tokenizer.decode(weather_paris.prompt_ids[:instruction_end]).endswith(
@@ -141,3 +144,74 @@ def test_every_step_reports_each_running_jobs_token_once_in_order(host):
     assert len(steps) == max(answer.completion_tokens for answer in answers)
     for index, answer in enumerate(answers):
         assert tuple(streamed[index]) == answer.token_ids and finished[index] == 1
+
+
+def test_a_job_submitted_while_others_decode_joins_between_steps(host):
+    """Continuous batching: a request that arrives mid-answer starts at the next step, not after the batch."""
+    from ray_app.engines.slm import generate_greedy
+
+    long_messages = chat_messages(toolcall_prompt([WEATHER], "Weather in Paris for the whole week?"))
+    short_messages = chat_messages(toolcall_prompt([FLIGHTS], "Fly me to Rome"))
+    events: list[tuple[str, int, bool]] = []
+    answers: dict[str, object] = {}
+    done = threading.Event()
+
+    def on_tokens(name):
+        def record(tokens):
+            assert not isinstance(tokens, Exception)
+            for token in tokens:
+                events.append((name, token.token_id, token.finished))
+                if token.finished:
+                    answers[name] = token.answer
+            if name == "long" and len(events) == 1:  # the long answer has begun: now the short one arrives
+                host.submit([host.job("slm", short_messages, 6)], on_tokens("short"))
+            if len(answers) == 2:
+                done.set()
+
+        return record
+
+    host.submit([host.job("slm", long_messages, 24)], on_tokens("long"))
+    assert done.wait(60)
+    order = [name for name, _, _ in events]
+    assert order.index("short") < len(order) - 1 - order[::-1].index("long")  # joined before the long one ended
+    assert order.count("long") == 24 and order.count("short") == 6  # random weights: both run to their limits
+    for name, messages, limit in (("long", long_messages, 24), ("short", short_messages, 6)):
+        [alone] = generate_greedy(host.model, host.tokenizer, host.device, [messages], [limit])
+        assert answers[name].token_ids == alone.token_ids
+
+
+def test_running_rows_never_exceed_max_batch_rows(host, monkeypatch):
+    monkeypatch.setattr(host, "max_batch_rows", 2)
+    conversations, limits = batch_of_conversations()
+    jobs = [host.job("slm", messages, limit) for messages, limit in zip(conversations, limits, strict=True)]
+    running = []
+    answers = host.generate(jobs, on_step=lambda tokens: running.append(len(host.running)))
+    assert max(running) <= 2
+    assert [answer.token_ids for answer in answers] == [answer.token_ids for answer in host.generate(jobs)]
+
+
+def test_a_failed_step_fails_its_requests_and_the_loop_goes_on(host, monkeypatch):
+    from ray_app.serve.batched_decode import RunningBatch
+
+    real_step = RunningBatch.step
+    failures = iter([RuntimeError("out of memory (simulated)")])
+
+    def failing_step(self):
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real_step(self)
+
+    monkeypatch.setattr(RunningBatch, "step", failing_step)
+    job = host.job("slm", chat_messages("Name a colour."), 5)
+    with pytest.raises(RuntimeError, match="simulated"):
+        host.generate([job])
+    assert not host.running and not host.batches
+    [answer] = host.generate([job])
+    assert answer.completion_tokens == 5
+
+
+def test_jobs_for_models_not_served_are_refused_before_they_queue(host):
+    with pytest.raises(ValueError, match="slm-nope"):
+        host.submit([host.job("slm-nope", chat_messages("x"), 2)], lambda tokens: None)
+    assert not host.waiting
