@@ -430,8 +430,8 @@ def serve_command(
     host: Annotated[str, typer.Option(help="bind address; anything but 127.0.0.1 exposes the endpoint")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
     precision: Annotated[str, typer.Option(help="auto (8bit on GPU, fp32 on CPU), fp32, bf16, 8bit, 4bit")] = "auto",
-    max_batch_size: Annotated[int, typer.Option(min=1, help="requests per generate call (@serve.batch)")] = 8,
-    batch_wait_ms: Annotated[float, typer.Option(min=0, help="how long a batch waits to fill")] = 50,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="requests decoding at once (continuous batching)")] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(min=0, help="how long @serve.batch waits to group arrivals")] = 50,
     max_tokens: Annotated[int, typer.Option(min=1, help="default max_tokens when a request gives none")] = 512,
     max_model_len: Annotated[int | None, typer.Option(min=1, help="context limit (default: the model's)")] = None,
     prefix_cache_tokens: Annotated[
