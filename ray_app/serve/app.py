@@ -12,6 +12,7 @@ Start it with `slm-swap serve` (binds 127.0.0.1:8000 unless told otherwise) or
 """
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, replace
@@ -93,10 +94,24 @@ def error_response(error: OpenAiError) -> JSONResponse:
 
 
 async def final_answer(tokens: AsyncIterator[StepToken | None]) -> GreedyAnswer:
-    async for token in tokens:
+    answer = None
+    async for token in tokens:  # to the end (it ends right after the answer), so no future is left unread
         if token is not None and token.answer is not None:
-            return token.answer
-    raise RuntimeError("the batch ended without an answer for this request")
+            answer = token.answer
+    if answer is None:
+        raise RuntimeError("the batch ended without an answer for this request")
+    return answer
+
+
+class GroupingNoticeFilter(logging.Filter):
+    """Drops @serve.batch's advice to raise max_ongoing_requests to max_batch_size × max_concurrent_batches.
+
+    Here a @serve.batch group only hands requests to the decode loop, which bounds the rows itself;
+    groups may be as many as the requests in flight, so the advice does not apply.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`max_concurrent_batches`" not in record.getMessage()
 
 
 # Everything the deployment class uses is defined above it: `@serve.deployment` pickles the class
@@ -120,6 +135,7 @@ class SlmChatDeployment:
             max_batch_rows=settings.max_batch_size,
         )
         self.started = int(time.time())
+        logging.getLogger("ray.serve").addFilter(GroupingNoticeFilter())
         self.generate_batch.set_max_batch_size(settings.max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
@@ -144,7 +160,10 @@ class SlmChatDeployment:
             for token in step:
                 results[token.job] = token
             yield results
-            done.update(token.job for token in step if token.finished)
+            finished_now = {token.job for token in step if token.finished}
+            if finished_now:  # end those callers' streams now, not at the next step
+                done |= finished_now
+                yield [StopIteration if index in done else None for index in range(len(jobs))]
 
     @fastapi_app.get("/health")
     async def health(self) -> dict[str, Any]:
