@@ -20,17 +20,9 @@ from ray_app.eval.price_table import PriceTableError, load_price_table, resolve_
 from ray_app.metrics import score_rows
 from ray_app.paths import WORKSPACE
 from ray_app.prompts import format_tool_call, structured_prompt, toolcall_prompt
+from tests.sample_tools import WEATHER
 
 ROWS = 10
-WEATHER = {
-    "name": "get_weather",
-    "description": "Weather forecast for a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-        "required": ["city", "days"],
-    },
-}
 PRICES = {
     "teacher_usd_per_1m_tokens": {"default": {"input": 1.0, "output": 4.0}, "my-model": {"input": 2.0, "output": 8.0}},
     "slm_usd_per_instance_hour": {"box": 3.6, "cpu-2core": 0.1},

@@ -12,26 +12,9 @@ from ray_app.metrics import (
     toolcall_metrics,
 )
 from ray_app.prompts import toolcall_prompt
+from tests.sample_tools import SEARCH_CITY, WEATHER_WITH_UNITS
 
-WEATHER = {
-    "name": "get_weather",
-    "description": "Weather forecast for a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string"},
-            "days": {"type": "integer"},
-            "units": {"type": "string", "default": "metric"},
-        },
-        "required": ["city", "days"],
-    },
-}
-SEARCH = {
-    "name": "search_city",
-    "description": "Search cities.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
-PROMPT = toolcall_prompt([SEARCH, WEATHER], "What is the weather in Paris for 3 days?")
+PROMPT = toolcall_prompt([SEARCH_CITY, WEATHER_WITH_UNITS], "What is the weather in Paris for 3 days?")
 GOLD = '<tool_call name="get_weather">{"city": "Paris", "days": 3}</tool_call>'
 
 
@@ -81,7 +64,7 @@ def test_bool_is_never_an_integer() -> None:
 
 
 def test_schema_comes_from_the_gold_tool_in_the_prompt() -> None:
-    assert gold_parameters_schema(PROMPT, "get_weather") == WEATHER["parameters"]
+    assert gold_parameters_schema(PROMPT, "get_weather") == WEATHER_WITH_UNITS["parameters"]
     assert gold_parameters_schema(PROMPT, "book_flight") is None  # tool not listed
     assert gold_parameters_schema("free text, not a toolcall prompt", "get_weather") is None
     assert gold_parameters_schema(None, "get_weather") is None
@@ -93,7 +76,7 @@ def test_default_rule_needs_the_schema() -> None:
     assert score_toolcall_row(gold, prediction, PROMPT).args_lenient is True
     # Without a parseable prompt (or without the tool in it) the comparison is schema-free.
     assert score_toolcall_row(gold, prediction, "not a toolcall prompt").args_lenient is False
-    other_tools = toolcall_prompt([SEARCH], "What is the weather in Paris?")
+    other_tools = toolcall_prompt([SEARCH_CITY], "What is the weather in Paris?")
     assert score_toolcall_row(gold, prediction, other_tools).args_lenient is False
 
 

@@ -32,17 +32,9 @@ from ray_app.eval.ray_predictor import prediction_record
 from ray_app.metrics import score_structured_row
 from ray_app.prompts import format_tool_call, structured_prompt, toolcall_prompt
 from ray_app.report import ReportError, write_report
+from tests.sample_tools import WEATHER
 
 ROWS = 10
-WEATHER = {
-    "name": "get_weather",
-    "description": "Weather forecast for a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-        "required": ["city", "days"],
-    },
-}
 PRICES = {
     "teacher_usd_per_1m_tokens": {"default": {"input": 1.0, "output": 4.0}, "gpt-4o": {"input": 2.5, "output": 10.0}},
     "slm_usd_per_instance_hour": {"box": 3.6, "cpu-2core": 0.1},

@@ -9,25 +9,7 @@ import pytest
 
 from ray_app.metrics import PredictionsFileError, read_predictions, score_predictions_file
 from ray_app.prompts import structured_prompt, toolcall_prompt
-
-WEATHER = {
-    "name": "get_weather",
-    "description": "Weather forecast for a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string"},
-            "days": {"type": "integer"},
-            "units": {"type": "string", "default": "metric"},
-        },
-        "required": ["city", "days"],
-    },
-}
-SEARCH = {
-    "name": "search_city",
-    "description": "Search cities.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
+from tests.sample_tools import SEARCH_CITY, WEATHER_WITH_UNITS
 
 
 def record(index: int, prompt: str, completion: str, prediction: str) -> dict:
@@ -49,7 +31,7 @@ def write_predictions(path: Path, rows: list[tuple[str, str, str]]) -> Path:
 
 
 def test_structured_file_rates(tmp_path: Path) -> None:
-    prompt = structured_prompt(WEATHER, "Weather in Paris?")
+    prompt = structured_prompt(WEATHER_WITH_UNITS, "Weather in Paris?")
     rows = [
         # (gold, prediction) → json_valid, exact_match, fields predicted / gold / correct
         ('{"a": 1, "b": "x"}', '{"b": "x", "a": 1}'),  # valid, exact, 2 / 2 / 2
@@ -78,7 +60,7 @@ def test_structured_file_rates(tmp_path: Path) -> None:
 
 
 def test_toolcall_file_rates(tmp_path: Path) -> None:
-    prompt = toolcall_prompt([SEARCH, WEATHER], "Weather in Paris for 3 days?")
+    prompt = toolcall_prompt([SEARCH_CITY, WEATHER_WITH_UNITS], "Weather in Paris for 3 days?")
     gold = '<tool_call name="get_weather">{"city": "Paris", "days": 3}</tool_call>'
     gold_with_default = '<tool_call name="get_weather">{"city": "Paris", "days": 3, "units": "metric"}</tool_call>'
     rows = [
