@@ -94,19 +94,15 @@ def _event(
     observation.event(safe_value(str(name)), safe_value(input), safe_value(output), _metadata(metadata), level)
 
 
-class Span:
-    """One step inside a run; nests (`span.span(...)`). Open it with `run.span(...)`."""
+class _Parent:
+    """What a run and a span share: child spans and events under `self._observation`."""
 
-    def __init__(self, observation: Any) -> None:
-        self._observation = observation
-
-    def update(self, output: Any = None, metadata: Mapping[str, Any] | None = None) -> None:
-        """Set the output (replaces) and add metadata keys (merges)."""
-        self._observation.update(safe_value(output), _metadata(metadata))
+    _observation: Any
 
     def span(
         self, name: str, input: Any = None, metadata: Mapping[str, Any] | None = None
     ) -> AbstractContextManager[Span]:
+        """`with run.span("generate", input=...) as span:`; an exception marks the span as an error."""
         return _child_span(self._observation, name, input, metadata)
 
     def event(
@@ -117,10 +113,22 @@ class Span:
         metadata: Mapping[str, Any] | None = None,
         level: str = "DEFAULT",
     ) -> None:
+        """A point-in-time observation, e.g. the fine-tune decision of one track."""
         _event(self._observation, name, input, output, metadata, level)
 
 
-class RunTrace:
+class Span(_Parent):
+    """One step inside a run; nests (`span.span(...)`). Open it with `run.span(...)`."""
+
+    def __init__(self, observation: Any) -> None:
+        self._observation = observation
+
+    def update(self, output: Any = None, metadata: Mapping[str, Any] | None = None) -> None:
+        """Set the output (replaces) and add metadata keys (merges)."""
+        self._observation.update(safe_value(output), _metadata(metadata))
+
+
+class RunTrace(_Parent):
     """A run being traced. `backend` is "langfuse" or "local-file"; `location` a URL or a file path."""
 
     def __init__(
@@ -143,29 +151,12 @@ class RunTrace:
         self.trace_id = trace_id
         self.location = location
         self.status: str | None = None  # "ok" or "error" once ended
-        self._root = root
+        self._observation = root  # the run's root observation
         self._langfuse = langfuse  # (client, base URL) on the Langfuse backend
         self._local_dir = local_dir
 
     def __repr__(self) -> str:
         return f"RunTrace({self.kind} {self.name!r}, backend={self.backend}, location={self.location})"
-
-    def span(
-        self, name: str, input: Any = None, metadata: Mapping[str, Any] | None = None
-    ) -> AbstractContextManager[Span]:
-        """`with run.span("generate", input=...) as span:`; an exception marks the span as an error."""
-        return _child_span(self._root, name, input, metadata)
-
-    def event(
-        self,
-        name: str,
-        input: Any = None,
-        output: Any = None,
-        metadata: Mapping[str, Any] | None = None,
-        level: str = "DEFAULT",
-    ) -> None:
-        """A point-in-time observation, e.g. the fine-tune decision of one track."""
-        _event(self._root, name, input, output, metadata, level)
 
     def end(self, output: Mapping[str, Any] | None = None, status: str = "ok", error: str | None = None) -> None:
         """Record the output and status, then flush; a second call does nothing."""
@@ -174,8 +165,8 @@ class RunTrace:
         if self.status is not None:
             return
         self.status = status
-        self._root.update(safe_value(output), {"status": status})
-        self._root.end(status, safe_value(error))
+        self._observation.update(safe_value(output), {"status": status})
+        self._observation.end(status, safe_value(error))
         if self._langfuse is not None:
             self._langfuse[0].flush()  # the process may exit right after the run
 
@@ -227,7 +218,7 @@ def start_run_trace(
             base_url = environ.get("LANGFUSE_BASE_URL") or environ.get("LANGFUSE_HOST") or DEFAULT_BASE_URL
             client = langfuse_client(environ["LANGFUSE_PUBLIC_KEY"], environ["LANGFUSE_SECRET_KEY"], base_url)
         root = start_langfuse_trace(
-            client, **common, input=input, metadata=metadata, parent=parent._root if parent else None
+            client, **common, input=input, metadata=metadata, parent=parent._observation if parent else None
         )
         trace_id = root.span.trace_id
         location = trace_url(base_url, trace_id, root.span.id if parent else None)
@@ -241,7 +232,7 @@ def start_run_trace(
     parent_ids = {"trace_id": parent.trace_id, "run_id": parent.run_id} if parent else None
     root = start_local_trace(path, trace_id=trace_id, **common, input=input, metadata=metadata, parent=parent_ids)
     if parent is not None:
-        parent._root.add_child_run({**common, "file": str(path)})
+        parent._observation.add_child_run({**common, "file": str(path)})
     else:
         print(
             f"tracing: Langfuse keys are not set ({', '.join(missing)}); the {kind} run's trace is in {path}",
