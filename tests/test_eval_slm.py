@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -106,3 +107,17 @@ def test_killed_eval_restarted_finishes_with_the_same_predictions(tiny_model_dir
     assert "resuming" in restarted.stderr
     killed_predictions = (tmp_path / "killed" / "toolcall" / "slm" / "predictions.jsonl").read_bytes()
     assert killed_predictions == (tmp_path / "reference" / "toolcall" / "slm" / "predictions.jsonl").read_bytes()
+
+
+def test_slm_plan_sizes_the_actor_pool_from_the_resources_it_is_given(tiny_model_dir, tmp_path):
+    from ray_app.eval.evaluate import slm_plan
+
+    on_cpus = slm_config(tiny_model_dir, tmp_path)
+    settings, identity, actors, actor_cpus, actor_gpus = slm_plan(on_cpus, gpus=0, cpus=8.0)
+    assert (actors, actor_gpus, settings.device, settings.cpu_threads) == (1, 0, "cpu", 8)
+    assert identity["device"] == "cpu" and actor_cpus == on_cpus.slm.actor_num_cpus
+    two_actors = dataclasses.replace(on_cpus, slm=dataclasses.replace(on_cpus.slm, num_actors=2))
+    assert slm_plan(two_actors, gpus=0, cpus=8.0)[0].cpu_threads == 4
+    settings, identity, actors, actor_cpus, actor_gpus = slm_plan(on_cpus, gpus=4, cpus=64.0)
+    assert (actors, actor_cpus, actor_gpus, settings.device, settings.cpu_threads) == (4, 0, 1, "cuda", None)
+    assert settings.precision == identity["precision"] == "8bit"  # auto on a GPU: the seed's 8-bit load

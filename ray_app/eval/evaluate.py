@@ -64,19 +64,19 @@ def finished_outputs_match(config: EvalConfig, run_key: str) -> dict[str, Any] |
     return metrics if metrics.get("run_key") == run_key else None
 
 
-def slm_plan(config: EvalConfig) -> tuple[SlmSettings, dict[str, Any], int, float, float]:
-    """Resolved SLM settings, their identity, and the actor pool (count, CPUs and GPUs per actor)."""
+def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> tuple[SlmSettings, dict[str, Any], int, float, float]:
+    """Resolved SLM settings, their identity, and the actor pool (count, CPUs and GPUs per actor), for
+    where the SLM runs: `gpus` and `cpus` of the Ray cluster (`slm-swap eval`) or of this machine
+    (the live compare, which runs the SLM in its own process)."""
     from ray_app.engines.slm import resolve_device_and_precision
-    from ray_app.ray_runtime import cluster_cpus, cluster_gpus
 
     model_path = resolve_slm_model_path(config.slm.model_path)
     adapter = Path(config.slm.adapter_path).resolve() if config.slm.adapter_path else None
     if adapter is not None and not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"--adapter {adapter}: not a PEFT adapter folder (no adapter_config.json)")
-    gpus = cluster_gpus()
     num_actors = config.slm.num_actors or (gpus if gpus else 1)
     device = "cuda" if gpus else "cpu"
-    cpu_threads = None if gpus else max(1, int(cluster_cpus()) // num_actors)
+    cpu_threads = None if gpus else max(1, int(cpus) // num_actors)
     settings = SlmSettings(
         model_path=model_path,
         adapter_path=adapter,
@@ -232,7 +232,9 @@ def run_eval(config: EvalConfig) -> EvalOutcome:
     split_identity = {"track": config.track, "split": config.split, "split_sha256": file_sha256(config.split_path)}
     teacher_engine = None
     if config.model == "slm":
-        settings, identity, num_actors, actor_cpus, actor_gpus = slm_plan(config)
+        from ray_app.ray_runtime import cluster_cpus, cluster_gpus
+
+        settings, identity, num_actors, actor_cpus, actor_gpus = slm_plan(config, cluster_gpus(), cluster_cpus())
     else:
         teacher_engine = build_teacher_engine(config)
         identity = teacher_identity(teacher_engine, config)

@@ -18,8 +18,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -91,17 +90,6 @@ def read_rows(config: LiveCompareConfig) -> list[Row]:
     return rows[: config.limit] if config.limit is not None else rows
 
 
-@contextmanager
-def without_ray_address() -> Iterator[None]:
-    """The live compare runs in this process: plan the SLM for this machine, never for a Ray cluster."""
-    address = os.environ.pop("RAY_ADDRESS", None)
-    try:
-        yield
-    finally:
-        if address is not None:
-            os.environ["RAY_ADDRESS"] = address
-
-
 class TeacherThread(threading.Thread):
     """Answers every row in chunks in the background; a failure is kept in `error` for the main thread."""
 
@@ -165,8 +153,10 @@ def run_live_compare(config: LiveCompareConfig, output: TextIO | None = None) ->
     teacher_engine = build_teacher_engine(teacher_config)
     if teacher_engine.kind == "replay":  # before loading the SLM: ReplayMissingError names the first unrecorded row
         teacher_engine.generate([EngineRequest(i, config.track, row.prompt) for i, row in enumerate(rows)])
-    with without_ray_address():
-        settings, slm_identity, _, _, _ = slm_plan(slm_config)
+    import torch
+
+    # the SLM runs in this process: plan it for this machine, never for a Ray cluster RAY_ADDRESS names
+    settings, slm_identity, _, _, _ = slm_plan(slm_config, torch.cuda.device_count(), float(os.cpu_count() or 1))
     identities = {"teacher": teacher_identity(teacher_engine, teacher_config), "slm": slm_identity}
     run_keys = {side: run_key_of({**split_identity, **identity}) for side, identity in identities.items()}
     labels = {"teacher": teacher_config.model_label, "slm": slm_config.model_label}
