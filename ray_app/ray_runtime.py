@@ -9,6 +9,10 @@ from rich.console import Console
 from ray_app.engines.determinism import DETERMINISM_ENV
 
 console = Console(stderr=True)
+# Ray Train routes every print() in its workers to the logger; dill (under `datasets` fingerprinting,
+# when TRL tokenizes) prints whole bytecode disassemblies into a captured stdout, which that routing
+# sends to the job's log (~1,200 lines per worker). Workers keep Python's own print.
+WORKER_ENV = {**DETERMINISM_ENV, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 _dashboard_url: str | None = None  # remembered from ray.init, for the job's closing summary
 
 
@@ -26,11 +30,11 @@ def ensure_ray() -> str | None:
     else:
         # address="local": always a new embedded Ray, never a stale cluster named in
         # /tmp/ray/ray_current_cluster. Workers start from this process, so they get the
-        # determinism variables here.
+        # determinism variables (and WORKER_ENV) here.
         # Ray starts workers at nice 15 by default; here the workers do the job's real work (the
         # model), so they get normal priority and do not lose CPU to Ray's own daemons on 2 cores.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        context = ray.init(address="local", runtime_env={"env_vars": DETERMINISM_ENV}, log_to_driver=True)
+        context = ray.init(address="local", runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
         where = "embedded local Ray"
     url = getattr(context, "dashboard_url", None) or None
     url = f"http://{url}" if url and not url.startswith("http") else url

@@ -36,6 +36,7 @@ def test_runtime_env_keeps_shared_storage_out_of_the_upload_and_points_the_roots
     for variable in ("SLM_SWAP_DATASET_ROOT", "SLM_SWAP_ADAPTER_ROOT", "SLM_SWAP_EVAL_ROOT", "SLM_MODEL_PATH"):
         assert runtime_env["env_vars"][variable].startswith("/mnt/shared/")
     assert runtime_env["env_vars"]["PYTHONHASHSEED"] == "42"
+    assert runtime_env["env_vars"]["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
 
 
 def test_serve_config_passes_the_serve_schema_and_builds_the_app():

@@ -131,6 +131,7 @@ def test_a_killed_train_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp
     assert not (tmp_path / "04_ft" / "adapter_toolcall").exists()
     restarted = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert restarted.returncode == 0, restarted.stderr[-3000:]
+    assert "LOAD_FAST" not in restarted.stdout + restarted.stderr  # no bytecode dumps from dill in the worker log
     training = json.loads((tmp_path / "04_ft" / "adapter_toolcall" / "training.json").read_text())
     assert training["global_step"] == 24
     assert 2 <= training["resumed_from_step"] < 24
