@@ -479,9 +479,11 @@ def serve_command(
     except KeyboardInterrupt:
         pass
     finally:
+        import ray
         from ray import serve
 
         serve.shutdown()
+        ray.shutdown()  # before the interpreter exits: Ray's own exit hooks sometimes abort the process
         console.print("Serve stopped", highlight=False)
 
 
