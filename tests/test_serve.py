@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -195,6 +196,30 @@ def test_raw_stream_is_server_sent_events_ending_with_done(served):
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [line for line in response.read().decode().split("\n\n") if line]
     assert events[-1] == "data: [DONE]" and all(event.startswith("data: ") for event in events)
+
+
+def health(server) -> dict:
+    with urllib.request.urlopen(f"{server.url}/health") as response:
+        return json.loads(response.read())
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_row(served):
+    """A disconnect cancels the request's decoding at the next step instead of running to max_tokens."""
+    server, _, _ = served
+    cancelled_before = health(server)["decode"]["cancelled"]
+    body = json.dumps({"model": "slm-toolcall", "messages": [{"role": "user", "content": "Tell me a long story."}],
+                       "max_tokens": 3500, "stream": True})  # fmt: skip
+    request = urllib.request.Request(f"{server.url}/v1/chat/completions", data=body.encode(), method="POST")
+    response = urllib.request.urlopen(request)
+    assert response.readline().startswith(b"data: ")  # the answer is under way
+    response.close()  # the client leaves
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        decode = health(server)["decode"]
+        if decode["cancelled"] > cancelled_before:
+            break
+        time.sleep(0.1)
+    assert decode["cancelled"] == cancelled_before + 1 and decode["running"] == 0 and decode["waiting"] == 0
 
 
 def test_adapter_chosen_by_model_name_answers_as_the_eval_engine_does(served, client):

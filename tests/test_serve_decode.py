@@ -215,3 +215,39 @@ def test_jobs_for_models_not_served_are_refused_before_they_queue(host):
     with pytest.raises(ValueError, match="slm-nope"):
         host.submit([host.job("slm-nope", chat_messages("x"), 2)], lambda tokens: None)
     assert not host.waiting
+
+
+def test_a_cancelled_job_leaves_its_batch_and_the_others_go_on(host):
+    """A caller that leaves (a disconnect) frees its row at the next step; queued and not-yet-submitted
+    jobs can be cancelled too; the rest of the batch answers as if nothing happened."""
+    from ray_app.engines.slm import generate_greedy
+
+    messages = chat_messages(toolcall_prompt([WEATHER], "Weather in Paris?"))
+    stays = host.job("slm", messages, 12, request_id="stays")
+    leaves = host.job("slm", messages, 400, request_id="leaves")
+    host.cancel("never-submitted-yet")
+    late = host.job("slm", messages, 12, request_id="never-submitted-yet")
+    received: dict[str, list] = {"stays": [], "leaves": [], "late": []}
+    done = threading.Event()
+    cancelled_before = host.decode_stats()["cancelled"]
+
+    def record(name):
+        def on_tokens(tokens):
+            received[name].extend(tokens)
+            if name == "leaves" and len(received["leaves"]) == 2:
+                host.cancel("leaves")
+            if all(received[key] and received[key][-1].finished for key in received):
+                done.set()
+
+        return on_tokens
+
+    host.submit([stays], record("stays"))
+    host.submit([leaves], record("leaves"))
+    host.submit([late], record("late"))
+    assert done.wait(60)
+    assert received["leaves"][-1].cancelled and len(received["leaves"]) < 400
+    assert [token.cancelled for token in received["late"]] == [True]
+    [alone] = generate_greedy(host.model, host.tokenizer, host.device, [messages], [12])
+    assert received["stays"][-1].answer.token_ids == alone.token_ids
+    assert host.decode_stats() == {"running": 0, "waiting": 0, "cancelled": cancelled_before + 2}
+    assert not host.batches and not host.cancel_requests

@@ -14,6 +14,7 @@ Start it with `slm-swap serve` (binds 127.0.0.1:8000 unless told otherwise) or
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -173,6 +174,7 @@ class SlmChatDeployment:
             "models": self.host.model_names,
             "precision": self.host.precision,
             "prefix_cache": prefix_cache,
+            "decode": self.host.decode_stats(),
         }
 
     @fastapi_app.get("/v1/models")
@@ -185,7 +187,7 @@ class SlmChatDeployment:
             chat = parse_chat_request(
                 parse_json_body(await request.body()), self.host.model_names, self.settings.default_max_tokens
             )
-            job = self.host.job(chat.model, chat.prompt.messages, chat.max_tokens)
+            job = self.host.job(chat.model, chat.prompt.messages, chat.max_tokens, request_id=uuid.uuid4().hex)
             prompt_tokens = len(job.prompt_ids)
             if prompt_tokens + chat.max_tokens > self.host.context_limit:
                 raise OpenAiError(
@@ -199,7 +201,11 @@ class SlmChatDeployment:
             return error_response(error)
         tokens = self.generate_batch(job)  # queued for the next batch now
         if not chat.stream:
-            answer = await final_answer(tokens)
+            try:
+                answer = await final_answer(tokens)
+            except asyncio.CancelledError:  # the client left: free its row for the others
+                self.host.cancel(job.request_id)
+                raise
             message = assistant_answer(answer.text, answer.stopped)
             return completion_response(
                 chat.model, message, answer.prompt_tokens, answer.completion_tokens, self.host.fingerprint
@@ -207,18 +213,25 @@ class SlmChatDeployment:
         stream = AnswerStream(chat.model, self.host.fingerprint, chat.include_usage, self.host.decode_text)
 
         async def events() -> AsyncIterator[str]:
-            for chunk in stream.opening():
-                yield server_sent_event(chunk)
-            async for token in tokens:
-                if token is None:
-                    continue
-                chunks = stream.add(token.token_id)
-                if token.answer is not None:
-                    answer = token.answer
-                    chunks += stream.finish(answer.text, answer.stopped, answer.prompt_tokens, answer.completion_tokens)
-                for chunk in chunks:
+            answered = False
+            try:
+                for chunk in stream.opening():
                     yield server_sent_event(chunk)
-            yield SERVER_SENT_EVENTS_END
+                async for token in tokens:
+                    if token is None or token.cancelled:
+                        continue
+                    chunks = stream.add(token.token_id)
+                    if token.answer is not None:
+                        answered, answer = True, token.answer
+                        chunks += stream.finish(
+                            answer.text, answer.stopped, answer.prompt_tokens, answer.completion_tokens
+                        )
+                    for chunk in chunks:
+                        yield server_sent_event(chunk)
+                yield SERVER_SENT_EVENTS_END
+            finally:
+                if not answered:  # the client left mid-answer: free its row for the others
+                    self.host.cancel(job.request_id)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

@@ -38,6 +38,7 @@ class GenerationJob:
     prompt_ids: list[int]  # the messages with the chat template applied, tokenized once at the ingress
     max_new_tokens: int
     prefix_ends: tuple[int, ...] = ()  # where the prompt's shareable prefixes end (prefix_cache.py)
+    request_id: str | None = None  # names the job for `MultiAdapterModel.cancel`
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,11 @@ class StepToken:
     job: int  # which job: the index the caller gave it
     token_id: int
     answer: GreedyAnswer | None = None  # set on the job's last token: its whole answer
+    cancelled: bool = False  # the job was cancelled (its caller left): no token, no answer
 
     @property
     def finished(self) -> bool:
-        return self.answer is not None
+        return self.answer is not None or self.cancelled
 
 
 @dataclass
@@ -120,6 +122,13 @@ class RunningBatch:
         if token in self.stop_ids or len(row.tokens) >= row.job.max_new_tokens:
             return StepToken(row.key, token, greedy_answer(self.tokenizer, row, self.stop_ids))
         return StepToken(row.key, token)
+
+    def drop(self, keys: set[int]) -> list[Row]:
+        """Take the rows with these keys out of the batch (their jobs were cancelled); returns them."""
+        dropped = [row for row in self.rows if row.key in keys]
+        if dropped:
+            self._keep([index for index, row in enumerate(self.rows) if row.key not in keys])
+        return dropped
 
     def _keep(self, keep: list[int]) -> None:
         """Keep the rows at `keep`; drop leading columns that are padding for every kept row."""

@@ -19,7 +19,7 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +33,7 @@ from ray_app.serve.prefix_cache import PrefixKvCache, shared_prefix_ends, templa
 BASE_MODEL_NAME = "slm"
 DEFAULT_PREFIX_CACHE_TOKENS = 32768
 DEFAULT_MAX_BATCH_ROWS = 8
+MAX_PENDING_CANCELS = 4096  # cancels kept for jobs not submitted yet
 
 logger = logging.getLogger("ray.serve")  # a replica's log (and the dashboard's)
 
@@ -104,8 +105,12 @@ class MultiAdapterModel:
         self.keys = itertools.count()
         self.wakeup = threading.Condition()
         self.loop_thread: threading.Thread | None = None
+        self.cancel_requests: OrderedDict[str, None] = OrderedDict()  # request ids to cancel, oldest first
+        self.cancelled_count = 0
 
-    def job(self, model_name: str, messages: list[dict[str, str]], max_new_tokens: int) -> GenerationJob:
+    def job(
+        self, model_name: str, messages: list[dict[str, str]], max_new_tokens: int, request_id: str | None = None
+    ) -> GenerationJob:
         """The messages with the chat template applied (as `engines.slm.prompt_ids`), and where their
         shareable prefixes end."""
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -114,7 +119,7 @@ class MultiAdapterModel:
             ends = shared_prefix_ends(text, [end for _, end in encoded["offset_mapping"]], self.anchors)
         else:  # no offsets: the prompt is prefilled whole
             encoded, ends = self.tokenizer(text, add_special_tokens=False), ()
-        return GenerationJob(model_name, list(encoded["input_ids"]), max_new_tokens, ends)
+        return GenerationJob(model_name, list(encoded["input_ids"]), max_new_tokens, ends, request_id)
 
     def submit(self, jobs: list[GenerationJob], on_tokens: TokensCallback) -> None:
         """Queue `jobs` for the decode loop. `on_tokens` gets, from the loop's thread, each step's tokens
@@ -129,6 +134,20 @@ class MultiAdapterModel:
                 self.loop_thread = threading.Thread(target=self._decode_loop, name="slm-decode-loop", daemon=True)
                 self.loop_thread.start()
             self.wakeup.notify()
+
+    def cancel(self, request_id: str) -> None:
+        """Stop the job with this request id (its caller left): out of the queue, or out of its batch at the
+        next step. Its submission gets a `cancelled` StepToken. A cancel that comes before the job is
+        submitted is kept (the newest MAX_PENDING_CANCELS) and applied when it comes."""
+        with self.wakeup:
+            self.cancel_requests[request_id] = None
+            while len(self.cancel_requests) > MAX_PENDING_CANCELS:
+                self.cancel_requests.popitem(last=False)
+            self.wakeup.notify()
+
+    def decode_stats(self) -> dict[str, int]:
+        with self.wakeup:
+            return {"running": len(self.running), "waiting": len(self.waiting), "cancelled": self.cancelled_count}
 
     def generate(
         self, jobs: list[GenerationJob], on_step: Callable[[list[StepToken]], None] | None = None
@@ -145,6 +164,10 @@ class MultiAdapterModel:
                 return
             if on_step is not None:
                 on_step(tokens)
+            if any(token.cancelled for token in tokens):
+                failures.append(RuntimeError("a job of this call was cancelled"))
+                done.set()
+                return
             for token in tokens:
                 if token.answer is not None:
                     answers[token.job] = token.answer
@@ -162,6 +185,7 @@ class MultiAdapterModel:
             with self.wakeup:
                 while not self.waiting and not self.batches:
                     self.wakeup.wait()
+                self._apply_cancels()
                 admitted = []
                 while self.waiting and len(self.running) + len(admitted) < self.max_batch_rows:
                     admitted.append(self.waiting.popleft())
@@ -189,6 +213,29 @@ class MultiAdapterModel:
                     self._run(model_name, batch, [self.running[row.key] for row in batch.rows], batch.step)
                 if not batch:
                     del self.batches[model_name]
+
+    def _apply_cancels(self) -> None:
+        """Take cancelled jobs out of the queue and the running batches (the loop holds `wakeup`)."""
+        if not self.cancel_requests:
+            return
+        cancelled: list[WaitingJob] = []
+        for waiting in list(self.waiting):
+            request_id = waiting.submission.jobs[waiting.index].request_id
+            if request_id is not None and request_id in self.cancel_requests:
+                del self.cancel_requests[request_id]
+                self.waiting.remove(waiting)
+                cancelled.append(waiting)
+        for batch in self.batches.values():
+            keys = {row.key for row in batch.rows
+                    if row.job.request_id is not None and row.job.request_id in self.cancel_requests}  # fmt: skip
+            for row in batch.drop(keys):
+                self.cancel_requests.pop(row.job.request_id, None)
+                cancelled.append(self.running.pop(row.key))
+        for model_name in [name for name, batch in self.batches.items() if not batch]:
+            del self.batches[model_name]
+        self.cancelled_count += len(cancelled)
+        for waiting in cancelled:
+            waiting.submission.on_tokens([StepToken(waiting.index, -1, cancelled=True)])
 
     def _run(self, model_name: str, batch: RunningBatch, rows: list[WaitingJob], work) -> None:
         """Run `work` (an admit or a step of `batch`) with the model's adapter active; hand out the tokens."""
