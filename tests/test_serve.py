@@ -9,6 +9,7 @@ engine produces with the same adapter.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import socket
 import time
@@ -209,10 +210,18 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(served):
     cancelled_before = health(server)["decode"]["cancelled"]
     body = json.dumps({"model": "slm-toolcall", "messages": [{"role": "user", "content": "Tell me a long story."}],
                        "max_tokens": 3500, "stream": True})  # fmt: skip
-    request = urllib.request.Request(f"{server.url}/v1/chat/completions", data=body.encode(), method="POST")
-    response = urllib.request.urlopen(request)
-    assert response.readline().startswith(b"data: ")  # the answer is under way
-    response.close()  # the client leaves
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    connection.request("POST", "/v1/chat/completions", body=body, headers={"content-type": "application/json"})
+    response = connection.getresponse()
+    assert b'"role": "assistant"' in response.readline()  # the opening chunk, sent before decoding starts
+    for line in iter(response.readline, b""):  # until the first generated token: the request is decoding
+        if line.startswith(b"data: ") and b'"content": ""' not in line:
+            break
+    else:
+        pytest.fail("the stream ended before its first token")
+    connection.sock.shutdown(socket.SHUT_RDWR)  # the client leaves
+    connection.close()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         decode = health(server)["decode"]
