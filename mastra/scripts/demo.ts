@@ -5,10 +5,16 @@
  * prints the call (tool name + arguments) and the tool's result. Environment: SLM_SWAP_BASE_URL
  * (default http://127.0.0.1:8000/v1), SLM_SWAP_MODEL (default slm-toolcall), SLM_SWAP_DEMO_REQUEST,
  * and the Langfuse variables (LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_BASE_URL).
+ * `npm run demo -- --stream` uses `agent.stream` (SSE with tool-call deltas) instead of `generate`.
  * Exits 1 when the model answered without a tool call.
  */
 
+import type { ToolCallChunk, ToolResultChunk } from "@mastra/core/stream";
+
 import { agentSettingsFromEnv, buildTracedAgent, flushTraces } from "../src/agent.ts";
+
+type ToolCall = Pick<ToolCallChunk, "payload">;
+type ToolResult = Pick<ToolResultChunk, "payload">;
 
 const DEFAULT_REQUEST = "What is the GCD of 84 and 126?";
 
@@ -27,7 +33,21 @@ async function main(): Promise<number> {
   const traced = buildTracedAgent(settings);
   try {
     // One step: the SLM calls the tool, Mastra executes it, the run ends.
-    const result = await traced.agent.generate(request, { maxSteps: 1, modelSettings: { temperature: 0 } });
+    const options = { maxSteps: 1, modelSettings: { temperature: 0 } };
+    let result: { text: string; finishReason: string | undefined; toolCalls: ToolCall[]; toolResults: ToolResult[] };
+    if (process.argv.includes("--stream")) {
+      const stream = await traced.agent.stream(request, options);
+      for await (const piece of stream.textStream) process.stdout.write(`streamed text: ${piece}\n`);
+      result = {
+        text: await stream.text,
+        finishReason: await stream.finishReason,
+        toolCalls: await stream.toolCalls,
+        toolResults: await stream.toolResults,
+      };
+      console.log("(answer streamed over SSE)");
+    } else {
+      result = await traced.agent.generate(request, options);
+    }
     if (result.toolCalls.length === 0) {
       console.log(`the model answered without a tool call (finish reason ${result.finishReason}): ${result.text}`);
       return 1;
