@@ -10,12 +10,8 @@ import pytest
 
 from ray_app.prompts import chat_messages, toolcall_prompt
 from ray_app.serve.prefix_cache import MIN_PIECE_TOKENS, PrefixKvCache, shared_prefix_ends, template_anchors
+from tests.sample_tools import WEATHER
 
-WEATHER = {
-    "name": "get_weather",
-    "description": "Weather forecast for a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
 FLIGHTS = {
     "name": "search_flights",
     "description": "Flights between two airports on a date.",
