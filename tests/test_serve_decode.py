@@ -247,3 +247,22 @@ def test_a_cancelled_job_leaves_its_batch_and_the_others_go_on(host):
     assert received["stays"][-1].answer.token_ids == alone.token_ids
     assert host.decode_stats() == {"running": 0, "waiting": 0, "cancelled": cancelled_before + 2}
     assert not host.batches and not host.cancel_requests
+
+
+def test_a_fault_in_the_loop_itself_fails_its_requests_and_the_loop_keeps_serving(host, monkeypatch):
+    real_apply_cancels = type(host)._apply_cancels
+    faults = iter([KeyError("bookkeeping bug (simulated)")])
+
+    def faulty_apply_cancels(self):
+        fault = next(faults, None)
+        if fault is not None:
+            raise fault
+        real_apply_cancels(self)
+
+    monkeypatch.setattr(type(host), "_apply_cancels", faulty_apply_cancels)
+    job = host.job("slm", chat_messages("Name a colour."), 4)
+    with pytest.raises(KeyError, match="simulated"):
+        host.generate([job])
+    assert not host.running and not host.waiting and not host.batches
+    [answer] = host.generate([job])
+    assert answer.completion_tokens == 4

@@ -182,37 +182,49 @@ class MultiAdapterModel:
 
     def _decode_loop(self) -> None:
         while True:
-            with self.wakeup:
-                while not self.waiting and not self.batches:
-                    self.wakeup.wait()
-                self._apply_cancels()
-                admitted = []
-                while self.waiting and len(self.running) + len(admitted) < self.max_batch_rows:
-                    admitted.append(self.waiting.popleft())
-                self.running.update((waiting.key, waiting) for waiting in admitted)
-            for model_name in dict.fromkeys(waiting.submission.jobs[waiting.index].model_name for waiting in admitted):
-                group = [
-                    waiting for waiting in admitted if waiting.submission.jobs[waiting.index].model_name == model_name
-                ]
-                batch = self.batches.setdefault(
-                    model_name, RunningBatch(self.model, self.tokenizer, self.device, self.prefix_cache)
-                )
-                rows = [
-                    (waiting.key, waiting.submission.jobs[waiting.index], waiting.submission.started)
-                    for waiting in group
-                ]
-                started = time.perf_counter()
-                self._run(model_name, batch, group, lambda batch=batch, rows=rows: batch.admit(rows))
-                logger.info(
-                    "%s: %d joined (%d prompt tokens prefilled in %.2f s); %d decoding",
-                    model_name, len(rows), sum(len(job.prompt_ids) for _, job, _ in rows),
-                    time.perf_counter() - started, len(self.running),
-                )  # fmt: skip
-            for model_name, batch in list(self.batches.items()):
-                if batch:
-                    self._run(model_name, batch, [self.running[row.key] for row in batch.rows], batch.step)
-                if not batch:
-                    del self.batches[model_name]
+            try:
+                self._decode_iteration()
+            except Exception as error:  # a bug in the loop's own bookkeeping: fail what is in it, keep serving
+                logger.exception("decode loop: %d running and %d waiting requests failed", len(self.running),
+                                 len(self.waiting))  # fmt: skip
+                with self.wakeup:
+                    failed = [*self.running.values(), *self.waiting]
+                    self.running.clear()
+                    self.waiting.clear()
+                    self.batches.clear()
+                for submission in {id(waiting.submission): waiting.submission for waiting in failed}.values():
+                    submission.on_tokens(error)
+
+    def _decode_iteration(self) -> None:
+        """Wait for work; apply cancels; admit waiting jobs up to max_batch_rows; one step of each batch."""
+        with self.wakeup:
+            while not self.waiting and not self.batches:
+                self.wakeup.wait()
+            self._apply_cancels()
+            admitted = []
+            while self.waiting and len(self.running) + len(admitted) < self.max_batch_rows:
+                admitted.append(self.waiting.popleft())
+            self.running.update((waiting.key, waiting) for waiting in admitted)
+        for model_name in dict.fromkeys(waiting.submission.jobs[waiting.index].model_name for waiting in admitted):
+            group = [waiting for waiting in admitted if waiting.submission.jobs[waiting.index].model_name == model_name]
+            batch = self.batches.setdefault(
+                model_name, RunningBatch(self.model, self.tokenizer, self.device, self.prefix_cache)
+            )
+            rows = [
+                (waiting.key, waiting.submission.jobs[waiting.index], waiting.submission.started) for waiting in group
+            ]
+            started = time.perf_counter()
+            self._run(model_name, batch, group, lambda batch=batch, rows=rows: batch.admit(rows))
+            logger.info(
+                "%s: %d joined (%d prompt tokens prefilled in %.2f s); %d decoding",
+                model_name, len(rows), sum(len(job.prompt_ids) for _, job, _ in rows),
+                time.perf_counter() - started, len(self.running),
+            )  # fmt: skip
+        for model_name, batch in list(self.batches.items()):
+            if batch:
+                self._run(model_name, batch, [self.running[row.key] for row in batch.rows], batch.step)
+            if not batch:
+                del self.batches[model_name]
 
     def _apply_cancels(self) -> None:
         """Take cancelled jobs out of the queue and the running batches (the loop holds `wakeup`)."""
