@@ -137,10 +137,15 @@ def stop_token_ids(model, tokenizer) -> set[int]:
     return set(stop_ids if isinstance(stop_ids, list) else [stop_ids]) | {tokenizer.eos_token_id}
 
 
+def chat_text(tokenizer, messages: list[dict[str, str]]) -> str:
+    """A conversation as the model sees it: the chat template with the generation prompt. It already
+    holds every special token the model expects, so it is tokenized with add_special_tokens=False."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
-    """A conversation's token ids as the model sees it (chat template with the generation prompt)."""
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """A conversation's token ids as the model sees it."""
+    return tokenizer(chat_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
 
 
 @dataclass(frozen=True)
@@ -157,11 +162,7 @@ def generate_greedy(model, tokenizer, device, conversations, max_new_tokens: lis
     """
     import torch
 
-    texts = [
-        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        for messages in conversations
-    ]
-    # The chat template already holds every special token the model expects.
+    texts = [chat_text(tokenizer, messages) for messages in conversations]
     inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
     started = time.perf_counter()
     with torch.inference_mode():

@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import inspect
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ray_app.engines.slm import GreedyAnswer, stop_token_ids
@@ -192,30 +191,6 @@ class RunningBatch:
         cache = DynamicCache()
         cache.layers = self.layers
         return cache
-
-
-def generate_greedy_unpadded(
-    model,
-    tokenizer,
-    device,
-    jobs: list[GenerationJob],
-    prefix_cache: PrefixKvCache | None = None,
-    on_step: Callable[[list[StepToken]], None] | None = None,
-) -> list[GreedyAnswer]:
-    """All `jobs` (for the model active on `model`) admitted at once and decoded to the end; answers in order."""
-    started = time.perf_counter()
-    batch = RunningBatch(model, tokenizer, device, prefix_cache)
-    answers: list[GreedyAnswer | None] = [None] * len(jobs)
-    chosen = batch.admit([(index, job, started) for index, job in enumerate(jobs)])
-    while True:
-        for token in chosen:
-            if token.answer is not None:
-                answers[token.job] = token.answer
-        if on_step is not None:
-            on_step(chosen)
-        if not batch:
-            return answers  # type: ignore[return-value]
-        chosen = batch.step()
 
 
 def greedy_answer(tokenizer, row: Row, stop_ids: set[int]) -> GreedyAnswer:

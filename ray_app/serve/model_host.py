@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray_app.engines.determinism import apply_determinism
-from ray_app.engines.slm import GreedyAnswer, SlmSettings, load_model_and_tokenizer
+from ray_app.engines.slm import GreedyAnswer, SlmSettings, chat_text, load_model_and_tokenizer
 from ray_app.models.fingerprint import folder_fingerprint
 from ray_app.serve.batched_decode import GenerationJob, RunningBatch, StepToken
 from ray_app.serve.prefix_cache import PrefixKvCache, shared_prefix_ends, template_anchors
@@ -113,7 +113,7 @@ class MultiAdapterModel:
     ) -> GenerationJob:
         """The messages with the chat template applied (as `engines.slm.prompt_ids`), and where their
         shareable prefixes end."""
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = chat_text(self.tokenizer, messages)
         if getattr(self.tokenizer, "is_fast", False):
             encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             ends = shared_prefix_ends(text, [end for _, end in encoded["offset_mapping"]], self.anchors)
