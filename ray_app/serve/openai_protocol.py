@@ -107,6 +107,9 @@ class AssistantAnswer:
     finish_reason: str  # "stop", "length" or "tool_calls"
 
 
+WRAPPER_OPENING = "<tool_call"  # where a call starts: the answer's content ends there, streamed or not
+
+
 def assistant_answer(text: str, stopped: bool) -> AssistantAnswer:
     """Model text → OpenAI assistant message.
 
@@ -114,7 +117,7 @@ def assistant_answer(text: str, stopped: bool) -> AssistantAnswer:
     message's content, as OpenAI sends a model's words before its call; text after it is dropped.
     Anything else is content, whole.
     """
-    if "<tool_call" in text:
+    if WRAPPER_OPENING in text:
         try:
             call = parse_model_tool_call(text)
         except ToolCallFormatError:
@@ -126,7 +129,7 @@ def assistant_answer(text: str, stopped: bool) -> AssistantAnswer:
                 "type": "function",
                 "function": {"name": call.name, "arguments": compact_json(call.arguments)},
             }
-            before = text[: text.index("<tool_call")]
+            before = text[: text.index(WRAPPER_OPENING)]
             return AssistantAnswer(content=before if before.strip() else None, tool_calls=[tool_call],
                                    finish_reason="tool_calls")  # fmt: skip
     return AssistantAnswer(content=text, tool_calls=[], finish_reason="stop" if stopped else "length")
@@ -159,9 +162,6 @@ def completion_response(
         "choices": [{"index": 0, "message": message, "finish_reason": answer.finish_reason, "logprobs": None}],
         "usage": usage_body(prompt_tokens, completion_tokens),
     }
-
-
-WRAPPER_OPENING = "<tool_call"
 
 
 def streamable_content_end(text: str) -> int:
