@@ -28,6 +28,7 @@ console = Console(stderr=True)
 TrainSize = Annotated[int, typer.Option("--train", min=0, help="rows in train.jsonl per track")]
 ValSize = Annotated[int, typer.Option("--val", min=0, help="rows in val.jsonl per track")]
 TestSize = Annotated[int, typer.Option("--test", min=0, help="rows in test.jsonl per track")]
+PRECISION_HELP = "auto (8bit on GPU; on CPU bf16 where the CPU has native bf16, else fp32), fp32, bf16, 8bit, 4bit"
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -174,7 +175,7 @@ def evaluate(
     dataset_root: Annotated[Path, typer.Option(help="holds <track>/<split>.jsonl")] = DATASET_ROOT,
     eval_root: Annotated[Path | None, typer.Option(help="where results go (default slm_swap/05_eval)")] = None,
     model_path: Annotated[str | None, typer.Option(help="SLM checkpoint (default $SLM_MODEL_PATH)")] = None,
-    precision: Annotated[str, typer.Option(help="auto (8bit on GPU, fp32 on CPU), fp32, bf16, 8bit, 4bit")] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     actors: Annotated[int | None, typer.Option(min=1, help="SLM actors (default: one per GPU, else 1)")] = None,
@@ -188,7 +189,7 @@ def evaluate(
 ) -> None:
     """Evaluate the SLM or the teacher on one track: predictions.jsonl + metrics.json under 05_eval/."""
     from ray_app.data.rows import TRACKS
-    from ray_app.engines.slm import PRECISIONS
+    from ray_app.engines.precision import PRECISIONS
     from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings
     from ray_app.eval.evaluate import eval_input_errors, run_eval
     from ray_app.paths import EVAL_ROOT
@@ -266,8 +267,9 @@ def train(
     save_steps: Annotated[int, typer.Option(min=1, help="checkpoint every N optimizer steps")] = 10,
     gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations to save memory")] = True,
     cpu_bf16: Annotated[
-        bool, typer.Option(help="on CPU workers: bf16 autocast (faster where the CPU has bf16)")
-    ] = False,
+        bool | None,
+        typer.Option(help="on CPU workers: bf16 autocast; default: where the CPU has native bf16 (avx512_bf16/AMX)"),
+    ] = None,
     force: Annotated[bool, typer.Option(help="train even when the decision says FINE_TUNE=0")] = False,
     eval_after: Annotated[bool, typer.Option(help="re-evaluate with the adapter and compare")] = True,
     eval_precision: Annotated[str, typer.Option(help="precision of the re-evaluation")] = "auto",
@@ -276,7 +278,7 @@ def train(
 ) -> None:
     """QLoRA/LoRA adapters on Ray Train for the tracks whose decision says FINE_TUNE=1, then re-evaluate."""
     from ray_app.data.rows import TRACKS, DatasetError
-    from ray_app.engines.slm import PRECISIONS
+    from ray_app.engines.precision import PRECISIONS
     from ray_app.models.model_path import ModelPathError
     from ray_app.paths import ADAPTER_ROOT, EVAL_ROOT
     from ray_app.tracing import LangfuseRequiredError
@@ -429,7 +431,7 @@ def serve_command(
     ] = None,
     host: Annotated[str, typer.Option(help="bind address; anything but 127.0.0.1 exposes the endpoint")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    precision: Annotated[str, typer.Option(help="auto (8bit on GPU, fp32 on CPU), fp32, bf16, 8bit, 4bit")] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     max_batch_size: Annotated[int, typer.Option(min=1, help="requests decoding at once (continuous batching)")] = 8,
     batch_wait_ms: Annotated[float, typer.Option(min=0, help="how long @serve.batch waits to group arrivals")] = 50,
     max_tokens: Annotated[int, typer.Option(min=1, help="default max_tokens when a request gives none")] = 512,
@@ -471,6 +473,7 @@ def serve_command(
     except (ModelPathError, ValueError) as error:
         fail(str(error))
     console.print(f"serving {', '.join(server.models)} at {server.url}/v1 (OpenAI-compatible)", highlight=False)
+    console.print(f"precision {server.precision}: {server.precision_reason}", highlight=False)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ray_app.engines.precision import resolve_precision
 from ray_app.eval.config import EvalConfig, SlmEvalSettings
 from ray_app.eval.evaluate import run_eval
 from ray_app.paths import DATASET_ROOT, PROJECT_ROOT
@@ -39,7 +40,10 @@ def test_eval_writes_predictions_and_metrics_byte_identical_twice(ray_session, t
     assert [line["completion"] for line in lines] == [row["completion"] for row in gold]
     metrics = first.metrics
     assert metrics["rows"] == 50 and metrics["model_label"] == "slm"
-    assert metrics["engine"]["precision"] == "fp32" and metrics["engine"]["device"] == "cpu"
+    rule = resolve_precision("auto", "cpu")  # this machine's CPU: bf16 where native, else fp32
+    assert metrics["engine"]["precision"] == rule.precision and metrics["engine"]["device"] == "cpu"
+    assert metrics["engine"]["precision_reason"] == rule.reason and metrics["engine"]["precision_requested"] == "auto"
+    assert "precision_reason" not in metrics["identity"]  # the run key holds the choice, not its wording
     assert metrics["identity"]["batch_size"] == 8 and len(metrics["identity"]["model_fingerprint"]) == 64
     assert set(metrics["metrics"]) >= {"valid_call_rate", "name_match_rate", "args_exact_rate"}
     assert metrics["tokens"]["completion"] == sum(line["completion_tokens"] for line in lines)
@@ -113,11 +117,27 @@ def test_slm_plan_sizes_the_actor_pool_from_the_resources_it_is_given(tiny_model
     from ray_app.eval.evaluate import slm_plan
 
     on_cpus = slm_config(tiny_model_dir, tmp_path)
-    settings, identity, actors, actor_cpus, actor_gpus = slm_plan(on_cpus, gpus=0, cpus=8.0)
-    assert (actors, actor_gpus, settings.device, settings.cpu_threads) == (1, 0, "cpu", 8)
-    assert identity["device"] == "cpu" and actor_cpus == on_cpus.slm.actor_num_cpus
+    plan = slm_plan(on_cpus, gpus=0, cpus=8.0)
+    assert (plan.num_actors, plan.actor_gpus, plan.settings.device, plan.settings.cpu_threads) == (1, 0, "cpu", 8)
+    assert plan.identity["device"] == "cpu" and plan.actor_cpus == on_cpus.slm.actor_num_cpus
     two_actors = dataclasses.replace(on_cpus, slm=dataclasses.replace(on_cpus.slm, num_actors=2))
-    assert slm_plan(two_actors, gpus=0, cpus=8.0)[0].cpu_threads == 4
-    settings, identity, actors, actor_cpus, actor_gpus = slm_plan(on_cpus, gpus=4, cpus=64.0)
-    assert (actors, actor_cpus, actor_gpus, settings.device, settings.cpu_threads) == (4, 0, 1, "cuda", None)
-    assert settings.precision == identity["precision"] == "8bit"  # auto on a GPU: the seed's 8-bit load
+    assert slm_plan(two_actors, gpus=0, cpus=8.0).settings.cpu_threads == 4
+    plan = slm_plan(on_cpus, gpus=4, cpus=64.0)
+    assert (plan.num_actors, plan.actor_cpus, plan.actor_gpus) == (4, 0, 1)
+    assert (plan.settings.device, plan.settings.cpu_threads) == ("cuda", None)
+    assert plan.settings.precision == plan.identity["precision"] == "8bit"  # auto on a GPU: the seed's 8-bit load
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_slm_plan_puts_the_cpus_precision_in_the_run_key_and_its_reason_beside_it(
+    native, tiny_model_dir, tmp_path, monkeypatch
+):
+    from ray_app.engines import precision
+    from ray_app.eval.evaluate import slm_plan
+
+    support = precision.CpuBf16Support(native, "avx512_bf16" if native else "no avx512_bf16 or AMX", "a test CPU")
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: support)
+    plan = slm_plan(slm_config(tiny_model_dir, tmp_path), gpus=0, cpus=2.0)
+    expected = "bf16" if native else "fp32"
+    assert plan.settings.precision == plan.identity["precision"] == plan.precision.precision == expected
+    assert "a test CPU" in plan.precision.reason and plan.precision.reason not in str(plan.identity)

@@ -91,11 +91,34 @@ def test_config_file_flags_and_profiles_resolve_in_order(tmp_path, monkeypatch):
     settings.write_text("max_new_tokens: 64\ntrain: false\nmax_train_rows: 10\n")
     config = build_config(settings, {"max_train_rows": 5, "seed": None})
     assert (config.profile, config.max_new_tokens, config.train, config.max_train_rows) == ("demo", 64, False, 5)
-    assert config.slm_precision == "bf16" and config.gradient_accumulation_steps == 1
+    assert config.gradient_accumulation_steps == 1 and config.train_gradient_checkpointing is False
+    assert (config.slm_precision, config.train_cpu_bf16) == ("auto", None)  # the machine decides, not the profile
     monkeypatch.setenv("SLM_MODEL_PATH", "/models/qwen2.5-7b-instruct")
     full = build_config(None, {})
     assert (full.profile, full.slm_precision, full.max_new_tokens, full.max_train_rows) == ("full", "auto", 256, None)
     assert full.gradient_accumulation_steps == 4 and full.model_path == "/models/qwen2.5-7b-instruct"
+    assert full.train_gradient_checkpointing is True and full.train_cpu_bf16 is None
     settings.write_text("max_new_token: 64\n")
     with pytest.raises(PipelineConfigError, match="unknown setting.*max_new_token"):
         build_config(settings, {})
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_demo_profiles_precision_follows_the_cpu(native, monkeypatch):
+    from ray_app import ray_runtime
+    from ray_app.engines import precision
+    from ray_app.pipeline.arguments import config_from_argv
+    from ray_app.pipeline.run import chosen_precision
+
+    support = precision.CpuBf16Support(native, "avx512_bf16" if native else "no avx512_bf16 or AMX", "a test CPU")
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: support)
+    monkeypatch.setattr(ray_runtime, "cluster_gpus", lambda: 0)
+    monkeypatch.delenv("SLM_MODEL_PATH", raising=False)
+    chosen = chosen_precision(build_config(None, {}))
+    expected = "bf16" if native else "fp32"
+    assert chosen["eval"].precision == chosen["train"].precision == expected
+    assert "a test CPU" in chosen["eval"].reason
+    forced = chosen_precision(config_from_argv(["--no-train-cpu-bf16", "--slm-precision", "bf16"]))
+    assert (forced["eval"].precision, forced["train"].precision) == ("bf16", "fp32")
+    monkeypatch.setattr(ray_runtime, "cluster_gpus", lambda: 1)
+    assert chosen_precision(build_config(None, {}))["eval"].precision == "8bit"

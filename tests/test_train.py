@@ -15,6 +15,7 @@ import pytest
 
 from ray_app.data.rows import DatasetError
 from ray_app.engines.base import EngineRequest
+from ray_app.engines.precision import cpu_autocast_bf16
 from ray_app.engines.slm import SlmEngine, SlmSettings
 from ray_app.paths import DATASET_ROOT, PROJECT_ROOT
 from ray_app.train.config import TrainConfig
@@ -60,6 +61,8 @@ def test_training_writes_a_loadable_adapter_and_training_json(ray_session, tiny_
     assert training["settings"]["learning_rate"] == 2e-4 and training["settings"]["max_length"] == 2048
     assert [step for step, _ in training["loss_curve"]] == [1, 2, 3]  # 6 rows, batch 2, 1 epoch
     assert training["val_loss"] > 0 and training["tokens_per_s"] > 0
+    rule = cpu_autocast_bf16(None)  # cpu_bf16 None: the worker's CPU decides, by evaluation's rule
+    assert (training["precision"], training["precision_reason"]) == (rule.precision, rule.reason)
     assert training["identity"]["train_sha256"] and training["rows"] == {"train": 6, "val": 2}
     adapter_config = json.loads((adapter / "adapter_config.json").read_text())
     assert adapter_config["r"] == 64 and adapter_config["lora_alpha"] == 16 and adapter_config["lora_dropout"] == 0.1

@@ -1,9 +1,12 @@
 """The local SLM engine: transformers, greedy decoding, left padding, optional LoRA adapter.
 
-Precision: `auto` loads 8-bit (bitsandbytes) on a GPU, as the seed does, and fp32 on CPU; `bf16`,
-`fp32`, `4bit` and `8bit` are explicit choices (4/8-bit need a CUDA GPU). The run's metadata records
-what was loaded. Latency of a row = wall time of the batch it was generated in (what a request in
-that batch waits); throughput comes from the batch totals.
+Precision (`engines.precision`'s rule): `auto` loads 8-bit (bitsandbytes) on a GPU, as the seed does,
+and on CPU bf16 where the CPU computes it natively (avx512_bf16 or AMX), else fp32; `bf16`, `fp32`,
+`4bit` and `8bit` are explicit choices (4/8-bit need a CUDA GPU). `precision_choice` says what is
+loaded and why, decided on the machine that loads it; the run's metadata records both.
+
+Latency of a row = wall time of the batch it was generated in (what a request in that batch waits);
+throughput comes from the batch totals.
 """
 
 from __future__ import annotations
@@ -15,9 +18,7 @@ from typing import Literal
 
 from ray_app.engines.base import EngineRequest, Generation
 from ray_app.engines.determinism import SEED, apply_determinism
-
-Precision = Literal["auto", "fp32", "bf16", "8bit", "4bit"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "8bit", "4bit")
+from ray_app.engines.precision import Precision, PrecisionChoice, resolve_precision
 
 
 class SlmEngineError(RuntimeError):
@@ -42,19 +43,25 @@ class SlmSettings:
         return values
 
 
-def resolve_device_and_precision(settings: SlmSettings) -> tuple[str, str]:
+def precision_choice(settings: SlmSettings) -> PrecisionChoice:
+    """The device and precision `load_model_and_tokenizer` loads on this machine, and why."""
     import torch
 
     has_cuda = torch.cuda.is_available()
     device = settings.device if settings.device != "auto" else ("cuda" if has_cuda else "cpu")
     if device == "cuda" and not has_cuda:
         raise SlmEngineError("device cuda requested but torch sees no CUDA GPU; use --device cpu")
-    precision = settings.precision if settings.precision != "auto" else ("8bit" if device == "cuda" else "fp32")
-    if precision in ("8bit", "4bit") and device != "cuda":
+    choice = resolve_precision(settings.precision, device)
+    if choice.precision in ("8bit", "4bit") and device != "cuda":
         raise SlmEngineError(
-            f"{precision} loading needs a CUDA GPU (bitsandbytes); on CPU use --precision fp32 or bf16"
+            f"{choice.precision} loading needs a CUDA GPU (bitsandbytes); on CPU use --precision fp32 or bf16"
         )
-    return device, precision
+    return choice
+
+
+def resolve_device_and_precision(settings: SlmSettings) -> tuple[str, str]:
+    choice = precision_choice(settings)
+    return choice.device, choice.precision
 
 
 def load_model_and_tokenizer(settings: SlmSettings):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from ray_app.data.rows import Track
-from ray_app.engines.slm import Precision
+from ray_app.engines.precision import Precision
 from ray_app.paths import DATASET_ROOT, EVAL_ROOT, PROJECT_ROOT
 
 ModelSide = Literal["slm", "teacher"]
@@ -21,7 +21,7 @@ DEFAULT_REPLAY_TRACES = PROJECT_ROOT / "storage" / "dummy_langfuse_traces.jsonl"
 class SlmEvalSettings:
     model_path: str | None = None  # None: SLM_MODEL_PATH, then the seed's default
     adapter_path: Path | None = None
-    precision: Precision = "auto"  # 8-bit on GPU, fp32 on CPU
+    precision: Precision = "auto"  # 8-bit on GPU; on CPU bf16 where native, else fp32 (engines.precision)
     batch_size: int = 8
     max_new_tokens: int = 256
     num_actors: int | None = None  # None: one per GPU, else one CPU actor

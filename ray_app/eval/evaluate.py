@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import Row, read_split
 from ray_app.engines.base import EngineRequest
+from ray_app.engines.precision import PrecisionChoice
 from ray_app.engines.slm import SlmSettings
 from ray_app.eval.config import EvalConfig, teacher_mode_from_env
 from ray_app.eval.prediction_store import PredictionStore
@@ -64,11 +65,22 @@ def finished_outputs_match(config: EvalConfig, run_key: str) -> dict[str, Any] |
     return metrics if metrics.get("run_key") == run_key else None
 
 
-def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> tuple[SlmSettings, dict[str, Any], int, float, float]:
+@dataclass(frozen=True)
+class SlmPlan:
+    settings: SlmSettings  # precision resolved: what every actor loads
+    identity: dict[str, Any]  # what the run key holds
+    precision: PrecisionChoice  # the precision and why (recorded in metrics.json, not in the run key)
+    num_actors: int
+    actor_cpus: float
+    actor_gpus: float
+
+
+def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
     """Resolved SLM settings, their identity, and the actor pool (count, CPUs and GPUs per actor), for
     where the SLM runs: `gpus` and `cpus` of the Ray cluster (`slm-swap eval`) or of this machine
     (the live compare, which runs the SLM in its own process)."""
-    from ray_app.engines.slm import resolve_device_and_precision
+    from ray_app.engines.precision import resolve_precision
+    from ray_app.engines.slm import precision_choice
 
     model_path = resolve_slm_model_path(config.slm.model_path)
     adapter = Path(config.slm.adapter_path).resolve() if config.slm.adapter_path else None
@@ -87,10 +99,11 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> tuple[SlmSettings, d
         cpu_threads=cpu_threads,
         seed=config.seed,
     )
-    if device == "cpu":
-        _, precision = resolve_device_and_precision(settings)
-    else:
-        precision = "8bit" if config.slm.precision == "auto" else config.slm.precision
+    # The precision is decided here, on the driver, because the run key holds it; the actors load
+    # exactly that. With a local Ray the actors share this machine's CPU, so `auto` follows their CPU;
+    # on a cluster it follows the driver's. A GPU need not be on the driver: no CUDA check for one.
+    choice = precision_choice(settings) if device == "cpu" else resolve_precision(config.slm.precision, device)
+    precision = choice.precision
     settings = dataclasses.replace(settings, precision=precision)
     identity = {
         "engine": "transformers",
@@ -102,7 +115,8 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> tuple[SlmSettings, d
         "max_new_tokens": settings.max_new_tokens,
         "seed": config.seed,
     }
-    return settings, identity, num_actors, (0 if gpus else config.slm.actor_num_cpus), (1 if gpus else 0)
+    actor_cpus, actor_gpus = (0, 1) if gpus else (config.slm.actor_num_cpus, 0)
+    return SlmPlan(settings, identity, choice, num_actors, actor_cpus, actor_gpus)
 
 
 def build_teacher_engine(config: EvalConfig):
@@ -137,13 +151,15 @@ def progress_bar() -> Progress:
     )
 
 
-def answer_with_slm(config, rows, store, settings, num_actors, actor_cpus, actor_gpus, progress, task) -> dict:
+def answer_with_slm(config, rows, store, plan: SlmPlan, progress, task) -> dict:
     from ray_app.ray_runtime import ensure_ray
 
     ensure_ray()
-    todo = [batch for batch in fixed_batches(rows, settings.batch_size) if any(i not in store.records for i in batch)]
+    batch_size = plan.settings.batch_size
+    todo = [batch for batch in fixed_batches(rows, batch_size) if any(i not in store.records for i in batch)]
     engine_description: dict[str, Any] = {}
-    for result in predict_with_ray_data(rows, todo, settings, config.track, num_actors, actor_cpus, actor_gpus):
+    pool = (plan.num_actors, plan.actor_cpus, plan.actor_gpus)
+    for result in predict_with_ray_data(rows, todo, plan.settings, config.track, *pool):
         store.append(result["records"], result["elapsed_s"])
         engine_description = result["engine"]
         progress.update(task, advance=len(result["records"]))
@@ -234,7 +250,8 @@ def run_eval(config: EvalConfig) -> EvalOutcome:
     if config.model == "slm":
         from ray_app.ray_runtime import cluster_cpus, cluster_gpus
 
-        settings, identity, num_actors, actor_cpus, actor_gpus = slm_plan(config, cluster_gpus(), cluster_cpus())
+        plan = slm_plan(config, cluster_gpus(), cluster_cpus())
+        identity = plan.identity
     else:
         teacher_engine = build_teacher_engine(config)
         identity = teacher_identity(teacher_engine, config)
@@ -269,10 +286,14 @@ def run_eval(config: EvalConfig) -> EvalOutcome:
             task = progress.add_task(f"eval {config.track}/{label}", total=len(rows), completed=len(store.records))
             with trace.span("generate", input={"rows_todo": len(rows) - len(store.records)}) as span:
                 if teacher_engine is None:
-                    description = answer_with_slm(
-                        config, rows, store, settings, num_actors, actor_cpus, actor_gpus, progress, task
-                    )
-                    engine_description = {**settings.to_json(), **description, "actors": num_actors}
+                    description = answer_with_slm(config, rows, store, plan, progress, task)
+                    engine_description = {
+                        **plan.settings.to_json(),
+                        "precision_requested": config.slm.precision,
+                        "precision_reason": plan.precision.reason,
+                        **description,  # what the actors loaded
+                        "actors": plan.num_actors,
+                    }
                 else:
                     answer_with_teacher(config, rows, store, teacher_engine, progress, task)
                     engine_description = teacher_engine.describe()

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ray_app.data.rows import TRACKS
-from ray_app.engines.slm import PRECISIONS
+from ray_app.engines.precision import PRECISIONS
 from ray_app.eval.config import SlmEvalSettings, TeacherEvalSettings
 from ray_app.paths import DATASET_ROOT, EVAL_ROOT
 
@@ -34,7 +34,7 @@ def add_slm_flags(parser: argparse.ArgumentParser, max_new_tokens: int, model_pa
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto (8bit on GPU, fp32 on CPU); bf16 is about 2x faster than fp32 on CPU",
+        help="auto (8bit on GPU; on CPU bf16 where the CPU has native bf16, else fp32)",
     )
     group.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
     group.add_argument("--batch-size", type=positive_int, default=SlmEvalSettings().batch_size)

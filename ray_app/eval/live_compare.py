@@ -156,7 +156,8 @@ def run_live_compare(config: LiveCompareConfig, output: TextIO | None = None) ->
     import torch
 
     # the SLM runs in this process: plan it for this machine, never for a Ray cluster RAY_ADDRESS names
-    settings, slm_identity, _, _, _ = slm_plan(slm_config, torch.cuda.device_count(), float(os.cpu_count() or 1))
+    plan = slm_plan(slm_config, torch.cuda.device_count(), float(os.cpu_count() or 1))
+    settings, slm_identity = plan.settings, plan.identity
     identities = {"teacher": teacher_identity(teacher_engine, teacher_config), "slm": slm_identity}
     run_keys = {side: run_key_of({**split_identity, **identity}) for side, identity in identities.items()}
     labels = {"teacher": teacher_config.model_label, "slm": slm_config.model_label}
@@ -191,7 +192,14 @@ def run_live_compare(config: LiveCompareConfig, output: TextIO | None = None) ->
             descriptions = {
                 "teacher": teacher_engine.describe(),
                 # eval's SLM description, with no Ray actors: the live compare generates in this process
-                "slm": {**settings.to_json(), **slm_engine.describe(), "actors": None, "runner": "live compare"},
+                "slm": {
+                    **settings.to_json(),
+                    "precision_requested": slm_config.slm.precision,
+                    "precision_reason": plan.precision.reason,
+                    **slm_engine.describe(),
+                    "actors": None,
+                    "runner": "live compare",
+                },
             }
             for side, side_config in (("teacher", teacher_config), ("slm", slm_config)):
                 tally = board.tallies[labels[side]]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ray_app.engines.precision import PRECISIONS
 from ray_app.pipeline.config import PipelineConfig, PipelineConfigError, build_config
 
 console = Console(stderr=True)
@@ -21,7 +22,7 @@ CHOICES = {
     "profile": ("auto", "demo", "full"),
     "data_source": ("xlam", "traces"),
     "teacher_mode": ("auto", "azure", "openai-compatible", "replay"),
-    "slm_precision": ("auto", "fp32", "bf16", "8bit", "4bit"),
+    "slm_precision": PRECISIONS,
     "train_strategy": ("sequential", "parallel"),
 }
 
@@ -43,7 +44,7 @@ def pipeline_parser() -> argparse.ArgumentParser:
     hints = typing.get_type_hints(PipelineConfig)
     for item in fields(PipelineConfig):
         flag = "--" + item.name.replace("_", "-")
-        if hints[item.name] is bool:
+        if hints[item.name] in (bool, bool | None):  # --flag / --no-flag; not given: the default (None: auto)
             parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=f"default {item.default}")  # fmt: skip
             continue

@@ -5,12 +5,15 @@ YAML, keys are field names) → environment (SLM_MODEL_PATH and the SLM_SWAP_*_R
 where the paths are defined) → command-line flags. The resolved config is written beside the
 outputs (`<eval_root>/pipeline_config.json`).
 
-Profiles: `demo` is what `make demo` runs on 2 CPU cores with no credentials — the demo SLM in bf16,
-128 new tokens, and a smaller training budget (the first 40 rows of each train split, batch 2, 16
-validation rows, bf16 autocast without gradient checkpointing on CPU) so the whole job stays under
-15 minutes; `full` is the seed's run — the whole train split, effective batch 8,
-precision `auto` (8-bit on GPU). `auto` picks `full` when a model path is given (flag, config file
-or SLM_MODEL_PATH) and `demo` otherwise.
+Profiles: `demo` is what `make demo` runs on 2 CPU cores with no credentials — the demo SLM, 128 new
+tokens, and a smaller training budget (the first 40 rows of each train split, batch 2, 16
+validation rows, no gradient checkpointing) so the whole job stays under 15 minutes; `full` is the
+seed's run — the whole train split, effective batch 8, gradient checkpointing. `auto` picks `full`
+when a model path is given (flag, config file or SLM_MODEL_PATH) and `demo` otherwise.
+
+Precision is not a profile value: `slm_precision` auto (8-bit on GPU; on CPU bf16 where the CPU has
+native bf16, else fp32) and `train_cpu_bf16` None (bf16 autocast by the same rule) are decided by
+`engines.precision` on the machine that runs, so a demo on an AVX2-only CPU runs fp32, not emulated bf16.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class PipelineConfig:
     storage_path: Path = RAY_TRAIN_STORAGE
     model_path: str | None = None  # None: SLM_MODEL_PATH; with neither, the demo SLM (fetched)
     teacher_mode: str = "auto"  # azure with AZURE_ENDPOINT, openai-compatible with a base URL, else replay
-    slm_precision: str | None = None  # None: the profile's (demo bf16, full auto)
+    slm_precision: str = "auto"  # auto: 8-bit on GPU; on CPU bf16 where native, else fp32
     max_new_tokens: int | None = None  # None: the profile's (demo 128, full 256)
     train: bool = True  # train the tracks whose decision says FINE_TUNE=1
     train_strategy: str = "sequential"  # or parallel (both tracks at once)
@@ -55,7 +58,8 @@ class PipelineConfig:
     gradient_accumulation_steps: int | None = None  # None: the profile's (demo 1, full 4)
     train_save_steps: int = 10  # a Ray Train checkpoint every N optimizer steps (where a stopped run resumes)
     max_val_rows: int | None = None  # None: the profile's (demo 16, full all)
-    train_cpu_bf16: bool | None = None  # None: the profile's (demo: bf16 autocast on CPU, no gradient checkpointing)
+    train_cpu_bf16: bool | None = None  # CPU bf16 autocast; None: where the CPU has native bf16 (as auto above)
+    train_gradient_checkpointing: bool | None = None  # None: the profile's (demo off: faster; full on: less memory)
     report: bool = True
     seed: int = 42
 
@@ -72,12 +76,11 @@ class PipelineConfig:
             self,
             profile=profile,
             model_path=model_path,
-            slm_precision=pick(self.slm_precision, "bf16", "auto"),
             max_new_tokens=pick(self.max_new_tokens, 128, 256),
             max_train_rows=pick(self.max_train_rows, 40, None),
             gradient_accumulation_steps=pick(self.gradient_accumulation_steps, 1, 4),
             max_val_rows=pick(self.max_val_rows, 16, None),
-            train_cpu_bf16=pick(self.train_cpu_bf16, True, False),
+            train_gradient_checkpointing=pick(self.train_gradient_checkpointing, False, True),
         )
 
     def to_json(self) -> dict[str, Any]:

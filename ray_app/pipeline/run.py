@@ -24,7 +24,7 @@ import filecmp
 import hashlib
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import SPLITS, TRACKS
 from ray_app.data.validate import validate_paths
 from ray_app.data.xlam import build_xlam_splits
+from ray_app.engines.precision import PrecisionChoice
 from ray_app.eval.compare import CompareConfig, run_compare
 from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings, teacher_mode_from_env
 from ray_app.eval.evaluate import EvalOutcome, run_eval
@@ -120,12 +121,14 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineOutcome:
     started = time.perf_counter()
     outcome = PipelineOutcome(config=config)
     config.eval_root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(config.eval_root / "pipeline_config.json", config.to_json())
     ledger = StepLedger(config.eval_root / "pipeline_state.json")
     teacher_mode = teacher_mode_from_env(config.teacher_mode)  # type: ignore[arg-type]
     console.rule(f"[bold]slm-swap main job[/bold] ({config.profile} profile, teacher: {teacher_mode})")
-    detail(f"resolved config: {config.eval_root / 'pipeline_config.json'}")
     outcome.dashboard_url = ensure_ray()
+    precision = chosen_precision(config)  # needs Ray up: a GPU in the cluster changes the choice
+    resolved = {**config.to_json(), "precision_chosen": {step: asdict(choice) for step, choice in precision.items()}}
+    atomic_write_json(config.eval_root / "pipeline_config.json", resolved)
+    detail(f"resolved config: {config.eval_root / 'pipeline_config.json'}")
 
     with start_run_trace(
         name="pipeline", kind="pipeline", input=config.to_json(), local_dir=config.eval_root / "traces"
@@ -228,6 +231,22 @@ def prepare_model(config: PipelineConfig) -> str:
     return str(model_dir)
 
 
+def chosen_precision(config: PipelineConfig) -> dict[str, PrecisionChoice]:
+    """What evaluation (`slm_precision`) and CPU training (`train_cpu_bf16`) resolve to on this Ray
+    cluster, and why. Each actor and train worker decides again where it runs; with a local Ray
+    that is this machine, so these are the choices they make."""
+    from ray_app.engines.precision import cpu_autocast_bf16, resolve_precision
+    from ray_app.ray_runtime import cluster_gpus
+
+    device = "cuda" if cluster_gpus() else "cpu"
+    train = (
+        cpu_autocast_bf16(config.train_cpu_bf16)
+        if device == "cpu"
+        else PrecisionChoice("bf16", "decided on each GPU worker: bf16 where the GPU supports it", device)
+    )
+    return {"eval": resolve_precision(config.slm_precision, device), "train": train}
+
+
 def slm_settings(config: PipelineConfig, model_path: str, adapter: Path | None = None) -> SlmEvalSettings:
     return SlmEvalSettings(
         model_path=model_path,
@@ -247,7 +266,8 @@ def evaluate_base_models(config: PipelineConfig, dataset_root: Path, model_path:
                        seed=config.seed, teacher=teacher)
         )  # fmt: skip
         detail(f"{track}/teacher: {eval_reused_note(result)}")
-    say(5, f"SLM on both tracks through Ray Data ({config.slm_precision}, {config.max_new_tokens} new tokens)")
+    precision = chosen_precision(config)["eval"]
+    say(5, f"SLM on both tracks through Ray Data ({precision.summary()}; {config.max_new_tokens} new tokens)")
     for track in TRACKS:
         result = run_eval(
             EvalConfig(track=track, model="slm", dataset_root=dataset_root, eval_root=config.eval_root,
@@ -307,8 +327,8 @@ def train_needed_tracks(
             storage_path=config.storage_path,
             max_train_rows=config.max_train_rows,
             max_val_rows=config.max_val_rows,
-            cpu_bf16=bool(config.train_cpu_bf16),
-            gradient_checkpointing=not config.train_cpu_bf16,  # the demo's CPU speed-up; GPUs keep it
+            cpu_bf16=config.train_cpu_bf16,  # None: each worker's CPU decides (bf16 where native)
+            gradient_checkpointing=bool(config.train_gradient_checkpointing),
             per_device_batch_size=config.train_batch_size,
             gradient_accumulation_steps=config.gradient_accumulation_steps,  # type: ignore[arg-type]
             num_workers=config.train_workers,

@@ -24,7 +24,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from ray_app.engines.slm import PRECISIONS, GreedyAnswer, Precision, SlmSettings
+from ray_app.engines.precision import PRECISIONS, Precision
+from ray_app.engines.slm import GreedyAnswer, SlmSettings, precision_choice
 from ray_app.models.model_path import resolve_slm_model_path
 from ray_app.paths import ADAPTER_ROOT
 from ray_app.serve.batched_decode import StepToken
@@ -49,7 +50,7 @@ MAX_CONCURRENT_BATCHES = 1024  # groups of requests in flight at once; the decod
 class ServeSettings:
     model_path: str | None = None  # None: SLM_MODEL_PATH, then the seed's default checkpoint
     adapter_root: Path | None = ADAPTER_ROOT  # every adapter_<name>/ in it is served as slm-<name>
-    precision: Precision = "auto"  # 8-bit on GPU, fp32 on CPU (bf16 is ~2x faster on CPU)
+    precision: Precision = "auto"  # 8-bit on GPU; on CPU bf16 where native, else fp32 (decided on the replica)
     max_batch_size: int = 8  # requests decoding at once (rows of the running batch; @serve.batch groups)
     batch_wait_timeout_s: float = 0.05  # how long the first request of a batch waits for company
     default_max_tokens: int = 512  # when a request gives no max_tokens
@@ -128,6 +129,7 @@ class SlmChatDeployment:
         threads = settings.cpu_threads or (None if settings.gpus_per_replica else os.cpu_count())
         slm_settings = SlmSettings(model_path=model_path, precision=settings.precision, cpu_threads=threads)
         self.settings = settings
+        self.precision = precision_choice(slm_settings)  # what the host loads on this replica, and why
         self.host = MultiAdapterModel(
             slm_settings,
             settings.adapter_root,
@@ -173,6 +175,7 @@ class SlmChatDeployment:
             "status": "ok",
             "models": self.host.model_names,
             "precision": self.host.precision,
+            "precision_reason": self.precision.reason,
             "prefix_cache": prefix_cache,
             "decode": self.host.decode_stats(),
         }
@@ -254,6 +257,8 @@ class RunningServer:
     settings: ServeSettings
     url: str
     models: list[str] = field(default_factory=list)
+    precision: str = ""  # what the replica loaded, and why (its /health)
+    precision_reason: str = ""
 
 
 def start_server(settings: ServeSettings) -> RunningServer:
@@ -270,5 +275,5 @@ def start_server(settings: ServeSettings) -> RunningServer:
     probe_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     url = f"http://{probe_host}:{settings.port}"
     with urllib.request.urlopen(f"{url}/health", timeout=30) as response:
-        models = json.loads(response.read())["models"]
-    return RunningServer(settings=settings, url=url, models=models)
+        health = json.loads(response.read())
+    return RunningServer(settings, url, health["models"], health["precision"], health["precision_reason"])

@@ -40,7 +40,9 @@ class TrainConfig:
     max_val_rows: int | None = None
     save_steps: int = 10  # a Ray Train checkpoint every N optimizer steps (resume point)
     gradient_checkpointing: bool = True  # saves activation memory (GPU, 2048 tokens); costs recompute
-    cpu_bf16: bool = False  # on CPU: bf16 autocast (~1.5x the fp32 tokens/s where the CPU has bf16)
+    # On CPU: bf16 autocast (~1.5x the fp32 tokens/s where the CPU has native bf16; emulated, far
+    # slower without). None: decided on each worker, bf16 where its CPU has avx512_bf16 or AMX.
+    cpu_bf16: bool | None = None
     seed: int = 42
     num_workers: int = 1  # Ray Train workers; 0 runs the loop in the driver (tests)
     gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else CPU workers

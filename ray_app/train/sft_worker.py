@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ray_app.engines.precision import PrecisionChoice, cpu_autocast_bf16
+
 FINAL_ADAPTER_DIR = "final_adapter"
 HF_CHECKPOINT_DIR = "checkpoint"  # RayTrainReportCallback's layout
 UNSLOTH_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -154,8 +156,8 @@ def build_sft_trainer(config: dict[str, Any], device, output_dir: Path, callback
         gradient_checkpointing_kwargs={"use_reentrant": False},
         ddp_find_unused_parameters=False,
         # TRL defaults to bf16=True, which fails on CPU unless use_cpu: there bf16 is CPU autocast
-        # (fp32 weights and LoRA parameters, bf16 matmuls), an explicit choice (`cpu_bf16`).
-        bf16=(on_gpu and _bf16_supported()) or (not on_gpu and config.get("cpu_bf16", False)),
+        # (fp32 weights and LoRA parameters, bf16 matmuls), decided on this worker by its CPU.
+        bf16=training_precision(config.get("cpu_bf16"), on_gpu).precision == "bf16",
         use_cpu=not on_gpu,
         dataloader_num_workers=0,
         disable_tqdm=not show_progress,
@@ -201,6 +203,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     trainer, tokenizer = build_sft_trainer(
         config, device, workdir / "hf", [RayTrainReportCallback()], show_progress=context.get_world_rank() == 0
     )
+    precision = training_precision(config.get("cpu_bf16"), device.type == "cuda")  # what build_sft_trainer chose
     resume_from = str(restored / HF_CHECKPOINT_DIR) if restored is not None else None
     resumed_from_step = 0
     if restored is not None:
@@ -225,6 +228,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "tokens_this_attempt": tokens,
         "tokens_per_s": round(tokens / seconds, 3) if tokens and seconds else None,
         "device": str(device.type),
+        "precision": precision.precision,
+        "precision_reason": precision.reason,
         "world_size": context.get_world_size(),
     }
     final_dir = workdir / "final"
@@ -251,6 +256,17 @@ def single_process_training() -> None:
         dist.destroy_process_group()
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK"):
         os.environ.pop(name, None)
+
+
+def training_precision(cpu_bf16: bool | None, on_gpu: bool) -> PrecisionChoice:
+    """The Trainer's mixed precision on this worker, and why: bf16 on a GPU that supports it; on CPU,
+    bf16 autocast when `cpu_bf16` says so, or with None where the CPU computes bf16 natively
+    (`engines.precision`'s rule, the same as evaluation's `auto`)."""
+    if on_gpu:
+        if _bf16_supported():
+            return PrecisionChoice("bf16", "the GPU supports bf16", "cuda")
+        return PrecisionChoice("fp32", "the GPU has no bf16", "cuda")
+    return cpu_autocast_bf16(cpu_bf16)
 
 
 def _bf16_supported() -> bool:

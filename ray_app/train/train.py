@@ -103,7 +103,7 @@ def training_plan(config: TrainConfig) -> dict[str, Any]:
         "max_steps": config.max_steps,
         "save_steps": config.save_steps,
         "gradient_checkpointing": config.gradient_checkpointing,
-        "cpu_bf16": config.cpu_bf16 and not gpus_per_worker,
+        "cpu_bf16": False if gpus_per_worker else config.cpu_bf16,  # None: each worker's CPU decides
         "seed": config.seed,
         "num_workers": config.num_workers,
         "gpus_per_worker": gpus_per_worker,
@@ -274,6 +274,8 @@ def run_train(config: TrainConfig) -> TrainOutcome:
             "global_step": metrics.get("global_step"),
             "resumed_from_step": metrics.get("resumed_from_step"),
             "tokens_per_s": metrics.get("tokens_per_s"),
+            "precision": metrics.get("precision"),  # decided on the worker, with its reason
+            "precision_reason": metrics.get("precision_reason"),
             "train_seconds_last_attempt": metrics.get("train_seconds_this_attempt"),
             "wall_time_s": round(time.perf_counter() - started, 3),
             "ray_train_run": str(result.path) if getattr(result, "path", None) else None,

@@ -1,0 +1,129 @@
+"""The precision rule of eval, training and serving: auto = 8-bit on a GPU; on CPU bf16 only where the
+CPU computes bf16 natively (avx512_bf16 or AMX), else fp32. No model is loaded."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from ray_app.engines import precision as precision_module
+from ray_app.engines.precision import (
+    CpuBf16Support,
+    cpu_autocast_bf16,
+    cpu_bf16_support,
+    cpu_model_name,
+    native_bf16_flags,
+    resolve_precision,
+)
+
+NATIVE = CpuBf16Support(native=True, evidence="avx512_bf16 and AMX", cpu="Intel(R) Xeon(R) Platinum 8480+")
+EMULATED = CpuBf16Support(native=False, evidence="no avx512_bf16 or AMX, per torch", cpu="AMD EPYC 7B13")
+
+EPYC_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7B13 64-Core Processor
+flags\t\t: fpu sse2 avx avx2 fma bmi2 sha_ni
+"""
+SAPPHIRE_RAPIDS_CPUINFO = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
+"""
+
+
+@pytest.fixture
+def cpu_has(monkeypatch):
+    def patch(support: CpuBf16Support) -> None:
+        monkeypatch.setattr(precision_module, "cpu_bf16_support", lambda: support)
+
+    return patch
+
+
+def test_cpuinfo_flags_and_model_name_are_read_from_the_text():
+    assert native_bf16_flags(EPYC_CPUINFO) == []
+    assert native_bf16_flags(SAPPHIRE_RAPIDS_CPUINFO) == ["avx512_bf16", "amx_bf16", "amx_tile"]
+    assert native_bf16_flags("Features\t: fp asimd bf16\n") == []  # an ARM flag line: not one we count
+    assert cpu_model_name(EPYC_CPUINFO) == "AMD EPYC 7B13 64-Core Processor"
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="needs Linux's /proc/cpuinfo")
+def test_torchs_answer_on_this_machine_agrees_with_its_cpuinfo_flags():
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    support = cpu_bf16_support()
+    assert support.native == bool(native_bf16_flags(cpuinfo)) and support.cpu == cpu_model_name(cpuinfo)
+
+
+def test_auto_on_cpu_is_bf16_only_where_the_cpu_has_native_bf16(cpu_has):
+    cpu_has(NATIVE)
+    native = resolve_precision("auto", "cpu")
+    assert (native.precision, native.device, native.cpu) == ("bf16", "cpu", NATIVE.cpu)
+    assert "computes bf16 natively (avx512_bf16 and AMX)" in native.reason and NATIVE.cpu in native.reason
+    cpu_has(EMULATED)
+    emulated = resolve_precision("auto", "cpu")
+    assert (emulated.precision, emulated.cpu) == ("fp32", "AMD EPYC 7B13")
+    assert "has no native bf16" in emulated.reason and "emulated" in emulated.reason
+    assert emulated.summary() == f"fp32: {emulated.reason}"
+
+
+def test_auto_on_a_gpu_is_the_seeds_8bit_whatever_the_cpu(cpu_has):
+    for support in (NATIVE, EMULATED):
+        cpu_has(support)
+        choice = resolve_precision("auto", "cuda")
+        assert (choice.precision, choice.device, choice.cpu) == ("8bit", "cuda", None)
+    assert resolve_precision("bf16", "cuda").precision == "bf16"
+
+
+def test_explicit_choices_are_kept_and_emulated_bf16_is_warned_about(cpu_has, caplog):
+    cpu_has(EMULATED)
+    assert resolve_precision("fp32", "cpu").reason == "fp32 as asked, on CPU"
+    with caplog.at_level(logging.WARNING, logger="ray_app.engines.precision"):
+        choice = resolve_precision("bf16", "cpu")
+    assert choice.precision == "bf16" and "emulated, much slower than fp32" in choice.reason
+    assert "emulated" in caplog.text
+    cpu_has(NATIVE)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ray_app.engines.precision"):
+        assert resolve_precision("bf16", "cpu").reason.startswith("bf16 as asked: ")
+    assert caplog.text == ""
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, 8bit, 4bit, got 'fp16'"):
+        resolve_precision("fp16", "cpu")
+
+
+def test_training_autocast_follows_the_same_rule(cpu_has):
+    from ray_app.train.sft_worker import training_precision
+
+    cpu_has(NATIVE)
+    assert cpu_autocast_bf16(None).precision == "bf16"
+    assert training_precision(None, on_gpu=False).precision == "bf16"
+    assert training_precision(False, on_gpu=False).precision == "fp32"  # an explicit --no-cpu-bf16
+    cpu_has(EMULATED)
+    assert training_precision(None, on_gpu=False).precision == "fp32"
+    forced = training_precision(True, on_gpu=False)
+    assert forced.precision == "bf16" and "emulated" in forced.reason
+
+
+def test_gpu_training_uses_bf16_where_the_gpu_supports_it(monkeypatch):
+    from ray_app.train import sft_worker
+
+    monkeypatch.setattr(sft_worker, "_bf16_supported", lambda: True)
+    assert sft_worker.training_precision(None, on_gpu=True).precision == "bf16"
+    monkeypatch.setattr(sft_worker, "_bf16_supported", lambda: False)
+    assert sft_worker.training_precision(True, on_gpu=True).precision == "fp32"
+
+
+def test_the_slm_loader_resolves_device_then_the_rule(cpu_has, monkeypatch):
+    import torch
+
+    from ray_app.engines.slm import SlmEngineError, SlmSettings, precision_choice, resolve_device_and_precision
+
+    cpu_has(EMULATED)
+    settings = SlmSettings(model_path=Path("unused"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device_and_precision(settings) == ("cuda", "8bit")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device_and_precision(settings) == ("cpu", "fp32")
+    cpu_has(NATIVE)
+    assert precision_choice(settings).precision == "bf16"
+    with pytest.raises(SlmEngineError, match="8bit loading needs a CUDA GPU"):
+        precision_choice(SlmSettings(model_path=Path("unused"), precision="8bit"))
