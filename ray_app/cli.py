@@ -36,6 +36,16 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def interrupted(kept: str) -> None:
+    """Ctrl-C: say what stays on disk and that the same command resumes; exit 130 (128 + SIGINT)."""
+    console.print(
+        f"\n[yellow]Interrupted. Kept: {kept}. Run the same command again to resume.[/]",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(130)
+
+
 def print_split_table(title: str, written: dict[str, dict[str, int]], paths: dict) -> None:
     table = Table(title=title)
     for column in ("track", "train", "val", "test"):
@@ -234,6 +244,8 @@ def evaluate(
         run_eval(config)
     except eval_input_errors() as error:
         fail(str(error))
+    except KeyboardInterrupt:
+        interrupted(f"the predictions made so far, in {config.output_dir}")
 
 
 @app.command("train")
@@ -335,6 +347,8 @@ def train(
         outcomes = train_tracks(configs, strategy)  # type: ignore[arg-type]
     except (DatasetError, ModelPathError, TrainBackendError, LangfuseRequiredError) as error:
         fail(str(error))
+    except KeyboardInterrupt:
+        interrupted(f"training checkpoints in {configs[0].storage_path}, finished adapters and evaluations")
     for outcome in outcomes:
         state = "trained" if outcome.trained else "not trained"
         where = f" → {outcome.adapter_dir}" if outcome.adapter_dir else ""

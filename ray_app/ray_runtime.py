@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -14,18 +17,28 @@ console = Console(stderr=True)
 # sends to the job's log (~1,200 lines per worker). Workers keep Python's own print.
 WORKER_ENV = {**DETERMINISM_ENV, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 _dashboard_url: str | None = None  # remembered from ray.init, for the job's closing summary
+_logs_dir: Path | None = None
 
 
 def ensure_ray() -> str | None:
-    """Start or join Ray once per process; return the dashboard URL when there is one."""
+    """Start or join Ray once per process; return the dashboard URL when there is one.
+
+    The console keeps the job's own lines and progress bars: what workers print (model loading bars,
+    trainer logs) and Ray Data's progress stay in the session's log folder, printed once here.
+    A failing actor or worker still reaches the console: Ray raises its error in this process.
+    """
     import ray
 
-    global _dashboard_url
+    global _dashboard_url, _logs_dir
     if ray.is_initialized():
         return _dashboard_url
     address = os.environ.get("RAY_ADDRESS")
+    # Ray's own switch, default off here: RAY_LOG_TO_DRIVER=1 forwards the workers' output again.
+    log_to_driver = os.environ.get("RAY_LOG_TO_DRIVER", "0").lower() in ("1", "true")
+    # WARNING: Ray's "Started a local Ray instance" info line repeats the dashboard line printed below.
+    quiet = {"log_to_driver": log_to_driver, "logging_level": logging.WARNING}
     if address:
-        context = ray.init(address=address, log_to_driver=True)
+        context = ray.init(address=address, **quiet)
         where = f"cluster at {address}"
     else:
         # address="local": always a new embedded Ray, never a stale cluster named in
@@ -34,13 +47,46 @@ def ensure_ray() -> str | None:
         # Ray starts workers at nice 15 by default; here the workers do the job's real work (the
         # model), so they get normal priority and do not lose CPU to Ray's own daemons on 2 cores.
         os.environ.setdefault("RAY_worker_niceness", "0")
-        context = ray.init(address="local", runtime_env={"env_vars": WORKER_ENV}, log_to_driver=True)
+        context = ray.init(address="local", runtime_env={"env_vars": WORKER_ENV}, **quiet)
         where = "embedded local Ray"
+    keep_ray_data_progress_in_its_log()
     url = getattr(context, "dashboard_url", None) or None
     url = f"http://{url}" if url and not url.startswith("http") else url
+    session_dir = context.address_info.get("session_dir")
+    _logs_dir = Path(session_dir) / "logs" if session_dir else None
     console.print(f"Ray: {where}; dashboard: {url or 'not running'}", highlight=False)
+    if _logs_dir is not None:  # soft_wrap: a path stays on one line, to copy
+        console.print(
+            f"Ray logs: {_logs_dir} (workers' output: worker-*.out/.err; Ray Data: ray-data/; Ray Train: train/)"
+            + ("" if log_to_driver else "; RAY_LOG_TO_DRIVER=1 also prints the workers' output here"),
+            highlight=False,
+            soft_wrap=True,
+        )
     _dashboard_url = url
     return url
+
+
+def keep_ray_data_progress_in_its_log() -> None:
+    """Ray Data's progress goes to its log file (logs/ray-data/); the job draws its own rich bars.
+
+    On a terminal Ray Data draws tqdm bars, which would tear the rich ones: turned off there. Elsewhere
+    it logs a progress block every few seconds at INFO, which its console handler, raised to WARNING,
+    leaves to the file handler. Ray Data's warnings and errors still print.
+    """
+    import ray.data  # its logging is configured on import; adjust it after
+
+    on_terminal = sys.stdout.isatty()  # Ray Data's own test for tqdm bars vs logged progress
+    ray.data.DataContext.get_current().enable_progress_bars = not on_terminal
+    if on_terminal:  # Ray Data then warns once that its bars are off: they are off on purpose
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.name == "console":  # the handler's name in Ray Data's default logging config
+            handler.setLevel(logging.WARNING)
+
+
+def ray_logs_dir() -> Path | None:
+    """The log folder of the Ray session this process started or joined (None before that)."""
+    return _logs_dir
 
 
 def dashboard_url_if_running() -> str | None:

@@ -85,6 +85,42 @@ def test_pipeline_killed_in_training_resumes_without_redoing_evaluations_then_re
     assert log.count("skipped: results and price table unchanged") == 2
 
 
+def test_ctrl_c_stops_the_pipeline_with_a_message_and_exit_130_and_a_rerun_continues(tiny_model_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "RAY_ADDRESS", "AZURE_", "SLM_"))}
+    command = pipeline_command(tiny_model_dir, tmp_path)
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("w") as stderr:
+        process = subprocess.Popen(
+            command, env=env, cwd=PROJECT_ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        started_slm_eval = tmp_path / "05_eval" / "structured" / "slm" / "run_state.json"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None and not started_slm_eval.is_file():
+            time.sleep(0.1)
+        assert process.poll() is None, stderr_path.read_text()[-3000:]
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        assert process.wait(timeout=120) == 130
+    log = stderr_path.read_text()
+    assert "Traceback" not in log
+    flat = " ".join(log.split())
+    assert "Interrupted in step 5/10 (SLM on both tracks" in flat and "Run the same command again to resume" in flat
+    assert f"training checkpoints: {tmp_path / 'ray_train'}/" in flat
+    assert "Ray logs: /" in flat  # where the workers' output went, printed once at the start
+    eval_root = tmp_path / "05_eval"
+    assert set(json.loads((eval_root / "pipeline_state.json").read_text())) == {"data", "dummy_agent"}
+    teacher_metrics = [eval_root / track / "teacher" / "metrics.json" for track in ("structured", "toolcall")]
+    teacher = [path.read_bytes() for path in teacher_metrics]
+
+    # The same job again (here without training, to stay short) reuses what the interrupted one finished.
+    again = subprocess.run([*command, "--no-train"], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    flat = " ".join(again.stderr.split())
+    assert "skipped: splits and templates unchanged" in flat and "is current (inputs sha256" in flat  # steps 1, 2
+    assert flat.count("reused: inputs unchanged (run key") == 2  # the teacher on both tracks
+    assert [path.read_bytes() for path in teacher_metrics] == teacher
+    assert (eval_root / "toolcall" / "slm" / "metrics.json").is_file()
+
+
 def test_config_file_flags_and_profiles_resolve_in_order(tmp_path, monkeypatch):
     monkeypatch.delenv("SLM_MODEL_PATH", raising=False)
     settings = tmp_path / "pipeline.yaml"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,10 +135,38 @@ def test_a_killed_train_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp
     assert not (tmp_path / "04_ft" / "adapter_toolcall").exists()
     restarted = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert restarted.returncode == 0, restarted.stderr[-3000:]
-    assert "LOAD_FAST" not in restarted.stdout + restarted.stderr  # no bytecode dumps from dill in the worker log
+    # No bytecode dumps from dill in the workers' logs (Ray keeps them off the console; the job says where).
+    logs = Path(re.search(r"Ray logs: (\S+)", restarted.stderr)[1])
+    worker_logs = [*logs.glob("worker-*"), *logs.glob("train/*.log")]
+    assert worker_logs and not any("LOAD_FAST" in path.read_text(errors="replace") for path in worker_logs)
     training = json.loads((tmp_path / "04_ft" / "adapter_toolcall" / "training.json").read_text())
     assert training["global_step"] == 24
     assert 2 <= training["resumed_from_step"] < 24
+
+
+def test_ctrl_c_stops_training_with_a_message_and_exit_130_and_keeps_the_checkpoints(tiny_model_dir, tmp_path):
+    budget = ("--max-train-rows", "24", "--batch-size", "1", "--grad-accum", "1", "--save-steps", "2")
+    command = slm_swap_train(tiny_model_dir, tmp_path, *budget)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "RAY_ADDRESS"))}
+    process = subprocess.Popen(
+        command, env=env, cwd=PROJECT_ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if list((tmp_path / "ray_train").glob("*/checkpoint_*")):
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, "training finished before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: Ray Train aborts the run; the command must not exit 0
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    flat = " ".join(stderr.split())
+    assert f"Interrupted. Kept: training checkpoints in {tmp_path / 'ray_train'}" in flat
+    assert "Run the same command again to resume" in flat
+    assert list((tmp_path / "ray_train").glob("*/checkpoint_*"))
+    assert not (tmp_path / "04_ft" / "adapter_toolcall").exists()
 
 
 @pytest.mark.parametrize("script", ["train_sequential.sh", "train_parallel.sh"])

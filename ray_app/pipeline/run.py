@@ -61,12 +61,31 @@ class PipelineOutcome:
     seconds: float = 0.0
 
 
+current_step: tuple[int, str] | None = None  # the step running now, for the Ctrl-C message
+
+
 def say(step: int, text: str) -> None:
+    global current_step
+    current_step = (step, text)
     console.print(f"[bold]{step}/{STEPS}[/bold] {text}", highlight=False)
 
 
 def detail(text: str) -> None:
     console.print(f"      {text}", highlight=False)
+
+
+def interrupted_message(config: PipelineConfig) -> str:
+    """What a Ctrl-C stopped, what stays on disk, and that the same command resumes."""
+    step = f"step {current_step[0]}/{STEPS} ({current_step[1]})" if current_step else "start-up, before step 1"
+    return "\n".join([
+        f"Interrupted in {step}.",
+        "Kept on disk for the next run:",
+        f"  evaluations, finished and partial: {config.eval_root}/<track>/<model>/",
+        f"  training checkpoints: {config.storage_path}/",
+        f"  the steps already done: {config.eval_root / 'pipeline_state.json'}",
+        "Run the same command again to resume: finished work is reused, an evaluation continues after its last "
+        "saved batch, training from its last checkpoint.",
+    ])  # fmt: skip
 
 
 def check_committed_xlam_splits(dataset_root: Path) -> None:

@@ -200,8 +200,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = json.loads((restored / "final_metrics.json").read_text())
         ray.train.report(metrics=metrics, checkpoint=ray.train.Checkpoint.from_directory(str(restored)))
         return
+    callbacks = [RayTrainReportCallback()]
+    if context.get_world_rank() == 0 and config.get("progress_steps") is not None:
+        from ray_app.train.progress import steps_to_driver_callback
+
+        callbacks.append(steps_to_driver_callback(config["progress_steps"]))  # the driver's progress bar
     trainer, tokenizer = build_sft_trainer(
-        config, device, workdir / "hf", [RayTrainReportCallback()], show_progress=context.get_world_rank() == 0
+        config, device, workdir / "hf", callbacks, show_progress=context.get_world_rank() == 0
     )
     precision = training_precision(config.get("cpu_bf16"), device.type == "cuda")  # what build_sft_trainer chose
     resume_from = str(restored / HF_CHECKPOINT_DIR) if restored is not None else None

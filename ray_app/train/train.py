@@ -131,17 +131,19 @@ def training_plan(config: TrainConfig) -> dict[str, Any]:
 
 
 def fit_on_ray_train(config: TrainConfig, plan: dict[str, Any]):
-    """Build the TorchTrainer for this run and fit it; returns the Ray Train result."""
+    """Build the TorchTrainer for this run and fit it (one progress bar); returns the Ray Train result."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ray_app.ray_runtime import ensure_ray
+    from ray_app.train.progress import TrainingProgress
     from ray_app.train.sft_worker import train_loop_per_worker
 
     ensure_ray()  # never let fit() auto-join whatever cluster /tmp/ray/ray_current_cluster names
     settings = plan["settings"]
     use_gpu = bool(settings["gpus_per_worker"])
     resources = {"CPU": settings["cpus_per_worker"], **({"GPU": settings["gpus_per_worker"]} if use_gpu else {})}
+    progress = TrainingProgress(f"train {config.track} (optimizer steps)")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -149,6 +151,7 @@ def fit_on_ray_train(config: TrainConfig, plan: dict[str, Any]):
             "model_path": plan["model_path"],
             "train_rows": plan["train_rows"],
             "val_rows": plan["val_rows"],
+            "progress_steps": progress.steps,
         },
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -157,7 +160,26 @@ def fit_on_ray_train(config: TrainConfig, plan: dict[str, Any]):
             checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
         ),
     )
-    return trainer.fit()
+    with progress:
+        return fit_interruptibly(trainer)
+
+
+def fit_interruptibly(trainer):
+    """`trainer.fit()`, where Ctrl-C raises KeyboardInterrupt like anywhere else in the job.
+
+    During fit() Ray Train's own SIGINT handler aborts the run (workers stopped, checkpoints kept for
+    the resume) and then exits with status 0, and it stays installed after fit() returns: the exit
+    becomes a KeyboardInterrupt here, and the handler that was there before comes back.
+    """
+    import signal
+
+    sigint_handler = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    except SystemExit:  # only Ray Train's SIGINT handler exits from inside fit()
+        raise KeyboardInterrupt from None
+    finally:
+        signal.signal(signal.SIGINT, sigint_handler)
 
 
 def install_adapter(result, adapter_dir: Path) -> None:
