@@ -186,7 +186,10 @@ def evaluate(
     eval_root: Annotated[Path | None, typer.Option(help="where results go (default slm_swap/05_eval)")] = None,
     model_path: Annotated[str | None, typer.Option(help="SLM checkpoint (default $SLM_MODEL_PATH)")] = None,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="rows decoding together (continuous batching)")] = 8,
+    rows_per_task: Annotated[
+        int, typer.Option(min=1, help="rows an actor answers as one fixed group (resume and progress unit)")
+    ] = 32,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     actors: Annotated[int | None, typer.Option(min=1, help="SLM actors (default: one per GPU, else 1)")] = None,
     teacher_mode: Annotated[str, typer.Option(help="auto, azure, openai-compatible or replay")] = "auto",
@@ -227,6 +230,7 @@ def evaluate(
             adapter_path=adapter,
             precision=precision,  # type: ignore[arg-type]
             batch_size=batch_size,
+            rows_per_task=rows_per_task,
             max_new_tokens=max_new_tokens,
             num_actors=actors,
         ),
@@ -453,6 +457,9 @@ def serve_command(
     prefix_cache_tokens: Annotated[
         int, typer.Option(min=0, help="tokens of shared prompt prefixes kept prefilled (0: off)")
     ] = 32768,
+    prefill_chunk_tokens: Annotated[
+        int, typer.Option(min=1, help="prompt tokens prefilled between two decode steps (long prompts in chunks)")
+    ] = 256,
     replicas: Annotated[int, typer.Option(min=1)] = 1,
     cpus_per_replica: Annotated[float, typer.Option(min=0)] = 1.0,
     gpus_per_replica: Annotated[float | None, typer.Option(min=0, help="default: 1 with GPUs, else 0")] = None,
@@ -476,6 +483,7 @@ def serve_command(
             default_max_tokens=max_tokens,
             max_model_len=max_model_len,
             prefix_cache_tokens=prefix_cache_tokens,
+            prefill_chunk_tokens=prefill_chunk_tokens,
             num_replicas=replicas,
             cpus_per_replica=cpus_per_replica,
             gpus_per_replica=gpus_per_replica if gpus_per_replica is not None else (1.0 if cluster_gpus() else 0.0),

@@ -1,5 +1,7 @@
-"""Serve's batch decoding without Ray: pieces of shared prompt prefixes, the prefix cache, rows
-leaving the batch as they finish, and the per-step tokens that streaming sends."""
+"""The decode engine without Ray (`engines/decode/`, driven by evaluation's `SlmEngine` and by Serve's
+`ModelHost` thread): pieces of shared prompt prefixes, the prefix cache, chunked prefill, rows
+joining and leaving between steps, and the per-step tokens that streaming sends. HF `generate`
+(`engines.slm.generate_greedy`) is the oracle every answer is checked against."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ import threading
 
 import pytest
 
+from ray_app.engines.decode.prefix_cache import MIN_PIECE_TOKENS, PrefixKvCache, shared_prefix_ends, template_anchors
 from ray_app.prompts import chat_messages, toolcall_prompt
-from ray_app.serve.prefix_cache import MIN_PIECE_TOKENS, PrefixKvCache, shared_prefix_ends, template_anchors
 from tests.sample_tools import WEATHER
 
 FLIGHTS = {
@@ -26,9 +28,17 @@ FLIGHTS = {
 @pytest.fixture(scope="module")
 def host(tiny_model_dir):
     from ray_app.engines.slm import SlmSettings
-    from ray_app.serve.model_host import MultiAdapterModel
+    from ray_app.serve.model_host import ModelHost
 
-    return MultiAdapterModel(SlmSettings(model_path=tiny_model_dir, precision="fp32"), adapter_root=None)
+    return ModelHost(SlmSettings(model_path=tiny_model_dir, precision="fp32"), adapter_root=None)
+
+
+def oracle(host, messages, limit):
+    """HF generate on this prompt alone."""
+    from ray_app.engines.slm import generate_greedy
+
+    [alone] = generate_greedy(host.slm.model, host.slm.tokenizer, host.slm.device, [messages], [limit])
+    return alone
 
 
 def test_anchors_are_the_fixed_texts_before_placeholders_and_the_system_texts():
@@ -50,7 +60,7 @@ def test_prefix_ends_split_the_prompt_where_shared_text_ends(host):
         assert all(b - a >= MIN_PIECE_TOKENS for a, b in itertools.pairwise(job.prefix_ends))
     # system + instruction: shared by every toolcall prompt, whatever the tools
     instruction_end = weather_paris.prefix_ends[-2]
-    assert host.tokenizer.decode(weather_paris.prompt_ids[:instruction_end]).endswith(
+    assert host.slm.tokenizer.decode(weather_paris.prompt_ids[:instruction_end]).endswith(
         "Tools (one JSON signature per line):\n"
     )
     assert instruction_end in flights.prefix_ends
@@ -59,14 +69,14 @@ def test_prefix_ends_split_the_prompt_where_shared_text_ends(host):
     assert weather_paris.prefix_ends == weather_oslo.prefix_ends
     tools_end = weather_paris.prefix_ends[-1]
     assert weather_paris.prompt_ids[:tools_end] == weather_oslo.prompt_ids[:tools_end]
-    assert host.tokenizer.decode(weather_paris.prompt_ids[:tools_end]).endswith("\n\nRequest:")
+    assert host.slm.tokenizer.decode(weather_paris.prompt_ids[:tools_end]).endswith("\n\nRequest:")
 
 
 def test_prompt_ids_are_the_evaluation_prompt_ids(host):
     from ray_app.engines.slm import prompt_ids
 
     messages = chat_messages(toolcall_prompt([FLIGHTS], "Fly me to Rome on Friday"))
-    assert host.job("slm", messages, 8).prompt_ids == prompt_ids(host.tokenizer, messages)
+    assert host.job("slm", messages, 8).prompt_ids == prompt_ids(host.slm.tokenizer, messages)
 
 
 def test_shared_prefix_ends_skips_pieces_too_short_to_pay():
@@ -102,8 +112,6 @@ def batch_of_conversations():
 def test_batches_answer_each_prompt_as_generating_it_alone_with_or_without_cached_prefixes(host):
     """Prefill in pieces (cache miss, then hit), rows leaving the batch as they finish: each answer is the
     evaluation engine's greedy answer for that prompt alone."""
-    from ray_app.engines.slm import generate_greedy
-
     host.prefix_cache.clear()
     conversations, limits = batch_of_conversations()
     jobs = [host.job("slm", messages, limit) for messages, limit in zip(conversations, limits, strict=True)]
@@ -114,7 +122,7 @@ def test_batches_answer_each_prompt_as_generating_it_alone_with_or_without_cache
     second = host.generate(jobs)
     assert host.prefix_cache.stats()["hits"] >= 4 and host.prefix_cache.stats()["misses"] == misses
     for messages, limit, answer, again in zip(conversations, limits, first, second, strict=True):
-        [alone] = generate_greedy(host.model, host.tokenizer, host.device, [messages], [limit])
+        alone = oracle(host, messages, limit)
         assert answer.text == again.text and answer.token_ids == again.token_ids
         assert (answer.text, answer.token_ids, answer.prompt_tokens) == (
             alone.text,
@@ -137,15 +145,13 @@ def test_every_step_reports_each_running_jobs_token_once_in_order(host):
             assert finished[token.job] == 0, "a job got a token after its last one"
             streamed[token.job].append(token.token_id)
             finished[token.job] += token.finished
-    assert len(steps) == max(answer.completion_tokens for answer in answers)
+    assert len(steps) >= max(answer.completion_tokens for answer in answers)  # prompts prefill over several steps
     for index, answer in enumerate(answers):
         assert tuple(streamed[index]) == answer.token_ids and finished[index] == 1
 
 
 def test_a_job_submitted_while_others_decode_joins_between_steps(host):
     """Continuous batching: a request that arrives mid-answer starts at the next step, not after the batch."""
-    from ray_app.engines.slm import generate_greedy
-
     long_messages = chat_messages(toolcall_prompt([WEATHER], "Weather in Paris for the whole week?"))
     short_messages = chat_messages(toolcall_prompt([FLIGHTS], "Fly me to Rome"))
     events: list[tuple[str, int, bool]] = []
@@ -172,22 +178,29 @@ def test_a_job_submitted_while_others_decode_joins_between_steps(host):
     assert order.index("short") < len(order) - 1 - order[::-1].index("long")  # joined before the long one ended
     assert order.count("long") == 24 and order.count("short") == 6  # random weights: both run to their limits
     for name, messages, limit in (("long", long_messages, 24), ("short", short_messages, 6)):
-        [alone] = generate_greedy(host.model, host.tokenizer, host.device, [messages], [limit])
+        alone = oracle(host, messages, limit)
         assert answers[name].token_ids == alone.token_ids
 
 
+def in_engine(host) -> int:
+    counts = host.scheduler.counts()
+    return counts["running"] + counts["prefilling"]
+
+
 def test_running_rows_never_exceed_max_batch_rows(host, monkeypatch):
-    monkeypatch.setattr(host, "max_batch_rows", 2)
+    monkeypatch.setattr(host.scheduler, "max_batch_rows", 2)
     conversations, limits = batch_of_conversations()
     jobs = [host.job("slm", messages, limit) for messages, limit in zip(conversations, limits, strict=True)]
     running = []
-    answers = host.generate(jobs, on_step=lambda tokens: running.append(len(host.running)))
+    answers = host.generate(
+        jobs, on_step=lambda tokens: running.append(sum(host.scheduler.counts()[k] for k in ("running", "prefilling")))
+    )
     assert max(running) <= 2
     assert [answer.token_ids for answer in answers] == [answer.token_ids for answer in host.generate(jobs)]
 
 
 def test_a_failed_step_fails_its_requests_and_the_loop_goes_on(host, monkeypatch):
-    from ray_app.serve.batched_decode import RunningBatch
+    from ray_app.engines.decode.running_batch import RunningBatch
 
     real_step = RunningBatch.step
     failures = iter([RuntimeError("out of memory (simulated)")])
@@ -202,7 +215,7 @@ def test_a_failed_step_fails_its_requests_and_the_loop_goes_on(host, monkeypatch
     job = host.job("slm", chat_messages("Name a colour."), 5)
     with pytest.raises(RuntimeError, match="simulated"):
         host.generate([job])
-    assert not host.running and not host.batches
+    assert not host.scheduler.has_work and not host.in_flight
     [answer] = host.generate([job])
     assert answer.completion_tokens == 5
 
@@ -210,14 +223,12 @@ def test_a_failed_step_fails_its_requests_and_the_loop_goes_on(host, monkeypatch
 def test_jobs_for_models_not_served_are_refused_before_they_queue(host):
     with pytest.raises(ValueError, match="slm-nope"):
         host.submit([host.job("slm-nope", chat_messages("x"), 2)], lambda tokens: None)
-    assert not host.waiting
+    assert not host.scheduler.has_work
 
 
 def test_a_cancelled_job_leaves_its_batch_and_the_others_go_on(host):
     """A caller that leaves (a disconnect) frees its row at the next step; queued and not-yet-submitted
     jobs can be cancelled too; the rest of the batch answers as if nothing happened."""
-    from ray_app.engines.slm import generate_greedy
-
     messages = chat_messages(toolcall_prompt([WEATHER], "Weather in Paris?"))
     stays = host.job("slm", messages, 12, request_id="stays")
     leaves = host.job("slm", messages, 400, request_id="leaves")
@@ -243,10 +254,10 @@ def test_a_cancelled_job_leaves_its_batch_and_the_others_go_on(host):
     assert done.wait(60)
     assert received["leaves"][-1].cancelled and len(received["leaves"]) < 400
     assert [token.cancelled for token in received["late"]] == [True]
-    [alone] = generate_greedy(host.model, host.tokenizer, host.device, [messages], [12])
+    alone = oracle(host, messages, 12)
     assert received["stays"][-1].answer.token_ids == alone.token_ids
-    assert host.decode_stats() == {"running": 0, "waiting": 0, "cancelled": cancelled_before + 2}
-    assert not host.batches and not host.cancel_requests
+    assert host.decode_stats() == {"running": 0, "waiting": 0, "prefilling": 0, "cancelled": cancelled_before + 2}
+    assert not host.scheduler.has_work and not host.cancel_requests
 
 
 def test_a_fault_in_the_loop_itself_fails_its_requests_and_the_loop_keeps_serving(host, monkeypatch):
@@ -263,6 +274,67 @@ def test_a_fault_in_the_loop_itself_fails_its_requests_and_the_loop_keeps_servin
     job = host.job("slm", chat_messages("Name a colour."), 4)
     with pytest.raises(KeyError, match="simulated"):
         host.generate([job])
-    assert not host.running and not host.waiting and not host.batches
+    assert not host.scheduler.has_work and not host.in_flight
     [answer] = host.generate([job])
     assert answer.completion_tokens == 4
+
+
+def test_prefill_pieces_end_at_shared_prefixes_and_every_chunk_between_them():
+    from ray_app.engines.decode.running_batch import GenerationJob, prefill_piece_ends
+
+    job = GenerationJob("slm", list(range(100)), 4, prefix_ends=(30, 70))
+    assert prefill_piece_ends(job, 1000) == (30, 70, 100)
+    assert prefill_piece_ends(job, 25) == (25, 30, 55, 70, 95, 100)  # chunks restart at each prefix end
+    assert prefill_piece_ends(GenerationJob("slm", list(range(10)), 4), 4) == (4, 8, 10)
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_a_short_request_joins_and_finishes(host):
+    """Chunked prefill: a prompt far longer than the chunk takes many steps to prefill; a short request
+    queued behind it is prefilled first (shortest remaining first), decodes and finishes meanwhile, and
+    both answers equal HF generate's for the prompt alone."""
+    from ray_app.engines.decode.scheduler import DecodeScheduler
+
+    scheduler = DecodeScheduler(host.slm, max_batch_rows=4, prefill_chunk_tokens=16, prefix_cache_tokens=0)
+    long_messages = chat_messages(toolcall_prompt([FLIGHTS, WEATHER], "Fly to Rome " * 80))
+    short_messages = chat_messages("Name a colour.")
+    long_job, short_job = host.job("slm", long_messages, 6), host.job("slm", short_messages, 3)
+    scheduler.add(0, long_job)
+    scheduler.add(1, short_job)
+    steps: list[list[int]] = []
+    answers = {}
+    while scheduler.has_work:
+        result = scheduler.iteration()
+        assert not result.failed and result.prefill_tokens <= 2 * 16
+        steps.append([token.job for token in result.tokens])
+        answers.update({token.job: token.answer for token in result.tokens if token.answer is not None})
+    first_long = next(number for number, jobs in enumerate(steps) if 0 in jobs)
+    last_short = max(number for number, jobs in enumerate(steps) if 1 in jobs)
+    assert len(long_job.prompt_ids) > 25 * 16 and first_long >= len(long_job.prompt_ids) // 16 - 2
+    assert last_short < 8 < first_long  # the short answer was done long before the long prompt's first token
+    for key, messages, limit in ((0, long_messages, 6), (1, short_messages, 3)):
+        assert answers[key].token_ids == oracle(host, messages, limit).token_ids
+
+
+def test_the_evaluation_engine_answers_each_row_as_hf_generate_and_the_same_every_run(tiny_model_dir):
+    """`SlmEngine` (what the Ray Data actors run): more rows than batch rows, so rows join as others
+    finish; answers in request order, each equal to HF generate's alone; byte-identical on a rerun."""
+    from ray_app.engines.base import EngineRequest
+    from ray_app.engines.decode.engine import SlmEngine
+    from ray_app.engines.slm import SlmSettings
+
+    engine = SlmEngine(SlmSettings(model_path=tiny_model_dir, precision="fp32", batch_size=3, max_new_tokens=7,
+                                   prefill_chunk_tokens=64))  # fmt: skip
+    queries = ["Weather in Paris?", "Oslo", "Rome, in Celsius", "Fly me to Rome", "Is it raining in Lima?"]
+    prompts = [toolcall_prompt([WEATHER], query) for query in queries] + ["Name a colour.", "Count to three."]
+    requests = [EngineRequest(index, "toolcall", prompt) for index, prompt in enumerate(prompts)]
+    first = engine.generate(requests)
+    second = engine.generate(requests)
+    assert [answer.token_ids for answer in first] == [answer.token_ids for answer in second]
+    for request, answer in zip(requests, first, strict=True):
+        alone = oracle(engine, request.messages, 7)
+        assert (answer.text, answer.token_ids, answer.prompt_tokens) == (
+            alone.text,
+            alone.token_ids,
+            alone.prompt_tokens,
+        )
+    assert engine.describe()["precision"] == "fp32" and not engine.scheduler.has_work

@@ -27,7 +27,8 @@ def demo_model_dir():
 
 def test_eight_bit_slm_generates(demo_model_dir):
     from ray_app.engines.base import EngineRequest
-    from ray_app.engines.slm import SlmEngine, SlmSettings
+    from ray_app.engines.decode.engine import SlmEngine
+    from ray_app.engines.slm import SlmSettings
 
     engine = SlmEngine(SlmSettings(model_path=demo_model_dir, precision="8bit", max_new_tokens=16))
     assert engine.describe()["precision"] == "8bit" and engine.describe()["device"] == "cuda"

@@ -57,7 +57,7 @@ def live_config(small_project, model_dir: Path, eval_root: Path, **changes) -> L
         "track": "toolcall",
         "dataset_root": small_project["dataset_root"],
         "eval_root": eval_root,
-        "slm": SlmEvalSettings(model_path=str(model_dir), batch_size=4, max_new_tokens=6),
+        "slm": SlmEvalSettings(model_path=str(model_dir), batch_size=2, rows_per_task=4, max_new_tokens=6),
         "teacher": TeacherEvalSettings(mode="replay", replay_traces=small_project["traces"]),
         **changes,
     }
@@ -118,7 +118,7 @@ def test_live_compare_plain_lines_running_rates_save_and_trace(small_project, ti
     done_by_label = {
         label: [done for line_label, done, _, _ in progress if line_label == label] for label in outcome.saved
     }
-    assert done_by_label == {"teacher": [2, 4, 6], "slm": [4, 6]}  # one line per teacher chunk / SLM fixed batch
+    assert done_by_label == {"teacher": [2, 4, 6], "slm": [4, 6]}  # one line per teacher chunk / SLM fixed group
     predictions = {
         label: read_predictions(tmp_path / "toolcall" / label / "predictions.jsonl") for label in outcome.saved
     }

@@ -233,7 +233,8 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(served):
 
 def test_adapter_chosen_by_model_name_answers_as_the_eval_engine_does(served, client):
     from ray_app.engines.base import EngineRequest
-    from ray_app.engines.slm import SlmEngine, SlmSettings
+    from ray_app.engines.decode.engine import SlmEngine
+    from ray_app.engines.slm import SlmSettings
     from ray_app.prompts import chat_messages
 
     _, model_dir, adapter_dir = served

@@ -1,12 +1,12 @@
-"""The local SLM engine: transformers, greedy decoding, left padding, optional LoRA adapter.
+"""The local SLM: its settings, how it is loaded, its chat template, and HF `generate` as the oracle.
+
+Generation itself is the decode engine's (`engines/decode/`: `SlmEngine` for evaluation, the same
+scheduler in Serve); `generate_greedy` here (left-padded HF `generate`) stays as the tests' oracle.
 
 Precision (`engines.precision`'s rule): `auto` loads 8-bit (bitsandbytes) on a GPU, as the seed does,
 and on CPU bf16 where the CPU computes it natively (avx512_bf16 or AMX), else fp32; `bf16`, `fp32`,
 `4bit` and `8bit` are explicit choices (4/8-bit need a CUDA GPU). `precision_choice` says what is
 loaded and why, decided on the machine that loads it; the run's metadata records both.
-
-Latency of a row = wall time of the batch it was generated in (what a request in that batch waits);
-throughput comes from the batch totals.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ class SlmSettings:
     model_path: Path
     adapter_path: Path | None = None
     precision: Precision = "auto"
-    batch_size: int = 8
+    batch_size: int = 8  # rows decoding together (the decode engine's running batch)
     max_new_tokens: int = 256
+    prefill_chunk_tokens: int = 256  # a prompt is prefilled at most this many tokens per engine step
+    prefix_cache_tokens: int = 32768  # shared prompt prefixes kept (0: off); never changes an answer
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int | None = None  # None: torch's default (all cores of the process)
     seed: int = SEED
@@ -99,46 +101,6 @@ def load_model_and_tokenizer(settings: SlmSettings):
     return model, tokenizer, device, precision
 
 
-class SlmEngine:
-    """Greedy batched generation with the project's chat messages."""
-
-    kind = "transformers"
-
-    def __init__(self, settings: SlmSettings):
-        import torch
-
-        apply_determinism(settings.seed)
-        if settings.cpu_threads:
-            torch.set_num_threads(settings.cpu_threads)
-        self.settings = settings
-        self.model, self.tokenizer, self.device, self.precision = load_model_and_tokenizer(settings)
-
-    def describe(self) -> dict[str, object]:
-        return {
-            "kind": self.kind,
-            "model_path": str(self.settings.model_path),
-            "adapter_path": str(self.settings.adapter_path) if self.settings.adapter_path else None,
-            "device": self.device,
-            "precision": self.precision,
-            "batch_size": self.settings.batch_size,
-            "max_new_tokens": self.settings.max_new_tokens,
-            "decoding": "greedy",
-            "simulated": False,
-        }
-
-    def generate(self, requests: list[EngineRequest]) -> list[Generation]:
-        generations: list[Generation] = []
-        for start in range(0, len(requests), self.settings.batch_size):
-            generations.extend(self._generate_batch(requests[start : start + self.settings.batch_size]))
-        return generations
-
-    def _generate_batch(self, requests: list[EngineRequest]) -> list[Generation]:
-        return generate_greedy(
-            self.model, self.tokenizer, self.device, [request.messages for request in requests],
-            [self.settings.max_new_tokens] * len(requests),
-        )  # fmt: skip
-
-
 def stop_token_ids(model, tokenizer) -> set[int]:
     stop_ids = model.generation_config.eos_token_id
     return set(stop_ids if isinstance(stop_ids, list) else [stop_ids]) | {tokenizer.eos_token_id}
@@ -162,7 +124,8 @@ class GreedyAnswer(Generation):
 
 
 def generate_greedy(model, tokenizer, device, conversations, max_new_tokens: list[int]) -> list[GreedyAnswer]:
-    """One left-padded greedy `generate` over a batch of conversations: what eval measures and Serve serves.
+    """One left-padded greedy HF `generate` over a batch of conversations: the tests' oracle for the
+    decode engine (`engines/decode/`), which is what evaluation and Serve run.
 
     Each answer is cut at its first end-of-sequence and at its own token limit; greedy decoding makes
     that equal to generating it with that limit (the batch runs to the largest limit).

@@ -27,7 +27,7 @@ from ray_app.engines.precision import PrecisionChoice
 from ray_app.engines.slm import SlmSettings
 from ray_app.eval.config import EvalConfig, teacher_mode_from_env
 from ray_app.eval.prediction_store import PredictionStore
-from ray_app.eval.ray_predictor import fixed_batches, predict_with_ray_data, prediction_record
+from ray_app.eval.ray_predictor import fixed_groups, predict_with_ray_data, prediction_record
 from ray_app.eval.run_facts import latency_summary, run_facts
 from ray_app.json_text import canonical_json
 from ray_app.metrics import score_rows
@@ -70,6 +70,7 @@ class SlmPlan:
     settings: SlmSettings  # precision resolved: what every actor loads
     identity: dict[str, Any]  # what the run key holds
     precision: PrecisionChoice  # the precision and why (recorded in metrics.json, not in the run key)
+    rows_per_task: int  # rows an actor answers as one fixed group
     num_actors: int
     actor_cpus: float
     actor_gpus: float
@@ -95,6 +96,7 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
         precision=config.slm.precision,
         batch_size=config.slm.batch_size,
         max_new_tokens=config.slm.max_new_tokens,
+        prefill_chunk_tokens=config.slm.prefill_chunk_tokens,
         device=device,
         cpu_threads=cpu_threads,
         seed=config.seed,
@@ -111,12 +113,14 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
         "adapter_fingerprint": adapter_fingerprint(adapter) if adapter else None,
         "device": device,
         "precision": precision,
-        "batch_size": settings.batch_size,
         "max_new_tokens": settings.max_new_tokens,
         "seed": config.seed,
+        "batch_size": settings.batch_size,
+        "rows_per_task": config.slm.rows_per_task,
+        "prefill_chunk_tokens": settings.prefill_chunk_tokens,
     }
     actor_cpus, actor_gpus = (0, 1) if gpus else (config.slm.actor_num_cpus, 0)
-    return SlmPlan(settings, identity, choice, num_actors, actor_cpus, actor_gpus)
+    return SlmPlan(settings, identity, choice, config.slm.rows_per_task, num_actors, actor_cpus, actor_gpus)
 
 
 def build_teacher_engine(config: EvalConfig):
@@ -155,14 +159,16 @@ def answer_with_slm(config, rows, store, plan: SlmPlan, progress, task) -> dict:
     from ray_app.ray_runtime import ensure_ray
 
     ensure_ray()
-    batch_size = plan.settings.batch_size
-    todo = [batch for batch in fixed_batches(rows, batch_size) if any(i not in store.records for i in batch)]
+    # A group with any row missing is answered again whole: its rows decode together, so only the
+    # same group gives the same bytes; rows already stored are kept as they are.
+    todo = [group for group in fixed_groups(rows, plan.rows_per_task) if any(i not in store.records for i in group)]
     engine_description: dict[str, Any] = {}
     pool = (plan.num_actors, plan.actor_cpus, plan.actor_gpus)
     for result in predict_with_ray_data(rows, todo, plan.settings, config.track, *pool):
-        store.append(result["records"], result["elapsed_s"])
+        new_records = [record for record in result["records"] if record["index"] not in store.records]
+        store.append(new_records, result["elapsed_s"])
         engine_description = result["engine"]
-        progress.update(task, advance=len(result["records"]))
+        progress.update(task, advance=len(new_records))
     return engine_description
 
 

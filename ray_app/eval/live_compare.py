@@ -32,7 +32,7 @@ from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings
 from ray_app.eval.evaluate import build_teacher_engine, display_path, run_key_of, slm_plan, teacher_identity
 from ray_app.eval.live_board import LiveBoard, SideTally
 from ray_app.eval.live_save import save_side
-from ray_app.eval.ray_predictor import fixed_batches, prediction_record
+from ray_app.eval.ray_predictor import fixed_groups, prediction_record
 from ray_app.eval.run_facts import jsonable
 from ray_app.models.fingerprint import file_sha256
 from ray_app.paths import DATASET_ROOT, EVAL_ROOT
@@ -115,12 +115,13 @@ class TeacherThread(threading.Thread):
 
 
 def answer_side_by_side(
-    slm_engine, teacher: TeacherThread, rows: list[Row], track: Track, batch_size: int, board: LiveBoard, label: str
+    slm_engine, teacher: TeacherThread, rows: list[Row], track: Track, group_size: int, board: LiveBoard, label: str
 ) -> None:
-    """The teacher on its thread, the SLM's fixed batches here; stop at the first failure of either."""
+    """The teacher on its thread, the SLM's fixed groups here (as `slm-swap eval`'s actors answer them);
+    stop at the first failure of either."""
     teacher.start()
     try:
-        for batch in fixed_batches(rows, batch_size):
+        for batch in fixed_groups(rows, group_size):
             if teacher.error is not None:
                 break
             started = time.perf_counter()
@@ -136,7 +137,7 @@ def answer_side_by_side(
 
 def run_live_compare(config: LiveCompareConfig, output: TextIO | None = None) -> LiveOutcome:
     """Teacher vs SLM on the same rows, shown live; with `config.save`, write both sides' eval files."""
-    from ray_app.engines.slm import SlmEngine
+    from ray_app.engines.decode.engine import SlmEngine
     from ray_app.tracing import start_run_trace
 
     output = output or sys.stdout
@@ -184,7 +185,7 @@ def run_live_compare(config: LiveCompareConfig, output: TextIO | None = None) ->
         teacher = TeacherThread(teacher_engine, config.track, rows, chunk, board, labels["teacher"])
         live = nullcontext() if plain else Live(board, console=Console(file=output), refresh_per_second=4)
         with trace.span("generate", input={"rows": len(rows), "labels": list(labels.values())}) as span, live:
-            answer_side_by_side(slm_engine, teacher, rows, config.track, settings.batch_size, board, labels["slm"])
+            answer_side_by_side(slm_engine, teacher, rows, config.track, plan.rows_per_task, board, labels["slm"])
             span.update(output={label: tally.done for label, tally in board.tallies.items()})
         metrics = {label: tally.metrics for label, tally in board.tallies.items()}
         saved: dict[str, Path] = {}

@@ -1,8 +1,12 @@
-"""The Ray Data side of evaluation: a pool of SLM actors answering fixed batches of rows.
+"""The Ray Data side of evaluation: a pool of SLM actors, each answering fixed groups of rows with the
+project's decode engine (`engines/decode/`, the one Serve runs).
 
-Batches are formed once, from the whole split (rows 0-7, 8-15, ...), and each dataset item is one
-whole batch, so the rows generated together are the same in every run, resumed or not: with greedy
-decoding that makes the predictions byte-identical.
+Groups are formed once, from the whole split (rows 0-31, 32-63, ... for `rows_per_task` 32), and
+each dataset item is one whole group. An actor feeds its group to the engine in split order: the
+engine keeps up to `batch_size` rows decoding and admits the next row as soon as one finishes, by
+step count, never by the clock. So the rows that decode together at each step are the same in
+every run, whatever the number of actors and however often a run was resumed: with greedy decoding
+that makes the predictions byte-identical.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from typing import Any
 
 from ray_app.data.rows import Row, Track
 from ray_app.engines.base import EngineRequest
-from ray_app.engines.slm import SlmEngine, SlmSettings
+from ray_app.engines.decode.engine import SlmEngine
+from ray_app.engines.slm import SlmSettings
 
 
-def fixed_batches(rows: list[Row], batch_size: int) -> list[list[int]]:
-    return [list(range(start, min(start + batch_size, len(rows)))) for start in range(0, len(rows), batch_size)]
+def fixed_groups(rows: list[Row], group_size: int) -> list[list[int]]:
+    return [list(range(start, min(start + group_size, len(rows)))) for start in range(0, len(rows), group_size)]
 
 
 def prediction_record(index: int, row: Row, generation) -> dict[str, Any]:
@@ -35,7 +40,7 @@ def prediction_record(index: int, row: Row, generation) -> dict[str, Any]:
 
 
 class SlmPredictor:
-    """Ray Data actor: loads the SLM once, answers one fixed batch per call."""
+    """Ray Data actor: loads the SLM once, answers one fixed group of rows per call."""
 
     def __init__(self, settings: dict[str, Any], track: Track):
         self.engine = SlmEngine(SlmSettings(**settings))
@@ -67,33 +72,33 @@ class SlmPredictor:
 
 def predict_with_ray_data(
     rows: list[Row],
-    batches: list[list[int]],
+    groups: list[list[int]],
     settings: SlmSettings,
     track: Track,
     num_actors: int,
     actor_num_cpus: float,
     actor_num_gpus: float,
 ) -> Iterator[dict[str, Any]]:
-    """Yield `{"records", "elapsed_s", "engine"}` per finished batch, in completion order."""
+    """Yield `{"records", "elapsed_s", "engine"}` per finished group, in completion order."""
     import ray
 
     items = [
         {
             "payload": json.dumps(
                 {
-                    "indices": batch,
-                    "prompts": [rows[i].prompt for i in batch],
-                    "completions": [rows[i].completion for i in batch],
+                    "indices": group,
+                    "prompts": [rows[i].prompt for i in group],
+                    "completions": [rows[i].completion for i in group],
                 }
             )
         }
-        for batch in batches
+        for group in groups
     ]
     settings_json = asdict(settings)
     dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
         SlmPredictor,
         fn_constructor_kwargs={"settings": settings_json, "track": track},
-        batch_size=1,  # one item = one fixed batch of rows
+        batch_size=1,  # one item = one fixed group of rows
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=actor_num_cpus,
         num_gpus=actor_num_gpus,

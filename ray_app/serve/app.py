@@ -24,12 +24,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
+from ray_app.engines.decode.running_batch import GenerationJob, StepToken
 from ray_app.engines.precision import PRECISIONS, Precision
 from ray_app.engines.slm import GreedyAnswer, SlmSettings, precision_choice
 from ray_app.models.model_path import resolve_slm_model_path
 from ray_app.paths import ADAPTER_ROOT
-from ray_app.serve.batched_decode import StepToken
-from ray_app.serve.model_host import DEFAULT_PREFIX_CACHE_TOKENS, GenerationJob, MultiAdapterModel
+from ray_app.serve.model_host import ModelHost
 from ray_app.serve.openai_protocol import (
     SERVER_SENT_EVENTS_END,
     AnswerStream,
@@ -55,7 +55,8 @@ class ServeSettings:
     batch_wait_timeout_s: float = 0.05  # how long the first request of a batch waits for company
     default_max_tokens: int = 512  # when a request gives no max_tokens
     max_model_len: int | None = None  # None: the model config's max_position_embeddings
-    prefix_cache_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS  # shared prompt prefixes kept (0: off)
+    prefix_cache_tokens: int = SlmSettings.prefix_cache_tokens  # shared prompt prefixes kept (0: off)
+    prefill_chunk_tokens: int = SlmSettings.prefill_chunk_tokens  # prompt tokens prefilled per decode step
     num_replicas: int = 1
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
@@ -127,16 +128,17 @@ class SlmChatDeployment:
         settings = ServeSettings.from_json(settings_json)
         model_path = resolve_slm_model_path(settings.model_path)
         threads = settings.cpu_threads or (None if settings.gpus_per_replica else os.cpu_count())
-        slm_settings = SlmSettings(model_path=model_path, precision=settings.precision, cpu_threads=threads)
+        slm_settings = SlmSettings(
+            model_path=model_path,
+            precision=settings.precision,
+            cpu_threads=threads,
+            batch_size=settings.max_batch_size,
+            prefill_chunk_tokens=settings.prefill_chunk_tokens,
+            prefix_cache_tokens=settings.prefix_cache_tokens,
+        )
         self.settings = settings
         self.precision = precision_choice(slm_settings)  # what the host loads on this replica, and why
-        self.host = MultiAdapterModel(
-            slm_settings,
-            settings.adapter_root,
-            settings.max_model_len,
-            settings.prefix_cache_tokens,
-            max_batch_rows=settings.max_batch_size,
-        )
+        self.host = ModelHost(slm_settings, settings.adapter_root, settings.max_model_len)
         self.started = int(time.time())
         logging.getLogger("ray.serve").addFilter(GroupingNoticeFilter())
         self.generate_batch.set_max_batch_size(settings.max_batch_size)

@@ -1,13 +1,15 @@
-"""Greedy decoding of many requests at once, with requests joining and leaving between steps.
+"""The rows that decode together, and how a prompt gets there (prefill in pieces).
 
 Agent prompts differ a lot in length (toolcall prompts with their tool signatures run from ~150 to
 ~1,000 tokens) and so do answers. So:
 
-1. Prefill: each prompt on its own (no padding: a padded batch computes every prompt at the
-   longest one's length, which on a CPU can make batching slower than answering one by one), in
-   the pieces `prefix_cache.py` describes: a piece whose keys/values are cached is skipped, the
-   others are computed and kept; logits only for the last position (the lm_head over a whole
-   prompt is a fifth of a small model's prefill).
+1. Prefill (`PrefillTask`): each prompt on its own (no padding: a padded batch computes every
+   prompt at the longest one's length, which on a CPU can make batching slower than answering one
+   by one), in pieces: a piece ends where a shareable prefix ends (`prefix_cache.py`: a cached one
+   is skipped, the others are computed and kept) and no piece is longer than the prefill chunk, so a
+   long prompt is prefilled a chunk at a time between the running rows' decode steps instead of
+   stalling them. Logits only for the last position (the lm_head over a whole prompt is a fifth of a
+   small model's prefill).
 2. A `RunningBatch` holds the rows decoding together: one preallocated key/value buffer per layer
    with every row's keys/values right-aligned at the column the next step writes, so a step writes
    in place (a growing cache copies all of it at every step). New rows join between steps (the
@@ -17,7 +19,7 @@ Agent prompts differ a lot in length (toolcall prompts with their tool signature
    last one of a row with its whole answer (a finished answer never waits for the others).
 
 Greedy, so a row's tokens depend on its prompt only: the pieces of a prompt are fixed by the
-prompt, and rows never see each other (attention is masked per row).
+prompt and the chunk size, and rows never see each other (attention is masked per row).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import inspect
 import time
 from dataclasses import dataclass, field
 
+from ray_app.engines.decode.prefix_cache import PrefixKvCache
 from ray_app.engines.slm import GreedyAnswer, stop_token_ids
-from ray_app.serve.prefix_cache import PrefixKvCache
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class GenerationJob:
     prompt_ids: list[int]  # the messages with the chat template applied, tokenized once at the ingress
     max_new_tokens: int
     prefix_ends: tuple[int, ...] = ()  # where the prompt's shareable prefixes end (prefix_cache.py)
-    request_id: str | None = None  # names the job for `MultiAdapterModel.cancel`
+    request_id: str | None = None  # names the job for `DecodeScheduler.cancel`
 
 
 @dataclass(frozen=True)
@@ -56,15 +58,15 @@ class StepToken:
 class Row:
     job: GenerationJob
     key: int  # the caller's index for the job (StepToken.job)
-    started: float  # when the job was handed to the decoder (its answer's latency counts from here)
+    started: float  # when the job was admitted, its prefill began (its answer's latency counts from here)
     tokens: list[int] = field(default_factory=list)
 
 
 class RunningBatch:
     """The rows of one model that decode together (the model's adapter must be active on each call)."""
 
-    def __init__(self, model, tokenizer, device, prefix_cache: PrefixKvCache | None = None):
-        self.model, self.tokenizer, self.device, self.prefix_cache = model, tokenizer, device, prefix_cache
+    def __init__(self, model, tokenizer, device):
+        self.model, self.tokenizer, self.device = model, tokenizer, device
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.rows: list[Row] = []
         self.layers: list = []  # PreallocatedLayer per model layer, [rows, kv_heads, width, head_dim]
@@ -76,21 +78,20 @@ class RunningBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def admit(self, jobs: list[tuple[int, GenerationJob, float]]) -> list[StepToken]:
-        """Prefill `(key, job, started)` rows and add them; returns each one's first token."""
+    def join(self, prefilled: list[PrefillTask]) -> list[StepToken]:
+        """Add the rows whose prompts were just prefilled; returns each one's first token (a row that
+        is finished with it, end-of-sequence or a limit of one token, does not join)."""
         import torch
 
-        with torch.inference_mode():
-            joining, chosen = [], []
-            for key, job, started in jobs:
-                layers, logits = prefill(self.model, job, self.device, self.prefix_cache)
-                row = Row(job, key, started)
-                token = int(logits.argmax(dim=-1))
-                step_token = self._take(row, token)
-                chosen.append(step_token)
-                if not step_token.finished:
-                    joining.append((row, layers, token))
-            if joining:
+        joining, chosen = [], []
+        for task in prefilled:
+            token = int(task.logits.argmax(dim=-1))
+            step_token = take_token(task.row, token, self.stop_ids, self.tokenizer)
+            chosen.append(step_token)
+            if not step_token.finished:
+                joining.append((task.row, layer_tensors(task.cache), token))
+        if joining:
+            with torch.inference_mode():
                 self._rebuild(joining)
         return chosen
 
@@ -110,17 +111,14 @@ class RunningBatch:
             )
             self.positions = self.positions + 1
             self.next_tokens = output.logits[:, -1, :].argmax(dim=-1)
-            chosen = [self._take(row, token) for row, token in zip(self.rows, self.next_tokens.tolist(), strict=True)]
+            chosen = [
+                take_token(row, token, self.stop_ids, self.tokenizer)
+                for row, token in zip(self.rows, self.next_tokens.tolist(), strict=True)
+            ]
             keep = [index for index, token in enumerate(chosen) if not token.finished]
             if len(keep) < len(self.rows):
                 self._keep(keep)
         return chosen
-
-    def _take(self, row: Row, token: int) -> StepToken:
-        row.tokens.append(token)
-        if token in self.stop_ids or len(row.tokens) >= row.job.max_new_tokens:
-            return StepToken(row.key, token, greedy_answer(self.tokenizer, row, self.stop_ids))
-        return StepToken(row.key, token)
 
     def drop(self, keys: set[int]) -> list[Row]:
         """Take the rows with these keys out of the batch (their jobs were cancelled); returns them."""
@@ -193,48 +191,86 @@ class RunningBatch:
         return cache
 
 
+def take_token(row: Row, token: int, stop_ids: set[int], tokenizer) -> StepToken:
+    """Add the chosen token to its row; the row's last token carries its whole answer."""
+    row.tokens.append(token)
+    if token in stop_ids or len(row.tokens) >= row.job.max_new_tokens:
+        return StepToken(row.key, token, greedy_answer(tokenizer, row, stop_ids))
+    return StepToken(row.key, token)
+
+
 def greedy_answer(tokenizer, row: Row, stop_ids: set[int]) -> GreedyAnswer:
     return GreedyAnswer(
         text=tokenizer.decode(row.tokens, skip_special_tokens=True),
         prompt_tokens=len(row.job.prompt_ids),
         completion_tokens=len(row.tokens),
-        latency_s=time.perf_counter() - row.started,  # from hand-over to the decoder until this answer was complete
+        latency_s=time.perf_counter() - row.started,  # from admission (prefill start) until the answer was complete
         token_ids=tuple(row.tokens),
         stopped=row.tokens[-1] in stop_ids,
     )
 
 
-def prefill(model, job: GenerationJob, device, prefix_cache: PrefixKvCache | None):
-    """(per-layer (keys, values) of the whole prompt, logits of its last position [1, vocab]).
+def prefill_piece_ends(job: GenerationJob, chunk_tokens: int) -> tuple[int, ...]:
+    """Where the prompt's prefill pieces end: at each shareable prefix end, and every `chunk_tokens`
+    within the stretches between them. Fixed by the prompt and the chunk size alone."""
+    length = len(job.prompt_ids)
+    stretch_ends = sorted({end for end in job.prefix_ends if 0 < end < length} | {length})
+    ends, start = [], 0
+    for stretch_end in stretch_ends:
+        ends.extend(range(start + chunk_tokens, stretch_end, chunk_tokens) if chunk_tokens > 0 else ())
+        ends.append(stretch_end)
+        start = stretch_end
+    return tuple(ends)
 
-    The prompt runs in its pieces whether or not a prefix is cached, so a hit and a miss compute
-    the same thing; the longest cached prefix is loaded and only the pieces after it run.
-    """
-    import torch
-    from transformers import DynamicCache
 
-    ids = job.prompt_ids
-    ends = [end for end in job.prefix_ends if 0 < end < len(ids)] if prefix_cache is not None else []
-    cache, start = DynamicCache(), 0
-    for end in reversed(ends):
-        entry = prefix_cache.get(job.model_name, tuple(ids[:end]))
-        if entry is not None:
-            for layer, (keys, values) in enumerate(entry.layers):
-                cache.update(keys, values, layer)
-            start = end
-            break
-    with torch.inference_mode():
-        for end in [end for end in ends if end > start] + [len(ids)]:
-            output = model(  # writes the piece's keys/values into `cache`
-                input_ids=torch.tensor([ids[start:end]], device=device),
+class PrefillTask:
+    """One prompt's prefill, a piece per forward call, so it can be spread over several scheduler
+    iterations. The longest cached shareable prefix is loaded first and only the pieces after it run;
+    a piece that ends a shareable prefix is cached. Pieces are fixed by the prompt (see
+    `prefill_piece_ends`), so a cache hit skips exactly the computation a miss does."""
+
+    def __init__(self, row: Row, chunk_tokens: int, prefix_cache: PrefixKvCache | None):
+        from transformers import DynamicCache
+
+        self.row, self.prefix_cache = row, prefix_cache
+        job = row.job
+        self.shareable = {end for end in job.prefix_ends if 0 < end < len(job.prompt_ids)} if prefix_cache else set()
+        self.cache, self.done_tokens, self.logits = DynamicCache(), 0, None
+        for end in sorted(self.shareable, reverse=True):
+            entry = prefix_cache.get(job.model_name, tuple(job.prompt_ids[:end]))
+            if entry is not None:
+                for layer, (keys, values) in enumerate(entry.layers):
+                    self.cache.update(keys, values, layer)
+                self.done_tokens = end
+                break
+        self.piece_ends = [end for end in prefill_piece_ends(job, chunk_tokens) if end > self.done_tokens]
+
+    @property
+    def finished(self) -> bool:
+        return not self.piece_ends
+
+    @property
+    def next_piece_tokens(self) -> int:
+        return self.piece_ends[0] - self.done_tokens
+
+    def run_piece(self, model, device) -> int:
+        """Prefill the next piece (the model's adapter must be active); returns its token count."""
+        import torch
+
+        ids, end = self.row.job.prompt_ids, self.piece_ends.pop(0)
+        with torch.inference_mode():
+            output = model(  # writes the piece's keys/values into `self.cache`
+                input_ids=torch.tensor([ids[self.done_tokens : end]], device=device),
                 use_cache=True,
                 logits_to_keep=1,
-                **{cache_keyword(model): cache},
+                **{cache_keyword(model): self.cache},
             )
-            if end < len(ids):
-                prefix_cache.put(job.model_name, tuple(ids[:end]), layer_tensors(cache))
-            start = end
-    return layer_tensors(cache), output.logits[:, -1, :]
+        if end in self.shareable:
+            self.prefix_cache.put(self.row.job.model_name, tuple(ids[:end]), layer_tensors(self.cache))
+        tokens, self.done_tokens = end - self.done_tokens, end
+        if self.finished:
+            self.logits = output.logits[:, -1, :]
+        return tokens
 
 
 def cache_keyword(model) -> str:

@@ -1,0 +1,55 @@
+"""`SlmEngine`: the decode engine behind the project's engine interface (`engines/base.py`).
+
+Evaluation (the Ray Data actors), the live compare and the benchmarks answer rows with it: a group of
+rows goes into the scheduler in split order and comes back answered, rows joining the running batch
+as others finish (`scheduler.py`). Serve runs the same scheduler over the same `LoadedSlm`.
+
+Latency of a row = from its admission (prefill start) until its answer is complete.
+"""
+
+from __future__ import annotations
+
+from ray_app.engines.base import EngineRequest
+from ray_app.engines.decode.loaded_slm import BASE_MODEL_NAME, LoadedSlm, adapter_model_name
+from ray_app.engines.decode.scheduler import DecodeScheduler
+from ray_app.engines.slm import GreedyAnswer, SlmSettings
+
+
+class SlmEngine:
+    kind = "transformers"
+
+    def __init__(self, settings: SlmSettings):
+        self.settings = settings
+        adapters = {adapter_model_name(settings.adapter_path): settings.adapter_path} if settings.adapter_path else {}
+        self.slm = LoadedSlm(settings, adapters)
+        self.model_name = next(iter(adapters), BASE_MODEL_NAME)
+        self.scheduler = DecodeScheduler(
+            self.slm, settings.batch_size, settings.prefill_chunk_tokens, settings.prefix_cache_tokens
+        )
+
+    @property
+    def device(self) -> str:
+        return self.slm.device
+
+    @property
+    def precision(self) -> str:
+        return self.slm.precision
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "model_path": str(self.settings.model_path),
+            "adapter_path": str(self.settings.adapter_path) if self.settings.adapter_path else None,
+            "device": self.slm.device,
+            "precision": self.slm.precision,
+            "batch_size": self.settings.batch_size,
+            "max_new_tokens": self.settings.max_new_tokens,
+            "prefill_chunk_tokens": self.settings.prefill_chunk_tokens,
+            "decoding": "greedy, continuous batching (engines/decode)",
+            "simulated": False,
+        }
+
+    def generate(self, requests: list[EngineRequest]) -> list[GreedyAnswer]:
+        """Answers in request order; rows are admitted in that order as the running batch has room."""
+        jobs = [self.slm.job(self.model_name, request.messages, self.settings.max_new_tokens) for request in requests]
+        return self.scheduler.run_to_completion(jobs)

@@ -1,0 +1,85 @@
+"""The base SLM with its adapters loaded beside it: what the decode scheduler runs.
+
+The base model is loaded once (`engines.slm.load_model_and_tokenizer`: the precision rules every
+run uses); each adapter is added to the same PeftModel under its model name (`slm-<name>`), so
+switching adapter between two forward calls never reloads anything. `active(name)` makes one model
+current: its adapter set, or every adapter disabled for the base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from pathlib import Path
+
+from ray_app.engines.decode.prefix_cache import shared_prefix_ends, template_anchors
+from ray_app.engines.decode.running_batch import GenerationJob
+from ray_app.engines.determinism import apply_determinism
+from ray_app.engines.slm import SlmSettings, chat_text, load_model_and_tokenizer
+
+BASE_MODEL_NAME = "slm"
+
+
+def adapter_model_name(adapter_folder: Path) -> str:
+    """`slm-toolcall` for `.../adapter_toolcall/`: the name a request asks for."""
+    return f"{BASE_MODEL_NAME}-{Path(adapter_folder).name.removeprefix('adapter_')}"
+
+
+def discover_adapters(adapter_root: Path | None) -> dict[str, Path]:
+    """`{"slm-toolcall": <root>/adapter_toolcall, ...}` for every folder with an adapter_config.json."""
+    if adapter_root is None or not Path(adapter_root).is_dir():
+        return {}
+    found = {}
+    for folder in sorted(Path(adapter_root).glob("adapter_*")):
+        if (folder / "adapter_config.json").is_file() and any(folder.glob("adapter_model.*")):
+            found[adapter_model_name(folder)] = folder
+    return found
+
+
+class LoadedSlm:
+    def __init__(self, settings: SlmSettings, adapters: dict[str, Path], max_model_len: int | None = None):
+        import torch
+
+        apply_determinism(settings.seed)
+        if settings.cpu_threads:
+            torch.set_num_threads(settings.cpu_threads)
+        self.settings = settings
+        self.adapters = dict(adapters)
+        base_settings = dataclasses.replace(settings, adapter_path=None)  # adapters are added by name below
+        self.model, self.tokenizer, self.device, self.precision = load_model_and_tokenizer(base_settings)
+        if self.adapters:
+            from peft import PeftModel
+
+            names = list(self.adapters)
+            self.model = PeftModel.from_pretrained(self.model, self.adapters[names[0]], adapter_name=names[0])
+            for name in names[1:]:
+                self.model.load_adapter(self.adapters[name], adapter_name=name)
+            self.model.eval()
+        self.model_names = [BASE_MODEL_NAME, *self.adapters]
+        self.context_limit = max_model_len or int(
+            getattr(self.model.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length
+        )
+        self.anchors = template_anchors()
+
+    def job(
+        self, model_name: str, messages: list[dict[str, str]], max_new_tokens: int, request_id: str | None = None
+    ) -> GenerationJob:
+        """The messages with the chat template applied (as `engines.slm.prompt_ids`), and where their
+        shareable prefixes end."""
+        text = chat_text(self.tokenizer, messages)
+        if getattr(self.tokenizer, "is_fast", False):
+            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ends = shared_prefix_ends(text, [end for _, end in encoded["offset_mapping"]], self.anchors)
+        else:  # no offsets: the prompt is prefilled without shareable pieces
+            encoded, ends = self.tokenizer(text, add_special_tokens=False), ()
+        return GenerationJob(model_name, list(encoded["input_ids"]), max_new_tokens, ends, request_id)
+
+    def active(self, model_name: str):
+        """The adapter of `model_name` active on the shared PeftModel (none for the base)."""
+        if model_name == BASE_MODEL_NAME:
+            return self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
+        self.model.set_adapter(model_name)
+        return contextlib.nullcontext()
+
+    def decode_text(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=True)

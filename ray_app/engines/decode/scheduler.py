@@ -1,0 +1,177 @@
+"""The project's one greedy generation engine: which job prefills and which rows decode, step by step.
+
+Jobs wait in arrival order. Each `iteration()`:
+1. admits waiting jobs while the rows decoding plus the prompts prefilling are fewer than
+   `max_batch_rows`;
+2. prefills: a prompt runs in pieces (`running_batch.PrefillTask`, at most `prefill_chunk_tokens`
+   each); the iteration spends up to that many prompt tokens, shortest remaining prompt first, so a
+   6,900-token prompt is spread over many iterations while short requests join and every running
+   row keeps decoding in between (as vLLM's and llama.cpp's chunked prefill do);
+3. a prompt whose last piece ran joins its model's `RunningBatch` with its first token;
+4. one decode step of each model's batch, that model's adapter active.
+
+Everything here is driven by steps, never by the clock: given the same jobs in the same order, the
+same rows prefill and decode together at every step, so the tokens are the same bytes on every run.
+Evaluation feeds fixed groups of rows this way (`run_to_completion`); Serve's replica runs the
+same iterations in a thread as requests arrive (`serve/model_host.py`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ray_app.engines.decode.loaded_slm import LoadedSlm
+from ray_app.engines.decode.prefix_cache import PrefixKvCache
+from ray_app.engines.decode.running_batch import GenerationJob, PrefillTask, Row, RunningBatch, StepToken
+from ray_app.engines.slm import GreedyAnswer
+
+
+@dataclass
+class IterationResult:
+    tokens: list[StepToken] = field(default_factory=list)  # StepToken.job is the key the job was added with
+    failed: list[tuple[list[int], Exception]] = field(default_factory=list)  # keys a failed forward call took down
+    joined: dict[str, int] = field(default_factory=dict)  # model name → prompts that finished their prefill
+    prefill_tokens: int = 0
+    prefill_s: float = 0.0
+
+
+class DecodeScheduler:
+    def __init__(self, slm: LoadedSlm, max_batch_rows: int, prefill_chunk_tokens: int, prefix_cache_tokens: int):
+        if max_batch_rows < 1 or prefill_chunk_tokens < 1 or prefix_cache_tokens < 0:
+            raise ValueError(
+                "need max_batch_rows ≥ 1, prefill_chunk_tokens ≥ 1 and prefix_cache_tokens ≥ 0; got "
+                f"{max_batch_rows}, {prefill_chunk_tokens}, {prefix_cache_tokens}"
+            )
+        self.slm = slm
+        self.max_batch_rows = max_batch_rows
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.prefix_cache = PrefixKvCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+        self.waiting: deque[tuple[int, GenerationJob]] = deque()
+        self.prefilling: list[PrefillTask] = []
+        self.batches: dict[str, RunningBatch] = {}  # by model name
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.prefilling or any(self.batches.values()))
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "running": sum(len(batch) for batch in self.batches.values()),
+            "prefilling": len(self.prefilling),
+            "waiting": len(self.waiting),
+        }
+
+    def add(self, key: int, job: GenerationJob) -> None:
+        if job.model_name not in self.slm.model_names:
+            raise ValueError(f"model {job.model_name!r} is not loaded here; loaded: {self.slm.model_names}")
+        self.waiting.append((key, job))
+
+    def cancel(self, keys: set[int]) -> list[int]:
+        """Take the jobs with these keys out, wherever they are; returns the keys that were found."""
+        found = [key for key, _ in self.waiting if key in keys]
+        self.waiting = deque((key, job) for key, job in self.waiting if key not in keys)
+        found += [task.row.key for task in self.prefilling if task.row.key in keys]
+        self.prefilling = [task for task in self.prefilling if task.row.key not in keys]
+        for batch in self.batches.values():
+            found += [row.key for row in batch.drop(keys)]
+        self._forget_empty_batches()
+        return found
+
+    def keys_in_flight(self) -> list[int]:
+        return ([key for key, _ in self.waiting] + [task.row.key for task in self.prefilling]
+                + [row.key for batch in self.batches.values() for row in batch.rows])  # fmt: skip
+
+    def clear(self) -> list[int]:
+        """Drop every job (after a fault in the caller's bookkeeping); returns their keys."""
+        keys = self.keys_in_flight()
+        self.waiting.clear()
+        self.prefilling.clear()
+        self.batches.clear()
+        return keys
+
+    def iteration(self) -> IterationResult:
+        result = IterationResult()
+        self._admit()
+        self._prefill(result)
+        for model_name, batch in list(self.batches.items()):
+            if batch:
+                self._guarded(result, model_name, [row.key for row in batch.rows], lambda batch=batch: batch.step())
+        self._forget_empty_batches()
+        return result
+
+    def _admit(self) -> None:
+        decoding = sum(len(batch) for batch in self.batches.values())
+        while self.waiting and decoding + len(self.prefilling) < self.max_batch_rows:
+            key, job = self.waiting.popleft()
+            row = Row(job, key, time.perf_counter())
+            self.prefilling.append(PrefillTask(row, self.prefill_chunk_tokens, self.prefix_cache))
+
+    def _prefill(self, result: IterationResult) -> None:
+        """Spend up to `prefill_chunk_tokens` prompt tokens, shortest remaining prompt first (a piece
+        starts while the budget is not spent); prompts done join their model's batch."""
+        started = time.perf_counter()
+        order = sorted(self.prefilling, key=lambda task: len(task.row.job.prompt_ids) - task.done_tokens)  # stable
+        done: list[PrefillTask] = []
+        for task in order:
+            if result.prefill_tokens >= self.prefill_chunk_tokens:
+                break
+            model_name = task.row.job.model_name
+
+            def run_pieces(task=task) -> list[StepToken]:
+                while not task.finished and result.prefill_tokens < self.prefill_chunk_tokens:
+                    result.prefill_tokens += task.run_piece(self.slm.model, self.slm.device)
+                return []
+
+            if self._guarded(result, model_name, [task.row.key], run_pieces, prefill_task=task) and task.finished:
+                done.append(task)
+        self.prefilling = [task for task in self.prefilling if task not in done]
+        for model_name in dict.fromkeys(task.row.job.model_name for task in done):
+            group = [task for task in done if task.row.job.model_name == model_name]
+            batch = self.batches.setdefault(
+                model_name, RunningBatch(self.slm.model, self.slm.tokenizer, self.slm.device)
+            )
+            if self._guarded(
+                result, model_name, [task.row.key for task in group], lambda batch=batch, group=group: batch.join(group)
+            ):
+                result.joined[model_name] = result.joined.get(model_name, 0) + len(group)
+        result.prefill_s = time.perf_counter() - started
+
+    def _guarded(self, result: IterationResult, model_name: str, keys: list[int], work, prefill_task=None) -> bool:
+        """Run `work` with the model's adapter active and collect its tokens. A failure fails only the
+        jobs it touched (a prefill its own, a step or a join its whole batch); the others go on."""
+        try:
+            with self.slm.active(model_name):
+                result.tokens.extend(work())
+            return True
+        except Exception as error:
+            if prefill_task is not None:
+                self.prefilling.remove(prefill_task)
+            else:
+                batch = self.batches.pop(model_name, None)
+                keys = list(dict.fromkeys(keys + ([row.key for row in batch.rows] if batch else [])))
+            result.failed.append((keys, error))
+            return False
+
+    def _forget_empty_batches(self) -> None:
+        for model_name in [name for name, batch in self.batches.items() if not batch]:
+            del self.batches[model_name]
+
+    def run_to_completion(self, jobs: list[GenerationJob]) -> list[GreedyAnswer]:
+        """Answer `jobs` (admitted in this order) and return their answers in the same order: how
+        evaluation uses the engine. Nothing else may be queued on this scheduler meanwhile."""
+        if self.has_work:
+            raise RuntimeError("run_to_completion needs an idle scheduler")
+        for key, job in enumerate(jobs):
+            self.add(key, job)
+        answers: list[GreedyAnswer | None] = [None] * len(jobs)
+        while self.has_work:
+            result = self.iteration()
+            if result.failed:
+                self.clear()
+                raise result.failed[0][1]
+            for token in result.tokens:
+                if token.answer is not None:
+                    answers[token.job] = token.answer
+        return answers  # type: ignore[return-value]
