@@ -272,6 +272,33 @@ def test_same_request_gives_the_same_text_alone_and_inside_a_batch(client, serve
     assert answers[0] == alone
 
 
+def test_an_evaluated_split_and_serve_asked_the_same_prompts_at_once_give_the_same_texts(served, tmp_path):
+    """What was measured is what is served: `slm-swap eval` (Ray Data actors, the decode engine over fixed
+    groups) and Serve (the same engine, requests arriving concurrently in any order), fp32, same texts."""
+    from openai import AsyncOpenAI
+
+    from ray_app.eval.config import EvalConfig, SlmEvalSettings
+    from ray_app.eval.evaluate import run_eval
+    from ray_app.prompts import chat_messages
+
+    server, model_dir, _ = served
+    settings = SlmEvalSettings(model_path=str(model_dir), precision="fp32", batch_size=4, rows_per_task=8,
+                               max_new_tokens=10)  # fmt: skip
+    outcome = run_eval(EvalConfig(track="structured", model="slm", eval_root=tmp_path, slm=settings))
+    evaluated = [json.loads(line) for line in outcome.predictions_path.read_text().splitlines()][:24]
+
+    async def ask_all() -> list[str]:
+        async_client = AsyncOpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0, timeout=120)
+        calls = [
+            async_client.chat.completions.create(model="slm", messages=chat_messages(row["prompt"]), max_tokens=10)
+            for row in reversed(evaluated)  # another order than the evaluation's
+        ]
+        return [response.choices[0].message.content or "" for response in await asyncio.gather(*calls)][::-1]
+
+    served_texts = asyncio.run(ask_all())
+    assert served_texts == [row["prediction"] for row in evaluated]
+
+
 def raw_post(url: str, body: bytes) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=body, method="POST", headers={"content-type": "application/json"})
     try:
