@@ -1,102 +1,243 @@
-"""Ray Data evaluation vs a plain single-process loop: same rows, same engine, same batch size.
+"""Evaluation throughput: the decode engine through Ray Data vs HF `generate` (batch 8) vs `llama-server`.
 
-For each precision, the plain loop loads the SLM and generates in this process; the pipeline runs
-the same fixed batches through `predict_with_ray_data` with one actor. Prints one JSON object with
-generated tokens/s of both, end to end (model load included, as a user waits for it) and
-generation only (time inside `generate`), and the pipeline/plain ratios. Target on CPU with the
-demo SLM: pipeline ≥ 0.9 × plain.
+The same toolcall test prompts (the project's chat messages), greedy, the same token limit, the demo SLM:
 
-    .venv/bin/python benchmarks/eval_throughput.py [--rows 32] [--max-new-tokens 64] [--precisions fp32,bf16]
+- `hf_generate_batch8`: what evaluation ran before the one engine: left-padded batches of 8 through
+  HF `generate` (`engines.slm.generate_greedy`, now the tests' oracle), in this process, every core;
+- `engine_ray_data`: `slm-swap eval`'s path: `predict_with_ray_data` over fixed groups of rows, one
+  actor with every core, running the decode engine (`engines/decode/`);
+- `llama_server`: llama.cpp's own server on the demo's GGUF (`--gguf q4_1|f16`), one slot per row
+  of our batch, the prompts sent by as many concurrent clients (`benchmarks/build_llama_server.py`
+  builds it; skipped with `--skip-llama-server` or when it is not built).
+
+Completion tokens/s = completion tokens / generation wall time (model load and Ray start excluded
+for every side; end to end is printed too). In fp32 the engine's predictions must equal HF
+generate's (the oracle) row for row; in bf16 they may differ where near-ties flip.
+
+With `--adapter DIR` it also measures an adapter on the engine, unmerged (how eval and Serve run it,
+many adapters on one base) vs merged into the base (`merge_and_unload`), and how many answers stay
+the same.
+
+Prints one JSON object; names the CPU. Target (issue 11): engine ≥ 2× HF generate's tokens/s.
+
+    .venv/bin/python benchmarks/eval_throughput.py [--rows 50] [--max-new-tokens 128] [--precisions fp32,auto]
+        [--rows-per-task 32] [--batch-size 8] [--adapter slm_swap/04_ft/adapter_toolcall] [--skip-llama-server]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import sys
+import tempfile
 import time
+from dataclasses import replace
+from pathlib import Path
 
-from ray_app.data.rows import read_split
-from ray_app.engines.base import EngineRequest
-from ray_app.engines.slm import SlmEngine, SlmSettings
-from ray_app.eval.ray_predictor import fixed_batches, predict_with_ray_data
-from ray_app.models.demo_checkpoint import fetch_demo_model
-from ray_app.paths import DATASET_ROOT
-from ray_app.ray_runtime import ensure_ray
+if __package__ in (None, ""):  # run as `python benchmarks/eval_throughput.py`: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.machine_limits import cpu_description  # noqa: E402
+from ray_app.data.rows import read_split  # noqa: E402
+from ray_app.engines.base import EngineRequest  # noqa: E402
+from ray_app.engines.precision import resolve_precision  # noqa: E402
+from ray_app.engines.slm import SlmSettings, generate_greedy, load_model_and_tokenizer  # noqa: E402
+from ray_app.eval.ray_predictor import fixed_groups, predict_with_ray_data  # noqa: E402
+from ray_app.models.demo_checkpoint import fetch_demo_model  # noqa: E402
+from ray_app.paths import DATASET_ROOT, PROJECT_ROOT  # noqa: E402
+from ray_app.prompts import chat_messages  # noqa: E402
+
+TARGET_ENGINE_VS_HF_GENERATE = 2.0
+HF_BATCH = 8
 
 
-def plain_loop(rows, settings: SlmSettings) -> dict:
+def side_result(texts: list[str], completion_tokens: int, generation_s: float, end_to_end_s: float) -> dict:
+    return {
+        "completion_tokens": completion_tokens,
+        "generation_s": round(generation_s, 2),
+        "end_to_end_s": round(end_to_end_s, 2),
+        "completion_tokens_per_s": round(completion_tokens / generation_s, 2),
+        "texts": texts,
+    }
+
+
+def hf_generate(rows, settings: SlmSettings) -> dict:
+    import torch
+
+    started = time.perf_counter()
+    torch.set_num_threads(settings.cpu_threads or os.cpu_count() or 1)
+    model, tokenizer, device, _ = load_model_and_tokenizer(settings)
+    generate_started = time.perf_counter()
+    answers = []
+    for start in range(0, len(rows), HF_BATCH):
+        batch = rows[start : start + HF_BATCH]
+        conversations = [chat_messages(row.prompt) for row in batch]
+        answers += generate_greedy(model, tokenizer, device, conversations, [settings.max_new_tokens] * len(batch))
+    finished = time.perf_counter()
+    tokens = sum(answer.completion_tokens for answer in answers)
+    return side_result([a.text for a in answers], tokens, finished - generate_started, finished - started)
+
+
+def engine_ray_data(rows, settings: SlmSettings, rows_per_task: int) -> dict:
+    from ray_app.ray_runtime import ensure_ray
+
+    ensure_ray()
+    started = time.perf_counter()
+    results = list(predict_with_ray_data(rows, fixed_groups(rows, rows_per_task), settings, "toolcall", 1, 0.5, 0))
+    finished = time.perf_counter()
+    records = sorted((r for result in results for r in result["records"]), key=lambda r: r["index"])
+    tokens = sum(r["completion_tokens"] for r in records)
+    generation_s = sum(result["elapsed_s"] for result in results)
+    return side_result([r["prediction"] for r in records], tokens, generation_s, finished - started)
+
+
+def engine_in_process(rows, settings: SlmSettings) -> dict:
+    from ray_app.engines.decode.engine import SlmEngine
+
     started = time.perf_counter()
     engine = SlmEngine(settings)
     generate_started = time.perf_counter()
-    generations = engine.generate([EngineRequest(i, "toolcall", row.prompt) for i, row in enumerate(rows)])
+    answers = engine.generate([EngineRequest(i, "toolcall", row.prompt) for i, row in enumerate(rows)])
     finished = time.perf_counter()
-    tokens = sum(g.completion_tokens for g in generations)
-    return {
-        "completion_tokens": tokens,
-        "end_to_end_s": round(finished - started, 2),
-        "generation_s": round(finished - generate_started, 2),
-        "texts": [g.text for g in generations],
-    }
+    tokens = sum(answer.completion_tokens for answer in answers)
+    return side_result([a.text for a in answers], tokens, finished - generate_started, finished - started)
 
 
-def ray_pipeline(rows, settings: SlmSettings, actor_num_cpus: float) -> dict:
-    started = time.perf_counter()
-    results = list(
-        predict_with_ray_data(
-            rows, fixed_batches(rows, settings.batch_size), settings, "toolcall", 1, actor_num_cpus, 0
-        )
+def merged_checkpoint(model_dir: Path, adapter: Path, target: Path) -> Path:
+    """The base with one adapter folded into its weights (`merge_and_unload`), saved as a checkpoint."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(target)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(target)
+    return target
+
+
+def llama_server_side(rows, max_new_tokens: int, clients: int, gguf_kind: str) -> dict:
+    from openai import AsyncOpenAI
+
+    from benchmarks.llama_server import (
+        LLAMA_SERVER_MODEL_ALIAS,
+        REQUEST_EXTRAS,
+        demo_ggufs,
+        llama_server_command,
+        require_llama_server,
     )
-    finished = time.perf_counter()
-    records = sorted((r for result in results for r in result["records"]), key=lambda r: r["index"])
-    return {
-        "completion_tokens": sum(r["completion_tokens"] for r in records),
-        "end_to_end_s": round(finished - started, 2),
-        "generation_s": round(sum(result["elapsed_s"] for result in results), 2),
-        "texts": [r["prediction"] for r in records],
-    }
+    from benchmarks.server_process import ServerProcess, free_port
+
+    binary = require_llama_server()
+    gguf = demo_ggufs([gguf_kind])[gguf_kind]
+    port = free_port()
+    started = time.perf_counter()
+    url = f"http://127.0.0.1:{port}"
+    log = PROJECT_ROOT / "storage" / "benchmarks" / "eval_throughput" / f"llama_server_{gguf_kind}.log"
+    with ServerProcess(
+        f"llama_server_{gguf_kind}", llama_server_command(binary, gguf, port, clients), f"{url}/health", log
+    ):
+        client = AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=1800)
+
+        async def ask(queue: asyncio.Queue, results: dict) -> None:
+            while not queue.empty():
+                index, row = queue.get_nowait()
+                response = await client.chat.completions.create(
+                    model=LLAMA_SERVER_MODEL_ALIAS, messages=chat_messages(row.prompt), max_tokens=max_new_tokens,
+                    temperature=0, extra_body=REQUEST_EXTRAS,
+                )  # fmt: skip
+                results[index] = (response.choices[0].message.content or "", response.usage.completion_tokens)
+
+        async def run_all() -> dict:
+            queue: asyncio.Queue = asyncio.Queue()
+            for item in enumerate(rows):
+                queue.put_nowait(item)
+            results: dict = {}
+            await asyncio.gather(*(ask(queue, results) for _ in range(clients)))
+            return results
+
+        generate_started = time.perf_counter()
+        results = asyncio.run(run_all())
+        finished = time.perf_counter()
+    texts = [results[index][0] for index in range(len(rows))]
+    tokens = sum(results[index][1] for index in range(len(rows)))
+    return {**side_result(texts, tokens, finished - generate_started, finished - started), "gguf": gguf_kind}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=50)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8, help="the engine's rows decoding together")
+    parser.add_argument("--rows-per-task", type=int, default=32)
+    parser.add_argument("--precisions", default="fp32,auto")
+    parser.add_argument("--adapter", type=Path, default=None, help="also measure this adapter unmerged vs merged")
+    parser.add_argument("--skip-llama-server", action="store_true")
+    parser.add_argument("--gguf", default="q4_1", choices=("q4_1", "f16"))
     args = parser.parse_args()
     model_dir, _ = fetch_demo_model()
-    rows = read_split(DATASET_ROOT / "toolcall" / "test.jsonl")[: args.rows]
-    ensure_ray()
+    rows = read_split(DATASET_ROOT / "toolcall" / "test.jsonl", "toolcall")[: args.rows]
     cpus = os.cpu_count() or 1
-    report = {"benchmark": "eval_throughput", "rows": len(rows), "batch_size": args.batch_size, "cpus": cpus}
-    for precision in args.precisions.split(","):
-        settings = SlmSettings(
-            model_path=model_dir,
-            precision=precision,
-            batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
-            device="cpu",
-            cpu_threads=cpus,  # the one actor gets every core, like the plain loop
-        )
-        plain = plain_loop(rows, settings)
-        pipeline = ray_pipeline(rows, settings, actor_num_cpus=0.5)
-        entry = {}
-        for name, result in (("plain_loop", plain), ("ray_data_pipeline", pipeline)):
-            entry[name] = {
-                "completion_tokens": result["completion_tokens"],
-                "end_to_end_s": result["end_to_end_s"],
-                "generation_s": result["generation_s"],
-                "tokens_per_s_end_to_end": round(result["completion_tokens"] / result["end_to_end_s"], 1),
-                "tokens_per_s_generation": round(result["completion_tokens"] / result["generation_s"], 1),
-            }
-        entry["ratio_end_to_end"] = round(
-            entry["ray_data_pipeline"]["tokens_per_s_end_to_end"] / entry["plain_loop"]["tokens_per_s_end_to_end"], 3
-        )
-        entry["ratio_generation"] = round(
-            entry["ray_data_pipeline"]["tokens_per_s_generation"] / entry["plain_loop"]["tokens_per_s_generation"], 3
-        )
-        entry["same_predictions"] = plain["texts"] == pipeline["texts"]
-        report[precision] = entry
+    report: dict = {
+        "benchmark": "eval_throughput",
+        "cpu": cpu_description(),
+        "rows": len(rows),
+        "max_new_tokens": args.max_new_tokens,
+        "engine_batch_size": args.batch_size,
+        "rows_per_task": args.rows_per_task,
+        "hf_generate_batch": HF_BATCH,
+        "target_engine_vs_hf_generate": TARGET_ENGINE_VS_HF_GENERATE,
+    }
+    for requested in args.precisions.split(","):
+        choice = resolve_precision(requested, "cpu")
+        settings = SlmSettings(model_path=model_dir, precision=choice.precision, batch_size=args.batch_size,
+                               max_new_tokens=args.max_new_tokens, device="cpu", cpu_threads=cpus)  # fmt: skip
+        print(f"{choice.precision}: HF generate batch {HF_BATCH} ...", file=sys.stderr)
+        hf = hf_generate(rows, settings)
+        print(f"{choice.precision}: the engine through Ray Data ...", file=sys.stderr)
+        ours = engine_ray_data(rows, settings, args.rows_per_task)
+        entry = {
+            "precision": choice.precision,
+            "precision_reason": choice.reason,
+            "hf_generate_batch8": {k: v for k, v in hf.items() if k != "texts"},
+            "engine_ray_data": {k: v for k, v in ours.items() if k != "texts"},
+            "engine_vs_hf_generate": round(ours["completion_tokens_per_s"] / hf["completion_tokens_per_s"], 2),
+            "same_predictions_as_hf_generate": sum(a == b for a, b in zip(ours["texts"], hf["texts"], strict=True)),
+        }
+        report[requested] = entry
+    if args.adapter is not None:
+        settings = SlmSettings(model_path=model_dir, adapter_path=args.adapter.resolve(), precision="fp32",
+                               batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device="cpu",
+                               cpu_threads=cpus)  # fmt: skip
+        base = engine_in_process(rows, replace(settings, adapter_path=None))
+        unmerged = engine_in_process(rows, settings)
+        with tempfile.TemporaryDirectory() as folder:
+            merged_dir = merged_checkpoint(model_dir, args.adapter.resolve(), Path(folder))
+            merged = engine_in_process(rows, replace(settings, model_path=merged_dir, adapter_path=None))
+        report["adapter_fp32"] = {
+            "adapter": str(args.adapter),
+            "base_no_adapter": {k: v for k, v in base.items() if k != "texts"},
+            "unmerged": {k: v for k, v in unmerged.items() if k != "texts"},
+            "merged": {k: v for k, v in merged.items() if k != "texts"},
+            "merged_vs_unmerged": round(merged["completion_tokens_per_s"] / unmerged["completion_tokens_per_s"], 2),
+            "same_answers_merged_vs_unmerged": sum(
+                a == b for a, b in zip(merged["texts"], unmerged["texts"], strict=True)
+            ),
+        }
+    if not args.skip_llama_server:
+        print(f"llama-server {args.gguf}, {args.batch_size} slots ...", file=sys.stderr)
+        try:
+            peer = llama_server_side(rows, args.max_new_tokens, args.batch_size, args.gguf)
+        except Exception as error:  # not built, or failed to start: reported, not fatal
+            report["llama_server"] = {"skipped": str(error)}
+        else:
+            report["llama_server"] = {k: v for k, v in peer.items() if k != "texts"}
+            fp32 = report.get("fp32")
+            if fp32:
+                report["llama_server"]["engine_fp32_vs_llama_server"] = round(
+                    fp32["engine_ray_data"]["completion_tokens_per_s"] / peer["completion_tokens_per_s"], 2
+                )
     print(json.dumps(report, indent=2))
 
 
