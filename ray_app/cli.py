@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ray_app.paths import DATASET_ROOT
+
+if TYPE_CHECKING:
+    from ray_app.decide.decide import DecideConfig
 
 app = typer.Typer(
     help="Prove, from an agent's traces, whether a small local model can replace its hosted LLM.",
@@ -264,12 +268,12 @@ def train(
     ] = "auto",
     quantization: Annotated[str, typer.Option(help="auto (8bit on GPU, none on CPU), 8bit, 4bit, none")] = "auto",
     model_path: Annotated[str | None, typer.Option(help="base SLM (default $SLM_MODEL_PATH)")] = None,
-    dataset_root: Annotated[Path, typer.Option(help="holds <track>/{train,val}.jsonl")] = DATASET_ROOT,
+    dataset_root: Annotated[Path, typer.Option(help="holds <track>/{train,val,test}.jsonl")] = DATASET_ROOT,
     adapter_root: Annotated[
         Path | None, typer.Option(help="writes adapter_<track>/ here (default slm_swap/04_ft)")
     ] = None,
     eval_root: Annotated[
-        Path | None, typer.Option(help="decision.json and re-eval results (default slm_swap/05_eval)")
+        Path | None, typer.Option(help="decision.json and adapter eval results (default slm_swap/05_eval)")
     ] = None,
     storage_path: Annotated[Path | None, typer.Option(help="Ray Train checkpoints (default storage/ray_train)")] = None,
     learning_rate: Annotated[float, typer.Option()] = 2e-4,
@@ -287,16 +291,18 @@ def train(
         typer.Option(help="on CPU workers: bf16 autocast; default: where the CPU has native bf16 (avx512_bf16/AMX)"),
     ] = None,
     force: Annotated[bool, typer.Option(help="train even when the decision says FINE_TUNE=0")] = False,
-    eval_after: Annotated[bool, typer.Option(help="re-evaluate with the adapter and compare")] = True,
+    eval_after: Annotated[bool, typer.Option(help="then evaluate the SLM with each adapter and decide again")] = True,
     eval_precision: Annotated[str, typer.Option(help="precision of the re-evaluation")] = "auto",
     eval_max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     require_langfuse: Annotated[bool, typer.Option(help="fail when LANGFUSE_* keys are missing")] = False,
 ) -> None:
-    """QLoRA/LoRA adapters on Ray Train for the tracks whose decision says FINE_TUNE=1, then re-evaluate."""
+    """QLoRA/LoRA adapters on Ray Train for the tracks whose decision says FINE_TUNE=1, then evaluate the SLM
+    with each adapter and decide again (the pipeline's steps 7-9)."""
     from ray_app.data.rows import TRACKS, DatasetError
     from ray_app.engines.precision import PRECISIONS
     from ray_app.models.model_path import ModelPathError
     from ray_app.paths import ADAPTER_ROOT, EVAL_ROOT
+    from ray_app.record_fields import RecordError
     from ray_app.tracing import LangfuseRequiredError
     from ray_app.train.config import TrainConfig
     from ray_app.train.sft_worker import TrainBackendError
@@ -314,6 +320,7 @@ def train(
     if eval_precision not in PRECISIONS:
         fail(f"--eval-precision must be one of {', '.join(PRECISIONS)}, got {eval_precision!r}")
     defaults = TrainConfig(track=tracks[0])
+    results_root = eval_root or EVAL_ROOT
     configs = [
         TrainConfig(
             track=t,  # type: ignore[arg-type]
@@ -338,18 +345,15 @@ def train(
             cpus_per_worker=cpus_per_worker,
             storage_path=(storage_path or defaults.storage_path).resolve(),
             force=force,
-            decision_path=(eval_root or EVAL_ROOT) / "decision.json",
-            eval_after=eval_after,
-            eval_root=eval_root or EVAL_ROOT,
-            eval_precision=eval_precision,
-            eval_max_new_tokens=eval_max_new_tokens,
+            decision_path=results_root / "decision.json",
+            eval_root=results_root,
             require_langfuse=True if require_langfuse else None,
         )
         for t in tracks
     ]
     try:
         outcomes = train_tracks(configs, strategy)  # type: ignore[arg-type]
-    except (DatasetError, ModelPathError, TrainBackendError, LangfuseRequiredError) as error:
+    except (DatasetError, ModelPathError, TrainBackendError, LangfuseRequiredError, RecordError) as error:
         fail(str(error))
     except KeyboardInterrupt:
         interrupted(f"training checkpoints in {configs[0].storage_path}, finished adapters and evaluations")
@@ -357,10 +361,89 @@ def train(
         state = "trained" if outcome.trained else "not trained"
         where = f" → {outcome.adapter_dir}" if outcome.adapter_dir else ""
         console.print(f"{outcome.track}: {state} ({outcome.reason}){where}", highlight=False)
+    adapters = {outcome.track: outcome.adapter_dir for outcome in outcomes if outcome.adapter_dir is not None}
+    if not eval_after or not adapters:
+        return
+    from ray_app.decide.decide import DecideConfig
+
+    evaluate_adapters(
+        adapters, model_path, dataset_root, results_root, eval_precision, eval_max_new_tokens, require_langfuse
+    )
+    decide_and_print(DecideConfig(eval_root=results_root, require_langfuse=True if require_langfuse else None))
 
 
-@app.command("compare")
-def compare(
+def evaluate_adapters(
+    adapters: dict[str, Path],
+    model_path: str | None,
+    dataset_root: Path,
+    eval_root: Path,
+    precision: str,
+    max_new_tokens: int,
+    require_langfuse: bool,
+) -> None:
+    """The SLM with each track's adapter on its test split (label slm-adapter); skipped when up to date."""
+    from ray_app.eval.config import EvalConfig, SlmEvalSettings
+    from ray_app.eval.evaluate import eval_input_errors, run_eval
+
+    for track, adapter in adapters.items():
+        slm = SlmEvalSettings(
+            model_path=model_path,
+            adapter_path=adapter,
+            precision=precision,  # type: ignore[arg-type]
+            max_new_tokens=max_new_tokens,
+        )
+        config = EvalConfig(
+            track=track,  # type: ignore[arg-type]
+            model="slm",
+            dataset_root=dataset_root,
+            eval_root=eval_root,
+            slm=slm,
+            require_langfuse=True if require_langfuse else None,
+        )
+        try:
+            run_eval(config)
+        except eval_input_errors() as error:
+            fail(str(error))
+        except KeyboardInterrupt:
+            interrupted(f"the trained adapters, and the predictions made so far in {config.output_dir}")
+
+
+def decide_and_print(config: DecideConfig) -> None:
+    """Run the decide step and print its table: per track and core metric, teacher vs base SLM."""
+    from ray_app.decide.decide import DecideError, run_decide
+    from ray_app.decide.decision_record import DECISION_FILE
+    from ray_app.decide.price_table import PriceTableError
+    from ray_app.metrics import PredictionsFileError
+    from ray_app.tracing import LangfuseRequiredError
+
+    try:
+        decision = run_decide(config)
+    except (DecideError, PriceTableError, PredictionsFileError, LangfuseRequiredError) as error:
+        fail(str(error))
+    table = Table(title=f"decision → {config.eval_root / DECISION_FILE}")
+    for column in ("track", "FINE_TUNE", "core metric", "teacher", "slm", "delta [95% CI]", "McNemar p"):
+        table.add_column(column)
+    for track, result in decision.tracks.items():
+        for metric, gap in result.teacher_vs_slm.core.items():
+            low, high = gap.interval_95
+            table.add_row(
+                track,
+                str(result.fine_tune),
+                metric,
+                f"{gap.reference_rate:.3f}",
+                f"{gap.candidate_rate:.3f}",
+                f"{gap.delta:+.3f} [{low:+.3f}, {high:+.3f}]",
+                f"{gap.mcnemar_p:.3g}",
+            )
+    console.print(table)
+    for track, result in decision.tracks.items():
+        console.print(f"{track}: FINE_TUNE={result.fine_tune} ({result.reason})", highlight=False)
+    for track, reason in decision.missing.items():
+        console.print(f"{track}: not decided: {reason}", highlight=False)
+
+
+@app.command("decide")
+def decide(
     eval_root: Annotated[
         Path | None, typer.Option(help="holds <track>/<label>/ results (default slm_swap/05_eval)")
     ] = None,
@@ -373,43 +456,24 @@ def compare(
     require_langfuse: Annotated[bool, typer.Option(help="fail when LANGFUSE_* keys are missing")] = False,
 ) -> None:
     """Teacher vs SLM (and adapted SLMs) per track → decision.json, with intervals, p-values, latency and cost."""
-    from ray_app.eval.compare import CompareConfig, CompareError, run_compare
-    from ray_app.eval.price_table import PriceTableError
-    from ray_app.metrics import PredictionsFileError
+    from ray_app.decide.decide import DecideConfig
     from ray_app.paths import EVAL_ROOT
-    from ray_app.tracing import LangfuseRequiredError
 
-    config = CompareConfig(
+    config = DecideConfig(
         eval_root=eval_root or EVAL_ROOT,
         price_table_path=price_table,
         slm_hardware=slm_hardware,
         teacher_price_model=teacher_price_model,
         require_langfuse=True if require_langfuse else None,
     )
-    try:
-        decision = run_compare(config)
-    except (CompareError, PriceTableError, PredictionsFileError, LangfuseRequiredError) as error:
-        fail(str(error))
-    table = Table(title=f"decision → {config.eval_root / 'decision.json'}")
-    for column in ("track", "FINE_TUNE", "core metric", "teacher", "slm", "delta [95% CI]", "McNemar p"):
-        table.add_column(column)
-    for track, result in decision["tracks"].items():
-        for metric, values in result["teacher_vs_slm"]["core"].items():
-            low, high = values["interval_95"]
-            table.add_row(
-                track,
-                str(result["FINE_TUNE"]),
-                metric,
-                f"{values['teacher']:.3f}",
-                f"{values['slm']:.3f}",
-                f"{values['delta']:+.3f} [{low:+.3f}, {high:+.3f}]",
-                f"{values['mcnemar_p']:.3g}",
-            )
-    console.print(table)
-    for track, result in decision["tracks"].items():
-        console.print(f"{track}: FINE_TUNE={result['FINE_TUNE']} ({result['reason']})", highlight=False)
-    for track, reason in decision["missing"].items():
-        console.print(f"{track}: not compared: {reason}", highlight=False)
+    decide_and_print(config)
+
+
+@app.command("compare", hidden=True, help="Deprecated name of `slm-swap decide` (same flags).")
+@functools.wraps(decide)
+def compare(**flags) -> None:
+    console.print("`slm-swap compare` is now `slm-swap decide` (same flags); running it", highlight=False)
+    decide(**flags)
 
 
 @app.command(
@@ -418,7 +482,7 @@ def compare(
     add_help_option=False,
 )
 def pipeline(context: typer.Context) -> None:
-    """The main job: data → evaluate → decide → train → re-evaluate → compare → report (`--help` for flags)."""
+    """The main job: data → evaluate → decide → train → evaluate adapters → decide again → report (`--help`)."""
     from ray_app.pipeline.arguments import main as pipeline_main
 
     pipeline_main(list(context.args))

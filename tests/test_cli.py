@@ -126,3 +126,27 @@ def test_the_two_seed_commands_produce_valid_splits_that_cover_the_test_prompts(
         skipped, extra = {"structured": (3, 0), "toolcall": (1, 4)}[track]
         assert len(test_prompts & converted) == len(test_prompts) - skipped
         assert len(converted - test_prompts) == extra
+
+
+def test_decide_prints_the_decision_and_compare_is_its_deprecated_alias(tmp_path):
+    from tests.test_decide import PRICES, structured_answers, structured_rows, write_eval
+
+    eval_root, prices = tmp_path / "05_eval", tmp_path / "prices.json"
+    prices.write_text(json.dumps(PRICES), encoding="utf-8")
+    for label in ("teacher", "slm"):
+        write_eval(eval_root, "structured", label, structured_answers(label), structured_rows())
+    flags = ("--eval-root", str(eval_root), "--price-table", str(prices), "--slm-hardware", "box")
+    decided = slm_swap("decide", *flags)
+    assert decided.returncode == 0, decided.stderr
+    log = " ".join(decided.stderr.split())  # rich wraps long lines
+    assert "structured: FINE_TUNE=1 (slm below teacher on exact_match_rate (delta 0.1))" in log
+    assert "toolcall: not decided: no teacher results: run slm-swap eval --track toolcall --model teacher" in log
+    assert "compare" not in log
+    first = json.loads((eval_root / "decision.json").read_text(encoding="utf-8"))
+
+    aliased = slm_swap("compare", *flags)  # what users' scripts still call
+    assert aliased.returncode == 0, aliased.stderr
+    assert aliased.stderr.splitlines()[0] == "`slm-swap compare` is now `slm-swap decide` (same flags); running it"
+    second = json.loads((eval_root / "decision.json").read_text(encoding="utf-8"))
+    assert {**second, "created_at": first["created_at"]} == first
+    assert "compare" not in slm_swap("--help").stdout  # hidden from the command list

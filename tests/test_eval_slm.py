@@ -38,7 +38,7 @@ def test_eval_writes_predictions_and_metrics_byte_identical_twice(ray_session, t
     gold = [json.loads(line) for line in (DATASET_ROOT / "toolcall" / "test.jsonl").read_text().splitlines()]
     assert [line["index"] for line in lines] == list(range(50))
     assert [line["completion"] for line in lines] == [row["completion"] for row in gold]
-    metrics = first.metrics
+    metrics = first.metrics.to_json()
     assert metrics["rows"] == 50 and metrics["model_label"] == "slm"
     rule = resolve_precision("auto", "cpu")  # this machine's CPU: bf16 where native, else fp32
     assert metrics["engine"]["precision"] == rule.precision and metrics["engine"]["device"] == "cpu"
@@ -75,10 +75,10 @@ def test_resume_keeps_finished_batches_and_cuts_a_torn_line(ray_session, tiny_mo
     interrupted.mkdir(parents=True)
     # What a kill during the third batch leaves: two finished batches and half of a line.
     (interrupted / "predictions.partial.jsonl").write_text("".join(lines[:16]) + lines[16][:40])
-    (interrupted / "run_state.json").write_text(json.dumps({"run_key": reference.metrics["run_key"], "elapsed_s": 1.5}))
+    (interrupted / "run_state.json").write_text(json.dumps({"run_key": reference.metrics.run_key, "elapsed_s": 1.5}))
     resumed = run_eval(slm_config(tiny_model_dir, tmp_path / "interrupted"))
     assert resumed.predictions_path.read_bytes() == reference.predictions_path.read_bytes()
-    assert resumed.metrics["wall_time_s"] >= 1.5
+    assert resumed.metrics.wall_time_s >= 1.5
 
 
 def test_killed_eval_restarted_finishes_with_the_same_predictions(tiny_model_dir, tmp_path):

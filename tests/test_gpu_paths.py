@@ -63,7 +63,6 @@ def test_gpu_backends_train_an_adapter(backend, quantization, demo_model_dir, tm
         max_train_rows=16,
         max_val_rows=4,
         num_workers=1,
-        eval_after=False,
     )
     outcome = run_train(config)
     training = json.loads((outcome.adapter_dir / "training.json").read_text())

@@ -153,16 +153,16 @@ def test_saved_teacher_files_equal_slm_swap_eval_and_eval_reuses_them(small_proj
     teacher = TeacherEvalSettings(mode="replay", replay_traces=small_project["traces"])
     eval_config = EvalConfig(track="toolcall", model="teacher", dataset_root=small_project["dataset_root"],
                              eval_root=eval_root, teacher=teacher)  # fmt: skip
-    evaluated = run_eval(eval_config)
+    evaluated = run_eval(eval_config).metrics.to_json()
     live_dir, eval_dir = live_root / "toolcall" / "teacher", eval_root / "toolcall" / "teacher"
     for name in ("predictions.jsonl", "timings.jsonl"):  # replay latencies are the recorded ones: equal too
         assert (live_dir / name).read_bytes() == (eval_dir / name).read_bytes()
     live_metrics = json.loads((live_dir / "metrics.json").read_text())
-    assert list(live_metrics) == list(evaluated.metrics)
+    assert list(live_metrics) == list(evaluated)
     for key in ("metrics", "latency_s", "engine", "teacher_mode", "run_key", "identity", "rows", "split"):
-        assert live_metrics[key] == evaluated.metrics[key], key
+        assert live_metrics[key] == evaluated[key], key
     for key in ("prompt", "completion"):  # completion_per_s divides by the measured wall time
-        assert live_metrics["tokens"][key] == evaluated.metrics["tokens"][key]
+        assert live_metrics["tokens"][key] == evaluated["tokens"][key]
     reused = run_eval(EvalConfig(**{**eval_config.__dict__, "eval_root": live_root}))
     assert reused.reused  # same rows and teacher: `slm-swap eval` finds the live run's files up to date
 
@@ -179,10 +179,10 @@ def test_saved_slm_files_equal_slm_swap_eval_on_ray_data(ray_session, small_proj
     live_dir = live_root / "structured" / "slm"
     assert (live_dir / "predictions.jsonl").read_bytes() == evaluated.predictions_path.read_bytes()
     live_metrics = json.loads((live_dir / "metrics.json").read_text())
-    assert list(live_metrics) == list(evaluated.metrics)
-    assert live_metrics["run_key"] == evaluated.metrics["run_key"]
-    assert live_metrics["metrics"] == evaluated.metrics["metrics"]
-    assert set(live_metrics["engine"]) == set(evaluated.metrics["engine"]) | {"runner"}
+    assert list(live_metrics) == list(evaluated.metrics.to_json())
+    assert live_metrics["run_key"] == evaluated.metrics.run_key
+    assert live_metrics["metrics"] == evaluated.metrics.metrics
+    assert set(live_metrics["engine"]) == set(evaluated.metrics.engine) | {"runner"}
     timings = [json.loads(line) for line in (live_dir / "timings.jsonl").read_text().splitlines()]
     assert [t["index"] for t in timings] == list(range(ROWS_PER_TRACK)) and all(t["latency_s"] > 0 for t in timings)
 

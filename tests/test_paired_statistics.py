@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ray_app.eval.paired_statistics import discordant_counts, mcnemar_exact_p, paired_bootstrap_interval
+from ray_app.decide.paired_statistics import discordant_counts, mcnemar_exact_p, paired_bootstrap_interval
 
 
 def hits(text: str) -> list[bool]:
@@ -71,7 +71,7 @@ def test_interval_sign_follows_teacher_minus_slm() -> None:
 
 
 def test_chunked_draws_cover_every_resample(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ray_app.eval.paired_statistics as module
+    import ray_app.decide.paired_statistics as module
 
     teacher, slm = hits("1111111111"), hits("1111100000")
     whole = paired_bootstrap_interval(teacher, slm, resamples=501)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ray_app.decide.decision_record import Decision
 from ray_app.paths import PROJECT_ROOT
 from ray_app.pipeline import PipelineConfigError, build_config
 
@@ -50,7 +51,7 @@ def test_pipeline_killed_in_training_resumes_without_redoing_evaluations_then_re
     restarted = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     log = " ".join(restarted.stderr.split())  # rich wraps long lines
-    assert log.count("reused: inputs unchanged (run key") == 4 + 2  # + the adapters training just evaluated
+    assert log.count("reused: inputs unchanged (run key") == 4  # the adapters are evaluated for the first time
     assert {name: (eval_root / name).read_bytes() for name in BASE_RESULTS} == before
     for track in ("structured", "toolcall"):
         training = json.loads((tmp_path / "04_ft" / f"adapter_{track}" / "training.json").read_text())
@@ -61,8 +62,8 @@ def test_pipeline_killed_in_training_resumes_without_redoing_evaluations_then_re
         for track in ("structured", "toolcall")
     ]
     assert resumed[0] and resumed[0] >= 2  # structured trains first: it was the one killed
-    decision = json.loads((eval_root / "decision.json").read_text())
-    assert set(decision["tracks"]["toolcall"]["adapted"]) == {"slm-adapter"}
+    decision = Decision.read(eval_root / "decision.json")
+    assert set(decision.tracks["toolcall"].adapted) == {"slm-adapter"}
     report = (eval_root / "report.md").read_text()
     assert "slm-adapter" in report and list((eval_root / "report_charts").glob("*.png"))
     resolved = json.loads((eval_root / "pipeline_config.json").read_text())
@@ -74,7 +75,11 @@ def test_pipeline_killed_in_training_resumes_without_redoing_evaluations_then_re
         if json.loads(path.read_text()).get("status") == "ok"
     ]
     child_kinds = {child["kind"] for child in pipeline_trace["children"]}
-    assert {"eval", "compare", "train"} <= child_kinds
+    assert {"eval", "decide", "train"} <= child_kinds
+    # The train runs claim no eval numbers: evaluating the adapters is step 8, a run of its own.
+    train_runs = [json.loads(Path(c["file"]).read_text()) for c in pipeline_trace["children"] if c["kind"] == "train"]
+    assert len(train_runs) == 2
+    assert all(set(run["output"]) == {"adapter", "loss_curve", "val_loss", "tokens_per_s"} for run in train_runs)
 
     again = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -1,7 +1,7 @@
 """The parity report on eval folders written by the project's own functions, then compared for real.
 
 Fixture (10 rows per track; eval folders written as `run_eval` writes them: `prediction_record`,
-`PredictionStore`, `score_rows`, `latency_summary`; decision.json from `run_compare`):
+`PredictionStore`, `score_rows`, `latency_summary`; decision.json from `run_decide`):
 - structured: teacher exact on rows 0-8, row 9 prose; slm wrong on rows 7-8; slm-adapter exact except
   row 0, a fenced answer with a pipe (FINE_TUNE = 1).
 - toolcall: teacher and slm exact everywhere (FINE_TUNE = 0), so there is no adapter.
@@ -23,13 +23,15 @@ import pytest
 from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import Row, read_split
 from ray_app.data.splits import write_track_splits
+from ray_app.decide.decide import DecideConfig, run_decide
+from ray_app.decide.decision_record import Decision
 from ray_app.engines.base import Generation
-from ray_app.eval.compare import CompareConfig, run_compare
 from ray_app.eval.config import EvalConfig
 from ray_app.eval.evaluate import eval_metrics_record
 from ray_app.eval.prediction_store import PredictionStore
 from ray_app.eval.ray_predictor import prediction_record
 from ray_app.metrics import score_structured_row
+from ray_app.metrics.metrics_record import EvalMetrics
 from ray_app.prompts import format_tool_call, structured_prompt, toolcall_prompt
 from ray_app.report import ReportError, write_report
 from tests.sample_tools import WEATHER
@@ -104,11 +106,11 @@ def write_evaluation(eval_root: Path, dataset_root: Path, track: str, label: str
         predictions_path=store.predictions_path,
         config=EvalConfig(track=track, model="teacher" if label == "teacher" else "slm", label=label),
     )  # fmt: skip
-    atomic_write_json(folder / "metrics.json", summary)
+    atomic_write_json(folder / "metrics.json", summary.to_json())
 
 
-def compare(eval_root: Path, price_table: Path) -> dict[str, Any]:
-    return run_compare(CompareConfig(eval_root=eval_root, price_table_path=price_table, slm_hardware="box"))
+def decide(eval_root: Path, price_table: Path) -> Decision:
+    return run_decide(DecideConfig(eval_root=eval_root, price_table_path=price_table, slm_hardware="box"))
 
 
 @dataclass
@@ -136,7 +138,7 @@ def workspace(tmp_path: Path) -> Workspace:
         labels = ("teacher", "slm", "slm-adapter") if track == "structured" else ("teacher", "slm")
         for label in labels:
             write_evaluation(eval_root, dataset_root, track, label, answers(track, label))
-    compare(eval_root, price_table)
+    decide(eval_root, price_table)
     return Workspace(eval_root, dataset_root, price_table)
 
 
@@ -359,7 +361,7 @@ def test_missing_adapter_is_reported_with_its_reason(workspace: Workspace) -> No
     toolcall = markdown.split("\n## toolcall\n")[1]
     assert "`slm-adapter`: not trained: FINE_TUNE=0 (slm equal to or above teacher on every core metric" in toolcall
     shutil.rmtree(workspace.eval_root / "structured" / "slm-adapter")
-    compare(workspace.eval_root, workspace.price_table)
+    decide(workspace.eval_root, workspace.price_table)
     workspace.report()
     structured = workspace.markdown().split("\n## structured\n")[1].split("\n## toolcall\n")[0]
     assert (
@@ -371,7 +373,7 @@ def test_missing_adapter_is_reported_with_its_reason(workspace: Workspace) -> No
 
 def test_missing_track_model_and_decision_are_reported_not_raised(workspace: Workspace) -> None:
     shutil.rmtree(workspace.eval_root / "toolcall" / "slm")
-    compare(workspace.eval_root, workspace.price_table)
+    decide(workspace.eval_root, workspace.price_table)
     workspace.report()
     markdown = workspace.markdown()
     toolcall = markdown.split("\n## toolcall\n")[1]
@@ -386,8 +388,8 @@ def test_missing_track_model_and_decision_are_reported_not_raised(workspace: Wor
     (workspace.eval_root / "decision.json").unlink()
     outcome = workspace.report()
     markdown = workspace.markdown()
-    assert "No `decision.json` yet: run `slm-swap compare`" in markdown
-    assert "Not decided: no decision.json: run `slm-swap compare`." in markdown
+    assert "No `decision.json` yet: run `slm-swap decide`" in markdown
+    assert "Not decided: no decision.json: run `slm-swap decide`." in markdown
     assert workspace.eval_root / "decision.json" not in outcome.sources
 
     empty = workspace.eval_root.parent / "empty_eval"
@@ -428,7 +430,7 @@ def test_failing_rows_are_the_first_ones_with_gold_and_prediction(workspace: Wor
 def test_long_answers_are_cut(workspace: Workspace) -> None:
     long_answer = "x" * 1000
     write_evaluation(workspace.eval_root, workspace.dataset_root, "toolcall", "slm", [long_answer] * ROWS)
-    compare(workspace.eval_root, workspace.price_table)
+    decide(workspace.eval_root, workspace.price_table)
     workspace.report(failing_rows_per_model=2)
     markdown = workspace.markdown()
     assert f"prediction: {'x' * 300}… (+700 chars)\n" in markdown
@@ -458,7 +460,7 @@ def test_results_changed_after_the_decision_are_flagged(workspace: Workspace) ->
     assert "Warning: `structured/slm-adapter-2/` was evaluated after decision.json was written" in markdown
     metrics = next(t for t in parse_tables(markdown) if t.section == "structured" and t.header[0] == "metric")
     assert metrics.header == ["metric", "teacher", "slm", "slm-adapter", "slm-adapter-2"]
-    assert "slm-adapter-2: evaluated, not compared (re-run `slm-swap compare`)" in markdown
+    assert "slm-adapter-2: evaluated, not compared (re-run `slm-swap decide`)" in markdown
 
 
 def test_stale_predictions_against_the_split_are_flagged(workspace: Workspace) -> None:
@@ -479,6 +481,18 @@ def test_unfinished_evaluation_is_listed(workspace: Workspace) -> None:
         "`slm-adapter`: not evaluated: only predictions.jsonl in toolcall/slm-adapter/ (an interrupted evaluation?)"
         in workspace.markdown()
     )
+
+
+def test_records_read_back_the_text_they_were_written_as(workspace: Workspace) -> None:
+    """metrics.json (`eval_metrics_record`) and decision.json (`run_decide`) are typed views of the files."""
+    paths = sorted(workspace.eval_root.glob("*/*/metrics.json"))
+    assert len(paths) == 5
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        assert json.dumps(EvalMetrics.read(path).to_json(), indent=2, ensure_ascii=False) + "\n" == text, path
+    decision_path = workspace.eval_root / "decision.json"
+    text = decision_path.read_text(encoding="utf-8")
+    assert json.dumps(Decision.read(decision_path).to_json(), indent=2, ensure_ascii=False) + "\n" == text
 
 
 def test_malformed_inputs_name_the_file_and_field(workspace: Workspace) -> None:
@@ -507,7 +521,7 @@ def test_malformed_inputs_name_the_file_and_field(workspace: Workspace) -> None:
         ReportError,
         match=re.escape(
             f"{decision_path}: field 'tracks.structured.adapted.slm-adapter.vs_slm.core.exact_match_rate.delta' "
-            "missing; re-run `slm-swap compare`"
+            "missing; re-run `slm-swap decide`"
         ),
     ):
         workspace.report()

@@ -219,7 +219,7 @@ def test_exception_inside_with_records_error_and_reraises(tmp_path):
 
 
 def test_end_inside_with_is_kept_and_bad_arguments_fail(tmp_path):
-    with start_run_trace("compare", "compare", input={}, local_dir=tmp_path) as run:
+    with start_run_trace("decide", "decide", input={}, local_dir=tmp_path) as run:
         run.end(output={"decision": "fine-tune"})
         with pytest.raises(ValueError, match="level"):
             run.event("x", level="INFO")

@@ -1,5 +1,6 @@
-"""Fine-tuning on Ray Train with a tiny random model: adapter and training.json, the gate, bad data,
-resume after a kill, and the two shell scripts on CPU workers."""
+"""Fine-tuning on Ray Train with a tiny random model: adapter and training.json, `slm-swap train` then
+evaluating the adapter and deciding, the gate, bad data, resume after a kill, and the two shell
+scripts on CPU workers."""
 
 from __future__ import annotations
 
@@ -13,12 +14,19 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from ray_app.cli import app
 from ray_app.data.rows import DatasetError
+from ray_app.decide.decision_record import Decision, DecisionConfig, MetricGap, ModelComparison, TrackDecision
+from ray_app.decide.price_table import load_price_table
 from ray_app.engines.base import EngineRequest
+from ray_app.engines.decode.engine import SlmEngine
 from ray_app.engines.precision import cpu_autocast_bf16
-from ray_app.engines.slm import SlmEngine, SlmSettings
-from ray_app.paths import DATASET_ROOT, PROJECT_ROOT
+from ray_app.engines.slm import SlmSettings
+from ray_app.metrics import CORE_METRICS
+from ray_app.metrics.metrics_record import EvalMetrics
+from ray_app.paths import DATASET_ROOT, PROJECT_ROOT, WORKSPACE
 from ray_app.train.config import TrainConfig
 from ray_app.train.train import fine_tune_gate, run_train
 
@@ -43,17 +51,23 @@ def tiny_config(model_dir: Path, tmp_path: Path, **changes) -> TrainConfig:
         "per_device_batch_size": 2,
         "gradient_accumulation_steps": 1,
         "num_workers": 0,
-        "eval_after": False,
-        "eval_max_new_tokens": 8,
         **changes,
     }
     return TrainConfig(**settings)
 
 
-def test_training_writes_a_loadable_adapter_and_training_json(ray_session, tiny_model_dir, tmp_path):
-    outcome = run_train(tiny_config(tiny_model_dir, tmp_path, eval_after=True))
+def test_slm_swap_train_writes_an_adapter_then_evaluates_it_and_decides(ray_session, tiny_model_dir, tmp_path):
+    """`slm-swap train` composes three steps: train (run_train), evaluate the SLM with the adapter, decide."""
+    eval_root = tmp_path / "05_eval"
+    flags = [
+        "train", "--track", "toolcall", "--force", "--workers", "0", "--model-path", str(tiny_model_dir),
+        "--adapter-root", str(tmp_path / "04_ft"), "--eval-root", str(eval_root),
+        "--storage-path", str(tmp_path / "ray_train"), "--max-train-rows", "6", "--max-val-rows", "2",
+        "--grad-accum", "1", "--eval-max-new-tokens", "8",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, flags)
+    assert result.exit_code == 0, result.output
     adapter = tmp_path / "04_ft" / "adapter_toolcall"
-    assert outcome.trained and outcome.adapter_dir == adapter
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     training = json.loads((adapter / "training.json").read_text())
     assert training["backend"] == "peft" and training["settings"]["lora"] == {
@@ -67,24 +81,48 @@ def test_training_writes_a_loadable_adapter_and_training_json(ray_session, tiny_
     assert training["identity"]["train_sha256"] and training["rows"] == {"train": 6, "val": 2}
     adapter_config = json.loads((adapter / "adapter_config.json").read_text())
     assert adapter_config["r"] == 64 and adapter_config["lora_alpha"] == 16 and adapter_config["lora_dropout"] == 0.1
-    # Re-evaluated with the adapter under its own label, then compared.
-    assert training["eval_after"]["metrics"]["rows"] == 50
-    assert (tmp_path / "05_eval" / "toolcall" / "slm-adapter" / "metrics.json").is_file()
+    # The train step neither evaluates nor claims eval numbers: not in training.json, not in its trace.
+    assert "eval_after" not in training
+    [train_trace] = [json.loads(path.read_text()) for path in (eval_root / "traces").glob("train-*.json")]
+    assert set(train_trace["output"]) == {"adapter", "loss_curve", "val_loss", "tokens_per_s"}
+    # The command then evaluated the SLM with the adapter under its own label, and decided again: without
+    # teacher and base-SLM results the track is listed as missing, with the commands that produce them.
+    evaluated = EvalMetrics.read(eval_root / "toolcall" / "slm-adapter" / "metrics.json")
+    assert evaluated.rows == 50 and evaluated.model_label == "slm-adapter"
+    decision = Decision.read(eval_root / "decision.json")
+    assert decision.tracks == {} and decision.missing["toolcall"].startswith("no teacher results: run slm-swap eval")
     engine = SlmEngine(SlmSettings(model_path=tiny_model_dir, adapter_path=adapter, max_new_tokens=4))
     assert len(engine.generate([EngineRequest(0, "toolcall", "hello")])) == 1
     again = run_train(tiny_config(tiny_model_dir, tmp_path))
-    assert not again.trained and again.reason == "adapter up to date"
+    assert not again.trained and again.reason == "adapter up to date" and again.adapter_dir == adapter
+
+
+def decision_json(fine_tune: int, reason: str) -> dict:
+    """A decision.json that decides toolcall only, in the shape `run_decide` writes."""
+    gap = MetricGap(0.9, 0.8, 0.1, (0.0, 0.2), 0.5, 2, 1, "slm worse than teacher")
+    comparison = ModelComparison("teacher", "slm", {metric: gap for metric in CORE_METRICS["toolcall"]}, {})
+    toolcall = TrackDecision(fine_tune, reason, 10, "replay", comparison, models={}, adapted={})
+    config = DecisionConfig(
+        "slm_swap/05_eval", ("structured", "toolcall"), "teacher", "slm", "slm_swap/price_table.json", "cpu-2core",
+        None, 10_000, 0.95, 42,
+    )  # fmt: skip
+    prices = load_price_table(WORKSPACE / "price_table.json")
+    missing = {"structured": "no slm results: run slm-swap eval --track structured --model slm"}
+    return Decision("2026-01-01T00:00:00+00:00", "rule", {"toolcall": toolcall}, missing, config, prices, ()).to_json()
 
 
 def test_the_gate_follows_the_decision(tmp_path):
     decision = tmp_path / "decision.json"
     config = TrainConfig(track="toolcall", decision_path=decision)
-    assert fine_tune_gate(config) == (False, f"no decision at {decision}: run `slm-swap compare` first, or --force")
-    decision.write_text(json.dumps({"tracks": {"toolcall": {"FINE_TUNE": 0, "reason": "tie"}}, "missing": {}}))
+    assert fine_tune_gate(config) == (False, f"no decision at {decision}: run `slm-swap decide` first, or --force")
+    decision.write_text(json.dumps(decision_json(fine_tune=0, reason="tie")))
     assert fine_tune_gate(config)[0] is False and "FINE_TUNE=0 (tie)" in fine_tune_gate(config)[1]
-    decision.write_text(json.dumps({"tracks": {"toolcall": {"FINE_TUNE": 1, "reason": "worse"}}, "missing": {}}))
+    decision.write_text(json.dumps(decision_json(fine_tune=1, reason="worse")))
     assert fine_tune_gate(config) == (True, "decision says FINE_TUNE=1 (worse)")
-    assert fine_tune_gate(TrainConfig(track="structured", decision_path=decision))[0] is False
+    train, why = fine_tune_gate(TrainConfig(track="structured", decision_path=decision))
+    assert not train and why == "decision.json has no result for structured: no slm results: run slm-swap eval " + (
+        "--track structured --model slm"
+    )
     assert fine_tune_gate(TrainConfig(track="structured", decision_path=decision, force=True)) == (True, "--force")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +30,11 @@ from ray_app.eval.ray_predictor import fixed_groups, predict_with_ray_data, pred
 from ray_app.eval.run_facts import latency_summary, run_facts
 from ray_app.json_text import canonical_json
 from ray_app.metrics import score_rows
+from ray_app.metrics.metrics_record import METRICS_FILE, EvalMetrics, Latency, TokenCounts
 from ray_app.models.fingerprint import adapter_fingerprint, file_sha256, folder_fingerprint
 from ray_app.models.model_path import resolve_slm_model_path
 from ray_app.paths import PROJECT_ROOT
+from ray_app.record_fields import RecordError
 
 console = Console(stderr=True)
 
@@ -42,7 +43,7 @@ console = Console(stderr=True)
 class EvalOutcome:
     metrics_path: Path
     predictions_path: Path
-    metrics: dict[str, Any]
+    metrics: EvalMetrics
     reused: bool
 
 
@@ -57,12 +58,15 @@ def run_key_of(identity: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(identity).encode()).hexdigest()
 
 
-def finished_outputs_match(config: EvalConfig, run_key: str) -> dict[str, Any] | None:
-    metrics_path = config.output_dir / "metrics.json"
+def finished_outputs_match(config: EvalConfig, run_key: str) -> EvalMetrics | None:
+    metrics_path = config.output_dir / METRICS_FILE
     if config.force or not metrics_path.is_file() or not (config.output_dir / "predictions.jsonl").is_file():
         return None
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    return metrics if metrics.get("run_key") == run_key else None
+    try:
+        metrics = EvalMetrics.read(metrics_path)
+    except RecordError:
+        return None  # not a record this version reads: evaluate again, which rewrites it
+    return metrics if metrics.run_key == run_key else None
 
 
 @dataclass(frozen=True)
@@ -215,7 +219,7 @@ def eval_metrics_record(
     identity: dict[str, Any],
     predictions_path: Path,
     config: Any,
-) -> dict[str, Any]:
+) -> EvalMetrics:
     """The metrics.json of one evaluated model (`run_eval` and the live compare's --save write it)."""
     metrics = score_rows(
         track,  # type: ignore[arg-type]
@@ -224,26 +228,26 @@ def eval_metrics_record(
         [r["prompt"] for r in records],
     )
     completion_tokens = sum(r["completion_tokens"] for r in records)
-    return {
-        "track": track,
-        "model_label": label,
-        "split": split,
-        "rows": len(records),
-        "metrics": metrics,
-        "latency_s": latency_summary([r["latency_s"] for r in records]),
-        "tokens": {
-            "prompt": sum(r["prompt_tokens"] for r in records),
-            "completion": completion_tokens,
-            "completion_per_s": round(completion_tokens / elapsed_s, 3) if elapsed_s else None,
-        },
-        "wall_time_s": round(elapsed_s, 3),
-        "engine": engine_description,
-        "teacher_mode": engine_description.get("kind") if is_teacher else None,
-        "run_key": run_key,
-        "identity": identity,
-        "predictions": display_path(predictions_path),
+    return EvalMetrics(
+        track=track,
+        model_label=label,
+        split=split,
+        rows=len(records),
+        metrics=metrics,
+        latency_s=Latency(**latency_summary([r["latency_s"] for r in records])),
+        tokens=TokenCounts(
+            prompt=sum(r["prompt_tokens"] for r in records),
+            completion=completion_tokens,
+            completion_per_s=round(completion_tokens / elapsed_s, 3) if elapsed_s else None,
+        ),
+        wall_time_s=round(elapsed_s, 3),
+        engine=engine_description,
+        teacher_mode=engine_description.get("kind") if is_teacher else None,
+        run_key=run_key,
+        identity=identity,
+        predictions=display_path(predictions_path),
         **run_facts(config),
-    }
+    )
 
 
 def run_eval(config: EvalConfig) -> EvalOutcome:
@@ -318,8 +322,8 @@ def run_eval(config: EvalConfig) -> EvalOutcome:
             predictions_path=store.predictions_path,
             config=config,
         )
-        metrics = result["metrics"]
-        metrics_path = atomic_write_json(config.output_dir / "metrics.json", result)
+        metrics = result.metrics
+        metrics_path = atomic_write_json(config.output_dir / METRICS_FILE, result.to_json())
         trace.end(output={"metrics": metrics, "metrics_path": display_path(metrics_path)})
     console.print(
         f"eval {config.track}/{label}: "

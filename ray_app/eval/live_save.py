@@ -2,7 +2,7 @@
 
 `<eval_root>/<track>/<label>/predictions.jsonl` and `timings.jsonl` come from
 `PredictionStore.finish` (split order, atomic, latency kept apart) and `metrics.json` has the
-fields `run_eval` writes, under the same run key, so `slm-swap compare` reads them as it reads an
+fields `run_eval` writes, under the same run key, so `slm-swap decide` reads them as it reads an
 evaluation and `slm-swap eval` on the same rows and settings finds them up to date.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 from ray_app.atomic_files import atomic_write_json
 from ray_app.eval.evaluate import eval_metrics_record
 from ray_app.eval.prediction_store import PredictionStore
+from ray_app.metrics.metrics_record import METRICS_FILE
 
 
 def save_side(
@@ -51,4 +52,4 @@ def save_side(
         predictions_path=store.predictions_path,
         config=config,
     )
-    return atomic_write_json(output_dir / "metrics.json", record)
+    return atomic_write_json(output_dir / METRICS_FILE, record.to_json())

@@ -38,7 +38,7 @@ def flag_type(annotation: str):
 def pipeline_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slm-swap pipeline",
-        description="The main job: data → evaluate → decide → train → re-evaluate → compare → report.",
+        description="The main job: data → evaluate → decide → train → evaluate adapters → decide again → report.",
     )
     parser.add_argument("--config", type=Path, help="JSON or YAML file of settings (keys are the flag names with _)")
     hints = typing.get_type_hints(PipelineConfig)

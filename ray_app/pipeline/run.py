@@ -8,9 +8,9 @@
 4. teacher evaluation on both tracks (Azure, OpenAI-compatible, or replay);
 5. SLM evaluation on both tracks through Ray Data;
 6. decide: decision.json with FINE_TUNE per track;
-7. train the tracks with FINE_TUNE=1 on Ray Train (each run re-evaluates with its adapter);
-8. evaluate every installed adapter (reused when step 7 just did it);
-9. compare teacher / SLM / SLM+adapter → decision.json;
+7. train the tracks with FINE_TUNE=1 on Ray Train;
+8. evaluate every installed adapter (reused when its evaluation is up to date);
+9. decide again, with the adapters: teacher / SLM / SLM+adapter → decision.json;
 10. report: report.md and its charts.
 
 One parent trace (Langfuse, or a local file) holds every step's run as a child. Each step is
@@ -34,8 +34,9 @@ from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import SPLITS, TRACKS
 from ray_app.data.validate import validate_paths
 from ray_app.data.xlam import build_xlam_splits
+from ray_app.decide.decide import DecideConfig, run_decide
+from ray_app.decide.decision_record import DECISION_FILE, Decision
 from ray_app.engines.precision import PrecisionChoice
-from ray_app.eval.compare import CompareConfig, run_compare
 from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings, teacher_mode_from_env
 from ray_app.eval.evaluate import EvalOutcome, run_eval
 from ray_app.pipeline.config import PipelineConfig
@@ -53,7 +54,7 @@ class PipelineError(RuntimeError):
 @dataclass
 class PipelineOutcome:
     config: PipelineConfig
-    decision: dict[str, Any] = field(default_factory=dict)
+    decision: Decision | None = None  # after step 9
     trained: dict[str, str] = field(default_factory=dict)  # track → what happened
     report_path: Path | None = None
     dashboard_url: str | None = None
@@ -128,7 +129,7 @@ def agent_traces(config: PipelineConfig) -> list[dict[str, Any]]:
 
 
 def eval_reused_note(outcome: EvalOutcome) -> str:
-    key = str(outcome.metrics.get("run_key", ""))[:12]
+    key = outcome.metrics.run_key[:12]
     return f"reused: inputs unchanged (run key {key})" if outcome.reused else f"written: {outcome.metrics_path}"
 
 
@@ -158,24 +159,24 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineOutcome:
             model_path = prepare_model(config)
             evaluate_base_models(config, dataset_root, model_path, teacher_mode)
             say(6, "decide: teacher vs base SLM per track")
-            decision = compare_unless_done(config, ledger, "decide", labels=("teacher", "slm"))
-            for track, result in decision["tracks"].items():
-                detail(f"{track}: FINE_TUNE={result['FINE_TUNE']} ({result['reason']})")
+            decision = decide_unless_done(config, ledger, "decide", labels=("teacher", "slm"))
+            for track, result in decision.tracks.items():
+                detail(f"{track}: FINE_TUNE={result.fine_tune} ({result.reason})")
             outcome.trained = train_needed_tracks(config, dataset_root, model_path, decision)
             evaluate_adapters(config, dataset_root, model_path)
-            say(9, "compare teacher / SLM / SLM+adapter")
-            outcome.decision = compare_unless_done(config, ledger, "compare", labels=None)
+            say(9, "decide again, with the adapters: teacher / SLM / SLM+adapter")
+            outcome.decision = decide_unless_done(config, ledger, "decide_with_adapters", labels=None)
             outcome.report_path = write_the_report(config, ledger)
         pipeline_run.end(
-            output={"decision": outcome.decision.get("FINE_TUNE"), "trained": outcome.trained,
+            output={"decision": outcome.decision.fine_tune, "trained": outcome.trained,
                     "report": str(outcome.report_path) if outcome.report_path else None}
         )  # fmt: skip
 
     outcome.seconds = time.perf_counter() - started
     console.rule("done")
-    for track, result in outcome.decision.get("tracks", {}).items():
-        detail(f"{track}: FINE_TUNE={result['FINE_TUNE']} ({result['reason']}); adapter: {outcome.trained[track]}")
-    detail(f"decision: {config.eval_root / 'decision.json'}")
+    for track, result in outcome.decision.tracks.items():
+        detail(f"{track}: FINE_TUNE={result.fine_tune} ({result.reason}); adapter: {outcome.trained[track]}")
+    detail(f"decision: {config.eval_root / DECISION_FILE}")
     detail(f"report: {outcome.report_path or 'not written (--no-report)'}")
     detail(f"trace: {outcome.trace_location}")
     detail(f"Ray dashboard: {outcome.dashboard_url or 'not running (Ray was started without it)'}")
@@ -295,40 +296,38 @@ def evaluate_base_models(config: PipelineConfig, dataset_root: Path, model_path:
         detail(f"{track}/slm: {eval_reused_note(result)}")
 
 
-def compare_unless_done(
+def decide_unless_done(
     config: PipelineConfig, ledger: StepLedger, step: str, labels: tuple[str, ...] | None
-) -> dict[str, Any]:
+) -> Decision:
     """decision.json from the metrics files (of `labels`, or all); skipped when none of them changed."""
-    import json
-
-    from ray_app.eval.price_table import load_price_table
+    from ray_app.decide.price_table import load_price_table
 
     metrics_files = sorted(
         path for path in config.eval_root.glob("*/*/metrics.json") if labels is None or path.parent.name in labels
     )
-    decision_path = config.eval_root / "decision.json"
+    decision_path = config.eval_root / DECISION_FILE
     digest = inputs_hash(
         {"metrics": files_digest(metrics_files), "price_table": file_hash(load_price_table(None).path),
          "seed": config.seed}
     )  # fmt: skip
     if ledger.is_done(step, digest, [decision_path]):
         detail(f"skipped: results and price table unchanged (sha256 {digest[:12]})")
-        return json.loads(decision_path.read_text(encoding="utf-8"))
-    decision = run_compare(CompareConfig(eval_root=config.eval_root, seed=config.seed))
+        return Decision.read(decision_path)
+    decision = run_decide(DecideConfig(eval_root=config.eval_root, seed=config.seed))
     ledger.record(step, digest, [decision_path])
     return decision
 
 
 def train_needed_tracks(
-    config: PipelineConfig, dataset_root: Path, model_path: str, decision: dict[str, Any]
+    config: PipelineConfig, dataset_root: Path, model_path: str, decision: Decision
 ) -> dict[str, str]:
     """Step 7: a LoRA adapter for each track whose decision says FINE_TUNE=1."""
     from ray_app.train.config import TrainConfig
     from ray_app.train.strategies import train_tracks
 
-    wanted = [track for track, result in decision["tracks"].items() if result["FINE_TUNE"] == 1]
+    wanted = [track for track, result in decision.tracks.items() if result.fine_tune == 1]
     trained = {
-        track: f"not trained: {'FINE_TUNE=0' if track in decision['tracks'] else decision['missing'].get(track)}"
+        track: f"not trained: {'FINE_TUNE=0' if track in decision.tracks else decision.missing.get(track)}"
         for track in TRACKS
         if track not in wanted
     }
@@ -353,11 +352,8 @@ def train_needed_tracks(
             num_workers=config.train_workers,
             save_steps=config.train_save_steps,
             seed=config.seed,
-            decision_path=config.eval_root / "decision.json",
-            eval_after=True,
+            decision_path=config.eval_root / DECISION_FILE,
             eval_root=config.eval_root,
-            eval_precision=config.slm_precision,  # type: ignore[arg-type]
-            eval_max_new_tokens=config.max_new_tokens,  # type: ignore[arg-type]
         )
         for track in wanted
     ]
@@ -369,7 +365,7 @@ def train_needed_tracks(
 
 
 def evaluate_adapters(config: PipelineConfig, dataset_root: Path, model_path: str) -> None:
-    """Step 8: every installed adapter on its track (reused when training just evaluated it)."""
+    """Step 8: every installed adapter on its track (reused when its evaluation is up to date)."""
     say(8, "SLM + adapter on the tracks that have one")
     for track in TRACKS:
         adapter = config.adapter_root / f"adapter_{track}"

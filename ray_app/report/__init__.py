@@ -1,4 +1,4 @@
-"""The parity report: `<eval_root>/report.md` with PNG charts, from the evaluate and compare outputs.
+"""The parity report: `<eval_root>/report.md` with PNG charts, from the evaluate and decide outputs.
 
 Entry: `write_report(eval_root, dataset_root, failing_rows_per_model) -> ReportOutcome` (`report.py`).
 """

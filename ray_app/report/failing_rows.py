@@ -1,7 +1,7 @@
 """The first test rows a model fails, with the gold answer beside its prediction.
 
 A row fails when it misses at least one core metric (`CORE_METRICS`), scored per row exactly as the
-compare step scores it (`row_hits`). The gold is the split's row; when the predictions file does
+decide step scores it (`row_hits`). The gold is the split's row; when the predictions file does
 not hold the split's rows (a stale evaluation), the report says so and shows the gold the
 predictions were scored against. Long texts are cut; line breaks are written as \\n so each text
 stays on one line of a fenced block (model outputs often carry ``` fences, so the fence grows).
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ray_app.data.rows import Row, Track
-from ray_app.eval.compare import row_hits
+from ray_app.decide.decide import row_hits
 from ray_app.metrics import CORE_METRICS, PredictionRecord
 from ray_app.prompts import PromptFormatError, parse_toolcall_prompt
 from ray_app.prompts.templates import template_parts

@@ -1,8 +1,10 @@
 """What the report reads, checked: decision.json, each label's evaluation folder, the test split.
 
-- `<eval_root>/decision.json` (the compare step); absent → None, the report says to run compare.
-- `<eval_root>/<track>/<label>/metrics.json`, `predictions.jsonl` and `timings.jsonl` (the evaluate
-  step). A folder with predictions but no metrics.json is an unfinished evaluation: listed, not read.
+- `<eval_root>/decision.json` (the decide step, read as its `Decision` record); absent → None, the
+  report says to run decide.
+- `<eval_root>/<track>/<label>/metrics.json` (its `EvalMetrics` record), `predictions.jsonl` and
+  `timings.jsonl` (the evaluate step). A folder with predictions but no metrics.json is an
+  unfinished evaluation: listed, not read.
 - `<dataset_root>/<track>/<split>.jsonl`, the split the evaluations answered (for gold rows).
 
 A malformed file raises ReportError naming the file, the line or field, and the command that
@@ -13,18 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ray_app.data.rows import DatasetError, Row, Track, read_split
-from ray_app.eval.compare import DECISION_FILE, CompareConfig, eval_command, project_relative
+from ray_app.decide.decide import DecideConfig, eval_command, project_relative
+from ray_app.decide.decision_record import DECISION_FILE, Decision
 from ray_app.eval.prediction_store import PREDICTIONS_NAME, TIMINGS_NAME
-from ray_app.metrics import CORE_METRICS, PredictionRecord, PredictionsFileError, read_predictions
+from ray_app.metrics import PredictionRecord, PredictionsFileError, read_predictions
+from ray_app.metrics.metrics_record import METRICS_FILE, EvalMetrics
+from ray_app.record_fields import RecordError, is_number
 
-METRICS_NAME = "metrics.json"
+RERUN_DECIDE = "re-run `slm-swap decide`"
 
 
 class ReportError(ValueError):
@@ -38,7 +40,7 @@ class ModelEvaluation:
     label: str
     metrics_path: Path
     predictions_path: Path
-    summary: dict[str, Any]  # metrics.json, checked for the fields the report prints
+    summary: EvalMetrics  # metrics.json
     records: tuple[PredictionRecord, ...]
     latencies_s: tuple[float, ...] | None  # per row, in split order; None when nothing recorded them
     latencies_path: Path | None  # timings.jsonl, or predictions.jsonl when the latencies are inline
@@ -53,59 +55,23 @@ class TrackEvaluations:
     split_rows: tuple[Row, ...] | None  # None when the split file is not there
 
 
-def read_json_object(path: Path, rerun: str) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ReportError(f"{path}:{error.lineno}: not valid JSON: {error.msg}; {rerun}") from None
-    if not isinstance(value, dict):
-        raise ReportError(f"{path}: must be a JSON object, got {type(value).__name__}; {rerun}")
-    return value
-
-
-def lookup(document: Any, keys: Sequence[str], path: Path, rerun: str, prefix: Sequence[str] = ()) -> Any:
-    """document[keys[0]][keys[1]]...; ReportError naming the dotted field (after `prefix`) when one is missing."""
-    value = document
-    for depth, key in enumerate(keys):
-        if not isinstance(value, dict) or key not in value:
-            field = ".".join([*prefix, *keys[: depth + 1]])
-            raise ReportError(f"{path}: field {field!r} missing; {rerun}")
-        value = value[key]
-    return value
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 # ---- decision.json ----
 
 
-def load_decision(eval_root: Path) -> dict[str, Any] | None:
-    """decision.json checked for its top-level shape, or None when compare has not run."""
+def load_decision(eval_root: Path) -> Decision | None:
+    """decision.json's record, or None when decide has not run."""
     path = eval_root / DECISION_FILE
     if not path.is_file():
         return None
-    rerun = "re-run `slm-swap compare`"
-    decision = read_json_object(path, rerun)
-    for key in ("tracks", "missing", "config", "price_table", "files"):
-        expected = list if key == "files" else dict
-        if not isinstance(decision.get(key), expected):
-            raise ReportError(f"{path}: field {key!r} missing or not a JSON {expected.__name__}; {rerun}")
-    return decision
+    try:
+        return Decision.read(path)
+    except RecordError as error:
+        raise ReportError(f"{error}; {RERUN_DECIDE}") from None
 
 
-def decided_digests(decision: dict[str, Any]) -> dict[str, str]:
-    """Project-relative path → sha256 of every file the compare step read."""
-    return {
-        entry["path"]: entry["sha256"]
-        for entry in decision["files"]
-        if isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), str)
-    }
-
-
-def changed_since_decision(evaluation: ModelEvaluation, digests: dict[str, str]) -> list[Path]:
-    """The evaluation's files whose bytes differ from what decision.json records (compare is stale)."""
+def changed_since_decision(evaluation: ModelEvaluation, decision: Decision) -> list[Path]:
+    """The evaluation's files whose bytes differ from what decision.json records (the decision is stale)."""
+    digests = decision.digests()
     changed = []
     for path in (evaluation.metrics_path, evaluation.predictions_path):
         recorded = digests.get(project_relative(path))
@@ -115,30 +81,6 @@ def changed_since_decision(evaluation: ModelEvaluation, digests: dict[str, str])
 
 
 # ---- one label's evaluation folder ----
-
-
-def check_summary(track: Track, summary: dict[str, Any], path: Path, rerun: str) -> None:
-    """The metrics.json fields the report prints: ReportError naming the first bad one."""
-    if not isinstance(summary.get("rows"), int) or isinstance(summary.get("rows"), bool):
-        raise ReportError(f"{path}: field 'rows' missing or not an integer; {rerun}")
-    metrics = lookup(summary, ["metrics"], path, rerun)
-    for metric in CORE_METRICS[track]:
-        if not is_number(lookup(summary, ["metrics", metric], path, rerun)):
-            raise ReportError(f"{path}: field 'metrics.{metric}' must be a number; {rerun}")
-    for name, value in metrics.items():
-        if (name.endswith("_rate") or name.startswith("field_")) and not is_number(value):
-            raise ReportError(f"{path}: field 'metrics.{name}' must be a number; {rerun}")
-    for key in ("p50", "p95", "mean"):
-        value = lookup(summary, ["latency_s", key], path, rerun)
-        if value is not None and not is_number(value):
-            raise ReportError(f"{path}: field 'latency_s.{key}' must be a number of seconds; {rerun}")
-    for key in ("prompt", "completion"):
-        if not is_number(lookup(summary, ["tokens", key], path, rerun)):
-            raise ReportError(f"{path}: field 'tokens.{key}' must be a number; {rerun}")
-    if not is_number(lookup(summary, ["wall_time_s"], path, rerun)):
-        raise ReportError(f"{path}: field 'wall_time_s' must be a number of seconds; {rerun}")
-    if not isinstance(lookup(summary, ["engine"], path, rerun), dict):
-        raise ReportError(f"{path}: field 'engine' must be a JSON object; {rerun}")
 
 
 def read_timings(path: Path, rows: int, rerun: str) -> tuple[float, ...]:
@@ -162,16 +104,22 @@ def read_timings(path: Path, rows: int, rerun: str) -> tuple[float, ...]:
 
 
 def load_model_evaluation(track: Track, label: str, folder: Path, rerun: str) -> ModelEvaluation:
-    metrics_path, predictions_path = folder / METRICS_NAME, folder / PREDICTIONS_NAME
-    summary = read_json_object(metrics_path, rerun)
-    check_summary(track, summary, metrics_path, rerun)
+    metrics_path, predictions_path = folder / METRICS_FILE, folder / PREDICTIONS_NAME
+    try:
+        summary = EvalMetrics.read(metrics_path)
+    except RecordError as error:
+        raise ReportError(f"{error}; {rerun}") from None
+    if summary.track != track:
+        raise ReportError(
+            f"{metrics_path}: field 'track' is {summary.track!r} but the file sits under {track}/; {rerun}"
+        )
     try:
         records = tuple(read_predictions(predictions_path))
     except PredictionsFileError as error:
         raise ReportError(f"{error}\n{rerun}") from None
-    if summary["rows"] != len(records):
+    if summary.rows != len(records):
         raise ReportError(
-            f"{metrics_path} says rows={summary['rows']} but {predictions_path} has {len(records)} lines: "
+            f"{metrics_path} says rows={summary.rows} but {predictions_path} has {len(records)} lines: "
             f"the two files come from different runs; {rerun}"
         )
     timings_path = folder / TIMINGS_NAME
@@ -192,7 +140,7 @@ def evaluated_labels(track_root: Path, teacher_label: str, slm_label: str) -> li
     found = {
         folder.name
         for folder in track_root.iterdir()
-        if folder.is_dir() and ((folder / PREDICTIONS_NAME).is_file() or (folder / METRICS_NAME).is_file())
+        if folder.is_dir() and ((folder / PREDICTIONS_NAME).is_file() or (folder / METRICS_FILE).is_file())
     }
     first = [label for label in (teacher_label, slm_label) if label in found]
     return first + sorted(found - {teacher_label, slm_label})
@@ -207,7 +155,7 @@ def load_split(path: Path, track: Track) -> tuple[Row, ...] | None:
         raise ReportError(f"{error}\nfix the split (`slm-swap data validate {path}` lists every bad row)") from None
 
 
-def load_track(track: Track, dataset_root: Path, labels: CompareConfig) -> TrackEvaluations:
+def load_track(track: Track, dataset_root: Path, labels: DecideConfig) -> TrackEvaluations:
     """Every finished evaluation of `track` under `labels.eval_root`, and the split they answered."""
     eval_root = labels.eval_root
     evaluations: dict[str, ModelEvaluation] = {}
@@ -215,12 +163,12 @@ def load_track(track: Track, dataset_root: Path, labels: CompareConfig) -> Track
     for label in evaluated_labels(eval_root / track, labels.teacher_label, labels.slm_label):
         folder = eval_root / track / label
         rerun = f"re-run `{eval_command(track, label, labels)}`"
-        if not (folder / METRICS_NAME).is_file() or not (folder / PREDICTIONS_NAME).is_file():
-            present = METRICS_NAME if (folder / METRICS_NAME).is_file() else PREDICTIONS_NAME
+        if not (folder / METRICS_FILE).is_file() or not (folder / PREDICTIONS_NAME).is_file():
+            present = METRICS_FILE if (folder / METRICS_FILE).is_file() else PREDICTIONS_NAME
             unfinished[label] = f"only {present} in {track}/{label}/ (an interrupted evaluation?); {rerun}"
             continue
         evaluations[label] = load_model_evaluation(track, label, folder, rerun)
-    splits = {str(evaluation.summary.get("split") or "test") for evaluation in evaluations.values()}
+    splits = {evaluation.summary.split or "test" for evaluation in evaluations.values()}
     split = splits.pop() if len(splits) == 1 else "test"
     split_path = dataset_root / track / f"{split}.jsonl"
     return TrackEvaluations(track, evaluations, unfinished, split_path, load_split(split_path, track))

@@ -1,6 +1,6 @@
 """Report step: the parity report `<eval_root>/report.md` and its charts in `<eval_root>/report_charts/`.
 
-Reads what the evaluate and compare steps wrote (`inputs.py`), then writes, readable on GitHub
+Reads what the evaluate and decide steps wrote (`inputs.py`), then writes, readable on GitHub
 without running anything:
 1. the decision per track (FINE_TUNE and its reason, where each adapted SLM stands) and the rule;
 2. the price table the costs were computed with, and how to set your own;
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ray_app.atomic_files import atomic_write_text
 from ray_app.data.rows import TRACKS, Track
-from ray_app.eval.compare import DECISION_FILE, CompareConfig, project_relative
+from ray_app.decide.decide import DecideConfig, project_relative
+from ray_app.decide.decision_record import DECISION_FILE, Decision
 from ray_app.paths import DATASET_ROOT, EVAL_ROOT
 from ray_app.report import markdown as md
 from ray_app.report.inputs import ReportError, load_decision, load_track
@@ -38,23 +38,22 @@ class ReportOutcome:
     sources: list[Path]  # every file the report read, in the order it read them
 
 
-def compare_labels(eval_root: Path, decision: dict[str, Any] | None) -> CompareConfig:
-    """The teacher and base-SLM labels the compare step used (its defaults when it has not run)."""
-    config = decision["config"] if decision else {}
-    return CompareConfig(
-        eval_root=eval_root,
-        teacher_label=str(config.get("teacher_label") or "teacher"),
-        slm_label=str(config.get("slm_label") or "slm"),
+def decided_labels(eval_root: Path, decision: Decision | None) -> DecideConfig:
+    """The teacher and base-SLM labels the decide step used (its defaults when it has not run)."""
+    if decision is None:
+        return DecideConfig(eval_root=eval_root)
+    return DecideConfig(
+        eval_root=eval_root, teacher_label=decision.config.teacher_label, slm_label=decision.config.slm_label
     )
 
 
-def report_tracks(decision: dict[str, Any] | None) -> list[Track]:
+def report_tracks(decision: Decision | None) -> list[Track]:
     """The project's tracks, then any other track decision.json names."""
-    named = list(decision["tracks"]) + list(decision["missing"]) if decision else []
+    named = list(decision.tracks) + list(decision.missing) if decision is not None else []
     return [*TRACKS, *sorted({track for track in named if track not in TRACKS})]
 
 
-def title_section(eval_root: Path, decision: dict[str, Any] | None) -> str:
+def title_section(eval_root: Path, decision: Decision | None) -> str:
     lines = [
         "# slm-swap parity report",
         f"Teacher (hosted LLM) vs small local model (SLM) and fine-tuned SLM, per track, from the evaluation "
@@ -63,15 +62,14 @@ def title_section(eval_root: Path, decision: dict[str, Any] | None) -> str:
     ]
     if decision is not None:
         lines.append(
-            f"Decision written {decision.get('created_at', 'at an unknown time')} "
-            f"({md.code(DECISION_FILE)} field {md.code('created_at')})."
+            f"Decision written {decision.created_at} ({md.code(DECISION_FILE)} field {md.code('created_at')})."
         )
     return "\n\n".join(lines)
 
 
-def decision_section(views: list[TrackView], decision: dict[str, Any] | None) -> str:
+def decision_section(views: list[TrackView], decision: Decision | None) -> str:
     if decision is None:
-        return "## Decision\n\nNo `decision.json` yet: run `slm-swap compare` (then `slm-swap report` again)."
+        return "## Decision\n\nNo `decision.json` yet: run `slm-swap decide` (then `slm-swap report` again)."
     rows = []
     for view in views:
         if view.decided is None:
@@ -79,13 +77,14 @@ def decision_section(views: list[TrackView], decision: dict[str, Any] | None) ->
                 [view.track, md.NOT_AVAILABLE, md.NOT_AVAILABLE, "not decided", view.undecided_reason, md.NOT_AVAILABLE]
             )
             continue
+        decided = view.decided
         rows.append(
             [
                 view.track,
-                md.count(view.decided_field("rows")),
-                str(view.decided_field("teacher_mode")),
-                str(view.decided_field("FINE_TUNE")),
-                str(view.decided_field("reason")),
+                md.count(decided.rows),
+                decided.teacher_mode,
+                str(decided.fine_tune),
+                decided.reason,
                 adapted_summary(view),
             ]
         )
@@ -98,31 +97,30 @@ def decision_section(views: list[TrackView], decision: dict[str, Any] | None) ->
                 [DECISION_FILE],
                 ["tracks.<track>.rows", "teacher_mode", "FINE_TUNE", "reason", "adapted.<model>.vs_teacher", "missing"],
             ),
-            f"Rule: {decision.get('rule', 'not recorded')}. The fine-tuned SLM column applies the same rule to "
+            f"Rule: {decision.rule}. The fine-tuned SLM column applies the same rule to "
             "the adapted SLM against the teacher.",
         ]
     )
 
 
-def price_section(decision: dict[str, Any] | None) -> str:
+def price_section(decision: Decision | None) -> str:
     if decision is None:
-        return "## Prices\n\nCosts come from `slm-swap compare`, which has not run yet."
-    table, config = decision["price_table"], decision["config"]
-    path = md.code(str(config.get("price_table", "slm_swap/price_table.json")))
-    used_hardware = config.get("slm_hardware")
+        return "## Prices\n\nCosts come from `slm-swap decide`, which has not run yet."
+    table, config = decision.price_table, decision.config
+    path = md.code(config.price_table)
     teacher_rows = [
-        [name, md.usd(price["input"]), md.usd(price["output"])]
-        for name, price in table.get("teacher_usd_per_1m_tokens", {}).items()
+        [name, md.usd(price.input_usd_per_1m), md.usd(price.output_usd_per_1m)]
+        for name, price in table.teacher_usd_per_1m_tokens.items()
     ]
     hardware_rows = [
-        [name, md.usd(hourly), "yes" if name == used_hardware else ""]
-        for name, hourly in table.get("slm_usd_per_instance_hour", {}).items()
+        [name, md.usd(hourly), "yes" if name == config.slm_hardware else ""]
+        for name, hourly in table.slm_usd_per_instance_hour.items()
     ]
     return "\n\n".join(
         [
             "## Prices",
-            f"Cost per 1,000 calls uses the price table {path} as the compare step read it. To use your own "
-            "prices, edit that file or run `slm-swap compare --price-table FILE --slm-hardware NAME`, then "
+            f"Cost per 1,000 calls uses the price table {path} as the decide step read it. To use your own "
+            "prices, edit that file or run `slm-swap decide --price-table FILE --slm-hardware NAME`, then "
             "`slm-swap report`. The teacher pays per token; the SLM pays per instance-hour, spread over the rows "
             "its evaluation answered (eval wall time / rows), which assumes the instance is kept busy.",
             md.table(["teacher price entry", "USD per 1M input tokens", "USD per 1M output tokens"], teacher_rows),
@@ -149,7 +147,7 @@ def write_report(
         raise ReportError(f"failing_rows_per_model must be 0 or more, got {failing_rows_per_model}")
     eval_root, dataset_root = Path(eval_root), Path(dataset_root)
     decision = load_decision(eval_root)
-    labels = compare_labels(eval_root, decision)
+    labels = decided_labels(eval_root, decision)
     sources = [eval_root / DECISION_FILE] if decision is not None else []
 
     views = []

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ray_app.eval.compare import eval_command, project_relative
+from ray_app.decide.decide import eval_command, project_relative
+from ray_app.decide.decision_record import ModelComparison
 from ray_app.metrics import CORE_METRICS
 from ray_app.report import markdown as md
 from ray_app.report.charts import Gap, core_metrics_chart, latency_cost_chart
@@ -49,7 +50,7 @@ def status_lines(view: TrackView) -> list[str]:
 
 def models_section(view: TrackView) -> str:
     rows = [
-        [label, engine_text(view.evaluations[label].summary["engine"])]
+        [label, engine_text(view.evaluations[label].summary.engine)]
         for label in view.columns
         if label in view.evaluations
     ]
@@ -61,7 +62,7 @@ def metric_rows(view: TrackView) -> list[str]:
     """Core metrics first, then every other rate the evaluations report, in the order they list them."""
     names = list(CORE_METRICS[view.track])
     for evaluation in view.evaluations.values():
-        for name, value in evaluation.summary["metrics"].items():
+        for name, value in evaluation.summary.metrics.items():
             if (name.endswith("_rate") or name.startswith("field_")) and name not in names and value is not None:
                 names.append(name)
     return names
@@ -73,7 +74,7 @@ def metrics_section(view: TrackView, chart_path: Path, gaps: list[Gap]) -> tuple
         [
             "rows",
             *(
-                md.count(view.evaluations[label].summary["rows"]) if label in view.evaluations else md.NOT_AVAILABLE
+                md.count(view.evaluations[label].summary.rows) if label in view.evaluations else md.NOT_AVAILABLE
                 for label in view.columns
             ),
         ]
@@ -81,12 +82,12 @@ def metrics_section(view: TrackView, chart_path: Path, gaps: list[Gap]) -> tuple
     for name in metric_rows(view):
         cells = []
         for label in view.columns:
-            value = view.evaluations[label].summary["metrics"].get(name) if label in view.evaluations else None
+            value = view.evaluations[label].summary.metrics.get(name) if label in view.evaluations else None
             cells.append(md.NOT_AVAILABLE if value is None else md.rate(value))
         rows.append([f"{name} (core)" if name in core else name, *cells])
     files = view.metrics_files()
     rates = {
-        label: {metric: float(view.evaluations[label].summary["metrics"][metric]) for metric in core}
+        label: {metric: float(view.evaluations[label].summary.metrics[metric]) for metric in core}
         for label in view.columns
         if label in view.evaluations
     }
@@ -102,13 +103,13 @@ def metrics_section(view: TrackView, chart_path: Path, gaps: list[Gap]) -> tuple
     return "\n\n".join(parts), chart
 
 
-def comparisons(view: TrackView) -> list[tuple[str, ...]]:
-    """decision.json keys (under tracks.<track>) of teacher vs slm, then of each adapted label vs both."""
+def comparisons(view: TrackView) -> list[tuple[str, ModelComparison]]:
+    """Teacher vs slm, then each adapted label vs both, with their decision.json field (under tracks.<track>)."""
     if view.decided is None:
         return []
-    found: list[tuple[str, ...]] = [("teacher_vs_slm",)]
-    for label in view.decided_field("adapted"):
-        found += [("adapted", label, "vs_teacher"), ("adapted", label, "vs_slm")]
+    found = [("teacher_vs_slm", view.decided.teacher_vs_slm)]
+    for label, pair in view.decided.adapted.items():
+        found += [(f"adapted.{label}.vs_teacher", pair.vs_teacher), (f"adapted.{label}.vs_slm", pair.vs_slm)]
     return found
 
 
@@ -118,31 +119,27 @@ def gaps_section(view: TrackView) -> tuple[str, list[Gap]]:
     if not found:
         return f"### Paired gaps\n\nNot compared: {view.undecided_reason}.", []
     rows, gaps, fields = [], [], []
-    for keys in found:
-        fields.append(".".join(["tracks", view.track, *keys, "core"]))
-        reference, candidate = view.decided_field(*keys, "reference"), view.decided_field(*keys, "candidate")
+    for key, comparison in found:
+        fields.append(f"tracks.{view.track}.{key}.core")
+        reference, candidate = comparison.reference, comparison.candidate
         for metric in CORE_METRICS[view.track]:
-
-            def field(name: str, metric: str = metric, keys: tuple[str, ...] = keys) -> Any:
-                return view.decided_field(*keys, "core", metric, name)
-
-            low, high = field("interval_95")
-            discordant = field("discordant")
+            gap = comparison.core[metric]
+            low, high = gap.interval_95
             rows.append(
                 [
                     metric,
                     reference,
                     candidate,
-                    md.rate(field(reference)),
-                    md.rate(field(candidate)),
-                    md.signed(field("delta")),
+                    md.rate(gap.reference_rate),
+                    md.rate(gap.candidate_rate),
+                    md.signed(gap.delta),
                     md.interval((low, high)),
-                    md.p_value(field("mcnemar_p")),
-                    f"{discordant.get(f'{reference}_only')} / {discordant.get(f'{candidate}_only')}",
-                    field("verdict"),
+                    md.p_value(gap.mcnemar_p),
+                    f"{gap.reference_only} / {gap.candidate_only}",
+                    gap.verdict,
                 ]
             )
-            gaps.append(Gap(metric, reference, candidate, float(field("delta")), (float(low), float(high))))
+            gaps.append(Gap(metric, reference, candidate, float(gap.delta), (float(low), float(high))))
     header = [
         "metric",
         "reference",
@@ -170,10 +167,8 @@ def latency_cost_section(view: TrackView, chart_path: Path) -> tuple[str, Path |
     latency_rows = []
     for label in shown:
         summary = view.evaluations[label].summary
-        latency = summary["latency_s"]
-        latency_rows.append(
-            [label, *(md.seconds(latency[key]) for key in ("p50", "p95", "mean")), latency_meaning(summary["engine"])]
-        )
+        seconds = [md.seconds(value) for value in summary.latency_s.to_json().values()]  # p50, p95, mean
+        latency_rows.append([label, *seconds, latency_meaning(summary.engine)])
     metrics_files = view.metrics_files()
     parts = [
         "### Latency, tokens and cost",
@@ -181,21 +176,19 @@ def latency_cost_section(view: TrackView, chart_path: Path) -> tuple[str, Path |
         md.source_line(metrics_files, ["latency_s", "engine"]),
     ]
     compared = view.compared_labels()
+    models = view.decided.models if view.decided is not None else {}
     cost_rows = []
     for label in compared:
-
-        def model(*keys: str, label: str = label) -> Any:
-            return view.decided_field("models", label, *keys)
-
+        model = models[label]
         cost_rows.append(
             [
                 label,
-                md.count(model("tokens", "prompt")),
-                md.count(model("tokens", "completion")),
-                f"{model('tokens', 'mean_prompt'):.1f}",
-                f"{model('tokens', 'mean_completion'):.1f}",
-                md.usd(model("cost_per_1k_calls_usd")),
-                model("cost_basis"),
+                md.count(model.tokens.prompt),
+                md.count(model.tokens.completion),
+                f"{model.tokens.mean_prompt:.1f}",
+                f"{model.tokens.mean_completion:.1f}",
+                md.usd(model.cost_per_1k_calls_usd),
+                model.cost_basis,
             ]
         )
     if cost_rows:
@@ -211,7 +204,7 @@ def latency_cost_section(view: TrackView, chart_path: Path) -> tuple[str, Path |
     latencies = {
         label: view.evaluations[label].latencies_s for label in shown if view.evaluations[label].latencies_s is not None
     }
-    costs = {label: float(view.decided_field("models", label, "cost_per_1k_calls_usd")) for label in compared}
+    costs = {label: float(models[label].cost_per_1k_calls_usd) for label in compared}
     if not latencies and not costs:
         return "\n\n".join(parts), None
     chart = latency_cost_chart(chart_path, view.track, latencies, costs)  # type: ignore[arg-type]
@@ -265,9 +258,10 @@ def render_track(view: TrackView, charts_dir: Path, failing_rows_per_model: int)
     """The track's markdown and the charts it drew."""
     header = [f"## {view.track}"]
     if view.decided is not None:
+        decided = view.decided
         header.append(
-            f"FINE_TUNE = {view.decided_field('FINE_TUNE')}: {view.decided_field('reason')} "
-            f"({view.decided_field('rows')} test rows, teacher {view.decided_field('teacher_mode')}; "
+            f"FINE_TUNE = {decided.fine_tune}: {decided.reason} "
+            f"({decided.rows} test rows, teacher {decided.teacher_mode}; "
             f"from {md.code('decision.json')} fields {md.code(f'tracks.{view.track}.FINE_TUNE')}, "
             f"{md.code('reason')}, {md.code('rows')}, {md.code('teacher_mode')})."
         )

@@ -10,34 +10,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ray_app.data.rows import Track
-from ray_app.eval.compare import DECISION_FILE, CompareConfig, decide_fine_tune, eval_command, project_relative
+from ray_app.decide.decide import DecideConfig, decide_fine_tune, eval_command, project_relative
+from ray_app.decide.decision_record import DECISION_FILE, Decision, TrackDecision
 from ray_app.metrics import CORE_METRICS
 from ray_app.report import markdown as md
-from ray_app.report.inputs import (
-    ModelEvaluation,
-    TrackEvaluations,
-    changed_since_decision,
-    decided_digests,
-    lookup,
-)
+from ray_app.report.inputs import RERUN_DECIDE, ModelEvaluation, TrackEvaluations, changed_since_decision
 
 ADAPTER_LABEL = "slm-adapter"  # what `slm-swap train` evaluates its adapter as
-RERUN_COMPARE = "re-run `slm-swap compare`"
 
 
 @dataclass(frozen=True)
 class TrackView:
     track: Track
     loaded: TrackEvaluations
-    decided: dict[str, Any] | None  # decision.json tracks.<track>, None when compare did not decide it
+    decided: TrackDecision | None  # decision.json tracks.<track>, None when decide did not decide it
     undecided_reason: str  # why decided is None ("" when it is not)
     columns: list[str]  # labels the tables show: teacher, slm, then adapted SLMs (slm-adapter when none)
     statuses: dict[str, str]  # label → why it has no results ("not trained: FINE_TUNE=0 ...")
     notes: list[str]  # results that changed after decision.json was written, unfinished folders
-    labels: CompareConfig  # eval_root and the teacher / base-SLM labels compare used
+    labels: DecideConfig  # eval_root and the teacher / base-SLM labels decide used
 
     @property
     def decision_path(self) -> Path:
@@ -60,15 +53,9 @@ class TrackView:
     def evaluations(self) -> dict[str, ModelEvaluation]:
         return self.loaded.evaluations
 
-    def decided_field(self, *keys: str) -> Any:
-        """decision.json `tracks.<track>.<keys...>` (None when the track is not decided); ReportError if missing."""
-        if self.decided is None:
-            return None
-        return lookup(self.decided, keys, self.decision_path, RERUN_COMPARE, prefix=("tracks", self.track))
-
     def compared_labels(self) -> list[str]:
         """Labels decision.json has numbers for (models), in column order."""
-        models = self.decided_field("models") or {}
+        models = self.decided.models if self.decided is not None else {}
         return [label for label in self.columns if label in models]
 
 
@@ -76,24 +63,21 @@ def relative(path: Path, eval_root: Path) -> str:
     return path.relative_to(eval_root).as_posix() if path.is_relative_to(eval_root) else project_relative(path)
 
 
-def adapter_status(track: Track, decided: dict[str, Any] | None) -> str:
+def adapter_status(track: Track, decided: TrackDecision | None) -> str:
     """Why a track has no adapted-SLM results, from its FINE_TUNE flag."""
     if decided is None:
         return "not evaluated (no decision for this track yet)"
-    if decided.get("FINE_TUNE") == 0:
-        return f"not trained: FINE_TUNE=0 ({decided.get('reason')})"
+    if decided.fine_tune == 0:
+        return f"not trained: FINE_TUNE=0 ({decided.reason})"
     return f"not evaluated: FINE_TUNE=1, run `slm-swap train --track {track}` to train and evaluate it"
 
 
-def track_view(
-    track: Track, loaded: TrackEvaluations, decision: dict[str, Any] | None, labels: CompareConfig
-) -> TrackView:
-    decision_path = labels.eval_root / DECISION_FILE
-    decided = decision["tracks"].get(track) if decision else None
+def track_view(track: Track, loaded: TrackEvaluations, decision: Decision | None, labels: DecideConfig) -> TrackView:
+    decided = decision.tracks.get(track) if decision is not None else None
     if decision is None:
-        undecided = "no decision.json: run `slm-swap compare`"
+        undecided = "no decision.json: run `slm-swap decide`"
     elif decided is None:
-        undecided = str(decision["missing"].get(track, "not in decision.json: " + RERUN_COMPARE))
+        undecided = decision.missing.get(track, "not in decision.json: " + RERUN_DECIDE)
     else:
         undecided = ""
     adapted = [label for label in loaded.evaluations if label not in (labels.teacher_label, labels.slm_label)]
@@ -111,25 +95,23 @@ def track_view(
     notes = [
         f"{md.code(f'{track}/{label}/')}: {why}" for label, why in loaded.unfinished.items() if label not in columns
     ]
-    if decided is not None:
-        models = lookup(decided, ["models"], decision_path, RERUN_COMPARE, prefix=("tracks", track))
-        digests = decided_digests(decision)  # type: ignore[arg-type]
-        for label in models:
+    if decision is not None and decided is not None:
+        for label in decided.models:
             if label not in loaded.evaluations:
                 notes.append(
                     f"decision.json compares {md.code(label)} but {md.code(f'{track}/{label}/')} holds no finished "
-                    f"evaluation any more; {RERUN_COMPARE}"
+                    f"evaluation any more; {RERUN_DECIDE}"
                 )
         for label, evaluation in loaded.evaluations.items():
-            if label not in models:
+            if label not in decided.models:
                 notes.append(
                     f"{md.code(f'{track}/{label}/')} was evaluated after decision.json was written: it has no "
-                    f"gaps, tokens or cost below; {RERUN_COMPARE}"
+                    f"gaps, tokens or cost below; {RERUN_DECIDE}"
                 )
-            for path in changed_since_decision(evaluation, digests):
+            for path in changed_since_decision(evaluation, decision):
                 notes.append(
                     f"{md.code(relative(path, labels.eval_root))} changed after decision.json was written: "
-                    f"the decision and its intervals may be stale; {RERUN_COMPARE}"
+                    f"the decision and its intervals may be stale; {RERUN_DECIDE}"
                 )
     return TrackView(track, loaded, decided, undecided, columns, statuses, notes, labels)
 
@@ -142,12 +124,10 @@ def adapted_summary(view: TrackView) -> str:
         if label in view.statuses:
             texts.append(f"{label}: {view.statuses[label]}")
             continue
-        if view.decided is None or label not in (view.decided_field("adapted") or {}):
-            texts.append(f"{label}: evaluated, not compared ({view.undecided_reason or RERUN_COMPARE})")
+        if view.decided is None or label not in view.decided.adapted:
+            texts.append(f"{label}: evaluated, not compared ({view.undecided_reason or RERUN_DECIDE})")
             continue
-        deltas = {
-            metric: float(view.decided_field("adapted", label, "vs_teacher", "core", metric, "delta"))
-            for metric in CORE_METRICS[view.track]
-        }
+        core = view.decided.adapted[label].vs_teacher.core
+        deltas = {metric: float(core[metric].delta) for metric in CORE_METRICS[view.track]}
         texts.append(decide_fine_tune(deltas, view.columns[0], label)[1])
     return "; ".join(texts)

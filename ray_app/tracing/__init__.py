@@ -1,4 +1,4 @@
-"""The one place that writes run traces: every eval, compare, train and pipeline run is one trace.
+"""The one place that writes run traces: every eval, decide, train and pipeline run is one trace.
 
 ```python
 with start_run_trace(name="eval toolcall slm", kind="eval", input={...}, metadata={...}) as run:

@@ -1,4 +1,4 @@
-"""`start_run_trace`: one eval/compare/train/pipeline run = one trace, on Langfuse or in a local file."""
+"""`start_run_trace`: one eval/decide/train/pipeline run = one trace, on Langfuse or in a local file."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ _PARENT_RUN: ContextVar[RunTrace | None] = ContextVar("slm_swap_parent_run", def
 @contextmanager
 def runs_nest_under(parent: RunTrace) -> Iterator[RunTrace]:
     """Inside this block every run started without an explicit parent is a child of `parent`
-    (the pipeline's one trace holds each step's eval/train/compare run)."""
+    (the pipeline's one trace holds each step's eval/train/decide run)."""
     token = _PARENT_RUN.set(parent)
     try:
         yield parent

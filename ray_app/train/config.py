@@ -50,11 +50,8 @@ class TrainConfig:
     checkpoints_to_keep: int = 2
     storage_path: Path = RAY_TRAIN_STORAGE  # checkpoints, per run name (SLM_SWAP_STORAGE_PATH moves it)
     force: bool = False  # train even when the decision says FINE_TUNE=0
-    decision_path: Path = EVAL_ROOT / "decision.json"
-    eval_after: bool = True  # re-evaluate with the adapter, then compare
-    eval_root: Path = EVAL_ROOT
-    eval_precision: str = "auto"
-    eval_max_new_tokens: int = 256
+    decision_path: Path = EVAL_ROOT / "decision.json"  # the gate reads the track's FINE_TUNE here
+    eval_root: Path = EVAL_ROOT  # the run's trace goes to <eval_root>/traces/ beside the other steps'
     require_langfuse: bool | None = None
 
     @property

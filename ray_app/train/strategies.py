@@ -2,17 +2,15 @@
 
 sequential: structured, then toolcall, each with every worker (e.g. 4 GPU workers each);
 parallel: both trainers at once, each `fit()` inside its own `@ray.remote(num_cpus=0)` task (a
-task that only waits needs no CPU), each run under its own name (e.g. 2 GPU workers each); the
-adapters are then re-evaluated one after another and compared once.
+task that only waits needs no CPU), each run under its own name (e.g. 2 GPU workers each).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
 from ray_app.train.config import TrainConfig
-from ray_app.train.train import TrainOutcome, record_eval_after, run_train
+from ray_app.train.train import TrainOutcome, run_train
 
 Strategy = Literal["sequential", "parallel"]
 
@@ -26,8 +24,4 @@ def train_tracks(configs: list[TrainConfig], strategy: Strategy) -> list[TrainOu
 
     ensure_ray()
     remote_run_train = ray.remote(num_cpus=0)(run_train)
-    outcomes = ray.get([remote_run_train.remote(dataclasses.replace(c, eval_after=False)) for c in configs])
-    for config, outcome in zip(configs, outcomes, strict=True):
-        if outcome.trained and config.eval_after:
-            record_eval_after(config, outcome)
-    return outcomes
+    return ray.get([remote_run_train.remote(config) for config in configs])

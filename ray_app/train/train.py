@@ -1,4 +1,4 @@
-"""Fine-tune one track's LoRA adapter on Ray Train, then re-evaluate the SLM with it and compare.
+"""Train step: fine-tune one track's LoRA adapter on Ray Train.
 
 1. the gate: train only when decision.json says FINE_TUNE=1 for the track (or `--force`);
 2. read and validate train.jsonl and val.jsonl (a bad row or an empty split stops here);
@@ -7,9 +7,10 @@
    setting starts afresh; a finished adapter with the same key is reused;
 4. `TorchTrainer.fit()` runs `train_loop_per_worker` on the workers;
 5. the final adapter is copied into `04_ft/adapter_<track>/` (temp folder, then rename) with
-   `training.json` beside it (config, loss curve, val loss, tokens/s, wall time, data hash, backend);
-6. the SLM is evaluated again with the adapter (label `slm-adapter`) and compare runs.
-One trace covers the run (start/end, data paths, config, loss curve, adapter path, eval metrics).
+   `training.json` beside it (config, loss curve, val loss, tokens/s, wall time, data hash, backend).
+One trace covers the run (start/end, data paths, config, loss curve, adapter path). Evaluating the
+SLM with the new adapter and deciding again are the next steps, composed by the pipeline
+(`ray_app/pipeline/run.py`) and `slm-swap train` (`ray_app/cli.py`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rich.console import Console
 
 from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import DatasetError, read_split
+from ray_app.decide.decision_record import Decision
 from ray_app.eval.evaluate import display_path, run_key_of
 from ray_app.eval.run_facts import jsonable, run_facts
 from ray_app.models.fingerprint import file_sha256, folder_fingerprint
@@ -51,15 +53,15 @@ def fine_tune_gate(config: TrainConfig) -> tuple[bool, str]:
     if config.force:
         return True, "--force"
     if not config.decision_path.is_file():
-        return False, f"no decision at {display_path(config.decision_path)}: run `slm-swap compare` first, or --force"
-    decision = json.loads(config.decision_path.read_text(encoding="utf-8"))
-    track_result = decision.get("tracks", {}).get(config.track)
+        return False, f"no decision at {display_path(config.decision_path)}: run `slm-swap decide` first, or --force"
+    decision = Decision.read(config.decision_path)
+    track_result = decision.tracks.get(config.track)
     if track_result is None:
-        missing = decision.get("missing", {}).get(config.track, "the track was not compared")
+        missing = decision.missing.get(config.track, "the track was not decided")
         return False, f"decision.json has no result for {config.track}: {missing}"
-    if track_result.get("FINE_TUNE") == 1:
-        return True, f"decision says FINE_TUNE=1 ({track_result.get('reason')})"
-    return False, f"decision says FINE_TUNE=0 ({track_result.get('reason')}); --force trains anyway"
+    if track_result.fine_tune == 1:
+        return True, f"decision says FINE_TUNE=1 ({track_result.reason})"
+    return False, f"decision says FINE_TUNE=0 ({track_result.reason}); --force trains anyway"
 
 
 def resolve_backend(config: TrainConfig, gpus: int) -> str:
@@ -208,36 +210,8 @@ def install_adapter(result, adapter_dir: Path) -> None:
         raise
 
 
-def reevaluate_with_adapter(config: TrainConfig, base_model_path: str) -> dict[str, Any]:
-    from ray_app.eval.compare import CompareConfig, run_compare
-    from ray_app.eval.config import EvalConfig, SlmEvalSettings
-    from ray_app.eval.evaluate import run_eval
-
-    slm = SlmEvalSettings(
-        model_path=base_model_path,
-        adapter_path=config.adapter_dir,
-        precision=config.eval_precision,  # type: ignore[arg-type]
-        max_new_tokens=config.eval_max_new_tokens,
-    )
-    outcome = run_eval(
-        EvalConfig(track=config.track, model="slm", eval_root=config.eval_root, seed=config.seed, slm=slm)
-    )
-    decision = run_compare(CompareConfig(eval_root=config.eval_root, seed=config.seed))
-    metrics_path = display_path(outcome.metrics_path)
-    return {"metrics": outcome.metrics["metrics"], "metrics_path": metrics_path, "decision": decision}
-
-
-def record_eval_after(config: TrainConfig, outcome: TrainOutcome) -> dict[str, Any]:
-    """Re-evaluate with the installed adapter, compare, and add the numbers to training.json."""
-    training = dict(outcome.training or {})
-    after = reevaluate_with_adapter(config, training["base_model_path"])
-    training["eval_after"] = {"metrics": after["metrics"], "metrics_path": after["metrics_path"]}
-    atomic_write_json(config.adapter_dir / "training.json", training)
-    return training["eval_after"]
-
-
 def run_train(config: TrainConfig) -> TrainOutcome:
-    """Train the track's adapter when the decision asks for it; re-evaluate; return what happened."""
+    """Train the track's adapter when the decision asks for it; return what happened."""
     from ray_app.tracing import start_run_trace
 
     train, why = fine_tune_gate(config)
@@ -310,16 +284,12 @@ def run_train(config: TrainConfig) -> TrainOutcome:
             f"val loss {training['val_loss']}, {training['tokens_per_s']} tokens/s)",
             highlight=False,
         )
-        if config.eval_after:
-            outcome = TrainOutcome(config.track, True, why, config.adapter_dir, training)
-            training["eval_after"] = record_eval_after(config, outcome)
         trace.end(
             output={
                 "adapter": training["adapter"],
                 "loss_curve": training["loss_curve"],
                 "val_loss": training["val_loss"],
                 "tokens_per_s": training["tokens_per_s"],
-                "eval_after": training.get("eval_after"),
             }
         )
     return TrainOutcome(config.track, True, why, config.adapter_dir, training)

@@ -1,4 +1,4 @@
-"""Compare step: teacher vs base SLM (and every adapted SLM) per track → `<eval_root>/decision.json`.
+"""Decide step: teacher vs base SLM (and every adapted SLM) per track → `<eval_root>/decision.json`.
 
 Reads `<eval_root>/<track>/<label>/{predictions.jsonl,metrics.json}` as the evaluate step writes
 them. For each track with both teacher and base-SLM results it:
@@ -11,15 +11,15 @@ them. For each track with both teacher and base-SLM results it:
 4. puts latency p50/p95, tokens and cost per 1,000 calls (`price_table.py`) side by side;
 5. compares every other label (adapted SLMs such as `slm-adapter`) with the teacher and with the
    base SLM the same way (delta = reference - candidate: > 0 means the candidate is worse).
-Tracks without results are listed with the command that produces them. decision.json also records
-the resolved config, the price table, the files read with their sha256, and when it was written.
+Tracks without results are listed with the command that produces them. decision.json (the
+`Decision` record, `decision_record.py`) also records the resolved config, the price table, the
+files read with their sha256, and when it was written.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +27,21 @@ from typing import Any
 
 from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import TRACKS, Track
-from ray_app.eval.paired_statistics import discordant_counts, mcnemar_exact_p, paired_bootstrap_interval
-from ray_app.eval.price_table import (
+from ray_app.decide.decision_record import (
+    DECISION_FILE,
+    AdaptedComparison,
+    Decision,
+    DecisionConfig,
+    FileRead,
+    MetricGap,
+    ModelComparison,
+    ModelSummary,
+    RateGap,
+    TokenUse,
+    TrackDecision,
+)
+from ray_app.decide.paired_statistics import discordant_counts, mcnemar_exact_p, paired_bootstrap_interval
+from ray_app.decide.price_table import (
     PriceTable,
     load_price_table,
     slm_cost_per_1k_calls,
@@ -42,22 +55,23 @@ from ray_app.metrics import (
     score_structured_row,
     score_toolcall_row,
 )
+from ray_app.metrics.metrics_record import METRICS_FILE, EvalMetrics, Latency
 from ray_app.paths import EVAL_ROOT, PROJECT_ROOT
+from ray_app.record_fields import RecordError
 
 CONFIDENCE = 0.95
-DECISION_FILE = "decision.json"
 RULE = (
     "FINE_TUNE = 1 when the base SLM is below the teacher on any core metric (delta = teacher - slm > 0), "
     "else 0; the 95% intervals and McNemar p-values are reported beside it and never change it"
 )
 
 
-class CompareError(ValueError):
+class DecideError(ValueError):
     """Results that cannot be compared; the message names the files involved and what to do."""
 
 
 @dataclass(frozen=True)
-class CompareConfig:
+class DecideConfig:
     eval_root: Path = EVAL_ROOT  # holds <track>/<label>/{predictions.jsonl,metrics.json}; decision.json goes here
     tracks: tuple[Track, ...] = TRACKS
     teacher_label: str = "teacher"
@@ -78,7 +92,7 @@ class ModelResults:
     predictions_path: Path
     metrics_path: Path
     records: tuple[PredictionRecord, ...]
-    summary: dict[str, Any]  # metrics.json
+    summary: EvalMetrics  # metrics.json
     rates: dict[str, float]  # re-scored rates (score_rows), core and info
     hits: dict[str, tuple[bool, ...]]  # per-row hits by rate name, for metrics scored per row
 
@@ -92,7 +106,7 @@ def project_relative(path: Path) -> str:
     return resolved.relative_to(PROJECT_ROOT).as_posix() if resolved.is_relative_to(PROJECT_ROOT) else str(resolved)
 
 
-def eval_command(track: str, label: str, config: CompareConfig) -> str:
+def eval_command(track: str, label: str, config: DecideConfig) -> str:
     """The command that writes `<eval_root>/<track>/<label>/`."""
     if label == config.teacher_label:
         return f"slm-swap eval --track {track} --model teacher" + ("" if label == "teacher" else f" --label {label}")
@@ -133,30 +147,29 @@ def decide_fine_tune(core_deltas: Mapping[str, float], teacher: str = "teacher",
     return 0, f"{slm} equal to or above {teacher} on every core metric ({', '.join(core_deltas)})"
 
 
-def compare_hits(
-    reference: ModelResults, candidate: ModelResults, metric: str, resamples: int, seed: int
-) -> dict[str, Any]:
+def compare_hits(reference: ModelResults, candidate: ModelResults, metric: str, resamples: int, seed: int) -> MetricGap:
     """One core metric of candidate vs reference over paired rows."""
     ref_hits, cand_hits = reference.hits[metric], candidate.hits[metric]
     rows = len(ref_hits)
     delta = (sum(ref_hits) - sum(cand_hits)) / rows  # from counts, so its sign is exact
     low, high = paired_bootstrap_interval(ref_hits, cand_hits, resamples, seed, CONFIDENCE)
     reference_only, candidate_only = discordant_counts(ref_hits, cand_hits)
-    return {
-        reference.label: r6(reference.rates[metric]),
-        candidate.label: r6(candidate.rates[metric]),
-        "delta": r6(delta),
-        "interval_95": [r6(low), r6(high)],
+    return MetricGap(
+        reference_rate=r6(reference.rates[metric]),
+        candidate_rate=r6(candidate.rates[metric]),
+        delta=r6(delta),
+        interval_95=(r6(low), r6(high)),
         # Significant digits, not decimals: a p-value of 4e-11 must not print as 0.
-        "mcnemar_p": float(f"{mcnemar_exact_p(ref_hits, cand_hits):.6g}"),
-        "discordant": {f"{reference.label}_only": reference_only, f"{candidate.label}_only": candidate_only},
-        "verdict": metric_verdict(delta, (low, high), rows, reference.label, candidate.label),
-    }
+        mcnemar_p=float(f"{mcnemar_exact_p(ref_hits, cand_hits):.6g}"),
+        reference_only=reference_only,
+        candidate_only=candidate_only,
+        verdict=metric_verdict(delta, (low, high), rows, reference.label, candidate.label),
+    )
 
 
 def compare_models(
-    track: Track, reference: ModelResults, candidate: ModelResults, config: CompareConfig
-) -> dict[str, Any]:
+    track: Track, reference: ModelResults, candidate: ModelResults, config: DecideConfig
+) -> ModelComparison:
     """Core metrics with intervals and p-values, non-core metrics as info."""
     check_same_rows(reference, candidate)
     core = {
@@ -164,60 +177,35 @@ def compare_models(
         for metric in CORE_METRICS[track]
     }
     info = {
-        metric: {
-            reference.label: r6(reference.rates[metric]),
-            candidate.label: r6(candidate.rates[metric]),
-            "delta": r6(reference.rates[metric] - candidate.rates[metric]),
-        }
+        metric: RateGap(
+            r6(reference.rates[metric]),
+            r6(candidate.rates[metric]),
+            r6(reference.rates[metric] - candidate.rates[metric]),
+        )
         for metric in reference.rates
         if metric not in CORE_METRICS[track]
     }
-    return {"reference": reference.label, "candidate": candidate.label, "core": core, "info": info}
+    return ModelComparison(reference.label, candidate.label, core, info)
 
 
 def check_same_rows(reference: ModelResults, candidate: ModelResults) -> None:
-    """Paired statistics need the same rows in the same order: raise CompareError naming both files."""
+    """Paired statistics need the same rows in the same order: raise DecideError naming both files."""
     ref_path, cand_path = reference.predictions_path, candidate.predictions_path
     if len(reference.records) != len(candidate.records):
-        raise CompareError(
+        raise DecideError(
             f"{ref_path} has {len(reference.records)} rows but {cand_path} has {len(candidate.records)}: "
             "evaluate both models on the same test split"
         )
     for index, (ref, cand) in enumerate(zip(reference.records, candidate.records, strict=True)):
         for field in ("prompt", "completion"):
             if getattr(ref, field) != getattr(cand, field):
-                raise CompareError(
+                raise DecideError(
                     f"{ref_path}:{index + 1} and {cand_path}:{index + 1}: different {field!r} at row {index}: "
                     "both models must answer the same test split in the same order; re-run the stale evaluation"
                 )
 
 
 # ---- loading one label's results ----
-
-
-def _summary_problem(summary: Any) -> str | None:
-    """Why a decoded metrics.json lacks what the compare step reads, or None."""
-    if not isinstance(summary, dict):
-        return "must be a JSON object"
-    expected = {
-        "rows": int,
-        "metrics": dict,
-        "latency_s": dict,
-        "tokens": dict,
-        "wall_time_s": (int, float),
-        "engine": dict,
-    }
-    for key, kind in expected.items():
-        if not isinstance(summary.get(key), kind) or isinstance(summary.get(key), bool):
-            return f"field {key!r} missing or not a {getattr(kind, '__name__', 'number')}"
-    for key, fields in {"latency_s": ("p50", "p95", "mean"), "tokens": ("prompt", "completion")}.items():
-        for field in fields:
-            value = summary[key].get(field)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                return f"field '{key}.{field}' missing or not a number"
-    if not isinstance(summary["engine"].get("kind"), str):
-        return "field 'engine.kind' missing or not a string"
-    return None
 
 
 def row_hits(track: Track, records: Sequence[PredictionRecord]) -> dict[str, tuple[bool, ...]]:
@@ -230,31 +218,37 @@ def row_hits(track: Track, records: Sequence[PredictionRecord]) -> dict[str, tup
     return {f"{name}_rate": tuple(getattr(score, name) for score in scores) for name in names}
 
 
-def load_model_results(track: Track, label: str, config: CompareConfig, read_files: dict[str, str]) -> ModelResults:
+def read_summary(track: Track, metrics_path: Path, rerun: str) -> EvalMetrics:
+    """metrics.json as the decide step needs it: its record, for this track, with every latency."""
+    try:
+        summary = EvalMetrics.read(metrics_path)
+    except RecordError as error:
+        raise DecideError(f"{error}; {rerun}") from None
+    if summary.track != track:
+        raise DecideError(f"{metrics_path}: field 'track' is {summary.track!r} but the file sits under {track}/")
+    for key, value in summary.latency_s.to_json().items():
+        if value is None:
+            raise DecideError(f"{metrics_path}: field 'latency_s.{key}' is null (no row answered); {rerun}")
+    return summary
+
+
+def load_model_results(track: Track, label: str, config: DecideConfig, read_files: dict[str, str]) -> ModelResults:
     """Read, check and re-score `<eval_root>/<track>/<label>/{predictions.jsonl,metrics.json}`.
 
     Records each file's sha256 in `read_files` (project-relative path → digest).
     """
     folder = config.eval_root / track / label
-    predictions_path, metrics_path = folder / "predictions.jsonl", folder / "metrics.json"
+    predictions_path, metrics_path = folder / "predictions.jsonl", folder / METRICS_FILE
     rerun = f"re-run {eval_command(track, label, config)}"
     if not metrics_path.is_file():
-        raise CompareError(f"{metrics_path}: missing beside {predictions_path} (an interrupted evaluation?); {rerun}")
+        raise DecideError(f"{metrics_path}: missing beside {predictions_path} (an interrupted evaluation?); {rerun}")
     for path in (predictions_path, metrics_path):
         read_files[project_relative(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
     records = tuple(read_predictions(predictions_path))
-    try:
-        summary = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CompareError(f"{metrics_path}:{error.lineno}: not valid JSON: {error.msg}") from None
-    problem = _summary_problem(summary)
-    if problem is not None:
-        raise CompareError(f"{metrics_path}: {problem}; {rerun}")
-    if summary.get("track", track) != track:
-        raise CompareError(f"{metrics_path}: field 'track' is {summary['track']!r} but the file sits under {track}/")
-    if summary["rows"] != len(records):
-        raise CompareError(
-            f"{metrics_path} says rows={summary['rows']} but {predictions_path} has {len(records)} lines: "
+    summary = read_summary(track, metrics_path, rerun)
+    if summary.rows != len(records):
+        raise DecideError(
+            f"{metrics_path} says rows={summary.rows} but {predictions_path} has {len(records)} lines: "
             f"the two files come from different runs; {rerun}"
         )
     try:
@@ -265,12 +259,12 @@ def load_model_results(track: Track, label: str, config: CompareConfig, read_fil
             prompts=[record.prompt for record in records],
         )
     except ValueError as error:
-        raise CompareError(f"{predictions_path}: {error}") from None
+        raise DecideError(f"{predictions_path}: {error}") from None
     rates = {key: float(value) for key, value in scored.items() if key.endswith("_rate") or key.startswith("field_")}
     for metric in CORE_METRICS[track]:
-        written = summary["metrics"].get(metric)
-        if not isinstance(written, int | float) or abs(written - rates[metric]) > 1e-6:
-            raise CompareError(
+        written = summary.metrics[metric]
+        if abs(written - rates[metric]) > 1e-6:
+            raise DecideError(
                 f"{metrics_path}: field 'metrics.{metric}' is {written!r} but {predictions_path} re-scores to "
                 f"{rates[metric]:.6f}; {rerun}"
             )
@@ -280,12 +274,12 @@ def load_model_results(track: Track, label: str, config: CompareConfig, read_fil
 # ---- latency and cost ----
 
 
-def model_summary(results: ModelResults, is_teacher: bool, prices: PriceTable, config: CompareConfig) -> dict:
+def model_summary(results: ModelResults, is_teacher: bool, prices: PriceTable, config: DecideConfig) -> ModelSummary:
     """What one model costs and how fast it answered, from its metrics.json and the price table."""
     summary, rows = results.summary, len(results.records)
-    mean_prompt, mean_completion = summary["tokens"]["prompt"] / rows, summary["tokens"]["completion"] / rows
+    mean_prompt, mean_completion = summary.tokens.prompt / rows, summary.tokens.completion / rows
     if is_teacher:
-        entry, price = prices.teacher_price(config.teacher_price_model or teacher_model_name(summary["engine"]))
+        entry, price = prices.teacher_price(config.teacher_price_model or teacher_model_name(summary.engine))
         cost = teacher_cost_per_1k_calls(price, mean_prompt, mean_completion)
         basis = (
             f"per token, price entry {entry!r}: mean {mean_prompt:.1f} prompt tokens x ${price.input_usd_per_1m}/1M "
@@ -293,26 +287,22 @@ def model_summary(results: ModelResults, is_teacher: bool, prices: PriceTable, c
         )
     else:
         hourly = prices.slm_hourly_usd(config.slm_hardware)
-        cost = slm_cost_per_1k_calls(hourly, summary["wall_time_s"], rows)
+        cost = slm_cost_per_1k_calls(hourly, summary.wall_time_s, rows)
         basis = (
-            f"throughput: {summary['wall_time_s'] / rows:.4f} s per row (eval wall time / rows) "
+            f"throughput: {summary.wall_time_s / rows:.4f} s per row (eval wall time / rows) "
             f"x ${hourly}/h on {config.slm_hardware}"
         )
-    return {
-        "engine": summary["engine"],
-        "predictions": project_relative(results.predictions_path),
-        "rates": {metric: r6(value) for metric, value in results.rates.items()},
-        "latency_s": {key: r6(summary["latency_s"][key]) for key in ("p50", "p95", "mean")},
-        "tokens": {
-            "prompt": summary["tokens"]["prompt"],
-            "completion": summary["tokens"]["completion"],
-            "mean_prompt": r6(mean_prompt),
-            "mean_completion": r6(mean_completion),
-        },
-        "wall_time_s": r6(summary["wall_time_s"]),
-        "cost_per_1k_calls_usd": r6(cost),
-        "cost_basis": basis,
-    }
+    latency = summary.latency_s
+    return ModelSummary(
+        engine=summary.engine,
+        predictions=project_relative(results.predictions_path),
+        rates={metric: r6(value) for metric, value in results.rates.items()},
+        latency_s=Latency(r6(latency.p50), r6(latency.p95), r6(latency.mean)),  # type: ignore[arg-type]
+        tokens=TokenUse(summary.tokens.prompt, summary.tokens.completion, r6(mean_prompt), r6(mean_completion)),
+        wall_time_s=r6(summary.wall_time_s),
+        cost_per_1k_calls_usd=r6(cost),
+        cost_basis=basis,
+    )
 
 
 def teacher_mode(engine: Mapping[str, Any]) -> str:
@@ -322,7 +312,7 @@ def teacher_mode(engine: Mapping[str, Any]) -> str:
 # ---- the step ----
 
 
-def compare_track(track: Track, config: CompareConfig, prices: PriceTable, read_files: dict[str, str]) -> dict:
+def decide_track(track: Track, config: DecideConfig, prices: PriceTable, read_files: dict[str, str]) -> TrackDecision:
     """Teacher vs base SLM (the decision) and every adapted label vs both, for one track."""
     track_root = config.eval_root / track
     teacher = load_model_results(track, config.teacher_label, config, read_files)
@@ -334,39 +324,32 @@ def compare_track(track: Track, config: CompareConfig, prices: PriceTable, read_
     )
     adapted = {label: load_model_results(track, label, config, read_files) for label in adapted_labels}
 
-    teacher_vs_slm = compare_models(track, teacher, slm, config)
     core_deltas = {
         metric: (sum(teacher.hits[metric]) - sum(slm.hits[metric])) / len(slm.records) for metric in CORE_METRICS[track]
     }
     fine_tune, reason = decide_fine_tune(core_deltas, teacher.label, slm.label)
-    models = {
-        teacher.label: model_summary(teacher, True, prices, config),
-        slm.label: model_summary(slm, False, prices, config),
-        **{label: model_summary(results, False, prices, config) for label, results in adapted.items()},
-    }
-    return {
-        "FINE_TUNE": fine_tune,
-        "reason": reason,
-        "rows": len(teacher.records),
-        "teacher_mode": teacher_mode(teacher.summary["engine"]),
-        "teacher_vs_slm": teacher_vs_slm,
-        "latency_cost": {
-            "latency_p50_s": {label: model["latency_s"]["p50"] for label, model in models.items()},
-            "latency_p95_s": {label: model["latency_s"]["p95"] for label, model in models.items()},
-            "cost_per_1k_calls_usd": {label: model["cost_per_1k_calls_usd"] for label, model in models.items()},
+    return TrackDecision(
+        fine_tune=fine_tune,
+        reason=reason,
+        rows=len(teacher.records),
+        teacher_mode=teacher_mode(teacher.summary.engine),
+        teacher_vs_slm=compare_models(track, teacher, slm, config),
+        models={
+            teacher.label: model_summary(teacher, True, prices, config),
+            slm.label: model_summary(slm, False, prices, config),
+            **{label: model_summary(results, False, prices, config) for label, results in adapted.items()},
         },
-        "models": models,
-        "adapted": {
-            label: {
-                "vs_teacher": compare_models(track, teacher, results, config),
-                "vs_slm": compare_models(track, slm, results, config),
-            }
+        adapted={
+            label: AdaptedComparison(
+                vs_teacher=compare_models(track, teacher, results, config),
+                vs_slm=compare_models(track, slm, results, config),
+            )
             for label, results in adapted.items()
         },
-    }
+    )
 
 
-def missing_reason(track: Track, config: CompareConfig) -> str | None:
+def missing_reason(track: Track, config: DecideConfig) -> str | None:
     """Why a track cannot be decided (no teacher or no base-SLM predictions), or None."""
     reasons = [
         f"no {label} results: run {eval_command(track, label, config)}"
@@ -376,94 +359,93 @@ def missing_reason(track: Track, config: CompareConfig) -> str | None:
     return "; ".join(reasons) or None
 
 
-def config_to_json(config: CompareConfig, prices: PriceTable) -> dict[str, Any]:
-    return {
-        "eval_root": project_relative(config.eval_root),
-        "tracks": list(config.tracks),
-        "teacher_label": config.teacher_label,
-        "slm_label": config.slm_label,
-        "price_table": project_relative(prices.path),
-        "slm_hardware": config.slm_hardware,
-        "teacher_price_model": config.teacher_price_model,
-        "bootstrap_resamples": config.bootstrap_resamples,
-        "confidence": CONFIDENCE,
-        "seed": config.seed,
-    }
+def resolved_config(config: DecideConfig, prices: PriceTable) -> DecisionConfig:
+    return DecisionConfig(
+        eval_root=project_relative(config.eval_root),
+        tracks=tuple(config.tracks),
+        teacher_label=config.teacher_label,
+        slm_label=config.slm_label,
+        price_table=project_relative(prices.path),
+        slm_hardware=config.slm_hardware,
+        teacher_price_model=config.teacher_price_model,
+        bootstrap_resamples=config.bootstrap_resamples,
+        confidence=CONFIDENCE,
+        seed=config.seed,
+    )
 
 
-def check_config(config: CompareConfig, prices: PriceTable) -> None:
+def check_config(config: DecideConfig, prices: PriceTable) -> None:
     """Fail before reading any result: unknown tracks, labels, hardware or price entries."""
     unknown = [track for track in config.tracks if track not in TRACKS]
     if unknown:
-        raise CompareError(f"unknown track(s) {', '.join(map(repr, unknown))} (expected {', '.join(TRACKS)})")
+        raise DecideError(f"unknown track(s) {', '.join(map(repr, unknown))} (expected {', '.join(TRACKS)})")
     if not config.teacher_label or not config.slm_label or config.teacher_label == config.slm_label:
-        raise CompareError(f"teacher and slm labels must be two different names, got {config.teacher_label!r}")
+        raise DecideError(f"teacher and slm labels must be two different names, got {config.teacher_label!r}")
     if config.bootstrap_resamples < 1:
-        raise CompareError(f"bootstrap_resamples must be at least 1, got {config.bootstrap_resamples}")
+        raise DecideError(f"bootstrap_resamples must be at least 1, got {config.bootstrap_resamples}")
     prices.slm_hourly_usd(config.slm_hardware)  # raises PriceTableError naming the file and the field
     if config.teacher_price_model is not None and config.teacher_price_model not in prices.teacher_usd_per_1m_tokens:
         known = ", ".join(sorted(prices.teacher_usd_per_1m_tokens))
-        raise CompareError(
+        raise DecideError(
             f"{prices.path}: field 'teacher_usd_per_1m_tokens' has no entry {config.teacher_price_model!r} "
             f"(known: {known})"
         )
 
 
-def run_compare(config: CompareConfig) -> dict[str, Any]:
-    """Compare every track's results and write `<eval_root>/decision.json`; returns what it wrote."""
+def run_decide(config: DecideConfig) -> Decision:
+    """Decide every track from its results and write `<eval_root>/decision.json`; returns what it wrote."""
     prices = load_price_table(config.price_table_path)
     check_config(config, prices)
     read_files = {project_relative(prices.path): hashlib.sha256(prices.path.read_bytes()).hexdigest()}
-    tracks: dict[str, Any] = {}
+    tracks: dict[str, TrackDecision] = {}
     missing: dict[str, str] = {}
     for track in config.tracks:
         reason = missing_reason(track, config)
         if reason is not None:
             missing[track] = reason
             continue
-        tracks[track] = compare_track(track, config, prices, read_files)
-    decision = {
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "rule": RULE,
-        "FINE_TUNE": {track: result["FINE_TUNE"] for track, result in tracks.items()},
-        "tracks": tracks,
-        "missing": missing,
-        "config": config_to_json(config, prices),
-        "price_table": prices.to_json(),
-        "files": [{"path": path, "sha256": digest} for path, digest in read_files.items()],
-    }
-    decision_path = atomic_write_json(config.eval_root / DECISION_FILE, decision)
+        tracks[track] = decide_track(track, config, prices, read_files)
+    decision = Decision(
+        created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        rule=RULE,
+        tracks=tracks,
+        missing=missing,
+        config=resolved_config(config, prices),
+        price_table=prices,
+        files=tuple(FileRead(path, digest) for path, digest in read_files.items()),
+    )
+    decision_path = atomic_write_json(config.eval_root / DECISION_FILE, decision.to_json())
     log_decision_trace(decision, decision_path, config)
     return decision
 
 
-def log_decision_trace(decision: dict[str, Any], decision_path: Path, config: CompareConfig) -> None:
-    """One trace for the compare run, with the fine-tune decision of each track as an event."""
+def log_decision_trace(decision: Decision, decision_path: Path, config: DecideConfig) -> None:
+    """One trace for the decide run, with the fine-tune decision of each track as an event."""
     from ray_app.tracing import start_run_trace
 
+    files = decision.to_json()["files"]
     with start_run_trace(
-        name="compare",
-        kind="compare",
-        input={"files": decision["files"]},
-        metadata={"rule": decision["rule"]},
+        name="decide",
+        kind="decide",
+        input={"files": files},
+        metadata={"rule": decision.rule},
         require_langfuse=config.require_langfuse,
         local_dir=config.eval_root / "traces",
     ) as trace:
-        for track, result in decision["tracks"].items():
-            core = result["teacher_vs_slm"]["core"]
+        for track, result in decision.tracks.items():
             trace.event(
                 f"decision {track}",
                 input={
-                    metric: {"delta": values["delta"], "interval_95": values["interval_95"]}
-                    for metric, values in core.items()
+                    metric: {"delta": gap.delta, "interval_95": list(gap.interval_95)}
+                    for metric, gap in result.teacher_vs_slm.core.items()
                 },
-                output={"FINE_TUNE": result["FINE_TUNE"], "reason": result["reason"]},
-                metadata={"track": track, "teacher_mode": result["teacher_mode"]},
+                output={"FINE_TUNE": result.fine_tune, "reason": result.reason},
+                metadata={"track": track, "teacher_mode": result.teacher_mode},
             )
         trace.end(
             output={
-                "FINE_TUNE": decision["FINE_TUNE"],
-                "missing": decision["missing"],
+                "FINE_TUNE": decision.fine_tune,
+                "missing": decision.missing,
                 "decision": project_relative(decision_path),
             }
         )

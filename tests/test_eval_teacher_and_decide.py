@@ -9,11 +9,13 @@ import threading
 import pytest
 
 from ray_app.data.rows import read_split
+from ray_app.decide.decide import DecideConfig, run_decide
+from ray_app.decide.decision_record import Decision
 from ray_app.dummy_agent import DummyAgentConfig, write_dummy_traces
-from ray_app.eval.compare import CompareConfig, run_compare
 from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings
 from ray_app.eval.evaluate import run_eval
 from ray_app.json_text import strict_json_loads
+from ray_app.metrics.metrics_record import EvalMetrics
 from ray_app.paths import DATASET_ROOT
 from ray_app.prompts import parse_gold_tool_call
 from tests.langfuse_capture import exported_spans
@@ -79,10 +81,12 @@ def test_azure_teacher_eval_retries_429_and_scores_gold(monkeypatch, tmp_path):
     )
     assert all(r.json()["temperature"] == 0 and r.json()["seed"] == 42 for r in requests)
     metrics = outcome.metrics
-    assert metrics["teacher_mode"] == "azure"
-    assert metrics["metrics"]["valid_call_rate"] == metrics["metrics"]["args_exact_rate"] == 1.0
-    assert metrics["tokens"]["prompt"] == 5000 and metrics["tokens"]["completion"] == 1000
-    assert "azure-key-for-tests" not in (tmp_path / "toolcall" / "teacher" / "metrics.json").read_text()
+    assert metrics.teacher_mode == "azure"
+    assert metrics.metrics["valid_call_rate"] == metrics.metrics["args_exact_rate"] == 1.0
+    assert metrics.tokens.prompt == 5000 and metrics.tokens.completion == 1000
+    metrics_path = tmp_path / "toolcall" / "teacher" / "metrics.json"
+    assert "azure-key-for-tests" not in metrics_path.read_text()
+    assert EvalMetrics.read(metrics_path) == metrics  # what run_eval returned is what it wrote
     traces = list((tmp_path / "traces").glob("*.json"))
     assert len(traces) == 1 and "azure-key-for-tests" not in traces[0].read_text()
 
@@ -93,8 +97,8 @@ def test_openai_compatible_teacher_retries_500(monkeypatch, tmp_path):
         monkeypatch.setenv("SLM_SWAP_TEACHER_MODEL", "qwen-teacher")
         outcome = run_eval(EvalConfig(track="structured", model="teacher", eval_root=tmp_path))
     assert len(server.requests) == 51 and server.requests[0].path == "/v1/chat/completions"
-    assert outcome.metrics["teacher_mode"] == "openai-compatible"
-    assert outcome.metrics["metrics"]["exact_match_rate"] == 1.0
+    assert outcome.metrics.teacher_mode == "openai-compatible"
+    assert outcome.metrics.metrics["exact_match_rate"] == 1.0
 
 
 def test_replay_teacher_then_slm_then_decision(ray_session, tiny_model_dir, tmp_path):
@@ -109,24 +113,28 @@ def test_replay_teacher_then_slm_then_decision(ray_session, tiny_model_dir, tmp_
         run_eval(EvalConfig(track=track, model="slm", eval_root=eval_root, slm=slm))
     # The dummy teacher's seeded error profile: 2 wrong values, 2 prose, 1 fence in structured;
     # 2 wrong values, 1 wrong tool, 1 two-call answer in toolcall.
-    assert results["structured"]["metrics"]["json_valid_rate"] == 47 / 50
-    assert results["structured"]["metrics"]["exact_match_rate"] == 45 / 50
-    assert results["toolcall"]["metrics"]["valid_call_rate"] == 49 / 50
-    assert results["toolcall"]["metrics"]["name_match_rate"] == 48 / 50
-    assert results["toolcall"]["teacher_mode"] == "replay" and results["toolcall"]["engine"]["simulated"] is True
-    decision = run_compare(CompareConfig(eval_root=eval_root, bootstrap_resamples=2000))
-    assert decision["FINE_TUNE"] == {"structured": 1, "toolcall": 1}
-    core = decision["tracks"]["structured"]["teacher_vs_slm"]["core"]["exact_match_rate"]
-    assert core["delta"] == pytest.approx(0.9) and core["interval_95"][0] > 0 and core["mcnemar_p"] < 1e-6
-    assert json.loads((eval_root / "decision.json").read_text()) == decision
-    compare_traces = [p for p in (eval_root / "traces").glob("compare-*.json")]
-    assert len(compare_traces) == 1
-    events = [e["name"] for e in strict_json_loads(compare_traces[0].read_text())["events"]]
+    assert results["structured"].metrics["json_valid_rate"] == 47 / 50
+    assert results["structured"].metrics["exact_match_rate"] == 45 / 50
+    assert results["toolcall"].metrics["valid_call_rate"] == 49 / 50
+    assert results["toolcall"].metrics["name_match_rate"] == 48 / 50
+    assert results["toolcall"].teacher_mode == "replay" and results["toolcall"].engine["simulated"] is True
+    # The records read back as the very text the evaluate step wrote (teacher and SLM alike).
+    for path in sorted(eval_root.glob("*/*/metrics.json")):
+        text = path.read_text(encoding="utf-8")
+        assert json.dumps(EvalMetrics.read(path).to_json(), indent=2, ensure_ascii=False) + "\n" == text, path
+    decision = run_decide(DecideConfig(eval_root=eval_root, bootstrap_resamples=2000))
+    assert decision.fine_tune == {"structured": 1, "toolcall": 1}
+    core = decision.tracks["structured"].teacher_vs_slm.core["exact_match_rate"]
+    assert core.delta == pytest.approx(0.9) and core.interval_95[0] > 0 and core.mcnemar_p < 1e-6
+    assert Decision.read(eval_root / "decision.json") == decision
+    decide_traces = [p for p in (eval_root / "traces").glob("decide-*.json")]
+    assert len(decide_traces) == 1
+    events = [e["name"] for e in strict_json_loads(decide_traces[0].read_text())["events"]]
     assert events == ["decision structured", "decision toolcall"]
 
 
 def test_eval_and_decision_reach_langfuse_through_the_sdk(langfuse_server, tmp_path):
-    """Replay-teacher evals and the compare run, sent by the real SDK; decode what arrived."""
+    """Replay-teacher evals and the decide run, sent by the real SDK; decode what arrived."""
     traces = tmp_path / "traces.jsonl"
     write_dummy_traces(DummyAgentConfig(out_json=traces))
     eval_root = tmp_path / "05_eval"
@@ -135,14 +143,14 @@ def test_eval_and_decision_reach_langfuse_through_the_sdk(langfuse_server, tmp_p
         run_eval(EvalConfig(track=track, model="teacher", eval_root=eval_root, teacher=replay))
         # The same answers under the SLM's label: a tie, so no fine-tuning is needed.
         shutil.copytree(eval_root / track / "teacher", eval_root / track / "slm")
-    decision = run_compare(CompareConfig(eval_root=eval_root, bootstrap_resamples=500))
-    assert decision["FINE_TUNE"] == {"structured": 0, "toolcall": 0}
+    decision = run_decide(DecideConfig(eval_root=eval_root, bootstrap_resamples=500))
+    assert decision.fine_tune == {"structured": 0, "toolcall": 0}
     assert not (eval_root / "traces").exists()  # with keys, nothing goes to local trace files
     spans = exported_spans(langfuse_server)
     eval_root_span = spans["eval toolcall/teacher"]
     assert spans["generate"]["trace_id"] in {s["trace_id"] for name, s in spans.items() if name.startswith("eval ")}
     assert json.loads(eval_root_span["attributes"]["langfuse.observation.output"])["metrics"]["valid_call_rate"] == 0.98
     decision_event = spans["decision toolcall"]
-    assert decision_event["trace_id"] == spans["compare"]["trace_id"]
+    assert decision_event["trace_id"] == spans["decide"]["trace_id"]
     assert decision_event["attributes"]["langfuse.observation.type"] == "event"
     assert json.loads(decision_event["attributes"]["langfuse.observation.output"])["FINE_TUNE"] == 0

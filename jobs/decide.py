@@ -1,0 +1,14 @@
+"""`ray job submit --runtime-env runtime_env.yaml -- python jobs/decide.py [--price-table FILE]`
+
+Same flags as `slm-swap decide`: reads 05_eval/<track>/<label>/ and writes 05_eval/decision.json.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run by path, also from a Ray working_dir
+
+from ray_app.cli import app  # noqa: E402
+
+if __name__ == "__main__":
+    app(["decide", *sys.argv[1:]])
