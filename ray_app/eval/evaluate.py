@@ -111,8 +111,8 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
     choice = precision_choice(settings) if device == "cpu" else resolve_precision(config.slm.precision, device)
     precision = choice.precision
     settings = dataclasses.replace(settings, precision=precision)
-    identity = {
-        "engine": "transformers",
+    identity = {  # everything an answer depends on (the rows decoding together come from the last three)
+        "engine": "transformers, engines/decode",
         "model_fingerprint": folder_fingerprint(model_path),
         "adapter_fingerprint": adapter_fingerprint(adapter) if adapter else None,
         "device": device,
