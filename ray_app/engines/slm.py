@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from ray_app.engines.base import EngineRequest, Generation
-from ray_app.engines.determinism import SEED, apply_determinism
+from ray_app.engines.base import Generation
+from ray_app.engines.determinism import SEED
 from ray_app.engines.precision import Precision, PrecisionChoice, resolve_precision
 
 
