@@ -63,20 +63,35 @@ class Row:
 
 
 class RunningBatch:
-    """The rows of one model that decode together (the model's adapter must be active on each call)."""
+    """The rows of one model that decode together (the model's adapter must be active on each call).
+
+    Rows sit in slots of preallocated key/value buffers. A finished row leaves its slot dead at once
+    (no copy: a dead slot keeps decoding garbage that nobody reads); a row that joins takes a dead
+    slot in place when its prompt and its answer fit the buffer, else every row is laid out anew
+    with room to spare, so rows finishing and joining one by one cost no copy of the others. When
+    dead slots outnumber the live ones, the live rows are copied together (dead slots cost attention).
+    """
 
     def __init__(self, model, tokenizer, device):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.stop_ids = stop_token_ids(model, tokenizer)
-        self.rows: list[Row] = []
-        self.layers: list = []  # PreallocatedLayer per model layer, [rows, kv_heads, width, head_dim]
-        self.attention = None  # [rows, width]: 1 where a row has a real position
-        self.positions = None  # [rows]: the position of the token each row feeds next
-        self.next_tokens = None  # [rows]: the token each row feeds next
-        self.filled = 0  # columns in use; every row's next token goes to column `filled`
+        self.slots: list[Row | None] = []  # a row per slot of the buffers; None: dead
+        self.layers: list = []  # PreallocatedLayer per model layer, [slots, kv_heads, width, head_dim]
+        self.attention = None  # [slots, width]: 1 where a slot has a real position
+        self.positions = None  # [slots]: the position of the token each slot feeds next
+        self.next_tokens = None  # [slots]: the token each slot feeds next
+        self.filled = 0  # columns in use; every slot's next token goes to column `filled`
+
+    @property
+    def rows(self) -> list[Row]:
+        return [row for row in self.slots if row is not None]
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return sum(row is not None for row in self.slots)
+
+    @property
+    def width(self) -> int:
+        return 0 if self.attention is None else self.attention.shape[1]
 
     def join(self, prefilled: list[PrefillTask]) -> list[StepToken]:
         """Add the rows whose prompts were just prefilled; returns each one's first token (a row that
@@ -92,11 +107,18 @@ class RunningBatch:
                 joining.append((task.row, layer_tensors(task.cache), token))
         if joining:
             with torch.inference_mode():
-                self._rebuild(joining)
+                dead = [slot for slot, row in enumerate(self.slots) if row is None]
+                fits = all(len(row.job.prompt_ids) <= self.filled
+                           and row.job.max_new_tokens <= self.width - self.filled for row, _, _ in joining)  # fmt: skip
+                if fits and len(dead) >= len(joining):
+                    for slot, joiner in zip(dead, joining, strict=False):
+                        self._place(slot, *joiner)
+                else:
+                    self._rebuild(joining)
         return chosen
 
     def step(self) -> list[StepToken]:
-        """One decode step for every row: the tokens chosen, finished rows removed."""
+        """One decode step for every slot: the tokens chosen for the live rows; finished rows leave."""
         import torch
 
         with torch.inference_mode():
@@ -111,30 +133,43 @@ class RunningBatch:
             )
             self.positions = self.positions + 1
             self.next_tokens = output.logits[:, -1, :].argmax(dim=-1)
-            chosen = [
-                take_token(row, token, self.stop_ids, self.tokenizer)
-                for row, token in zip(self.rows, self.next_tokens.tolist(), strict=True)
-            ]
-            keep = [index for index, token in enumerate(chosen) if not token.finished]
-            if len(keep) < len(self.rows):
-                self._keep(keep)
+            chosen = []
+            for slot, (row, token) in enumerate(zip(self.slots, self.next_tokens.tolist(), strict=True)):
+                if row is not None:
+                    chosen.append(take_token(row, token, self.stop_ids, self.tokenizer))
+                    if chosen[-1].finished:
+                        self.slots[slot] = None
+            self._tidy()
         return chosen
 
     def drop(self, keys: set[int]) -> list[Row]:
         """Take the rows with these keys out of the batch (their jobs were cancelled); returns them."""
-        dropped = [row for row in self.rows if row.key in keys]
+        dropped = [row for row in self.slots if row is not None and row.key in keys]
+        self.slots = [None if row is not None and row.key in keys else row for row in self.slots]
         if dropped:
-            self._keep([index for index, row in enumerate(self.rows) if row.key not in keys])
+            self._tidy()
         return dropped
 
+    def _tidy(self) -> None:
+        """Free everything when no row is left; copy the live rows together when most slots are dead."""
+        live = [slot for slot, row in enumerate(self.slots) if row is not None]
+        if not live:
+            self.slots, self.layers, self.attention, self.positions, self.next_tokens, self.filled = (
+                [],
+                [],
+                None,
+                None,
+                None,
+                0,
+            )
+        elif len(self.slots) - len(live) > len(live):
+            self._keep(live)
+
     def _keep(self, keep: list[int]) -> None:
-        """Keep the rows at `keep`; drop leading columns that are padding for every kept row."""
+        """Keep the slots at `keep`; drop leading columns that are padding for every kept row."""
         import torch
 
-        self.rows = [self.rows[index] for index in keep]
-        if not keep:
-            self.layers, self.attention, self.positions, self.next_tokens, self.filled = [], None, None, None, 0
-            return
+        self.slots = [self.slots[index] for index in keep]
         index = torch.tensor(keep, device=self.device)
         self.next_tokens, self.positions = self.next_tokens[index], self.positions[index]
         attention = self.attention[index]
@@ -143,44 +178,61 @@ class RunningBatch:
         for layer in self.layers:
             layer.select(index, padding)
 
+    def _place(self, slot: int, row: Row, prompt_layers: tuple, token: int) -> None:
+        """Put a joining row into a dead slot: its prompt right-aligned at `filled`, the rest masked."""
+        start = self.filled - len(row.job.prompt_ids)
+        self.attention[slot] = 0
+        self.attention[slot, start : self.filled] = 1
+        for layer, (prompt_keys, prompt_values) in zip(self.layers, prompt_layers, strict=True):
+            layer.buffer_keys[slot, :, start : self.filled] = prompt_keys[0]
+            layer.buffer_values[slot, :, start : self.filled] = prompt_values[0]
+        self.positions[slot] = len(row.job.prompt_ids)
+        self.next_tokens[slot] = token
+        self.slots[slot] = row
+
     def _rebuild(self, joining: list[tuple[Row, tuple, int]]) -> None:
-        """Lay the running rows and the joining ones out in new buffers, all aligned at one column."""
+        """Lay the live rows and the joining ones out in new buffers, all aligned at one column, with
+        room for every answer to finish and as much again for rows that join later in place."""
         import torch
 
+        live = [slot for slot, row in enumerate(self.slots) if row is not None]
+        if len(live) < len(self.slots):
+            self._keep(live)  # dead slots go first, so only live rows are copied below
+        running = self.rows
         filled = max([self.filled] + [len(row.job.prompt_ids) for row, _, _ in joining])
-        rows = self.rows + [row for row, _, _ in joining]
+        rows = running + [row for row, _, _ in joining]
         room = max(row.job.max_new_tokens - len(row.tokens) for row in rows)  # steps still to write
-        width, shift, count = filled + room, filled - self.filled, len(rows)
+        slack = max(row.job.max_new_tokens for row in rows)  # so a row joining later fits in place
+        width, shift, count = filled + room + slack, filled - self.filled, len(rows)
         attention = torch.zeros(count, width, dtype=torch.long, device=self.device)
-        if self.rows:
-            attention[: len(self.rows), shift:filled] = self.attention[:, : self.filled]
+        if running:
+            attention[: len(running), shift:filled] = self.attention[:, : self.filled]
         for offset, (row, _, _) in enumerate(joining):
-            attention[len(self.rows) + offset, filled - len(row.job.prompt_ids) : filled] = 1
+            attention[len(running) + offset, filled - len(row.job.prompt_ids) : filled] = 1
         layers = []
         template_keys = joining[0][1][0][0]
         for layer_index in range(len(joining[0][1])):
             keys = torch.zeros(count, template_keys.shape[1], width, template_keys.shape[3],
                                dtype=template_keys.dtype, device=template_keys.device)  # fmt: skip
             values = torch.zeros_like(keys)
-            if self.rows:
+            if running:
                 old = self.layers[layer_index]
-                keys[: len(self.rows), :, shift:filled] = old.keys
-                values[: len(self.rows), :, shift:filled] = old.values
+                keys[: len(running), :, shift:filled] = old.keys
+                values[: len(running), :, shift:filled] = old.values
             for offset, (_, prompt_layers, _) in enumerate(joining):
                 prompt_keys, prompt_values = prompt_layers[layer_index]
                 start = filled - prompt_keys.shape[2]
-                keys[len(self.rows) + offset, :, start:filled] = prompt_keys[0]
-                values[len(self.rows) + offset, :, start:filled] = prompt_values[0]
+                keys[len(running) + offset, :, start:filled] = prompt_keys[0]
+                values[len(running) + offset, :, start:filled] = prompt_values[0]
             layers.append(preallocated_layer_class()(keys, values, filled))
-        joining_tokens = [token for _, _, token in joining]
-        joining_positions = [len(row.job.prompt_ids) for row, _, _ in joining]
-        if self.rows:
-            self.next_tokens = torch.cat([self.next_tokens, torch.tensor(joining_tokens, device=self.device)])
-            self.positions = torch.cat([self.positions, torch.tensor(joining_positions, device=self.device)])
+        joining_tokens = torch.tensor([token for _, _, token in joining], device=self.device)
+        joining_positions = torch.tensor([len(row.job.prompt_ids) for row, _, _ in joining], device=self.device)
+        if running:
+            self.next_tokens = torch.cat([self.next_tokens, joining_tokens])
+            self.positions = torch.cat([self.positions, joining_positions])
         else:
-            self.next_tokens = torch.tensor(joining_tokens, device=self.device)
-            self.positions = torch.tensor(joining_positions, device=self.device)
-        self.rows, self.layers, self.attention, self.filled = rows, layers, attention, filled
+            self.next_tokens, self.positions = joining_tokens, joining_positions
+        self.slots, self.layers, self.attention, self.filled = list(rows), layers, attention, filled
 
     @property
     def cache(self):
