@@ -85,7 +85,7 @@ def test_killed_eval_restarted_finishes_with_the_same_predictions(tiny_model_dir
     """A real SIGKILL of `slm-swap eval` mid-run, then the same command again."""
     command = [
         sys.executable, "-m", "ray_app", "eval", "--track", "toolcall", "--model", "slm",
-        "--model-path", str(tiny_model_dir), "--batch-size", "2", "--max-new-tokens", "48",
+        "--model-path", str(tiny_model_dir), "--batch-size", "2", "--rows-per-task", "4", "--max-new-tokens", "48",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "RAY_ADDRESS"))}
     reference = subprocess.run([*command, "--eval-root", str(tmp_path / "reference")], env=env, cwd=PROJECT_ROOT)
