@@ -21,7 +21,7 @@ the same.
 Prints one JSON object; names the CPU. Target (issue 11): engine ≥ 2× HF generate's tokens/s.
 
     .venv/bin/python benchmarks/eval_throughput.py [--rows 50] [--max-new-tokens 128] [--precisions fp32,auto]
-        [--rows-per-task 32] [--batch-size 8] [--adapter slm_swap/04_ft/adapter_toolcall] [--skip-llama-server]
+        [--rows-per-task 32] [--batch-size 16] [--adapter slm_swap/04_ft/adapter_toolcall] [--skip-llama-server]
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=8, help="the engine's rows decoding together")
+    parser.add_argument("--batch-size", type=int, default=16, help="the engine's rows decoding together")
     parser.add_argument("--rows-per-task", type=int, default=32)
     parser.add_argument("--precisions", default="fp32,auto")
     parser.add_argument("--adapter", type=Path, default=None, help="also measure this adapter unmerged vs merged")

@@ -190,7 +190,7 @@ def evaluate(
     eval_root: Annotated[Path | None, typer.Option(help="where results go (default slm_swap/05_eval)")] = None,
     model_path: Annotated[str | None, typer.Option(help="SLM checkpoint (default $SLM_MODEL_PATH)")] = None,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="rows decoding together (continuous batching)")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="rows decoding together (continuous batching)")] = 16,
     rows_per_task: Annotated[
         int, typer.Option(min=1, help="rows an actor answers as one fixed group (resume and progress unit)")
     ] = 32,
