@@ -50,6 +50,18 @@ def interrupted(kept: str) -> None:
     raise typer.Exit(130)
 
 
+def evaluate_or_exit(config, kept_on_interrupt: str) -> None:
+    """`run_eval`, with bad inputs as one message (exit 2) and Ctrl-C as `interrupted`."""
+    from ray_app.eval.evaluate import eval_input_errors, run_eval
+
+    try:
+        run_eval(config)
+    except eval_input_errors() as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        interrupted(kept_on_interrupt)
+
+
 def print_split_table(title: str, written: dict[str, dict[str, int]], paths: dict) -> None:
     table = Table(title=title)
     for column in ("track", "train", "val", "test"):
@@ -208,7 +220,6 @@ def evaluate(
     from ray_app.data.rows import TRACKS
     from ray_app.engines.precision import PRECISIONS
     from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings
-    from ray_app.eval.evaluate import eval_input_errors, run_eval
     from ray_app.paths import EVAL_ROOT
 
     if track not in TRACKS:
@@ -248,12 +259,7 @@ def evaluate(
         force=force,
         require_langfuse=True if require_langfuse else None,
     )
-    try:
-        run_eval(config)
-    except eval_input_errors() as error:
-        fail(str(error))
-    except KeyboardInterrupt:
-        interrupted(f"the predictions made so far, in {config.output_dir}")
+    evaluate_or_exit(config, f"the predictions made so far, in {config.output_dir}")
 
 
 @app.command("train")
@@ -383,7 +389,6 @@ def evaluate_adapters(
 ) -> None:
     """The SLM with each track's adapter on its test split (label slm-adapter); skipped when up to date."""
     from ray_app.eval.config import EvalConfig, SlmEvalSettings
-    from ray_app.eval.evaluate import eval_input_errors, run_eval
 
     for track, adapter in adapters.items():
         slm = SlmEvalSettings(
@@ -400,12 +405,7 @@ def evaluate_adapters(
             slm=slm,
             require_langfuse=True if require_langfuse else None,
         )
-        try:
-            run_eval(config)
-        except eval_input_errors() as error:
-            fail(str(error))
-        except KeyboardInterrupt:
-            interrupted(f"the trained adapters, and the predictions made so far in {config.output_dir}")
+        evaluate_or_exit(config, f"the trained adapters, and the predictions made so far in {config.output_dir}")
 
 
 def decide_and_print(config: DecideConfig) -> None:
