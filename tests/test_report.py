@@ -275,7 +275,8 @@ def check_table(table: Table, workspace: Workspace) -> None:
             if label == "teacher":
                 assert meaning == "recorded production call"
             else:
-                assert meaning == f"wall time of its batch of {summary['engine']['batch_size']}"
+                rows = summary["engine"]["batch_size"]
+                assert meaning == f"from prefill start to its last token, up to {rows} rows decoding together"
         return
     if header[1] == "prompt tokens":
         assert table.files == ["decision.json"] and f"tracks.{track}.models.<model>.tokens" in table.fields

@@ -2,8 +2,8 @@
 
 An engine gets `EngineRequest`s (the row's prompt, already-built chat messages, its track) and
 returns one `Generation` per request, in the same order. What "latency" means is engine-specific
-and documented on each engine: a hosted call's round trip, or the wall time of the local batch the
-row was generated in (what a request in that batch waits).
+and documented on each engine: a hosted call's round trip, or, for the local SLM's decode engine,
+the time from the start of the row's prefill to its last token.
 """
 
 from __future__ import annotations

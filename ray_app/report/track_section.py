@@ -38,7 +38,7 @@ def engine_text(engine: dict[str, Any]) -> str:
 
 def latency_meaning(engine: dict[str, Any]) -> str:
     if engine.get("kind") == "transformers":
-        return f"wall time of its batch of {engine.get('batch_size')}"
+        return f"from prefill start to its last token, up to {engine.get('batch_size')} rows decoding together"
     if engine.get("kind") == "replay":
         return "recorded production call"
     return "one hosted call"
