@@ -185,3 +185,49 @@ def test_system_text_of_the_project_is_not_repeated_as_an_agent_instruction():
         served.messages[1]["content"].startswith("Answer in JSON.")
         and project_system not in served.messages[1]["content"]
     )
+
+
+def test_a_stream_with_stop_texts_never_sends_a_stop_text_or_what_follows_it():
+    """The engine cuts the answer before the stop text; a stream holds back any tail that may be one."""
+    text = "Thought: look it up\n<code>\nprint(1)\n</code> and more"
+    stream = AnswerStream("slm", "fp", include_usage=False, decode=decode_characters, stop=("</code>",))
+    per_token = [stream.add(token) for token in character_tokens(text)]
+    sent = "".join(chunk["choices"][0]["delta"]["content"] for chunks in per_token for chunk in chunks)
+    answer = text[: text.index("</code>")]  # what the engine answers for this stop text
+    assert answer.startswith(sent) and "</" not in sent
+    finish = stream.finish(answer, True, 10, 20)
+    content, calls, finish_reason = streamed_message([chunk for chunks in per_token for chunk in chunks] + finish)
+    assert (content, calls, finish_reason) == (answer, [], "stop")
+
+
+@pytest.mark.parametrize(
+    ("stop", "expected"),
+    [(None, ()), ("</code>", ("</code>",)), (["a", "b"], ("a", "b"))],
+)
+def test_stop_is_null_a_string_or_up_to_four_strings(stop, expected):
+    from ray_app.serve.openai_protocol import parse_stop
+
+    assert parse_stop(stop) == expected
+
+
+@pytest.mark.parametrize("stop", [[], ["a", "b", "c", "d", "e"], [""], 7, ["a", 1]])
+def test_a_bad_stop_is_a_400_naming_stop(stop):
+    from ray_app.serve.openai_protocol import OpenAiError, parse_stop
+
+    with pytest.raises(OpenAiError) as raised:
+        parse_stop(stop)
+    assert (raised.value.status, raised.value.param) == (400, "stop")
+
+
+def test_a_codeact_conversation_is_served_as_it_is_multi_turn_included():
+    system = load_templates()["codeact_system"].replace("{{tools}}", "def f(x: int) -> dict: ...")
+    messages = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "Call f with 2."},
+        {"role": "assistant", "content": "Thought: call it\n<code>\nf(x=2)\n</code>"},
+        {"role": "user", "content": "Observation: {'ok': True}"},
+    ]
+    served = agent_request_prompt(messages)
+    assert served.source == "codeact" and served.messages == messages
+    with pytest.raises(AgentRequestError):  # the same turns under another system text: multi-turn, refused
+        agent_request_prompt([{"role": "system", "content": "Be brief."}, *messages[1:]])

@@ -376,3 +376,35 @@ def test_a_row_joining_after_another_finished_takes_its_slot_in_place_and_answer
     assert calls == {"_place": 1, "_rebuild": 1} and {slots for _, slots, _ in buffers_seen} == {2}
     for key, (messages, limit) in enumerate(((long_messages, 12), (short_messages, 2), (late_messages, 4))):
         assert answers[key].token_ids == oracle(host, messages, limit).token_ids
+
+
+def test_a_stop_text_ends_the_answer_where_it_first_appears_and_is_left_out(tiny_model_dir):
+    """OpenAI's `stop` (the CodeAct loop stops at `</code>`): the answer is HF generate's alone, cut
+    before the first stop text, with the tokens up to the one that completed it; rows without stop
+    texts in the same batch are untouched."""
+    from ray_app.engines.base import ChatRequest
+    from ray_app.engines.decode.engine import SlmEngine
+    from ray_app.engines.slm import SlmSettings
+
+    engine = SlmEngine(SlmSettings(model_path=tiny_model_dir, precision="fp32", batch_size=4, max_new_tokens=24))
+    tokenizer = engine.slm.tokenizer
+    conversations = [chat_messages(toolcall_prompt([WEATHER], query)) for query in ("Paris?", "Oslo", "Lima")]
+    alone = [oracle(engine, messages, 24) for messages in conversations]
+    # A stop text the first answer really contains (its first three tokens: the tiny random model
+    # writes newlines), and one it never writes.
+    stop_text = tokenizer.decode(alone[0].token_ids[:3], skip_special_tokens=True)
+    assert stop_text in alone[0].text and len(alone[0].token_ids) > 3
+    requests = [
+        ChatRequest(conversations[0], (stop_text, "never written \x00"), 24),
+        ChatRequest(conversations[1], (), 24),
+        ChatRequest(conversations[2], ("never written \x00",), 24),
+    ]
+    stopped, plain, unmatched = engine.chat(requests)
+    assert stopped.text == alone[0].text[: alone[0].text.index(stop_text)]
+    assert stopped.stopped and stopped.stop_text == stop_text
+    cut = next(
+        n for n in range(1, 25) if stop_text in tokenizer.decode(alone[0].token_ids[:n], skip_special_tokens=True)
+    )
+    assert stopped.token_ids == alone[0].token_ids[:cut]
+    for answer, expected in ((plain, alone[1]), (unmatched, alone[2])):
+        assert (answer.text, answer.token_ids, answer.stop_text) == (expected.text, expected.token_ids, None)

@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 from ray_app.data.rows import Track
 from ray_app.prompts import chat_messages
 
-EngineKind = Literal["transformers", "azure", "openai-compatible", "replay"]
+EngineKind = Literal["transformers", "azure", "openai-compatible", "replay", "simulated"]
 
 
 @dataclass(frozen=True)
@@ -46,3 +46,27 @@ class Engine(Protocol):
     def describe(self) -> dict[str, object]:
         """What produced the numbers: engine kind, model, precision or mode (written into metrics.json)."""
         ...
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One multi-turn conversation to continue (the CodeAct loop's unit): greedy, cut at `stop`."""
+
+    messages: list[dict[str, str]]  # role + content only
+    stop: tuple[str, ...] = ()  # the answer ends where one of these first appears; it is not in the text
+    max_tokens: int = 256
+
+
+class ChatEngine(Protocol):
+    """An engine that continues whole conversations: the CodeAct loop runs on any of them (the hosted
+    teacher, the local SLM with or without an adapter, the project's Serve endpoint, the simulated
+    teacher)."""
+
+    kind: EngineKind
+    model_name: str  # who answers, as trajectories record it
+
+    def chat(self, requests: list[ChatRequest]) -> list[Generation]:
+        """One Generation per request, same order."""
+        ...
+
+    def describe(self) -> dict[str, object]: ...

@@ -19,7 +19,7 @@ from typing import Any
 
 import openai
 
-from ray_app.engines.base import EngineKind, EngineRequest, Generation
+from ray_app.engines.base import ChatRequest, EngineKind, EngineRequest, Generation
 from ray_app.engines.teacher_settings import (
     TEACHER_SEED,
     TEACHER_TEMPERATURE,
@@ -142,17 +142,18 @@ class HostedLlmEngine:
     def __init__(self, settings: TeacherSettings | None = None) -> None:
         self.settings = settings or teacher_settings_from_env()
         self.kind: EngineKind = self.settings.mode
+        self.model_name = self.settings.model
         self._client = teacher_client(self.settings)
 
     def _generate_one(self, request: EngineRequest, body: dict[str, Any], tool_names: list[str]) -> Generation:
+        """One call: `body` holds the messages (and tools); `request` names the row in errors."""
         start = time.monotonic()
         try:
             completion = self._client.chat.completions.create(
                 model=self.settings.model,
                 temperature=TEACHER_TEMPERATURE,
                 seed=TEACHER_SEED,
-                max_tokens=self.settings.max_tokens,
-                **body,
+                **{"max_tokens": self.settings.max_tokens, **body},
             )
         except openai.OpenAIError as error:
             raise call_error(error, request, self.settings) from error
@@ -173,6 +174,20 @@ class HostedLlmEngine:
     def generate(self, requests: list[EngineRequest]) -> list[Generation]:
         # Every request body is built before the first call, so a bad prompt costs no API call.
         bodies = [chat_request(request, self.settings) for request in requests]
+        return self._answer_all(requests, bodies)
+
+    def chat(self, requests: list[ChatRequest]) -> list[Generation]:
+        """Whole conversations continued as they are (the CodeAct loop): no tools, `stop` passed on."""
+        rows = [EngineRequest(index=index, track="structured", prompt="") for index in range(len(requests))]
+        bodies = []
+        for request in requests:
+            body: dict[str, Any] = {"messages": request.messages, "max_tokens": request.max_tokens}
+            if request.stop:
+                body["stop"] = list(request.stop)
+            bodies.append((body, []))
+        return self._answer_all(rows, bodies)
+
+    def _answer_all(self, requests: list[EngineRequest], bodies: list[tuple[dict[str, Any], list[str]]]):
         if not requests:
             return []
         with ThreadPoolExecutor(max_workers=min(self.settings.concurrency, len(requests))) as pool:

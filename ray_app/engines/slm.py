@@ -121,6 +121,7 @@ def prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
 class GreedyAnswer(Generation):
     token_ids: tuple[int, ...] = ()  # the answer's tokens (end-of-sequence included when it stopped)
     stopped: bool = True  # False when it ran into its token limit
+    stop_text: str | None = None  # the stop text that ended it (cut from `text`), if one did
 
 
 def generate_greedy(model, tokenizer, device, conversations, max_new_tokens: list[int]) -> list[GreedyAnswer]:

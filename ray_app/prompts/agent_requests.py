@@ -5,6 +5,9 @@ prompt from what an agent sends, with the same builders the trace conversion use
 
 - messages already in the project's format (first message is the project's system text, then one
   user message) are served as they are — that is what the thin clients send;
+- a CodeAct conversation (the CodeAct loop's system text, then the task and alternating assistant
+  actions and observations, `ray_app/codeact/`) is served as it is, multi-turn included: that is
+  the conversation the CodeAct student is trained and evaluated on;
 - with OpenAI `tools` (and `tool_choice` other than "none"): the toolcall prompt over the offered
   tools (only the named one for `tool_choice: {"type": "function", ...}`) and the user text;
 - without tools: the structured prompt from the agent's own instruction (its system/developer
@@ -29,7 +32,7 @@ from ray_app.prompts.builders import (
     tool_signature,
     toolcall_prompt,
 )
-from ray_app.prompts.templates import load_templates, render_template
+from ray_app.prompts.templates import load_templates, render_template, template_parts
 
 MESSAGE_ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -46,7 +49,7 @@ class AgentRequestError(PromptFormatError):
 class AgentRequestPrompt:
     messages: list[dict[str, str]]  # what the model gets (chat template applied by the engine)
     offered_tool_names: tuple[str, ...]  # tools put in the prompt (empty: no tools)
-    source: str  # "project-format", "toolcall" or "structured": how the prompt was built
+    source: str  # "project-format", "codeact", "toolcall" or "structured": how the prompt was built
 
 
 def message_text(content: Any, param: str) -> str:
@@ -87,6 +90,23 @@ def is_project_format(messages: list[dict[str, Any]]) -> bool:
         and messages[0].get("content") == load_templates()["system"]
         and messages[1]["role"] == "user"
         and isinstance(messages[1].get("content"), str)
+    )
+
+
+def is_codeact_format(messages: list[dict[str, Any]]) -> bool:
+    """The CodeAct loop's conversation: its system text, then user, assistant, user, ... turns."""
+    system_head, _ = template_parts("codeact_system", "tools")
+    if len(messages) < 2 or messages[0]["role"] != "system":
+        return False
+    if not isinstance(messages[0].get("content"), str) or not messages[0]["content"].startswith(system_head):
+        return False
+    turns = messages[1:]
+    return (
+        all(
+            message["role"] == ("user" if index % 2 == 0 else "assistant") and isinstance(message.get("content"), str)
+            for index, message in enumerate(turns)
+        )
+        and turns[-1]["role"] == "user"
     )
 
 
@@ -179,6 +199,12 @@ def agent_request_prompt(messages: Any, tools: Any = None, tool_choice: Any = No
             messages=[{"role": m["role"], "content": m["content"]} for m in messages],
             offered_tool_names=tuple(tool_signature(tool)["name"] for tool in tools or [] if isinstance(tool, dict)),
             source="project-format",
+        )
+    if is_codeact_format(messages):
+        return AgentRequestPrompt(
+            messages=[{"role": m["role"], "content": m["content"]} for m in messages],
+            offered_tool_names=(),
+            source="codeact",
         )
     signatures = offered_signatures(tools, tool_choice)
     text = request_text(messages)

@@ -192,7 +192,9 @@ class SlmChatDeployment:
             chat = parse_chat_request(
                 parse_json_body(await request.body()), self.host.model_names, self.settings.default_max_tokens
             )
-            job = self.host.job(chat.model, chat.prompt.messages, chat.max_tokens, request_id=uuid.uuid4().hex)
+            job = self.host.job(
+                chat.model, chat.prompt.messages, chat.max_tokens, request_id=uuid.uuid4().hex, stop_texts=chat.stop
+            )
             prompt_tokens = len(job.prompt_ids)
             if prompt_tokens + chat.max_tokens > self.host.context_limit:
                 raise OpenAiError(
@@ -215,7 +217,7 @@ class SlmChatDeployment:
             return completion_response(
                 chat.model, message, answer.prompt_tokens, answer.completion_tokens, self.host.fingerprint
             )
-        stream = AnswerStream(chat.model, self.host.fingerprint, chat.include_usage, self.host.decode_text)
+        stream = AnswerStream(chat.model, self.host.fingerprint, chat.include_usage, self.host.decode_text, chat.stop)
 
         async def events() -> AsyncIterator[str]:
             answered = False

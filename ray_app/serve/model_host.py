@@ -70,9 +70,14 @@ class ModelHost:
         self.cancelled_count = 0
 
     def job(
-        self, model_name: str, messages: list[dict[str, str]], max_new_tokens: int, request_id: str | None = None
+        self,
+        model_name: str,
+        messages: list[dict[str, str]],
+        max_new_tokens: int,
+        request_id: str | None = None,
+        stop_texts: tuple[str, ...] = (),
     ) -> GenerationJob:
-        return self.slm.job(model_name, messages, max_new_tokens, request_id)
+        return self.slm.job(model_name, messages, max_new_tokens, request_id, stop_texts)
 
     def decode_text(self, token_ids: list[int]) -> str:
         return self.slm.decode_text(token_ids)

@@ -47,6 +47,7 @@ class ChatRequest:
     max_tokens: int
     stream: bool
     include_usage: bool  # stream_options.include_usage: a last chunk with token usage
+    stop: tuple[str, ...] = ()  # OpenAI `stop`: the answer ends before the first of these
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -87,6 +88,7 @@ def parse_chat_request(body: dict[str, Any], known_models: list[str], default_ma
     if not isinstance(stream, bool):
         raise OpenAiError(400, "stream must be true or false", "stream")
     stream_options = body.get("stream_options") or {}
+    stop = parse_stop(body.get("stop"))
     try:
         prompt = agent_request_prompt(body["messages"], body.get("tools"), body.get("tool_choice"))
     except AgentRequestError as error:
@@ -97,7 +99,27 @@ def parse_chat_request(body: dict[str, Any], known_models: list[str], default_ma
         max_tokens=max_tokens,
         stream=stream,
         include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
+        stop=stop,
     )
+
+
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+
+
+def parse_stop(stop: Any) -> tuple[str, ...]:
+    """OpenAI's `stop`: null, one string, or a list of up to 4 non-empty strings."""
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if (
+        not isinstance(stops, list)
+        or not 0 < len(stops) <= MAX_STOP_SEQUENCES
+        or not all(isinstance(item, str) and item for item in stops)
+    ):
+        raise OpenAiError(
+            400, f"stop must be a non-empty string or a list of 1 to {MAX_STOP_SEQUENCES} such strings", "stop"
+        )
+    return tuple(stops)
 
 
 @dataclass(frozen=True)
@@ -164,20 +186,26 @@ def completion_response(
     }
 
 
-def streamable_content_end(text: str) -> int:
+def held_back_from(text: str, marker: str) -> int:
+    """Where `marker` starts in `text`, or where a tail that may be its start begins (else len(text))."""
+    end = text.find(marker)
+    if end != -1:
+        return end
+    for length in range(min(len(marker) - 1, len(text)), 0, -1):
+        if marker.startswith(text[-length:]):
+            return len(text) - length
+    return len(text)
+
+
+def streamable_content_end(text: str, stop: tuple[str, ...] = ()) -> int:
     """How much of an unfinished answer can go out as content now, whatever the model writes next.
 
-    Not a wrapper (it becomes a tool call, known only once closed), nor a tail that may be the start
-    of one, nor leading whitespace (dropped if a call follows). The rest is content in
-    `assistant_answer` whatever comes later, so a stream never sends what the final message lacks.
+    Not a wrapper (it becomes a tool call, known only once closed), nor a stop text (the answer ends
+    before it), nor a tail that may be the start of either, nor leading whitespace (dropped if a
+    call follows). The rest is content in `assistant_answer` whatever comes later, so a stream never
+    sends what the final message lacks.
     """
-    end = text.find(WRAPPER_OPENING)
-    if end == -1:
-        end = len(text)
-        for length in range(min(len(WRAPPER_OPENING) - 1, len(text)), 0, -1):
-            if WRAPPER_OPENING.startswith(text[-length:]):
-                end = len(text) - length
-                break
+    end = min(held_back_from(text, marker) for marker in (WRAPPER_OPENING, *stop))
     return end if text[:end].strip() else 0
 
 
@@ -190,8 +218,16 @@ class AnswerStream:
     usage when asked). Joined, the deltas are exactly the unstreamed message.
     """
 
-    def __init__(self, model: str, fingerprint: str, include_usage: bool, decode: Callable[[list[int]], str]):
+    def __init__(
+        self,
+        model: str,
+        fingerprint: str,
+        include_usage: bool,
+        decode: Callable[[list[int]], str],
+        stop: tuple[str, ...] = (),
+    ):
         self.model, self.fingerprint, self.include_usage, self.decode = model, fingerprint, include_usage, decode
+        self.stop = stop
         self.id, self.created = completion_id(), int(time.time())
         self.token_ids: list[int] = []
         self.sent = 0  # characters of content sent
@@ -214,7 +250,7 @@ class AnswerStream:
         text = self.decode(self.token_ids)
         if text.endswith("\ufffd"):  # a character split across tokens: wait for the rest of it
             return []
-        end = streamable_content_end(text)
+        end = streamable_content_end(text, self.stop)
         if end <= self.sent:
             return []
         piece, self.sent = text[self.sent : end], end

@@ -9,7 +9,7 @@ Latency of a row = from its admission (prefill start) until its answer is comple
 
 from __future__ import annotations
 
-from ray_app.engines.base import EngineRequest
+from ray_app.engines.base import ChatRequest, EngineRequest
 from ray_app.engines.decode.loaded_slm import BASE_MODEL_NAME, LoadedSlm, adapter_model_name
 from ray_app.engines.decode.scheduler import DecodeScheduler
 from ray_app.engines.slm import GreedyAnswer, SlmSettings
@@ -52,4 +52,12 @@ class SlmEngine:
     def generate(self, requests: list[EngineRequest]) -> list[GreedyAnswer]:
         """Answers in request order; rows are admitted in that order as the running batch has room."""
         jobs = [self.slm.job(self.model_name, request.messages, self.settings.max_new_tokens) for request in requests]
+        return self.scheduler.run_to_completion(jobs)
+
+    def chat(self, requests: list[ChatRequest]) -> list[GreedyAnswer]:
+        """Conversations continued in request order (the CodeAct loop's batched step)."""
+        jobs = [
+            self.slm.job(self.model_name, request.messages, request.max_tokens, stop_texts=request.stop)
+            for request in requests
+        ]
         return self.scheduler.run_to_completion(jobs)

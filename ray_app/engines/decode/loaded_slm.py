@@ -62,7 +62,12 @@ class LoadedSlm:
         self.anchors = template_anchors()
 
     def job(
-        self, model_name: str, messages: list[dict[str, str]], max_new_tokens: int, request_id: str | None = None
+        self,
+        model_name: str,
+        messages: list[dict[str, str]],
+        max_new_tokens: int,
+        request_id: str | None = None,
+        stop_texts: tuple[str, ...] = (),
     ) -> GenerationJob:
         """The messages with the chat template applied (as `engines.slm.prompt_ids`), and where their
         shareable prefixes end."""
@@ -72,7 +77,7 @@ class LoadedSlm:
             ends = shared_prefix_ends(text, [end for _, end in encoded["offset_mapping"]], self.anchors)
         else:  # no offsets: the prompt is prefilled without shareable pieces
             encoded, ends = self.tokenizer(text, add_special_tokens=False), ()
-        return GenerationJob(model_name, list(encoded["input_ids"]), max_new_tokens, ends, request_id)
+        return GenerationJob(model_name, list(encoded["input_ids"]), max_new_tokens, ends, request_id, stop_texts)
 
     def active(self, model_name: str):
         """The adapter of `model_name` active on the shared PeftModel (none for the base)."""

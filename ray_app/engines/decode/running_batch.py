@@ -40,6 +40,7 @@ class GenerationJob:
     max_new_tokens: int
     prefix_ends: tuple[int, ...] = ()  # where the prompt's shareable prefixes end (prefix_cache.py)
     request_id: str | None = None  # names the job for `DecodeScheduler.cancel`
+    stop_texts: tuple[str, ...] = ()  # the answer ends where one of these first appears (OpenAI's `stop`)
 
 
 @dataclass(frozen=True)
@@ -246,19 +247,35 @@ class RunningBatch:
 def take_token(row: Row, token: int, stop_ids: set[int], tokenizer) -> StepToken:
     """Add the chosen token to its row; the row's last token carries its whole answer."""
     row.tokens.append(token)
+    if row.job.stop_texts:
+        text = tokenizer.decode(row.tokens, skip_special_tokens=True)
+        found = first_stop_text(text, row.job.stop_texts)
+        if found is not None:
+            at, stop_text = found
+            return StepToken(row.key, token, greedy_answer(tokenizer, row, stop_ids, text[:at], stop_text))
     if token in stop_ids or len(row.tokens) >= row.job.max_new_tokens:
         return StepToken(row.key, token, greedy_answer(tokenizer, row, stop_ids))
     return StepToken(row.key, token)
 
 
-def greedy_answer(tokenizer, row: Row, stop_ids: set[int]) -> GreedyAnswer:
+def first_stop_text(text: str, stop_texts: tuple[str, ...]) -> tuple[int, str] | None:
+    """(where the earliest stop text starts, which one), or None."""
+    hits = [(text.find(stop_text), stop_text) for stop_text in stop_texts if stop_text and stop_text in text]
+    return min(hits) if hits else None
+
+
+def greedy_answer(
+    tokenizer, row: Row, stop_ids: set[int], text: str | None = None, stop_text: str | None = None
+) -> GreedyAnswer:
+    """The row's answer; a stop text ends it like end-of-sequence does, and is not part of the text."""
     return GreedyAnswer(
-        text=tokenizer.decode(row.tokens, skip_special_tokens=True),
+        text=tokenizer.decode(row.tokens, skip_special_tokens=True) if text is None else text,
         prompt_tokens=len(row.job.prompt_ids),
         completion_tokens=len(row.tokens),
         latency_s=time.perf_counter() - row.started,  # from admission (prefill start) until the answer was complete
         token_ids=tuple(row.tokens),
-        stopped=row.tokens[-1] in stop_ids,
+        stopped=stop_text is not None or row.tokens[-1] in stop_ids,
+        stop_text=stop_text,
     )
 
 
