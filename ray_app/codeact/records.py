@@ -39,7 +39,7 @@ StopReason = Literal["final_answer", "max_steps", "no_code", "token_budget", "en
 Violation = Literal[
     "forbidden_import",  # an import outside the allow-list
     "forbidden_access",  # a blocked name or attribute: open, dunder access, eval/exec, os, ...
-    "timeout",  # wall-clock limit: the child process was killed
+    "timeout",  # wall-clock limit (the child was killed) or the interpreter's own loop or operation cap
     "memory",  # memory limit reached (MemoryError or the child was killed for it)
     "output_limit",  # printed more than the output limit (output cut, the run goes on)
     "crashed",  # the child process died for another reason
