@@ -173,6 +173,136 @@ def data_traces(
         fail(f"no generation of agent {agent_id!r} became a row; nothing written", code=1)
 
 
+@data_app.command("trajectories")
+def data_trajectories(
+    out: Annotated[Path, typer.Option(help="writes <out>/{codeact,toolcall,structured}/{split}.jsonl, manifest.json")],
+    traces: Annotated[Path | None, typer.Option(help="trace JSONL (slm-swap capture's traces.jsonl)")] = None,
+    from_langfuse: Annotated[bool, typer.Option(help="pull the trajectory traces from Langfuse instead")] = False,
+    since: Annotated[dt.datetime | None, typer.Option(help="pull only observations that start at/after this")] = None,
+    until: Annotated[dt.datetime | None, typer.Option(help="pull only observations that start before this")] = None,
+    replay: Annotated[bool, typer.Option(help="run passing trajectories' code again; same observations")] = False,
+    token_budget: Annotated[int | None, typer.Option(min=1, help="default: FilterSettings.token_budget")] = None,
+    score_langfuse: Annotated[
+        bool | None, typer.Option(help="each verdict as a score on its Langfuse trace (default: with --from-langfuse)")
+    ] = None,
+) -> None:
+    """CodeAct trajectory traces → filter verdicts → codeact/toolcall/structured splits and a manifest."""
+    from ray_app.codeact.trajectory_dataset import build_trajectory_datasets
+    from ray_app.codeact.trajectory_filter import REASONS, FilterSettings, filter_trajectories
+    from ray_app.codeact.trajectory_trace_file import (
+        TrajectoryTraceFileError,
+        read_trajectory_trace_file,
+        trajectories_from_traces,
+    )
+    from ray_app.codeact.trajectory_writers import langfuse_writer_from_env, pull_trajectory_traces, record_filter_score
+    from ray_app.data.langfuse_pull import LangfuseSettingsError, langfuse_client_from_env
+
+    if (traces is None) == (not from_langfuse):
+        fail("give exactly one of --traces FILE and --from-langfuse")
+    writer = langfuse_writer_from_env() if (from_langfuse if score_langfuse is None else score_langfuse) else None
+    if score_langfuse and writer is None:
+        fail("--score-langfuse needs LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY (and LANGFUSE_BASE_URL)")
+    try:
+        if traces is not None:
+            read, source = read_trajectory_trace_file(traces), str(traces)
+        else:
+            with console.status("pulling trajectory traces from Langfuse") as status:
+                pulled = pull_trajectory_traces(
+                    langfuse_client_from_env(), since, until, lambda page, n: status.update(f"page {page}: {n}")
+                )
+            read, source = trajectories_from_traces((f"langfuse:{t['id']}", t) for t in pulled), "langfuse"
+    except (TrajectoryTraceFileError, LangfuseSettingsError, FileNotFoundError) as error:
+        fail(str(error))
+    settings = FilterSettings(token_budget=token_budget or FilterSettings().token_budget, replay=replay)
+    report = filter_trajectories([item.trajectory for item in read.traced], settings)
+    manifest = build_trajectory_datasets(read.traced, report, out, source=source, skipped_while_reading=read.skipped)
+    console.print(f"{source}: {read.traces_read} traces, {len(read.traced)} trajectories", highlight=False)
+    console.print(" ".join(f"{reason}={report.counts[reason]}" for reason in REASONS), highlight=False, soft_wrap=True)
+    written = {track: counts for track, counts in manifest.counts.items() if f"{track}/test.jsonl" in manifest.files}
+    if written:
+        folders = {track: {"test": out / track / "test.jsonl"} for track in written}
+        print_split_table("trajectories → splits", written, folders)
+    for reason, count in manifest.skipped.items():
+        console.print(f"skipped {count}: {reason}", highlight=False)
+    if writer is not None:
+        for item in read.traced:
+            record_filter_score(writer.client, item.trace_id, report.verdicts[item.trajectory.trajectory_id])
+        writer.flush()
+        console.print(f"{len(read.traced)} filter verdicts scored on their Langfuse traces", highlight=False)
+    if not report.accepted_ids:
+        fail("no trajectory was accepted; see the counts above", code=1)
+
+
+@app.command("capture")
+def capture(
+    teacher: Annotated[
+        str,
+        typer.Option(
+            help="simulated (offline, scripted), hosted (AZURE_* / SLM_SWAP_TEACHER_*: "
+            "also the project's Serve endpoint), or slm (the local SLM)"
+        ),
+    ] = "simulated",
+    out: Annotated[Path | None, typer.Option(help="default slm_swap/01_source/trajectories/<model>")] = None,
+    tasks: Annotated[Path | None, typer.Option(help="tasks JSONL; default: built from --dataset-root")] = None,
+    dataset_root: Annotated[Path, typer.Option(help="holds <track>/<split>.jsonl")] = DATASET_ROOT,
+    split: Annotated[list[str] | None, typer.Option(help="splits to build tasks from (repeat; default all)")] = None,
+    multistep: Annotated[int, typer.Option(min=0, help="generated multi-step tasks added")] = 24,
+    max_tasks: Annotated[int | None, typer.Option(min=1, help="only the first N tasks")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Ray actors, each with its own engine")] = 1,
+    trajectories_per_call: Annotated[int, typer.Option(min=1, help="trajectories an actor steps together")] = 8,
+    max_steps: Annotated[int, typer.Option(min=1, help="model turns per trajectory")] = 4,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens per model turn")] = 256,
+    model_path: Annotated[str | None, typer.Option(help="--teacher slm: checkpoint (default $SLM_MODEL_PATH)")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="--teacher slm: PEFT adapter folder")] = None,
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
+    seed: Annotated[int, typer.Option(help="the simulated teacher's plan of mistakes")] = 42,
+) -> None:
+    """Run the teacher as a CodeAct agent over the tasks on Ray: one trace per trajectory (resumable)."""
+    from ray_app.codeact.capture import CaptureConfig, CaptureInputError, run_capture
+    from ray_app.codeact.loop import LoopSettings
+    from ray_app.codeact.tasks import TaskFileError
+    from ray_app.engines.precision import PRECISIONS
+    from ray_app.engines.teacher_settings import TeacherConfigError
+    from ray_app.models.model_path import ModelPathError
+
+    if teacher not in ("simulated", "hosted", "slm"):
+        fail(f"--teacher must be simulated, hosted or slm, got {teacher!r}")
+    if precision not in PRECISIONS:
+        fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    defaults = CaptureConfig()
+    config = CaptureConfig(
+        teacher=teacher,  # type: ignore[arg-type]
+        out_dir=out,
+        tasks_path=tasks,
+        dataset_dir=dataset_root,
+        splits=tuple(split) if split else defaults.splits,
+        multistep_tasks=multistep,
+        max_tasks=max_tasks,
+        concurrency=concurrency,
+        trajectories_per_call=trajectories_per_call,
+        seed=seed,
+        loop=LoopSettings(max_steps=max_steps, max_new_tokens=max_new_tokens),
+        model_path=Path(model_path) if model_path else None,
+        adapter_path=adapter,
+        precision=precision,
+    )
+    try:
+        outcome = run_capture(config)
+    except (CaptureInputError, TaskFileError, TeacherConfigError, ModelPathError, FileNotFoundError) as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        interrupted("every finished group of trajectories, in the traces file")
+    reasons = ", ".join(f"{reason} {count}" for reason, count in outcome.stop_reasons.items()) or "none new"
+    console.print(
+        f"{outcome.model}: {outcome.captured_now} trajectories captured now, {outcome.already_captured} already "
+        f"there, of {outcome.tasks} tasks (ended: {reasons}); tasks left out: {outcome.tasks_skipped or 'none'}\n"
+        f"traces: {outcome.traces_path}\n"
+        f"next: slm-swap data trajectories --traces {outcome.traces_path} --out <folder>",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @app.command("score")
 def score(
     track: Annotated[str, typer.Option(help="structured or toolcall")],

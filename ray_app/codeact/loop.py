@@ -37,7 +37,9 @@ FENCED_CODE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 class LoopSettings:
     max_steps: int = 4
     max_new_tokens: int = 256  # per model turn
-    token_budget: int = 8192  # prompt + completion tokens over a whole trajectory; past it, it stops
+    token_budget: int = (
+        4096  # prompt + completion tokens over a whole trajectory; past it, it stops (the filter rejects it)
+    )
     sandbox: SandboxLimits = field(default_factory=SandboxLimits)
 
     def to_json(self) -> dict[str, Any]:
@@ -127,37 +129,40 @@ def run_trajectories(
 
     settings = settings or LoopSettings()
     described = engine.describe()
-    with ExitStack() as stack:
-        sessions = [stack.enter_context(SandboxSession(task.tools, settings.sandbox)) for task in tasks]
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=max(1, len(tasks))) as pool:
+        # Each session waits for its child to start (~0.35 s): start them side by side.
+        starting = [pool.submit(SandboxSession, task.tools, settings.sandbox) for task in tasks]
+        for future in starting:  # every started child is closed on the way out, even if one failed
+            stack.callback(lambda future=future: future.exception() is None and future.result().close())
+        imports = settings.sandbox.authorized_imports
         running = [
-            RunningTrajectory(task, task_messages(task, settings.sandbox.authorized_imports), session)
-            for task, session in zip(tasks, sessions, strict=True)
+            RunningTrajectory(task, task_messages(task, imports), future.result())
+            for task, future in zip(tasks, starting, strict=True)
         ]
-        with ThreadPoolExecutor(max_workers=max(1, len(running))) as pool:
-            while active := [item for item in running if item.stop_reason is None]:
-                requests = [
-                    ChatRequest(chat_messages_of(item.messages), STOP_TEXTS, settings.max_new_tokens) for item in active
-                ]
-                generations = engine.chat(requests)
-                outputs = [completed_output(generation.text) for generation in generations]
-                actions = [parse_action(output) for output in outputs]
-                # Each trajectory's code runs in its own child process: side by side.
-                executions = list(pool.map(lambda pair: run_code(*pair), zip(active, actions, strict=True)))
-                for item, generation, output, (thought, code), execution in zip(
-                    active, generations, outputs, actions, executions, strict=True
-                ):
-                    step = Step(
-                        model_output=output,
-                        thought=thought,
-                        code=code,
-                        execution=execution,
-                        prompt_tokens=generation.prompt_tokens,
-                        completion_tokens=generation.completion_tokens,
-                        latency_s=generation.latency_s,
-                    )
-                    item.finish_step(step, settings)
-                if on_step:
-                    on_step(sum(item.stop_reason is not None for item in active))
+        while active := [item for item in running if item.stop_reason is None]:
+            requests = [
+                ChatRequest(chat_messages_of(item.messages), STOP_TEXTS, settings.max_new_tokens) for item in active
+            ]
+            generations = engine.chat(requests)
+            outputs = [completed_output(generation.text) for generation in generations]
+            actions = [parse_action(output) for output in outputs]
+            # Each trajectory's code runs in its own child process: side by side.
+            executions = list(pool.map(lambda pair: run_code(*pair), zip(active, actions, strict=True)))
+            for item, generation, output, (thought, code), execution in zip(
+                active, generations, outputs, actions, executions, strict=True
+            ):
+                step = Step(
+                    model_output=output,
+                    thought=thought,
+                    code=code,
+                    execution=execution,
+                    prompt_tokens=generation.prompt_tokens,
+                    completion_tokens=generation.completion_tokens,
+                    latency_s=generation.latency_s,
+                )
+                item.finish_step(step, settings)
+            if on_step:
+                on_step(sum(item.stop_reason is not None for item in active))
     return [trajectory_of(item, engine, described) for item in running]
 
 

@@ -50,7 +50,12 @@ def toolcall_tasks(split_path: str | Path) -> list[CodeactTask]:
     for line, row in enumerate(read_split(path, "toolcall"), start=1):
         prompt = parse_toolcall_prompt(row.prompt)
         call = parse_gold_tool_call(row.completion)
-        tools = tuple(ToolSpec(s["name"], s["description"], s["parameters"]) for s in prompt.signatures)
+        # A row may offer one tool twice (the xLAM source does): the agent sees it once, the first time.
+        by_name: dict[str, ToolSpec] = {}
+        for signature in prompt.signatures:
+            by_name.setdefault(signature["name"], ToolSpec(signature["name"], signature["description"],
+                                                           signature["parameters"]))  # fmt: skip
+        tools = tuple(by_name.values())
         if call.name not in {tool.name for tool in tools}:
             raise TaskFileError(f"{path}:{line}: the gold call names unknown tool {call.name!r}")
         tasks.append(
@@ -63,6 +68,24 @@ def toolcall_tasks(split_path: str | Path) -> list[CodeactTask]:
             )
         )
     return tasks
+
+
+def gold_call_problem(task: CodeactTask) -> str | None:
+    """Why a toolcall task's gold call breaks its own tool's schema (the stub would refuse it), or None.
+
+    Such a task cannot be solved as written: 19 of the 400 committed toolcall rows call a float for
+    an "integer" parameter or leave out a "required" one (the xLAM source's schemas are loose).
+    """
+    if task.kind != "toolcall":
+        return None
+    from ray_app.codeact.tool_stubs import ToolCallError, tool_stub
+
+    tool = next(tool for tool in task.tools if tool.name == task.gold["name"])
+    try:
+        tool_stub(tool, [])(**task.gold["arguments"])
+    except ToolCallError as error:
+        return str(error)
+    return None
 
 
 def split_structured_prompt(prompt: str) -> tuple[str, str]:

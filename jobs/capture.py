@@ -1,0 +1,14 @@
+"""`ray job submit --runtime-env runtime_env.yaml -- python jobs/capture.py [--teacher hosted] [--concurrency 4]`
+
+Same flags as `slm-swap capture`: the teacher as a CodeAct agent over the tasks, one trace per trajectory.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run by path, also from a Ray working_dir
+
+from ray_app.cli import app  # noqa: E402
+
+if __name__ == "__main__":
+    app(["capture", *sys.argv[1:]])
