@@ -178,6 +178,13 @@ def data_trajectories(
     out: Annotated[Path, typer.Option(help="writes <out>/{codeact,toolcall,structured}/{split}.jsonl, manifest.json")],
     traces: Annotated[Path | None, typer.Option(help="trace JSONL (slm-swap capture's traces.jsonl)")] = None,
     from_langfuse: Annotated[bool, typer.Option(help="pull the trajectory traces from Langfuse instead")] = False,
+    mastra_traces: Annotated[
+        Path | None,
+        typer.Option(help="a Mastra agent's traces (its Langfuse exporter's OTLP/JSON, or Langfuse's trace JSONL)"),
+    ] = None,
+    mastra_tools: Annotated[
+        Path | None, typer.Option(help="the Mastra agent's OpenAI tools (JSON): the exporter sends no schemas")
+    ] = None,
     since: Annotated[dt.datetime | None, typer.Option(help="pull only observations that start at/after this")] = None,
     until: Annotated[dt.datetime | None, typer.Option(help="pull only observations that start before this")] = None,
     replay: Annotated[bool, typer.Option(help="run passing trajectories' code again; same observations")] = False,
@@ -187,31 +194,50 @@ def data_trajectories(
     ] = None,
 ) -> None:
     """CodeAct trajectory traces → filter verdicts → codeact/toolcall/structured splits and a manifest."""
+    from ray_app.codeact.mastra_trajectories import mastra_trajectories, read_agent_traces, read_tool_definitions
     from ray_app.codeact.trajectory_dataset import build_trajectory_datasets
     from ray_app.codeact.trajectory_filter import REASONS, FilterSettings, filter_trajectories
     from ray_app.codeact.trajectory_trace_file import (
+        TracedTrajectory,
         TrajectoryTraceFileError,
+        TrajectoryTraces,
         read_trajectory_trace_file,
         trajectories_from_traces,
     )
     from ray_app.codeact.trajectory_writers import langfuse_writer_from_env, pull_trajectory_traces, record_filter_score
     from ray_app.data.langfuse_pull import LangfuseSettingsError, langfuse_client_from_env
+    from ray_app.data.trace_splits import TraceFileError
 
-    if (traces is None) == (not from_langfuse):
-        fail("give exactly one of --traces FILE and --from-langfuse")
+    if traces is not None and from_langfuse:
+        fail("give one of --traces FILE and --from-langfuse, not both")
+    if traces is None and not from_langfuse and mastra_traces is None:
+        fail("give --traces FILE, --from-langfuse or --mastra-traces FILE")
     writer = langfuse_writer_from_env() if (from_langfuse if score_langfuse is None else score_langfuse) else None
     if score_langfuse and writer is None:
         fail("--score-langfuse needs LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY (and LANGFUSE_BASE_URL)")
     try:
         if traces is not None:
             read, source = read_trajectory_trace_file(traces), str(traces)
-        else:
+        elif from_langfuse:
             with console.status("pulling trajectory traces from Langfuse") as status:
                 pulled = pull_trajectory_traces(
                     langfuse_client_from_env(), since, until, lambda page, n: status.update(f"page {page}: {n}")
                 )
             read, source = trajectories_from_traces((f"langfuse:{t['id']}", t) for t in pulled), "langfuse"
-    except (TrajectoryTraceFileError, LangfuseSettingsError, FileNotFoundError) as error:
+        else:
+            read, source = TrajectoryTraces(), ""
+        if mastra_traces is not None:
+            tools = read_tool_definitions(mastra_tools) if mastra_tools else None
+            agent_traces = read_agent_traces(mastra_traces)
+            runs = mastra_trajectories(agent_traces, tools)
+            read.traces_read += len(agent_traces)
+            read.traced.extend(
+                TracedTrajectory(run, run.metadata["trace_id"], f"{mastra_traces}:{run.metadata['trace_id']}")
+                for run in runs.trajectories
+            )
+            read.skipped.update({f"mastra: {reason}": count for reason, count in runs.skipped.items()})
+            source = " + ".join(filter(None, [source, f"{mastra_traces} (Mastra agent)"]))
+    except (TrajectoryTraceFileError, TraceFileError, LangfuseSettingsError, FileNotFoundError) as error:
         fail(str(error))
     settings = FilterSettings(token_budget=token_budget or FilterSettings().token_budget, replay=replay)
     report = filter_trajectories([item.trajectory for item in read.traced], settings)

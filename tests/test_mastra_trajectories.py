@@ -355,3 +355,17 @@ if __name__ == "__main__":
     if finished.returncode != 0:
         sys.exit(finished.stdout[-3000:] + finished.stderr[-3000:])
     print(FIXTURE_DIR / EXPORT_NAME, FIXTURE_DIR / TOOLS_NAME, sep="\n")
+
+
+def test_data_trajectories_builds_splits_from_the_mastra_agents_traces(tmp_path):
+    """The command a team runs on its existing agent's traces (no CodeAct switch needed)."""
+    from tests.test_cli import slm_swap
+
+    fixtures = PROJECT_ROOT / "mastra" / "test" / "fixtures"
+    result = slm_swap("data", "trajectories", "--mastra-traces", str(fixtures / "mastra_langfuse_export.jsonl"),
+                      "--mastra-tools", str(fixtures / "mastra_agent_tools.json"), "--out", str(tmp_path))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "passed=3" in result.stderr and "skipped 1: mastra: no tool call" in result.stderr
+    rows = [json.loads(line) for split in ("train", "val", "test")
+            for line in (tmp_path / "codeact" / f"{split}.jsonl").read_text().splitlines()]  # fmt: skip
+    assert len(rows) == 3 and all(row["model"] for row in rows)
