@@ -175,7 +175,9 @@ def data_traces(
 
 @data_app.command("trajectories")
 def data_trajectories(
-    out: Annotated[Path, typer.Option(help="writes <out>/{codeact,toolcall,structured}/{split}.jsonl, manifest.json")],
+    out: Annotated[
+        Path, typer.Option(help="writes <out>/{split}.jsonl, <out>/derived/{toolcall,structured}/, manifest.json")
+    ] = DATASET_ROOT / "codeact",
     traces: Annotated[Path | None, typer.Option(help="trace JSONL (slm-swap capture's traces.jsonl)")] = None,
     from_langfuse: Annotated[bool, typer.Option(help="pull the trajectory traces from Langfuse instead")] = False,
     mastra_traces: Annotated[
@@ -195,7 +197,7 @@ def data_trajectories(
 ) -> None:
     """CodeAct trajectory traces → filter verdicts → codeact/toolcall/structured splits and a manifest."""
     from ray_app.codeact.mastra_trajectories import mastra_trajectories, read_agent_traces, read_tool_definitions
-    from ray_app.codeact.trajectory_dataset import build_trajectory_datasets
+    from ray_app.codeact.trajectory_dataset import build_trajectory_datasets, split_file
     from ray_app.codeact.trajectory_filter import REASONS, FilterSettings, filter_trajectories
     from ray_app.codeact.trajectory_trace_file import (
         TracedTrajectory,
@@ -244,9 +246,11 @@ def data_trajectories(
     manifest = build_trajectory_datasets(read.traced, report, out, source=source, skipped_while_reading=read.skipped)
     console.print(f"{source}: {read.traces_read} traces, {len(read.traced)} trajectories", highlight=False)
     console.print(" ".join(f"{reason}={report.counts[reason]}" for reason in REASONS), highlight=False, soft_wrap=True)
-    written = {track: counts for track, counts in manifest.counts.items() if f"{track}/test.jsonl" in manifest.files}
+    written = {
+        track: counts for track, counts in manifest.counts.items() if split_file(track, "test") in manifest.files
+    }
     if written:
-        folders = {track: {"test": out / track / "test.jsonl"} for track in written}
+        folders = {track: {"test": out / split_file(track, "test")} for track in written}
         print_split_table("trajectories → splits", written, folders)
     for reason, count in manifest.skipped.items():
         console.print(f"skipped {count}: {reason}", highlight=False)

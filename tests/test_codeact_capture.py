@@ -55,12 +55,14 @@ def test_capture_filter_build_counts_equal_the_seeded_plan_and_files_are_byte_id
     report = json.loads((built[0] / "filter_report.json").read_text())
     assert {reason: count for reason, count in report["counts"].items() if count} == dict(expected)
     files = dataset_files(built[0])
-    assert {"codeact/train.jsonl", "toolcall/test.jsonl", "structured/test.jsonl", "manifest.json"} <= set(files)
+    assert {"train.jsonl", "derived/toolcall/test.jsonl", "derived/structured/test.jsonl", "manifest.json"} <= set(
+        files
+    )
     assert files == dataset_files(built[1])  # the same traces, built twice
-    codeact = {name: data for name, data in files.items() if name.startswith("codeact/")}
-    assert codeact == {name: data for name, data in dataset_files(built[2]).items() if name.startswith("codeact/")}
-    rows = [json.loads(line) for line in files["codeact/train.jsonl"].decode().splitlines()]
-    rows += [json.loads(line) for line in files["codeact/test.jsonl"].decode().splitlines()]
+    codeact = {name: data for name, data in files.items() if name.endswith(".jsonl") and "/" not in name}
+    assert codeact == {name: data for name, data in dataset_files(built[2]).items() if name in codeact}
+    rows = [json.loads(line) for line in files["train.jsonl"].decode().splitlines()]
+    rows += [json.loads(line) for line in files["test.jsonl"].decode().splitlines()]
     assert 0 < len(rows) <= expected["passed"]
     assert all(row["messages"][-1]["role"] == "assistant" for row in rows)
 

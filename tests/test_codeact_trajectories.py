@@ -23,6 +23,7 @@ from ray_app.codeact.trajectory_dataset import (
     MANIFEST_FILE,
     SplitFractions,
     build_trajectory_datasets,
+    split_file,
     task_split,
 )
 from ray_app.codeact.trajectory_filter import REASONS, FilterSettings, filter_trajectories, filter_verdict
@@ -405,7 +406,7 @@ def test_build_is_byte_identical_and_splits_by_task(tmp_path):
 
     tasks_per_split = {}
     for split in ("train", "val", "test"):
-        rows = [json.loads(line) for line in (tmp_path / "a" / "codeact" / f"{split}.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in (tmp_path / "a" / f"{split}.jsonl").read_text().splitlines()]
         tasks_per_split[split] = {row["task_id"] for row in rows}
     assert not (tasks_per_split["train"] & tasks_per_split["val"]) and not (
         tasks_per_split["train"] & tasks_per_split["test"]
@@ -448,7 +449,7 @@ def test_rows_manifest_and_seed_tracks(tmp_path):
     # The codeact rows: messages with roles, observation turns marked, the source trace id.
     recovered_row = next(
         json.loads(line) for split in ("train", "val", "test")
-        for line in (out / "codeact" / f"{split}.jsonl").read_text().splitlines()
+        for line in (out / f"{split}.jsonl").read_text().splitlines()
         if json.loads(line)["trajectory_id"] == RECOVERED.trajectory_id
     )  # fmt: skip
     assert list(recovered_row) == [
@@ -471,8 +472,8 @@ def test_rows_manifest_and_seed_tracks(tmp_path):
     for track in ("toolcall", "structured"):
         all_rows[track] = []
         for split in ("train", "val", "test"):
-            path = out / track / f"{split}.jsonl"
-            if facts["files"][f"{track}/{split}.jsonl"]["rows"]:
+            path = out / split_file(track, split)
+            if facts["files"][split_file(track, split)]["rows"]:
                 all_rows[track] += read_split(path)  # raises on any bad row
     signature = {"name": "get_weather", "description": WEATHER.description, "parameters": WEATHER.parameters}
     oslo_prompt = toolcall_prompt([signature], "What is the weather in Oslo?")

@@ -367,5 +367,5 @@ def test_data_trajectories_builds_splits_from_the_mastra_agents_traces(tmp_path)
     assert result.returncode == 0, result.stderr
     assert "passed=3" in result.stderr and "skipped 1: mastra: no tool call" in result.stderr
     rows = [json.loads(line) for split in ("train", "val", "test")
-            for line in (tmp_path / "codeact" / f"{split}.jsonl").read_text().splitlines()]  # fmt: skip
+            for line in (tmp_path / f"{split}.jsonl").read_text().splitlines()]  # fmt: skip
     assert len(rows) == 3 and all(row["model"] for row in rows)

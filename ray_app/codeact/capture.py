@@ -20,7 +20,7 @@ import itertools
 import json
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,11 +110,10 @@ def engine_for(config_json: dict[str, Any], tasks: list[CodeactTask]):
         return HostedLlmEngine()
     from ray_app.engines.decode.engine import SlmEngine
     from ray_app.engines.slm import SlmSettings
-    from ray_app.models.model_path import resolve_slm_model_path
 
     return SlmEngine(
         SlmSettings(
-            model_path=resolve_slm_model_path(config_json["model_path"]),
+            model_path=Path(config_json["model_path"]),  # resolved by the driver (`capture_model_path`)
             adapter_path=Path(config_json["adapter_path"]) if config_json["adapter_path"] else None,
             precision=config_json["precision"],
             batch_size=config_json["trajectories_per_call"],
@@ -136,6 +135,17 @@ def teacher_model_name(config: CaptureConfig) -> str:
     from ray_app.engines.decode.loaded_slm import BASE_MODEL_NAME, adapter_model_name
 
     return adapter_model_name(config.adapter_path) if config.adapter_path else BASE_MODEL_NAME
+
+
+def capture_model_path(config: CaptureConfig) -> Path:
+    """The SLM checkpoint for `--teacher slm`: the flag, else SLM_MODEL_PATH, else the demo SLM when it
+    has been fetched (as the main job does); ModelPathError says what to set."""
+    from ray_app.models.demo_checkpoint import DEMO_MODEL_DIR, demo_checkpoint_complete
+    from ray_app.models.model_path import resolve_slm_model_path
+
+    if config.model_path is None and not os.environ.get("SLM_MODEL_PATH") and demo_checkpoint_complete(DEMO_MODEL_DIR):
+        return DEMO_MODEL_DIR
+    return resolve_slm_model_path(str(config.model_path) if config.model_path else None)
 
 
 class CodeactActor:
@@ -232,6 +242,8 @@ def run_capture(config: CaptureConfig) -> CaptureOutcome:
     from ray_app.tracing.run_trace import safe_file_name
 
     tasks, tasks_skipped = capture_tasks(config)  # bad tasks stop here, before any model is loaded or called
+    if config.teacher == "slm":
+        config = replace(config, model_path=capture_model_path(config))
     if not tasks:
         raise CaptureInputError("no tasks to capture")
     model = teacher_model_name(config)

@@ -1,18 +1,22 @@
 """Accepted trajectories → the CodeAct dataset, rows for the seed's two tracks, and a manifest.
 
-Writes, under `out_dir` (each file atomically, in a fixed order, the same bytes for the same input):
+Writes, under `out_dir` (default `slm_swap/02_dataset/codeact/`; each file atomically, in a fixed order,
+the same bytes for the same input):
 
-- `codeact/{train,val,test}.jsonl`: one row per accepted trajectory, keys in this order:
+- `{train,val,test}.jsonl`: the CodeAct rows, one per accepted trajectory, keys in this order:
   `{"trajectory_id", "task_id", "kind", "model", "source_trace_id", "recovered", "messages"}`;
   `messages` is the chat as the model saw it, each `{"role": "system"|"user"|"assistant", "content": str}`,
   observation turns (user turns holding `Observation: ...`) with `"observation": true` as a third key.
   Training computes the loss on the assistant turns only (everything else labelled -100).
-- `toolcall/{split}.jsonl`: for toolcall tasks, the trajectory's last call the stub accepted → prompt
+- `derived/toolcall/{split}.jsonl`: for toolcall tasks, the trajectory's last call the stub accepted → prompt
   `toolcall_prompt(task tools, request)`, completion `format_tool_call(name, arguments)`.
-- `structured/{split}.jsonl`: for structured and multi-step tasks whose final answer is a JSON object or
+- `derived/structured/{split}.jsonl`: for structured and multi-step tasks whose final answer is a JSON object or
   array → prompt `structured_prompt_from_instruction(instruction, request)`, completion the readable JSON.
   Both hold exactly `prompt` / `completion` and pass `data.rows.row_problem`; a prompt seen twice in a
-  track is kept once. A track's three files are written when it has at least one row.
+  track is kept once. A track's three files are written when it has at least one row. `derived/` is a
+  dataset root for the seed tracks (`slm-swap eval --dataset-root .../derived`).
+- `tasks/{train,val,test}.jsonl`: every task of every trajectory read (accepted or not) in its split, in
+  the tasks-file format (`tasks.read_tasks`): the student is evaluated on the test tasks.
 - `filter_report.json`: the filter's counts and every verdict.
 - `manifest.json`: sha256 and row count of every file above, rows per track and split, skip reasons
   with counts, and each row's source trace id (in row order).
@@ -51,6 +55,19 @@ from ray_app.prompts import (
 )
 
 CODEACT_TRACK = "codeact"
+
+
+def tasks_file(split: str) -> str:
+    """The split's tasks (`tasks.read_tasks` reads them): every task of every trajectory read."""
+    return f"tasks/{split}.jsonl"
+
+
+def split_file(track: str, split: str) -> str:
+    """Where a track's split goes under the output folder: CodeAct rows at the top, seed-track rows
+    derived from the same trajectories under `derived/<track>/`."""
+    return f"{split}.jsonl" if track == CODEACT_TRACK else f"derived/{track}/{split}.jsonl"
+
+
 MANIFEST_FILE = "manifest.json"
 FILTER_REPORT_FILE = "filter_report.json"
 MANIFEST_VERSION = 1
@@ -231,10 +248,19 @@ def build_trajectory_datasets(
         if not any(splits.values()):
             continue
         for split in SPLITS:
-            relative = f"{track}/{split}.jsonl"
+            relative = split_file(track, split)
             path = atomic_write_jsonl(out_dir / relative, splits[split])
             files[relative] = {"sha256": file_sha256(path), "rows": len(splits[split])}
             row_sources[relative] = sources[track][split]
+    # Every task of every trajectory read (accepted or not), by split: what the student is evaluated on.
+    tasks_by_split: dict[str, dict[str, Any]] = {split: {} for split in SPLITS}
+    for item in ordered:
+        task = item.trajectory.task
+        tasks_by_split[split_of_task[task.task_id]].setdefault(task.task_id, task.to_json())
+    for split in SPLITS:
+        relative = tasks_file(split)
+        path = atomic_write_jsonl(out_dir / relative, list(tasks_by_split[split].values()))
+        files[relative] = {"sha256": file_sha256(path), "rows": len(tasks_by_split[split])}
     atomic_write_json(out_dir / FILTER_REPORT_FILE, report.to_json())
     files[FILTER_REPORT_FILE] = {"sha256": file_sha256(out_dir / FILTER_REPORT_FILE), "rows": len(report.verdicts)}
     manifest = Manifest(
