@@ -341,3 +341,30 @@ def test_openai_client_raises_typed_errors_for_unknown_model_and_missing_message
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model="slm", messages=[])
+
+
+def test_the_codeact_loop_through_serve_gives_the_local_engines_trajectories(served):
+    """The loop on Serve's endpoint (multi-turn CodeAct conversations, OpenAI `stop`) and on the
+    decode engine in process: the same model text at every step of every trajectory (fp32)."""
+    from ray_app.codeact.loop import LoopSettings, run_trajectories
+    from ray_app.codeact.tasks import build_tasks
+    from ray_app.engines.decode.engine import SlmEngine
+    from ray_app.engines.hosted import HostedLlmEngine
+    from ray_app.engines.slm import SlmSettings
+    from ray_app.engines.teacher_settings import teacher_settings_from_env
+    from ray_app.paths import DATASET_ROOT
+
+    server, model_dir, _ = served
+    tasks = build_tasks(DATASET_ROOT, "test", 2)[-3:]
+    settings = LoopSettings(max_steps=2, max_new_tokens=12)
+    environ = {
+        "SLM_SWAP_TEACHER_BASE_URL": f"{server.url}/v1",
+        "SLM_SWAP_TEACHER_MODEL": "slm",
+        "SLM_SWAP_TEACHER_API_KEY": "not-needed",
+    }
+    through_serve = run_trajectories(tasks, HostedLlmEngine(teacher_settings_from_env(environ)), settings)
+    local = SlmEngine(SlmSettings(model_path=model_dir, precision="fp32", max_new_tokens=12))
+    in_process = run_trajectories(tasks, local, settings)
+    for served_run, local_run in zip(through_serve, in_process, strict=True):
+        assert [step.model_output for step in served_run.steps] == [step.model_output for step in local_run.steps]
+        assert served_run.messages == local_run.messages and len(served_run.steps) == 2
