@@ -457,6 +457,9 @@ def train(
         typer.Option(help="on CPU workers: bf16 autocast; default: where the CPU has native bf16 (avx512_bf16/AMX)"),
     ] = None,
     force: Annotated[bool, typer.Option(help="train even when the decision says FINE_TUNE=0")] = False,
+    loss_on: Annotated[
+        str, typer.Option(help="codeact only: assistant (the student's turns) or all (every token, an ablation)")
+    ] = "assistant",
     eval_after: Annotated[bool, typer.Option(help="then evaluate the SLM with each adapter and decide again")] = True,
     eval_precision: Annotated[str, typer.Option(help="precision of the re-evaluation")] = "auto",
     eval_max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
@@ -470,13 +473,15 @@ def train(
     from ray_app.paths import ADAPTER_ROOT, EVAL_ROOT
     from ray_app.record_fields import RecordError
     from ray_app.tracing import LangfuseRequiredError
-    from ray_app.train.config import TrainConfig
+    from ray_app.train.config import CODEACT_TRACK, TrainConfig
     from ray_app.train.sft_worker import TrainBackendError
     from ray_app.train.strategies import train_tracks
 
     tracks = list(TRACKS) if track == "all" else [track]
-    if any(t not in TRACKS for t in tracks):
-        fail(f"--track must be structured, toolcall or all, got {track!r}")
+    if any(t not in (*TRACKS, CODEACT_TRACK) for t in tracks):
+        fail(f"--track must be structured, toolcall, all or codeact, got {track!r}")
+    if loss_on not in ("assistant", "all") or (loss_on != "assistant" and track != CODEACT_TRACK):
+        fail(f"--loss-on must be assistant, or all with --track codeact, got {loss_on!r} for --track {track}")
     if strategy not in ("sequential", "parallel"):
         fail(f"--strategy must be sequential or parallel, got {strategy!r}")
     if backend not in ("auto", "unsloth", "peft"):
@@ -511,9 +516,9 @@ def train(
             cpus_per_worker=cpus_per_worker,
             storage_path=(storage_path or defaults.storage_path).resolve(),
             force=force,
-            decision_path=results_root / "decision.json",
-            eval_root=results_root,
+            eval_root=results_root,  # the gate reads its decision.json (codeact: codeact/decision.json)
             require_langfuse=True if require_langfuse else None,
+            loss_on=loss_on,  # type: ignore[arg-type]
         )
         for t in tracks
     ]
@@ -528,6 +533,8 @@ def train(
         where = f" → {outcome.adapter_dir}" if outcome.adapter_dir else ""
         console.print(f"{outcome.track}: {state} ({outcome.reason}){where}", highlight=False)
     adapters = {outcome.track: outcome.adapter_dir for outcome in outcomes if outcome.adapter_dir is not None}
+    if adapters.pop(CODEACT_TRACK, None) is not None and eval_after:
+        console.print("codeact: evaluate the adapter on the CodeAct tasks (not a step of `slm-swap train`)")
     if not eval_after or not adapters:
         return
     from ray_app.decide.decide import DecideConfig

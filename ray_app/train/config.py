@@ -6,11 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ray_app.codeact.trajectory_dataset import CODEACT_TRACK  # Phase II: CodeAct trajectories
 from ray_app.data.rows import Track
 from ray_app.paths import ADAPTER_ROOT, DATASET_ROOT, EVAL_ROOT, RAY_TRAIN_STORAGE
 
 Backend = Literal["auto", "unsloth", "peft"]
 Quantization = Literal["auto", "8bit", "4bit", "none"]
+TrainTrack = Track | Literal["codeact"]
+LossOn = Literal["assistant", "all"]
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class LoraSettings:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    track: Track
+    track: TrainTrack
     model_path: str | None = None  # None: SLM_MODEL_PATH, then the seed's default
     dataset_root: Path = DATASET_ROOT
     adapter_root: Path = ADAPTER_ROOT  # writes <adapter_root>/adapter_<track>/
@@ -50,9 +53,30 @@ class TrainConfig:
     checkpoints_to_keep: int = 2
     storage_path: Path = RAY_TRAIN_STORAGE  # checkpoints, per run name (SLM_SWAP_STORAGE_PATH moves it)
     force: bool = False  # train even when the decision says FINE_TUNE=0
-    decision_path: Path = EVAL_ROOT / "decision.json"  # the gate reads the track's FINE_TUNE here
+    # The gate reads the track's FINE_TUNE here; None: <eval_root>/decision.json, for codeact
+    # <eval_root>/codeact/decision.json (its own evaluation's decision, key `fine_tune`).
+    decision_path: Path | None = None
     eval_root: Path = EVAL_ROOT  # the run's trace goes to <eval_root>/traces/ beside the other steps'
     require_langfuse: bool | None = None
+    # codeact only: "assistant" puts the loss on the student's own turns (thought + code + end of turn),
+    # system, task and observations labelled -100; "all" trains the same rows on every token (ablation).
+    loss_on: LossOn = "assistant"
+
+    def __post_init__(self) -> None:
+        if self.loss_on not in ("assistant", "all"):
+            raise ValueError(f"loss_on must be 'assistant' or 'all', got {self.loss_on!r}")
+        if self.loss_on != "assistant" and self.track != CODEACT_TRACK:
+            raise ValueError(f"loss_on={self.loss_on!r} applies to the codeact track only, not {self.track}")
+
+    @property
+    def decision_file(self) -> Path:
+        if self.decision_path is not None:
+            return self.decision_path
+        return (
+            self.eval_root / CODEACT_TRACK / "decision.json"
+            if self.track == CODEACT_TRACK
+            else self.eval_root / "decision.json"
+        )
 
     @property
     def adapter_dir(self) -> Path:

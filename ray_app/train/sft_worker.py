@@ -1,7 +1,8 @@
 """What each Ray Train worker runs: supervised fine-tuning of a LoRA adapter with TRL's SFTTrainer.
 
 Rows become conversational prompt/completion examples built with `chat_messages` — the same
-messages evaluation and serving send — so TRL computes the loss on completion tokens only.
+messages evaluation and serving send — so TRL computes the loss on completion tokens only. The codeact
+track's examples come pre-tokenized with their labels (`codeact_examples`) and are trained as given.
 Checkpoints go to Ray Train every `save_steps` optimizer steps; a worker that finds one (a restarted
 run) resumes from it with the optimizer, scheduler and data position restored. The final adapter is
 reported as the last checkpoint, with the loss curve and throughput as metrics.
@@ -132,8 +133,13 @@ def build_sft_trainer(config: dict[str, Any], device, output_dir: Path, callback
 
     loader = load_unsloth_backend if config["backend"] == "unsloth" else load_peft_backend
     model, tokenizer, peft_config = loader(config, device)
-    train_dataset = Dataset.from_list(conversational_examples(config["train_rows"]))
-    eval_dataset = Dataset.from_list(conversational_examples(config["val_rows"])) if config["val_rows"] else None
+    if "train_examples" in config:  # codeact: input_ids + labels (-100 where no loss), used as given
+        train_examples, val_examples = config["train_examples"], config["val_examples"]
+    else:
+        train_examples = conversational_examples(config["train_rows"])
+        val_examples = conversational_examples(config["val_rows"])
+    train_dataset = Dataset.from_list(train_examples)
+    eval_dataset = Dataset.from_list(val_examples) if val_examples else None
     on_gpu = device.type == "cuda"
     args = SFTConfig(
         output_dir=str(output_dir),
@@ -171,6 +177,9 @@ def build_sft_trainer(config: dict[str, Any], device, output_dir: Path, callback
         peft_config=peft_config,
         callbacks=callbacks,
     )
+    if "train_examples" in config and len(trainer.train_dataset) != len(train_examples):
+        # TRL drops fully masked examples without a word; codeact_examples left them out and said so.
+        raise RuntimeError(f"SFTTrainer kept {len(trainer.train_dataset)} of {len(train_examples)} training examples")
     return trainer, tokenizer
 
 

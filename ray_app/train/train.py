@@ -1,7 +1,8 @@
 """Train step: fine-tune one track's LoRA adapter on Ray Train.
 
 1. the gate: train only when decision.json says FINE_TUNE=1 for the track (or `--force`);
-2. read and validate train.jsonl and val.jsonl (a bad row or an empty split stops here);
+2. read and validate train.jsonl and val.jsonl (a bad row or an empty split stops here); the codeact
+   track (Phase II) has its own gate and data, pre-tokenized with loss masks (`codeact_track.py`);
 3. the run key (data hashes, base model fingerprint, every training setting) names the Ray Train
    run, so a restarted run with the same inputs resumes from its last checkpoint and a changed
    setting starts afresh; a finished adapter with the same key is reused;
@@ -33,7 +34,8 @@ from ray_app.eval.evaluate import display_path, run_key_of
 from ray_app.eval.run_facts import jsonable, run_facts
 from ray_app.models.fingerprint import file_sha256, folder_fingerprint
 from ray_app.models.model_path import resolve_slm_model_path
-from ray_app.train.config import TrainConfig
+from ray_app.train.codeact_track import codeact_fine_tune_gate, codeact_worker_data, read_codeact_rows
+from ray_app.train.config import CODEACT_TRACK, TrainConfig
 from ray_app.train.sft_worker import TrainBackendError
 
 console = Console(stderr=True)
@@ -52,9 +54,11 @@ def fine_tune_gate(config: TrainConfig) -> tuple[bool, str]:
     """(train?, why): the decision's FINE_TUNE flag for the track, unless --force."""
     if config.force:
         return True, "--force"
-    if not config.decision_path.is_file():
-        return False, f"no decision at {display_path(config.decision_path)}: run `slm-swap decide` first, or --force"
-    decision = Decision.read(config.decision_path)
+    if config.track == CODEACT_TRACK:
+        return codeact_fine_tune_gate(config)
+    if not config.decision_file.is_file():
+        return False, f"no decision at {display_path(config.decision_file)}: run `slm-swap decide` first, or --force"
+    decision = Decision.read(config.decision_file)
     track_result = decision.tracks.get(config.track)
     if track_result is None:
         missing = decision.missing.get(config.track, "the track was not decided")
@@ -81,8 +85,12 @@ def training_plan(config: TrainConfig) -> dict[str, Any]:
 
     train_path = config.dataset_root / config.track / "train.jsonl"
     val_path = config.dataset_root / config.track / "val.jsonl"
-    train_rows = read_split(train_path, config.track)[: config.max_train_rows]
-    val_rows = read_split(val_path, config.track)[: config.max_val_rows] if val_path.is_file() else []
+    if config.track == CODEACT_TRACK:
+        train_rows, val_rows = read_codeact_rows(config, train_path, val_path)
+    else:
+        train_rows = [row.to_json() for row in read_split(train_path, config.track)[: config.max_train_rows]]
+        val_rows = [row.to_json() for row in read_split(val_path, config.track)] if val_path.is_file() else []
+        val_rows = val_rows[: config.max_val_rows]
     if not train_rows:
         raise DatasetError(f"{train_path}: no training rows")
     model_path = resolve_slm_model_path(config.model_path)
@@ -120,12 +128,18 @@ def training_plan(config: TrainConfig) -> dict[str, Any]:
         "model_fingerprint": folder_fingerprint(model_path),
         **settings,
     }
+    worker_data, record = {"train_rows": train_rows, "val_rows": val_rows}, {}
+    if config.track == CODEACT_TRACK:  # pre-tokenized with the loss masks; loss_on keys the run (v0 keys unchanged)
+        identity["loss_on"] = config.loss_on
+        worker_data, record = codeact_worker_data(config, model_path, train_path, train_rows, val_rows)
     return {
         "model_path": str(model_path),
         "train_path": train_path,
         "val_path": val_path,
-        "train_rows": [row.to_json() for row in train_rows],
-        "val_rows": [row.to_json() for row in val_rows],
+        "train_rows": train_rows,
+        "val_rows": val_rows,
+        "worker_data": worker_data,  # what the workers train on
+        "track_record": record,  # the track's own facts for training.json (codeact: loss_on, token counts)
         "settings": settings,
         "identity": identity,
         "run_key": run_key_of(identity),
@@ -151,8 +165,7 @@ def fit_on_ray_train(config: TrainConfig, plan: dict[str, Any]):
         train_loop_config={
             **settings,
             "model_path": plan["model_path"],
-            "train_rows": plan["train_rows"],
-            "val_rows": plan["val_rows"],
+            **plan["worker_data"],
             "progress_steps": progress.steps,
         },
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu, resources_per_worker=resources),
@@ -264,6 +277,7 @@ def run_train(config: TrainConfig) -> TrainOutcome:
             "identity": plan["identity"],
             "settings": plan["settings"],
             "rows": {"train": len(plan["train_rows"]), "val": len(plan["val_rows"])},
+            **plan["track_record"],
             "train_loss": metrics.get("train_loss"),
             "val_loss": metrics.get("eval_loss"),
             "loss_curve": metrics.get("loss_curve"),
