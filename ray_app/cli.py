@@ -353,7 +353,7 @@ def score(
 
 @app.command("eval")
 def evaluate(
-    track: Annotated[str, typer.Option(help="structured or toolcall")],
+    track: Annotated[str, typer.Option(help="structured, toolcall, or codeact (the CodeAct loop on the test tasks)")],
     model: Annotated[str, typer.Option(help="slm (local, Ray Data actors) or teacher (hosted LLM or replay)")],
     adapter: Annotated[Path | None, typer.Option(help="PEFT adapter folder for the SLM")] = None,
     split: Annotated[str, typer.Option(help="split file name under <dataset-root>/<track>/")] = "test",
@@ -368,15 +368,49 @@ def evaluate(
     ] = 32,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
     actors: Annotated[int | None, typer.Option(min=1, help="SLM actors (default: one per GPU, else 1)")] = None,
-    teacher_mode: Annotated[str, typer.Option(help="auto, azure, openai-compatible or replay")] = "auto",
+    teacher_mode: Annotated[
+        str, typer.Option(help="auto, azure, openai-compatible or replay; --track codeact: auto, simulated or hosted")
+    ] = "auto",
     replay_traces: Annotated[Path | None, typer.Option(help="trace JSONL for replay")] = None,
     agent_id: Annotated[str, typer.Option(help="agent whose recorded answers are replayed")] = "dummy-agent",
     toolcall_mode: Annotated[str, typer.Option(help="teacher on toolcall: native (OpenAI tools) or prompt")] = "native",
     concurrency: Annotated[int, typer.Option(min=1, help="parallel teacher calls")] = 4,
     force: Annotated[bool, typer.Option(help="recompute even when finished outputs match")] = False,
     require_langfuse: Annotated[bool, typer.Option(help="fail when LANGFUSE_* keys are missing")] = False,
+    tasks: Annotated[
+        Path | None, typer.Option(help="--track codeact: tasks JSONL (default <dataset-root>/codeact/tasks/test.jsonl)")
+    ] = None,
+    trajectories_per_call: Annotated[
+        int, typer.Option(min=1, help="--track codeact: trajectories an actor steps together (a fixed group)")
+    ] = 8,
 ) -> None:
     """Evaluate the SLM or the teacher on one track: predictions.jsonl + metrics.json under 05_eval/."""
+    if track == "codeact":
+        from ray_app.codeact.loop import LoopSettings
+        from ray_app.eval.codeact_eval import CodeactEvalConfig
+        from ray_app.paths import EVAL_ROOT
+
+        if model not in ("slm", "teacher"):
+            fail(f"--model must be slm or teacher, got {model!r}")
+        if teacher_mode not in ("auto", "simulated", "hosted"):
+            fail(f"--track codeact: --teacher-mode must be auto, simulated or hosted, got {teacher_mode!r}")
+        codeact_config = CodeactEvalConfig(
+            model=model,  # type: ignore[arg-type]
+            tasks_path=tasks or dataset_root / "codeact" / "tasks" / "test.jsonl",
+            label=label,
+            eval_root=eval_root or EVAL_ROOT,
+            teacher_mode=teacher_mode,  # type: ignore[arg-type]
+            model_path=model_path,
+            adapter_path=adapter,
+            precision=precision,  # type: ignore[arg-type]
+            trajectories_per_call=trajectories_per_call,
+            actors=actors,
+            loop=LoopSettings(max_new_tokens=max_new_tokens),
+            force=force,
+            require_langfuse=True if require_langfuse else None,
+        )
+        evaluate_codeact_or_exit(codeact_config)
+        return
     from ray_app.data.rows import TRACKS
     from ray_app.engines.precision import PRECISIONS
     from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings
@@ -422,9 +456,26 @@ def evaluate(
     evaluate_or_exit(config, f"the predictions made so far, in {config.output_dir}")
 
 
+def evaluate_codeact_or_exit(config) -> None:
+    """`run_codeact_eval`, with bad inputs as one message (exit 2) and Ctrl-C as `interrupted`."""
+    from ray_app.codeact.tasks import TaskFileError
+    from ray_app.engines.precision import PRECISIONS
+    from ray_app.eval.codeact_eval import CodeactEvalError, run_codeact_eval
+    from ray_app.eval.evaluate import eval_input_errors
+
+    if config.precision not in PRECISIONS:
+        fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    try:
+        run_codeact_eval(config)
+    except (CodeactEvalError, TaskFileError, *eval_input_errors()) as error:
+        fail(str(error))
+    except KeyboardInterrupt:
+        interrupted(f"every finished group of trajectories, in {config.output_dir}")
+
+
 @app.command("train")
 def train(
-    track: Annotated[str, typer.Option(help="structured, toolcall, or all")],
+    track: Annotated[str, typer.Option(help="structured, toolcall, all (those two), or codeact (Phase II)")],
     strategy: Annotated[str, typer.Option(help="with --track all: sequential or parallel")] = "sequential",
     workers: Annotated[int, typer.Option(min=0, help="Ray Train workers per track (0: in this process)")] = 1,
     gpus_per_worker: Annotated[float | None, typer.Option(help="default: 1 with GPUs, else 0 (CPU)")] = None,
@@ -609,6 +660,36 @@ def decide_and_print(config: DecideConfig) -> None:
         console.print(f"{track}: not decided: {reason}", highlight=False)
 
 
+def decide_codeact_and_print(eval_root: Path, require_langfuse: bool | None) -> None:
+    """The CodeAct decision (`run_codeact_decide`): teacher vs each student on success rate."""
+    from ray_app.decide.codeact_decide import DECISION_FILE, CodeactDecideConfig, run_codeact_decide
+    from ray_app.decide.decide import DecideError
+    from ray_app.tracing import LangfuseRequiredError
+
+    config = CodeactDecideConfig(eval_root=eval_root, require_langfuse=require_langfuse)
+    try:
+        decision = run_codeact_decide(config)
+    except (DecideError, LangfuseRequiredError) as error:
+        fail(str(error))
+    table = Table(title=f"CodeAct decision → {config.folder / DECISION_FILE}")
+    for column in ("reference", "candidate", "success rate", "delta [95% CI]", "McNemar p"):
+        table.add_column(column)
+    comparisons = [decision.teacher_vs_slm]
+    comparisons += [comparison for pair in decision.adapted.values() for comparison in (pair.vs_teacher, pair.vs_slm)]
+    for comparison in comparisons:
+        gap = comparison.core["success_rate"]
+        low, high = gap.interval_95
+        table.add_row(
+            comparison.reference,
+            comparison.candidate,
+            f"{gap.reference_rate:.3f} vs {gap.candidate_rate:.3f}",
+            f"{gap.delta:+.3f} [{low:+.3f}, {high:+.3f}]",
+            f"{gap.mcnemar_p:.3g}",
+        )
+    console.print(table)
+    console.print(f"codeact: FINE_TUNE={decision.fine_tune} ({decision.reason})", highlight=False)
+
+
 @app.command("decide")
 def decide(
     eval_root: Annotated[
@@ -621,11 +702,20 @@ def decide(
     slm_hardware: Annotated[str, typer.Option(help="price-table entry the SLM runs on")] = "cpu-2core",
     teacher_price_model: Annotated[str | None, typer.Option(help="price-table entry of the teacher")] = None,
     require_langfuse: Annotated[bool, typer.Option(help="fail when LANGFUSE_* keys are missing")] = False,
+    track: Annotated[
+        str | None,
+        typer.Option(help="codeact: the CodeAct decision only (codeact/decision.json); default: the seed's tracks"),
+    ] = None,
 ) -> None:
     """Teacher vs SLM (and adapted SLMs) per track → decision.json, with intervals, p-values, latency and cost."""
     from ray_app.decide.decide import DecideConfig
     from ray_app.paths import EVAL_ROOT
 
+    if track == "codeact":
+        decide_codeact_and_print(eval_root or EVAL_ROOT, True if require_langfuse else None)
+        return
+    if track is not None:
+        fail(f"--track must be codeact (or left out for the seed's tracks), got {track!r}")
     config = DecideConfig(
         eval_root=eval_root or EVAL_ROOT,
         price_table_path=price_table,

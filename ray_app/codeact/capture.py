@@ -4,7 +4,7 @@ Reads the tasks (a tasks file, or built from the committed splits: `tasks.build_
 ones whose trajectory is already in the output (a resumed capture redoes nothing), and hands the rest
 to a pool of Ray Data actors in groups of `trajectories_per_call`: each actor holds one chat engine
 (the simulated teacher, the hosted teacher, or the local SLM with or without an adapter) and steps
-its group's trajectories together (`loop.run_trajectories`). Each finished group is appended to
+its group's trajectories together (`ray_runner.run_groups_on_ray`). Each finished group is appended to
 `<out_dir>/traces.jsonl` at once, one trace per line in the shape `slm-swap data traces` and
 `slm-swap data trajectories` read; with Langfuse keys set, the same traces go to Langfuse too. The
 run itself is one parent trace; `capture.json` beside the traces says what ran, with what, and how
@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ray_app.atomic_files import atomic_write_json
-from ray_app.codeact.loop import LoopSettings, run_trajectories
-from ray_app.codeact.records import TASK_KINDS, CodeactTask, Trajectory, trajectory_id
+from ray_app.codeact.loop import LoopSettings
+from ray_app.codeact.ray_runner import EngineSpec, agent_model_path, run_groups_on_ray
+from ray_app.codeact.records import TASK_KINDS, CodeactTask, trajectory_id
+from ray_app.engines.slm import SlmSettings
 from ray_app.paths import PROJECT_ROOT
 
 TeacherKind = Literal["simulated", "hosted", "slm"]
@@ -97,29 +99,23 @@ def capture_tasks(config: CaptureConfig) -> tuple[list[CodeactTask], Counter]:
     return interleaved[: config.max_tasks], skipped
 
 
-def engine_for(config_json: dict[str, Any], tasks: list[CodeactTask]):
-    """The chat engine of a capture (built inside each actor)."""
-    teacher = config_json["teacher"]
-    if teacher == "simulated":
-        from ray_app.codeact.simulated_teacher import SimulatedTeacher
-
-        return SimulatedTeacher(tasks, seed=config_json["seed"])
-    if teacher == "hosted":
-        from ray_app.engines.hosted import HostedLlmEngine
-
-        return HostedLlmEngine()
-    from ray_app.engines.decode.engine import SlmEngine
-    from ray_app.engines.slm import SlmSettings
-
-    return SlmEngine(
-        SlmSettings(
-            model_path=Path(config_json["model_path"]),  # resolved by the driver (`capture_model_path`)
-            adapter_path=Path(config_json["adapter_path"]) if config_json["adapter_path"] else None,
-            precision=config_json["precision"],
-            batch_size=config_json["trajectories_per_call"],
-            max_new_tokens=config_json["loop"]["max_new_tokens"],
+def engine_spec(config: CaptureConfig) -> EngineSpec:
+    """The chat engine each actor builds (`ray_runner.build_engine`)."""
+    slm = None
+    if config.teacher == "slm":
+        slm = SlmSettings(
+            model_path=Path(config.model_path),  # resolved by the driver (`capture_model_path`)
+            adapter_path=config.adapter_path,
+            precision=config.precision,  # type: ignore[arg-type]
+            batch_size=config.trajectories_per_call,
+            max_new_tokens=config.loop.max_new_tokens,
         )
-    )
+    return EngineSpec(config.teacher, config.seed, slm)
+
+
+def actor_cpus(config: CaptureConfig) -> float:
+    """An SLM actor takes its share of the cores; a teacher actor mostly waits (simulated or over HTTP)."""
+    return max(1, (os.cpu_count() or 1) // max(1, config.concurrency)) if config.teacher == "slm" else 0.5
 
 
 def teacher_model_name(config: CaptureConfig) -> str:
@@ -138,62 +134,8 @@ def teacher_model_name(config: CaptureConfig) -> str:
 
 
 def capture_model_path(config: CaptureConfig) -> Path:
-    """The SLM checkpoint for `--teacher slm`: the flag, else SLM_MODEL_PATH, else the demo SLM when it
-    has been fetched (as the main job does); ModelPathError says what to set."""
-    from ray_app.models.demo_checkpoint import DEMO_MODEL_DIR, demo_checkpoint_complete
-    from ray_app.models.model_path import resolve_slm_model_path
-
-    if config.model_path is None and not os.environ.get("SLM_MODEL_PATH") and demo_checkpoint_complete(DEMO_MODEL_DIR):
-        return DEMO_MODEL_DIR
-    return resolve_slm_model_path(str(config.model_path) if config.model_path else None)
-
-
-class CodeactActor:
-    """Ray Data actor: one chat engine; each call runs one group of tasks to their ends."""
-
-    def __init__(self, config_json: dict[str, Any]):
-        self.config_json = config_json
-        self.engine = None
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        from ray_app.codeact.sandbox import SandboxLimits
-
-        outputs = []
-        for payload in batch["payload"]:
-            tasks = [CodeactTask.from_json(task) for task in json.loads(payload)]
-            if self.engine is None or self.config_json["teacher"] == "simulated":
-                self.engine = engine_for(self.config_json, tasks)
-            loop = self.config_json["loop"]
-            settings = LoopSettings(
-                max_steps=loop["max_steps"],
-                max_new_tokens=loop["max_new_tokens"],
-                token_budget=loop["token_budget"],
-                sandbox=SandboxLimits(
-                    **{**loop["sandbox"], "authorized_imports": tuple(loop["sandbox"]["authorized_imports"])}
-                ),
-            )
-            trajectories = run_trajectories(tasks, self.engine, settings)
-            outputs.append(json.dumps([trajectory.to_json() for trajectory in trajectories]))
-        return {"result": outputs}
-
-
-def run_groups_on_ray(config: CaptureConfig, groups: list[list[CodeactTask]]):
-    """Yield each group's trajectories as its actor finishes it (completion order)."""
-    import ray
-
-    from ray_app.ray_runtime import ensure_ray
-
-    ensure_ray()
-    items = [{"payload": json.dumps([task.to_json() for task in group])} for group in groups]
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
-        CodeactActor,
-        fn_constructor_kwargs={"config_json": config.to_json()},
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=max(1, config.concurrency)),
-        num_cpus=max(1, (os.cpu_count() or 1) // max(1, config.concurrency)) if config.teacher == "slm" else 0.5,
-    )
-    for row in dataset.iter_rows():
-        yield [Trajectory.from_json(value) for value in json.loads(row["result"])]
+    """The SLM checkpoint for `--teacher slm` (`ray_runner.agent_model_path`)."""
+    return agent_model_path(config.model_path)
 
 
 @dataclass(frozen=True)
@@ -266,7 +208,9 @@ def run_capture(config: CaptureConfig) -> CaptureOutcome:
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with progress:
             bar = progress.add_task(f"capture {model}", total=len(tasks), completed=len(tasks) - len(todo))
-            for trajectories in run_groups_on_ray(config, groups) if groups else ():
+            spec, cpus = engine_spec(config), actor_cpus(config)
+            for result in run_groups_on_ray(groups, spec, config.loop, actors=config.concurrency, actor_cpus=cpus):
+                trajectories = result.trajectories
                 local_file.write(trajectories)  # kept at once: a kill loses at most the groups in flight
                 if langfuse is not None:
                     langfuse.write(trajectories)
