@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint unit mastra-test data clean-venv llama-server bench-serve
+.PHONY: demo-codeact demo test install lint unit mastra-test data clean-venv llama-server bench-serve
 
 # Torch is pinned and installed first: 2.13.0 has a CPU build on this machine's disk, and
 # installing it before the rest stops pip from pulling a multi-GB CUDA build.
@@ -39,6 +39,10 @@ test: lint unit mastra-test
 
 demo: $(STAMP)
 	$(BIN)/python jobs/pipeline.py
+
+# Phase II on its own (a second target: it does not fit make demo's 15 minutes on 2 cores; README).
+demo-codeact: $(STAMP)
+	$(BIN)/python jobs/pipeline.py --phase codeact
 
 # Rebuild the committed xLAM splits (byte-identical on every machine).
 data: $(STAMP)

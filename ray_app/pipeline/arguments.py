@@ -24,6 +24,8 @@ CHOICES = {
     "teacher_mode": ("auto", "azure", "openai-compatible", "replay"),
     "slm_precision": PRECISIONS,
     "train_strategy": ("sequential", "parallel"),
+    "phase": ("seed", "codeact", "all"),
+    "codeact_teacher": ("auto", "simulated", "hosted"),
 }
 
 

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from ray_app.paths import ADAPTER_ROOT, DATASET_ROOT, EVAL_ROOT, PROJECT_ROOT, RAY_TRAIN_STORAGE
 
 Profile = Literal["auto", "demo", "full"]
+Phase = Literal["seed", "codeact", "all"]
 DataSource = Literal["xlam", "traces"]
 
 
@@ -62,6 +63,12 @@ class PipelineConfig:
     train_gradient_checkpointing: bool | None = None  # None: the profile's (demo off: faster; full on: less memory)
     report: bool = True
     seed: int = 42
+    # Phase II (`ray_app/pipeline/codeact_steps.py`): seed = the ten v0 steps, codeact = the CodeAct steps, all = both
+    phase: Phase = "seed"
+    codeact_teacher: str = "auto"  # simulated, or hosted (auto: hosted when AZURE_* / SLM_SWAP_TEACHER_* are set)
+    codeact_multistep_tasks: int = 120  # generated multi-step tasks captured beside the committed rows' tasks
+    codeact_eval_tasks: int | None = None  # None: the profile's (demo: 36 test tasks, kinds in turn; full: all)
+    codeact_train_rows: int | None = None  # None: the profile's (demo: the first 96 codeact train rows; full: all)
 
     def resolved(self) -> PipelineConfig:
         """Profile-dependent values filled in; every None that has a profile value is replaced."""
@@ -81,6 +88,8 @@ class PipelineConfig:
             gradient_accumulation_steps=pick(self.gradient_accumulation_steps, 1, 4),
             max_val_rows=pick(self.max_val_rows, 16, None),
             train_gradient_checkpointing=pick(self.train_gradient_checkpointing, False, True),
+            codeact_eval_tasks=pick(self.codeact_eval_tasks, 36, None),
+            codeact_train_rows=pick(self.codeact_train_rows, 96, None),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -13,6 +13,10 @@
 9. decide again, with the adapters: teacher / SLM / SLM+adapter → decision.json;
 10. report: report.md and its charts.
 
+`--phase codeact` runs Phase II instead of steps 1-2 and 4-9 (capture → filter → build → evaluate →
+decide → train the codeact adapter → evaluate → decide: `codeact_steps.py`), `--phase all` runs it
+after step 9; the report then has its CodeAct section.
+
 One parent trace (Langfuse, or a local file) holds every step's run as a child. Each step is
 skipped when its outputs are there and its inputs unchanged, and says which hash matched, so a
 re-run after a failure continues where it stopped (training resumes from its last checkpoint).
@@ -57,6 +61,7 @@ class PipelineOutcome:
     decision: Decision | None = None  # after step 9
     trained: dict[str, str] = field(default_factory=dict)  # track → what happened
     report_path: Path | None = None
+    codeact: dict[str, Any] = field(default_factory=dict)  # Phase II's summary (--phase codeact / all)
     dashboard_url: str | None = None
     trace_location: str | None = None
     seconds: float = 0.0
@@ -155,28 +160,41 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineOutcome:
     ) as pipeline_run:
         outcome.trace_location = pipeline_run.location
         with runs_nest_under(pipeline_run):
-            dataset_root = prepare_data(config, ledger, teacher_mode, pipeline_run)
+            seed_phase = config.phase in ("seed", "all")
+            dataset_root = prepare_data(config, ledger, teacher_mode, pipeline_run) if seed_phase else None
             model_path = prepare_model(config)
-            evaluate_base_models(config, dataset_root, model_path, teacher_mode)
-            say(6, "decide: teacher vs base SLM per track")
-            decision = decide_unless_done(config, ledger, "decide", labels=("teacher", "slm"))
-            for track, result in decision.tracks.items():
-                detail(f"{track}: FINE_TUNE={result.fine_tune} ({result.reason})")
-            outcome.trained = train_needed_tracks(config, dataset_root, model_path, decision)
-            evaluate_adapters(config, dataset_root, model_path)
-            say(9, "decide again, with the adapters: teacher / SLM / SLM+adapter")
-            outcome.decision = decide_unless_done(config, ledger, "decide_with_adapters", labels=None)
+            if seed_phase:
+                evaluate_base_models(config, dataset_root, model_path, teacher_mode)
+                say(6, "decide: teacher vs base SLM per track")
+                decision = decide_unless_done(config, ledger, "decide", labels=("teacher", "slm"))
+                for track, result in decision.tracks.items():
+                    detail(f"{track}: FINE_TUNE={result.fine_tune} ({result.reason})")
+                outcome.trained = train_needed_tracks(config, dataset_root, model_path, decision)
+                evaluate_adapters(config, dataset_root, model_path)
+                say(9, "decide again, with the adapters: teacher / SLM / SLM+adapter")
+                outcome.decision = decide_unless_done(config, ledger, "decide_with_adapters", labels=None)
+            if config.phase in ("codeact", "all"):
+                from ray_app.pipeline.codeact_steps import run_codeact_steps
+
+                console.rule("[bold]Phase II: CodeAct[/bold]")
+                outcome.codeact = run_codeact_steps(config, ledger, model_path)
             outcome.report_path = write_the_report(config, ledger)
         pipeline_run.end(
-            output={"decision": outcome.decision.fine_tune, "trained": outcome.trained,
-                    "report": str(outcome.report_path) if outcome.report_path else None}
+            output={"decision": outcome.decision.fine_tune if outcome.decision else None, "trained": outcome.trained,
+                    "codeact": outcome.codeact, "report": str(outcome.report_path) if outcome.report_path else None}
         )  # fmt: skip
 
     outcome.seconds = time.perf_counter() - started
     console.rule("done")
-    for track, result in outcome.decision.tracks.items():
-        detail(f"{track}: FINE_TUNE={result.fine_tune} ({result.reason}); adapter: {outcome.trained[track]}")
-    detail(f"decision: {config.eval_root / DECISION_FILE}")
+    if outcome.decision is not None:
+        for track, result in outcome.decision.tracks.items():
+            detail(f"{track}: FINE_TUNE={result.fine_tune} ({result.reason}); adapter: {outcome.trained[track]}")
+        detail(f"decision: {config.eval_root / DECISION_FILE}")
+    if outcome.codeact:
+        detail(
+            f"codeact: FINE_TUNE={outcome.codeact['codeact_fine_tune']}; adapter: {outcome.codeact['codeact_trained']}"
+        )
+        detail(f"codeact decision: {outcome.codeact['codeact_decision']}")
     detail(f"report: {outcome.report_path or 'not written (--no-report)'}")
     detail(f"trace: {outcome.trace_location}")
     detail(f"Ray dashboard: {outcome.dashboard_url or 'not running (Ray was started without it)'}")
@@ -387,7 +405,10 @@ def write_the_report(config: PipelineConfig, ledger: StepLedger) -> Path | None:
     from ray_app.report import write_report
 
     say(10, "report: report.md and charts")
-    sources = sorted(config.eval_root.glob("*/*/metrics.json")) + [config.eval_root / "decision.json"]
+    sources = sorted(config.eval_root.glob("*/*/metrics.json")) + [
+        config.eval_root / "decision.json",
+        config.eval_root / "codeact" / "decision.json",
+    ]
     digest = inputs_hash(
         {"sources": {str(path): hashlib.sha256(path.read_bytes()).hexdigest() for path in sources if path.is_file()},
          "dataset_root": str(config.dataset_root)}
