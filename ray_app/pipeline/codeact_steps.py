@@ -53,7 +53,7 @@ def codeact_teacher(config: PipelineConfig) -> str:
     from ray_app.eval.codeact_eval import teacher_mode_of
 
     mode = config.codeact_teacher
-    return teacher_mode_of(CodeactEvalConfig(teacher_mode=mode))  # type: ignore[arg-type]
+    return teacher_mode_of(CodeactEvalConfig(model="teacher", teacher_mode=mode))  # type: ignore[arg-type]
 
 
 def capture_trajectories(config: PipelineConfig, teacher: str) -> Path:
