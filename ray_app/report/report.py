@@ -6,7 +6,10 @@ without running anything:
 2. the price table the costs were computed with, and how to set your own;
 3. per track (`track_section.py`): the models, every metric per model (teacher / SLM / SLM+adapter),
    the paired gaps with bootstrap 95% intervals, latency, tokens and cost per 1,000 calls, the first
-   failing test rows (gold vs prediction) per model, and two PNG charts.
+   failing test rows (gold vs prediction) per model, and two PNG charts;
+4. when `<eval_root>/codeact/` exists, "CodeAct (Phase II)" (`codeact_section.py`): the CodeAct decision,
+   success and behaviour per model with the paired success-rate gaps, the dataset filter's counts,
+   masked vs unmasked loss, and one test task's teacher and student runs one after the other.
 Every number is copied from a file the report names beside its table; nothing is re-measured. The
 same inputs give byte-identical report.md and PNGs (the only date is decision.json's `created_at`).
 Missing tracks and models are reported with the command that produces them, never an error.
@@ -21,8 +24,10 @@ from ray_app.atomic_files import atomic_write_text
 from ray_app.data.rows import TRACKS, Track
 from ray_app.decide.decide import DecideConfig, project_relative
 from ray_app.decide.decision_record import DECISION_FILE, Decision
+from ray_app.metrics.codeact import CODEACT_TRACK
 from ray_app.paths import DATASET_ROOT, EVAL_ROOT
 from ray_app.report import markdown as md
+from ray_app.report.codeact_section import render_codeact_section
 from ray_app.report.inputs import ReportError, load_decision, load_track
 from ray_app.report.track_section import render_track
 from ray_app.report.track_view import TrackView, adapted_summary, track_view
@@ -168,6 +173,10 @@ def write_report(
         markdown, charts = render_track(view, charts_dir, failing_rows_per_model)
         sections.append(markdown)
         chart_paths += charts
+    if (eval_root / CODEACT_TRACK).is_dir():
+        markdown, read = render_codeact_section(eval_root, dataset_root)
+        sections.append(markdown)
+        sources += read
     remove_stale_charts(charts_dir, chart_paths)
     report_path = atomic_write_text(eval_root / REPORT_FILE, "\n\n".join(sections) + "\n")
     return ReportOutcome(report_path, chart_paths, sources)
