@@ -13,7 +13,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ray_app.codeact.capture import CaptureConfig, TeacherKind
+from ray_app.codeact.loop import LoopSettings
+from ray_app.engines.precision import Precision
+from ray_app.engines.teacher_settings import ToolcallMode
+from ray_app.eval.codeact_eval import CodeactEvalConfig
+from ray_app.eval.config import ModelSide, SlmEvalSettings, TeacherEvalSettings
 from ray_app.paths import DATASET_ROOT
+from ray_app.settings import COMMAND_LINE, SettingsError, describe, field_types, number_bound, parse_value
+from ray_app.train.config import Backend, LossOn, Quantization, TrainConfig, TrainStrategy
 
 if TYPE_CHECKING:
     from ray_app.decide.decide import DecideConfig
@@ -33,6 +41,24 @@ TrainSize = Annotated[int, typer.Option("--train", min=0, help="rows in train.js
 ValSize = Annotated[int, typer.Option("--val", min=0, help="rows in val.jsonl per track")]
 TestSize = Annotated[int, typer.Option("--test", min=0, help="rows in test.jsonl per track")]
 PRECISION_HELP = "auto (8bit on GPU; on CPU bf16 where the CPU has native bf16, else fp32), fp32, bf16, 8bit, 4bit"
+
+
+def bounded(cls: type, name: str, *flags: str, help: str | None = None) -> typer.models.OptionInfo:
+    """A typer option whose text is parsed by `ray_app.settings` to the dataclass field's type and bound.
+
+    The default stays on the parameter (`= TrainConfig.learning_rate`), taken from the same dataclass."""
+    if number_bound(cls, name) is None:
+        return typer.Option(*flags, help=help)
+    annotation = field_types(cls)[name]
+
+    def parse(text: str):
+        try:
+            return parse_value(annotation, text, name, COMMAND_LINE)
+        except SettingsError:
+            raise typer.BadParameter(f"expected {describe(annotation, null=False)}, got {text!r}") from None
+
+    bound = " ".join(describe(annotation, null=False).split()[-2:])  # "≥ 1", "> 0"
+    return typer.Option(*flags, help=f"{help} ({bound})" if help else bound, parser=parse)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -266,46 +292,45 @@ def data_trajectories(
 @app.command("capture")
 def capture(
     teacher: Annotated[
-        str,
+        TeacherKind,
         typer.Option(
             help="simulated (offline, scripted), hosted (AZURE_* / SLM_SWAP_TEACHER_*: "
             "also the project's Serve endpoint), or slm (the local SLM)"
         ),
-    ] = "simulated",
+    ] = CaptureConfig.teacher,
     out: Annotated[Path | None, typer.Option(help="default slm_swap/01_source/trajectories/<model>")] = None,
     tasks: Annotated[Path | None, typer.Option(help="tasks JSONL; default: built from --dataset-root")] = None,
     dataset_root: Annotated[Path, typer.Option(help="holds <track>/<split>.jsonl")] = DATASET_ROOT,
     split: Annotated[list[str] | None, typer.Option(help="splits to build tasks from (repeat; default all)")] = None,
-    multistep: Annotated[int, typer.Option(min=0, help="generated multi-step tasks added")] = 24,
-    max_tasks: Annotated[int | None, typer.Option(min=1, help="only the first N tasks")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="Ray actors, each with its own engine")] = 1,
-    trajectories_per_call: Annotated[int, typer.Option(min=1, help="trajectories an actor steps together")] = 8,
-    max_steps: Annotated[int, typer.Option(min=1, help="model turns per trajectory")] = 4,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens per model turn")] = 256,
+    multistep: Annotated[
+        int, typer.Option(min=0, help="generated multi-step tasks added")
+    ] = CaptureConfig.multistep_tasks,
+    max_tasks: Annotated[int | None, typer.Option(min=1, help="only the first N tasks")] = CaptureConfig.max_tasks,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Ray actors, each with its own engine")
+    ] = CaptureConfig.concurrency,
+    trajectories_per_call: Annotated[
+        int, typer.Option(min=1, help="trajectories an actor steps together")
+    ] = CaptureConfig.trajectories_per_call,
+    max_steps: Annotated[int, typer.Option(min=1, help="model turns per trajectory")] = LoopSettings.max_steps,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens per model turn")] = LoopSettings.max_new_tokens,
     model_path: Annotated[str | None, typer.Option(help="--teacher slm: checkpoint (default $SLM_MODEL_PATH)")] = None,
     adapter: Annotated[Path | None, typer.Option(help="--teacher slm: PEFT adapter folder")] = None,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
-    seed: Annotated[int, typer.Option(help="the simulated teacher's plan of mistakes")] = 42,
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = CaptureConfig.precision,
+    seed: Annotated[int, typer.Option(min=0, help="the simulated teacher's plan of mistakes")] = CaptureConfig.seed,
 ) -> None:
     """Run the teacher as a CodeAct agent over the tasks on Ray: one trace per trajectory (resumable)."""
-    from ray_app.codeact.capture import CaptureConfig, CaptureInputError, run_capture
-    from ray_app.codeact.loop import LoopSettings
+    from ray_app.codeact.capture import CaptureInputError, run_capture
     from ray_app.codeact.tasks import TaskFileError
-    from ray_app.engines.precision import PRECISIONS
     from ray_app.engines.teacher_settings import TeacherConfigError
     from ray_app.models.model_path import ModelPathError
 
-    if teacher not in ("simulated", "hosted", "slm"):
-        fail(f"--teacher must be simulated, hosted or slm, got {teacher!r}")
-    if precision not in PRECISIONS:
-        fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    defaults = CaptureConfig()
     config = CaptureConfig(
-        teacher=teacher,  # type: ignore[arg-type]
+        teacher=teacher,
         out_dir=out,
         tasks_path=tasks,
         dataset_dir=dataset_root,
-        splits=tuple(split) if split else defaults.splits,
+        splits=tuple(split) if split else CaptureConfig.splits,
         multistep_tasks=multistep,
         max_tasks=max_tasks,
         concurrency=concurrency,
@@ -354,27 +379,37 @@ def score(
 @app.command("eval")
 def evaluate(
     track: Annotated[str, typer.Option(help="structured, toolcall, or codeact (the CodeAct loop on the test tasks)")],
-    model: Annotated[str, typer.Option(help="slm (local, Ray Data actors) or teacher (hosted LLM or replay)")],
+    model: Annotated[ModelSide, typer.Option(help="slm (local, Ray Data actors) or teacher (hosted LLM or replay)")],
     adapter: Annotated[Path | None, typer.Option(help="PEFT adapter folder for the SLM")] = None,
     split: Annotated[str, typer.Option(help="split file name under <dataset-root>/<track>/")] = "test",
     label: Annotated[str | None, typer.Option(help="output folder name (default teacher / slm / slm-adapter)")] = None,
     dataset_root: Annotated[Path, typer.Option(help="holds <track>/<split>.jsonl")] = DATASET_ROOT,
     eval_root: Annotated[Path | None, typer.Option(help="where results go (default slm_swap/05_eval)")] = None,
     model_path: Annotated[str | None, typer.Option(help="SLM checkpoint (default $SLM_MODEL_PATH)")] = None,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="rows decoding together (continuous batching)")] = 16,
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = SlmEvalSettings.precision,
+    batch_size: Annotated[
+        int, bounded(SlmEvalSettings, "batch_size", help="rows decoding together (continuous batching)")
+    ] = SlmEvalSettings.batch_size,
     rows_per_task: Annotated[
-        int, typer.Option(min=1, help="rows an actor answers as one fixed group (resume and progress unit)")
-    ] = 32,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
-    actors: Annotated[int | None, typer.Option(min=1, help="SLM actors (default: one per GPU, else 1)")] = None,
+        int, bounded(SlmEvalSettings, "rows_per_task", help="rows an actor answers as one fixed group (resume unit)")
+    ] = SlmEvalSettings.rows_per_task,
+    max_new_tokens: Annotated[int, bounded(SlmEvalSettings, "max_new_tokens")] = SlmEvalSettings.max_new_tokens,
+    actors: Annotated[
+        int | None, bounded(SlmEvalSettings, "num_actors", help="SLM actors (default: one per GPU, else 1)")
+    ] = SlmEvalSettings.num_actors,
     teacher_mode: Annotated[
         str, typer.Option(help="auto, azure, openai-compatible or replay; --track codeact: auto, simulated or hosted")
-    ] = "auto",
-    replay_traces: Annotated[Path | None, typer.Option(help="trace JSONL for replay")] = None,
-    agent_id: Annotated[str, typer.Option(help="agent whose recorded answers are replayed")] = "dummy-agent",
-    toolcall_mode: Annotated[str, typer.Option(help="teacher on toolcall: native (OpenAI tools) or prompt")] = "native",
-    concurrency: Annotated[int, typer.Option(min=1, help="parallel teacher calls")] = 4,
+    ] = TeacherEvalSettings.mode,
+    replay_traces: Annotated[Path, typer.Option(help="trace JSONL for replay")] = TeacherEvalSettings.replay_traces,
+    agent_id: Annotated[
+        str, typer.Option(help="agent whose recorded answers are replayed")
+    ] = TeacherEvalSettings.replay_agent_id,
+    toolcall_mode: Annotated[
+        ToolcallMode, typer.Option(help="teacher on toolcall: native (OpenAI tools) or prompt")
+    ] = TeacherEvalSettings.toolcall_mode,
+    concurrency: Annotated[
+        int, bounded(TeacherEvalSettings, "concurrency", help="parallel teacher calls")
+    ] = TeacherEvalSettings.concurrency,
     force: Annotated[bool, typer.Option(help="recompute even when finished outputs match")] = False,
     require_langfuse: Annotated[bool, typer.Option(help="fail when LANGFUSE_* keys are missing")] = False,
     tasks: Annotated[
@@ -382,27 +417,23 @@ def evaluate(
     ] = None,
     trajectories_per_call: Annotated[
         int, typer.Option(min=1, help="--track codeact: trajectories an actor steps together (a fixed group)")
-    ] = 8,
+    ] = CodeactEvalConfig.trajectories_per_call,
 ) -> None:
     """Evaluate the SLM or the teacher on one track: predictions.jsonl + metrics.json under 05_eval/."""
     if track == "codeact":
-        from ray_app.codeact.loop import LoopSettings
-        from ray_app.eval.codeact_eval import CodeactEvalConfig
         from ray_app.paths import EVAL_ROOT
 
-        if model not in ("slm", "teacher"):
-            fail(f"--model must be slm or teacher, got {model!r}")
         if teacher_mode not in ("auto", "simulated", "hosted"):
             fail(f"--track codeact: --teacher-mode must be auto, simulated or hosted, got {teacher_mode!r}")
         codeact_config = CodeactEvalConfig(
-            model=model,  # type: ignore[arg-type]
+            model=model,
             tasks_path=tasks or dataset_root / "codeact" / "tasks" / "test.jsonl",
             label=label,
             eval_root=eval_root or EVAL_ROOT,
             teacher_mode=teacher_mode,  # type: ignore[arg-type]
             model_path=model_path,
             adapter_path=adapter,
-            precision=precision,  # type: ignore[arg-type]
+            precision=precision,
             trajectories_per_call=trajectories_per_call,
             actors=actors,
             loop=LoopSettings(max_new_tokens=max_new_tokens),
@@ -412,24 +443,16 @@ def evaluate(
         evaluate_codeact_or_exit(codeact_config)
         return
     from ray_app.data.rows import TRACKS
-    from ray_app.engines.precision import PRECISIONS
-    from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings
+    from ray_app.eval.config import EvalConfig
     from ray_app.paths import EVAL_ROOT
 
     if track not in TRACKS:
         fail(f"--track must be one of {', '.join(TRACKS)}, got {track!r}")
-    if model not in ("slm", "teacher"):
-        fail(f"--model must be slm or teacher, got {model!r}")
-    if precision not in PRECISIONS:
-        fail(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if teacher_mode not in ("auto", "azure", "openai-compatible", "replay"):
         fail(f"--teacher-mode must be auto, azure, openai-compatible or replay, got {teacher_mode!r}")
-    if toolcall_mode not in ("native", "prompt"):
-        fail(f"--toolcall-mode must be native or prompt, got {toolcall_mode!r}")
-    teacher_defaults = TeacherEvalSettings()
     config = EvalConfig(
         track=track,  # type: ignore[arg-type]
-        model=model,  # type: ignore[arg-type]
+        model=model,
         split=split,
         label=label,
         dataset_root=dataset_root,
@@ -437,7 +460,7 @@ def evaluate(
         slm=SlmEvalSettings(
             model_path=model_path,
             adapter_path=adapter,
-            precision=precision,  # type: ignore[arg-type]
+            precision=precision,
             batch_size=batch_size,
             rows_per_task=rows_per_task,
             max_new_tokens=max_new_tokens,
@@ -445,9 +468,9 @@ def evaluate(
         ),
         teacher=TeacherEvalSettings(
             mode=teacher_mode,  # type: ignore[arg-type]
-            replay_traces=replay_traces or teacher_defaults.replay_traces,
+            replay_traces=replay_traces,
             replay_agent_id=agent_id,
-            toolcall_mode=toolcall_mode,  # type: ignore[arg-type]
+            toolcall_mode=toolcall_mode,
             concurrency=concurrency,
         ),
         force=force,
@@ -476,14 +499,22 @@ def evaluate_codeact_or_exit(config) -> None:
 @app.command("train")
 def train(
     track: Annotated[str, typer.Option(help="structured, toolcall, all (those two), or codeact (Phase II)")],
-    strategy: Annotated[str, typer.Option(help="with --track all: sequential or parallel")] = "sequential",
-    workers: Annotated[int, typer.Option(min=0, help="Ray Train workers per track (0: in this process)")] = 1,
-    gpus_per_worker: Annotated[float | None, typer.Option(help="default: 1 with GPUs, else 0 (CPU)")] = None,
-    cpus_per_worker: Annotated[float | None, typer.Option(help="default: 1 with GPUs, else CPUs / workers")] = None,
+    strategy: Annotated[TrainStrategy, typer.Option(help="with --track all: sequential or parallel")] = "sequential",
+    workers: Annotated[
+        int, bounded(TrainConfig, "num_workers", help="Ray Train workers per track (0: in this process)")
+    ] = TrainConfig.num_workers,
+    gpus_per_worker: Annotated[
+        float | None, bounded(TrainConfig, "gpus_per_worker", help="default: 1 with GPUs, else 0 (CPU)")
+    ] = TrainConfig.gpus_per_worker,
+    cpus_per_worker: Annotated[
+        float | None, bounded(TrainConfig, "cpus_per_worker", help="default: 1 with GPUs, else CPUs / workers")
+    ] = TrainConfig.cpus_per_worker,
     backend: Annotated[
-        str, typer.Option(help="auto (unsloth with a GPU and the package, else peft), unsloth, peft")
-    ] = "auto",
-    quantization: Annotated[str, typer.Option(help="auto (8bit on GPU, none on CPU), 8bit, 4bit, none")] = "auto",
+        Backend, typer.Option(help="auto (unsloth with a GPU and the package, else peft), unsloth, peft")
+    ] = TrainConfig.backend,
+    quantization: Annotated[
+        Quantization, typer.Option(help="auto (8bit on GPU, none on CPU), 8bit, 4bit, none")
+    ] = TrainConfig.quantization,
     model_path: Annotated[str | None, typer.Option(help="base SLM (default $SLM_MODEL_PATH)")] = None,
     dataset_root: Annotated[Path, typer.Option(help="holds <track>/{train,val,test}.jsonl")] = DATASET_ROOT,
     adapter_root: Annotated[
@@ -493,55 +524,61 @@ def train(
         Path | None, typer.Option(help="decision.json and adapter eval results (default slm_swap/05_eval)")
     ] = None,
     storage_path: Annotated[Path | None, typer.Option(help="Ray Train checkpoints (default storage/ray_train)")] = None,
-    learning_rate: Annotated[float, typer.Option()] = 2e-4,
-    epochs: Annotated[float, typer.Option()] = 1.0,
-    max_length: Annotated[int, typer.Option()] = 2048,
-    batch_size: Annotated[int, typer.Option(min=1, help="per-device batch size")] = 2,
-    grad_accum: Annotated[int, typer.Option(min=1, help="gradient accumulation steps")] = 4,
-    max_steps: Annotated[int, typer.Option(help="> 0 caps the optimizer steps (a smaller budget)")] = -1,
-    max_train_rows: Annotated[int | None, typer.Option(min=1, help="use only the first N train rows")] = None,
-    max_val_rows: Annotated[int | None, typer.Option(min=0, help="use only the first N val rows")] = None,
-    save_steps: Annotated[int, typer.Option(min=1, help="checkpoint every N optimizer steps")] = 10,
-    gradient_checkpointing: Annotated[bool, typer.Option(help="recompute activations to save memory")] = True,
+    learning_rate: Annotated[float, bounded(TrainConfig, "learning_rate")] = TrainConfig.learning_rate,
+    epochs: Annotated[float, bounded(TrainConfig, "epochs")] = TrainConfig.epochs,
+    max_length: Annotated[int, bounded(TrainConfig, "max_length")] = TrainConfig.max_length,
+    batch_size: Annotated[
+        int, bounded(TrainConfig, "per_device_batch_size", help="per-device batch size")
+    ] = TrainConfig.per_device_batch_size,
+    grad_accum: Annotated[
+        int, bounded(TrainConfig, "gradient_accumulation_steps", help="gradient accumulation steps")
+    ] = TrainConfig.gradient_accumulation_steps,
+    max_steps: Annotated[
+        int, typer.Option(help="> 0 caps the optimizer steps (a smaller budget)")
+    ] = TrainConfig.max_steps,
+    max_train_rows: Annotated[
+        int | None, bounded(TrainConfig, "max_train_rows", help="use only the first N train rows")
+    ] = TrainConfig.max_train_rows,
+    max_val_rows: Annotated[
+        int | None, bounded(TrainConfig, "max_val_rows", help="use only the first N val rows")
+    ] = TrainConfig.max_val_rows,
+    save_steps: Annotated[
+        int, bounded(TrainConfig, "save_steps", help="checkpoint every N optimizer steps")
+    ] = TrainConfig.save_steps,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="recompute activations to save memory")
+    ] = TrainConfig.gradient_checkpointing,
     cpu_bf16: Annotated[
         bool | None,
         typer.Option(help="on CPU workers: bf16 autocast; default: where the CPU has native bf16 (avx512_bf16/AMX)"),
-    ] = None,
+    ] = TrainConfig.cpu_bf16,
     force: Annotated[bool, typer.Option(help="train even when the decision says FINE_TUNE=0")] = False,
     loss_on: Annotated[
-        str, typer.Option(help="codeact only: assistant (the student's turns) or all (every token, an ablation)")
-    ] = "assistant",
+        LossOn, typer.Option(help="codeact only: assistant (the student's turns) or all (every token, an ablation)")
+    ] = TrainConfig.loss_on,
     eval_after: Annotated[bool, typer.Option(help="then evaluate the SLM with each adapter and decide again")] = True,
-    eval_precision: Annotated[str, typer.Option(help="precision of the re-evaluation")] = "auto",
-    eval_max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    eval_precision: Annotated[
+        Precision, typer.Option(help="precision of the re-evaluation")
+    ] = SlmEvalSettings.precision,
+    eval_max_new_tokens: Annotated[int, bounded(SlmEvalSettings, "max_new_tokens")] = SlmEvalSettings.max_new_tokens,
     require_langfuse: Annotated[bool, typer.Option(help="fail when LANGFUSE_* keys are missing")] = False,
 ) -> None:
     """QLoRA/LoRA adapters on Ray Train for the tracks whose decision says FINE_TUNE=1, then evaluate the SLM
     with each adapter and decide again (the pipeline's steps 7-9)."""
     from ray_app.data.rows import TRACKS, DatasetError
-    from ray_app.engines.precision import PRECISIONS
     from ray_app.models.model_path import ModelPathError
     from ray_app.paths import ADAPTER_ROOT, EVAL_ROOT
     from ray_app.record_fields import RecordError
     from ray_app.tracing import LangfuseRequiredError
-    from ray_app.train.config import CODEACT_TRACK, TrainConfig
+    from ray_app.train.config import CODEACT_TRACK
     from ray_app.train.sft_worker import TrainBackendError
     from ray_app.train.strategies import train_tracks
 
     tracks = list(TRACKS) if track == "all" else [track]
     if any(t not in (*TRACKS, CODEACT_TRACK) for t in tracks):
         fail(f"--track must be structured, toolcall, all or codeact, got {track!r}")
-    if loss_on not in ("assistant", "all") or (loss_on != "assistant" and track != CODEACT_TRACK):
-        fail(f"--loss-on must be assistant, or all with --track codeact, got {loss_on!r} for --track {track}")
-    if strategy not in ("sequential", "parallel"):
-        fail(f"--strategy must be sequential or parallel, got {strategy!r}")
-    if backend not in ("auto", "unsloth", "peft"):
-        fail(f"--backend must be auto, unsloth or peft, got {backend!r}")
-    if quantization not in ("auto", "8bit", "4bit", "none"):
-        fail(f"--quantization must be auto, 8bit, 4bit or none, got {quantization!r}")
-    if eval_precision not in PRECISIONS:
-        fail(f"--eval-precision must be one of {', '.join(PRECISIONS)}, got {eval_precision!r}")
-    defaults = TrainConfig(track=tracks[0])
+    if loss_on != "assistant" and track != CODEACT_TRACK:
+        fail(f"--loss-on all applies to --track codeact only, not --track {track}")
     results_root = eval_root or EVAL_ROOT
     configs = [
         TrainConfig(
@@ -549,8 +586,8 @@ def train(
             model_path=model_path,
             dataset_root=dataset_root,
             adapter_root=adapter_root or ADAPTER_ROOT,
-            backend=backend,  # type: ignore[arg-type]
-            quantization=quantization,  # type: ignore[arg-type]
+            backend=backend,
+            quantization=quantization,
             learning_rate=learning_rate,
             epochs=epochs,
             max_length=max_length,
@@ -565,16 +602,16 @@ def train(
             num_workers=workers,
             gpus_per_worker=gpus_per_worker,
             cpus_per_worker=cpus_per_worker,
-            storage_path=(storage_path or defaults.storage_path).resolve(),
+            storage_path=(storage_path or TrainConfig.storage_path).resolve(),
             force=force,
             eval_root=results_root,  # the gate reads its decision.json (codeact: codeact/decision.json)
             require_langfuse=True if require_langfuse else None,
-            loss_on=loss_on,  # type: ignore[arg-type]
+            loss_on=loss_on,
         )
         for t in tracks
     ]
     try:
-        outcomes = train_tracks(configs, strategy)  # type: ignore[arg-type]
+        outcomes = train_tracks(configs, strategy)
     except (DatasetError, ModelPathError, TrainBackendError, LangfuseRequiredError, RecordError) as error:
         fail(str(error))
     except KeyboardInterrupt:
@@ -743,6 +780,41 @@ def pipeline(context: typer.Context) -> None:
     from ray_app.pipeline.arguments import main as pipeline_main
 
     pipeline_main(list(context.args))
+
+
+@app.command(
+    "submit",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def submit(
+    entrypoint: Annotated[list[str], typer.Argument(help="the job's command, after --: python jobs/pipeline.py ...")],
+    runtime_env: Annotated[
+        Path, typer.Option(help="Ray runtime env YAML; the shell's AZURE_*, LANGFUSE_*, SLM_SWAP_TEACHER_* are added")
+    ] = Path("runtime_env.yaml"),
+    address: Annotated[
+        str | None, typer.Option(help="Ray dashboard, e.g. http://127.0.0.1:8265 (default $RAY_ADDRESS)")
+    ] = None,
+    submission_id: Annotated[str | None, typer.Option(help="the job's id (default: Ray's)")] = None,
+    wait: Annotated[bool, typer.Option(help="follow the job's logs until it ends; exit 1 when it fails")] = True,
+) -> None:
+    """Submit a job to the Ray cluster with runtime_env.yaml and this shell's secrets (never written to disk)."""
+    from ray_app.cluster_submit import SubmitError, job_runtime_env, submit_job
+
+    try:
+        job_env = job_runtime_env(runtime_env)
+        names = ", ".join(job_env.secret_names) or "none set"
+        console.print(f"runtime env: {runtime_env} + from this shell: {names} (values not shown)", highlight=False)
+        code = submit_job(
+            entrypoint,
+            job_env,
+            address,
+            submission_id,
+            wait,
+            say=lambda text: console.print(text, highlight=False, soft_wrap=True),
+        )
+    except SubmitError as error:
+        fail(str(error))
+    raise typer.Exit(code)
 
 
 @app.command("report")

@@ -14,6 +14,7 @@ from typing import Any
 from ray_app.data.rows import TRACKS, Track
 from ray_app.data.splits import SplitSizes, assign_splits, dedup_candidates, write_track_splits
 from ray_app.data.traces import TraceConversion, convert_traces
+from ray_app.text_files import TextFileError, utf8_lines
 
 
 class TraceFileError(ValueError):
@@ -39,10 +40,10 @@ class TraceSplitSummary:
 
 
 def read_trace_jsonl(path: Path) -> list[dict[str, Any]]:
-    """One trace per line; a bad line raises `file:line: reason`."""
+    """One trace per line; a bad line (not UTF-8, not JSON, not an object) raises `file:line: reason`."""
     traces = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    try:
+        for line_number, line in utf8_lines(path):
             if not line.strip():
                 continue
             try:
@@ -54,6 +55,8 @@ def read_trace_jsonl(path: Path) -> list[dict[str, Any]]:
             if not isinstance(trace.get("observations", []), list):
                 raise TraceFileError(f"{path}:{line_number}: field 'observations' must be a list")
             traces.append(trace)
+    except TextFileError as error:
+        raise TraceFileError(str(error)) from None
     return traces
 
 

@@ -13,7 +13,7 @@ Each GENERATION observation of a matching trace becomes at most one row:
   dotted tool name is mapped back to the tool's real name);
 - no tool call and a JSON object/array answer → structured row: prompt = the agent's own system
   instruction (the project's system message is dropped) + the user text, completion = the JSON;
-- anything else is skipped and counted by reason.
+- anything else is skipped and counted by reason, as is an `observations` item that is not an object.
 """
 
 from __future__ import annotations
@@ -222,6 +222,10 @@ def convert_traces(traces: Iterable[dict[str, Any]], agent_id: str) -> TraceConv
     conversion.traces_matched = len(matching)
     matching.sort(key=lambda trace: (str(trace.get("timestamp") or ""), str(trace.get("id") or "")))
     for trace in matching:
+        observations = trace.get("observations") or []
+        not_objects = sum(not isinstance(observation, dict) for observation in observations)
+        if not_objects:
+            conversion.skipped["observation is not a JSON object"] += not_objects
         for generation in generations_of(trace):
             conversion.generations_seen += 1
             try:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray_app.data.rows import SPLITS, Track, split_problems, track_from_path
+from ray_app.text_files import TextFileError, utf8_lines
 
 
 @dataclass
@@ -25,6 +26,18 @@ def split_files(path: Path) -> list[Path]:
     return [path]
 
 
+def not_utf8_problem(file: Path) -> str | None:
+    """`file:line: not UTF-8 text …` for the first undecodable line, else None (also for a missing file)."""
+    try:
+        for _ in utf8_lines(file):
+            pass
+    except TextFileError as error:
+        return str(error)
+    except OSError:
+        return None  # split_problems says what is wrong with a missing file
+    return None
+
+
 def validate_paths(paths: list[Path], track: Track | None = None) -> ValidationReport:
     """Every row of every file, plus prompts shared between splits of one track folder."""
     report = ValidationReport()
@@ -39,6 +52,9 @@ def validate_paths(paths: list[Path], track: Track | None = None) -> ValidationR
                 report.problems.append(
                     f"{file}: cannot tell the track; put it under structured/ or toolcall/ or pass --track"
                 )
+                continue
+            if (not_text := not_utf8_problem(file)) is not None:
+                report.problems.append(not_text)
                 continue
             rows, problems = split_problems(file, file_track)
             report.problems.extend(problems)

@@ -1,4 +1,7 @@
-"""Typed settings of one evaluation run, with the seed's defaults; CLI flags and env override them."""
+"""Typed settings of one evaluation run, with the seed's defaults; CLI flags and env override them.
+
+The field types (with their bounds, `ray_app.settings`) are what `slm-swap eval` and the main job's
+config parse flags and files to."""
 
 from __future__ import annotations
 
@@ -9,10 +12,13 @@ from typing import Literal
 
 from ray_app.data.rows import Track
 from ray_app.engines.precision import Precision
+from ray_app.engines.teacher_settings import ToolcallMode
 from ray_app.paths import DATASET_ROOT, EVAL_ROOT, PROJECT_ROOT
+from ray_app.settings import NonNegativeInt, PositiveFloat, PositiveInt
 
 ModelSide = Literal["slm", "teacher"]
 TeacherMode = Literal["auto", "azure", "openai-compatible", "replay"]
+CodeactTeacherMode = Literal["auto", "simulated", "hosted"]  # the CodeAct track's teacher (auto: hosted when set)
 
 DEFAULT_REPLAY_TRACES = PROJECT_ROOT / "storage" / "dummy_langfuse_traces.jsonl"
 
@@ -22,12 +28,13 @@ class SlmEvalSettings:
     model_path: str | None = None  # None: SLM_MODEL_PATH, then the seed's default
     adapter_path: Path | None = None
     precision: Precision = "auto"  # 8-bit on GPU; on CPU bf16 where native, else fp32 (engines.precision)
-    batch_size: int = 16  # rows decoding together in the engine's running batch (16: measured 10% over 8 on CPU)
-    rows_per_task: int = 32  # rows an actor answers as one fixed group (the unit of resume and of progress)
-    max_new_tokens: int = 256
-    prefill_chunk_tokens: int = 256  # prompt tokens prefilled between two decode steps
-    num_actors: int | None = None  # None: one per GPU, else one CPU actor
-    actor_num_cpus: float = 0.5  # fractional, so the Ray Data read task is never starved on 2 cores
+    # rows decoding together in the engine's running batch (16: measured 10% over 8 on CPU)
+    batch_size: PositiveInt = 16
+    rows_per_task: PositiveInt = 32  # rows an actor answers as one fixed group (the unit of resume and progress)
+    max_new_tokens: PositiveInt = 256
+    prefill_chunk_tokens: PositiveInt = 256  # prompt tokens prefilled between two decode steps
+    num_actors: PositiveInt | None = None  # None: one per GPU, else one CPU actor
+    actor_num_cpus: PositiveFloat = 0.5  # fractional, so the Ray Data read task is never starved on 2 cores
 
 
 @dataclass(frozen=True)
@@ -35,9 +42,9 @@ class TeacherEvalSettings:
     mode: TeacherMode = "auto"  # azure when AZURE_ENDPOINT is set, openai-compatible with a base URL, else replay
     replay_traces: Path = DEFAULT_REPLAY_TRACES
     replay_agent_id: str = "dummy-agent"
-    toolcall_mode: Literal["native", "prompt"] = "native"  # native: OpenAI `tools`, answers as tool_calls
-    concurrency: int = 4
-    max_tokens: int = 512
+    toolcall_mode: ToolcallMode = "native"  # native: OpenAI `tools`, answers as tool_calls
+    concurrency: PositiveInt = 4
+    max_tokens: PositiveInt = 512
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ class EvalConfig:
     label: str | None = None  # default: teacher / slm / slm-adapter
     dataset_root: Path = DATASET_ROOT
     eval_root: Path = EVAL_ROOT
-    seed: int = 42
+    seed: NonNegativeInt = 42
     slm: SlmEvalSettings = field(default_factory=SlmEvalSettings)
     teacher: TeacherEvalSettings = field(default_factory=TeacherEvalSettings)
     force: bool = False  # recompute even when finished outputs match the inputs

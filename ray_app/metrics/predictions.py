@@ -20,6 +20,7 @@ from typing import Any
 
 from ray_app.data.rows import TRACKS, Track, row_problem
 from ray_app.metrics.tracks import score_rows
+from ray_app.text_files import TextFileError, utf8_lines
 
 MAX_PROBLEMS = 20
 
@@ -118,8 +119,8 @@ def read_predictions(path: str | Path) -> list[PredictionRecord]:
         raise PredictionsFileError(f"{path}: file not found (write it with the evaluate step)")
     records: list[PredictionRecord] = []
     problems: list[str] = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    try:
+        for line_number, line in utf8_lines(path):
             record, problem = _line_problem(line, expected_index=line_number - 1)
             if record is not None:
                 records.append(record)
@@ -127,6 +128,8 @@ def read_predictions(path: str | Path) -> list[PredictionRecord]:
                 problems.append(f"{path}:{line_number}: {problem}")
             else:
                 problems[-1] = f"{path}: more bad lines not shown"
+    except TextFileError as error:  # reading stops at the first line that is not UTF-8
+        problems = [*problems[: MAX_PROBLEMS - 1], str(error)]
     if not records and not problems:
         problems.append(f"{path}: the predictions file is empty")
     if problems:

@@ -8,52 +8,62 @@ from __future__ import annotations
 
 import argparse
 import sys
-import typing
 from dataclasses import fields
 from pathlib import Path
 
 from rich.console import Console
 
-from ray_app.engines.precision import PRECISIONS
 from ray_app.pipeline.config import PipelineConfig, PipelineConfigError, build_config
+from ray_app.settings import choices, describe, field_types, unwrap
 
 console = Console(stderr=True)
-CHOICES = {
-    "profile": ("auto", "demo", "full"),
-    "data_source": ("xlam", "traces"),
-    "teacher_mode": ("auto", "azure", "openai-compatible", "replay"),
-    "slm_precision": PRECISIONS,
-    "train_strategy": ("sequential", "parallel"),
-    "phase": ("seed", "codeact", "all"),
-    "codeact_teacher": ("auto", "simulated", "hosted"),
-}
 
 
-def flag_type(annotation: str):
-    if "Path" in annotation:
-        return Path
-    if "int" in annotation:
-        return int
-    return str
+class BoolFlag(argparse.Action):
+    """`--train`, `--train true|false`, `--no-train`; the word is parsed with the other flags (`ray_app.settings`)."""
+
+    def __init__(self, option_strings, dest, default=None, help=None):
+        negatives = ["--no-" + option[2:] for option in option_strings]
+        super().__init__(
+            [*option_strings, *negatives], dest, nargs="?", default=default, help=help, metavar="true|false"
+        )
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if option_string.startswith("--no-"):
+            if value is not None:
+                parser.error(f"{option_string} takes no value (use {option_string.replace('--no-', '--', 1)} {value})")
+            value = False
+        setattr(namespace, self.dest, True if value is None else value)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, BoolFlag):  # "--train [true|false], --no-train": the negative takes no value
+            positive, negative = action.option_strings
+            return f"{positive} [true|false], {negative}"
+        return super()._format_action_invocation(action)
+
+
+def is_bool(annotation) -> bool:
+    return unwrap(annotation)[0] in (bool, bool | None)
 
 
 def pipeline_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slm-swap pipeline",
         description="The main job: data → evaluate → decide → train → evaluate adapters → decide again → report.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--config", type=Path, help="JSON or YAML file of settings (keys are the flag names with _)")
-    hints = typing.get_type_hints(PipelineConfig)
+    types = field_types(PipelineConfig)
     for item in fields(PipelineConfig):
-        flag = "--" + item.name.replace("_", "-")
-        if hints[item.name] in (bool, bool | None):  # --flag / --no-flag; not given: the default (None: auto)
-            parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=f"default {item.default}")  # fmt: skip
+        flag, annotation = "--" + item.name.replace("_", "-"), types[item.name]
+        help_text = f"{describe(annotation, null=False)}; default {item.default}"
+        if is_bool(annotation):  # not given: the config file's value, or the default (None: auto)
+            parser.add_argument(flag, dest=item.name, action=BoolFlag, default=None, help=help_text)
             continue
-        parser.add_argument(
-            flag, dest=item.name, type=flag_type(str(item.type)), choices=CHOICES.get(item.name), default=None,
-            help=f"default {item.default}",
-        )  # fmt: skip
+        # Values stay text here; build_config parses each to its field's type and names the flag when it cannot.
+        parser.add_argument(flag, dest=item.name, choices=choices(annotation), default=None, help=help_text)
     return parser
 
 
@@ -63,7 +73,7 @@ def config_from_argv(argv: list[str]) -> PipelineConfig:
     try:
         return build_config(config_file, arguments)
     except PipelineConfigError as error:
-        console.print(f"[red]error:[/red] {error}", highlight=False)
+        console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
