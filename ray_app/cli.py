@@ -856,8 +856,29 @@ def serve_command(
     replicas: Annotated[int, typer.Option(min=1)] = 1,
     cpus_per_replica: Annotated[float, typer.Option(min=0)] = 1.0,
     gpus_per_replica: Annotated[float | None, typer.Option(min=0, help="default: 1 with GPUs, else 0")] = None,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(help="an accepted key, repeatable (default $SLM_SWAP_API_KEY, comma-separated: not in ps)"),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(envvar="SLM_SWAP_API_KEY_FILE", help="accepted keys, one a line; re-read when it changes"),
+    ] = None,
+    allow_unauthenticated: Annotated[
+        bool, typer.Option(help="bind beyond loopback without a key (a gateway in front authenticates)")
+    ] = False,
+    max_ongoing_requests: Annotated[
+        int | None, typer.Option(min=1, help="chat requests a replica holds; 429 + Retry-After beyond (default 64)")
+    ] = None,
+    request_timeout_s: Annotated[
+        float | None, typer.Option(min=0.001, help="a request's limit from arrival to last token (default 600)")
+    ] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(min=1, help="413 beyond (default 1 MiB)")] = None,
 ) -> None:
-    """Serve the SLM and its adapters as an OpenAI-compatible endpoint on Ray Serve (blocks; Ctrl-C stops)."""
+    """Serve the SLM and its adapters as an OpenAI-compatible endpoint on Ray Serve (blocks; Ctrl-C stops).
+
+    With a key set every route but /health needs `Authorization: Bearer <key>`; binding beyond loopback
+    without one is refused unless --allow-unauthenticated."""
     import signal
     import threading
 
@@ -865,8 +886,12 @@ def serve_command(
     from ray_app.paths import ADAPTER_ROOT
     from ray_app.ray_runtime import cluster_gpus
     from ray_app.serve.app import ServeSettings, start_server
+    from ray_app.serve.guard import keys_from_env, keys_from_text
 
+    max_ongoing_requests = max_ongoing_requests or max(ServeSettings.max_ongoing_requests, max_batch_size)
+    limits = {"request_timeout_s": request_timeout_s, "max_body_bytes": max_body_bytes}
     try:
+        api_keys = keys_from_text(" ".join(api_key), "--api-key") if api_key else keys_from_env()
         settings = ServeSettings(
             model_path=model_path,
             adapter_root=(adapter_root or ADAPTER_ROOT).resolve(),
@@ -880,15 +905,20 @@ def serve_command(
             num_replicas=replicas,
             cpus_per_replica=cpus_per_replica,
             gpus_per_replica=gpus_per_replica if gpus_per_replica is not None else (1.0 if cluster_gpus() else 0.0),
-            max_ongoing_requests=max(64, max_batch_size),
+            max_ongoing_requests=max_ongoing_requests,
             host=host,
             port=port,
+            api_key_file=str(api_key_file.resolve()) if api_key_file else None,
+            allow_unauthenticated=allow_unauthenticated,
+            **{name: value for name, value in limits.items() if value is not None},  # else ServeSettings' default
         )
-        server = start_server(settings)
+        server = start_server(settings, api_keys)
     except (ModelPathError, ValueError) as error:
         fail(str(error))
     console.print(f"serving {', '.join(server.models)} at {server.url}/v1 (OpenAI-compatible)", highlight=False)
     console.print(f"precision {server.precision}: {server.precision_reason}", highlight=False)
+    for note in server.access:
+        console.print(note, style="yellow" if note.startswith("warning") else None, highlight=False, markup=False)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -3,8 +3,10 @@
  *
  * Sends one request in the toolcall data's style, lets Mastra execute the tool the SLM called, and
  * prints the call (tool name + arguments) and the tool's result. Environment: SLM_SWAP_BASE_URL
- * (default http://127.0.0.1:8000/v1), SLM_SWAP_MODEL (default slm-toolcall), SLM_SWAP_DEMO_REQUEST,
- * and the Langfuse variables (LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_BASE_URL).
+ * (default http://127.0.0.1:8000/v1), SLM_SWAP_MODEL (default slm-toolcall), SLM_SWAP_API_KEY (sent as
+ * the OpenAI API key, `Authorization: Bearer`; needed when the server was started with keys),
+ * SLM_SWAP_DEMO_REQUEST, and the Langfuse variables (LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY,
+ * LANGFUSE_BASE_URL).
  * `npm run demo -- --stream` uses `agent.stream` (SSE with tool-call deltas) instead of `generate`.
  * Exits 1 when the model answered without a tool call.
  */
@@ -22,7 +24,8 @@ async function main(): Promise<number> {
   const settings = agentSettingsFromEnv();
   const request = process.env.SLM_SWAP_DEMO_REQUEST ?? DEFAULT_REQUEST;
   const tracing = settings.langfusePublicKey && settings.langfuseSecretKey;
-  console.log(`endpoint ${settings.baseUrl}, model ${settings.model}`);
+  const keyNote = process.env.SLM_SWAP_API_KEY ? "API key from SLM_SWAP_API_KEY" : "no API key (SLM_SWAP_API_KEY unset)";
+  console.log(`endpoint ${settings.baseUrl}, model ${settings.model}, ${keyNote}`);
   console.log(
     tracing
       ? `Langfuse tracing on (${settings.langfuseBaseUrl ?? "https://cloud.langfuse.com"})`
@@ -68,7 +71,9 @@ async function main(): Promise<number> {
 main().then(
   (code) => process.exit(code),
   (error: unknown) => {
-    console.error(`demo failed: ${error instanceof Error ? error.message : String(error)}`);
+    const message = error instanceof Error ? error.message : String(error);
+    const unauthorized = /\b401\b|invalid_api_key|API key/i.test(message);
+    console.error(`demo failed: ${message}${unauthorized ? " (set SLM_SWAP_API_KEY to a key the server accepts)" : ""}`);
     process.exit(1);
   },
 );

@@ -19,7 +19,7 @@ export function trackModel(track: Track): string {
 export interface SlmClientOptions {
   /** The endpoint's OpenAI base URL; default `SLM_SWAP_BASE_URL`, then http://127.0.0.1:8000/v1. */
   baseUrl?: string;
-  /** Sent as a bearer token; default `SLM_SWAP_API_KEY` (the project's server needs none). */
+  /** Sent as `Authorization: Bearer`; default `SLM_SWAP_API_KEY` (needed when `slm-swap serve` has keys). */
   apiKey?: string;
   /** Per request, milliseconds (default 120 000: a CPU-served SLM is slow). */
   timeoutMs?: number;
@@ -131,7 +131,8 @@ export class SlmClient {
       } catch {
         // not a JSON error body: keep the text
       }
-      throw new SlmEndpointError(`${method} ${url} answered ${response.status}: ${detail}`, response.status);
+      const hint = response.status === 401 ? ` (set SLM_SWAP_API_KEY to a key the server accepts)` : "";
+      throw new SlmEndpointError(`${method} ${url} answered ${response.status}: ${detail}${hint}`, response.status);
     }
     try {
       return JSON.parse(text);

@@ -63,7 +63,9 @@ def message_text(content: Any, param: str) -> str:
         for index, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") not in ("text", "input_text"):
                 raise AgentRequestError("only text content parts are supported", f"{param}[{index}]")
-            texts.append(str(part.get("text", "")))
+            if not isinstance(part.get("text", ""), str):
+                raise AgentRequestError("a text part's text must be a string", f"{param}[{index}].text")
+            texts.append(part.get("text", ""))
         return "".join(texts)
     raise AgentRequestError("content must be a string, a list of text parts or null", param)
 
@@ -148,7 +150,10 @@ def request_text(messages: list[dict[str, Any]]) -> str:
                     "assistant text after the user message is a multi-turn conversation, which is not served",
                     f"messages[{index}]",
                 )
-            for call_index, call in enumerate(message.get("tool_calls") or []):
+            tool_calls = message.get("tool_calls") or []
+            if not isinstance(tool_calls, list):
+                raise AgentRequestError("tool_calls must be a list", f"messages[{index}].tool_calls")
+            for call_index, call in enumerate(tool_calls):
                 if not isinstance(call, dict) or not isinstance(call.get("function") or {}, dict):
                     raise AgentRequestError(
                         "a tool call must be an object", f"messages[{index}].tool_calls[{call_index}]"
@@ -156,6 +161,8 @@ def request_text(messages: list[dict[str, Any]]) -> str:
                 call_names[str(call.get("id"))] = str((call.get("function") or {}).get("name") or "tool")
         elif message["role"] == "tool":
             content = message_text(message.get("content"), f"messages[{index}].content")
+            if not isinstance(message.get("name") or "", str):
+                raise AgentRequestError("a tool message's name must be a string", f"messages[{index}].name")
             name = call_names.get(str(message.get("tool_call_id")), message.get("name") or "tool")
             results.append(render_template("tool_result", name=name, content=content))
         else:
@@ -180,7 +187,13 @@ def offered_signatures(tools: Any, tool_choice: Any) -> list[dict[str, Any]]:
         except PromptFormatError as error:
             raise AgentRequestError(str(error), f"tools[{index}]") from None
     if isinstance(tool_choice, dict):
-        wanted = (tool_choice.get("function") or {}).get("name")
+        function = tool_choice.get("function")
+        if tool_choice.get("type") != "function" or not isinstance(function, dict):
+            raise AgentRequestError(
+                'tool_choice must be "auto", "required", "none" or {"type": "function", "function": {"name": ...}}',
+                "tool_choice",
+            )
+        wanted = function.get("name")
         chosen = [signature for signature in signatures if signature["name"] == wanted]
         if not chosen:
             raise AgentRequestError(f"tool_choice names {wanted!r}, which is not in tools", "tool_choice")
@@ -197,7 +210,7 @@ def agent_request_prompt(messages: Any, tools: Any = None, tool_choice: Any = No
     if is_project_format(messages):
         return AgentRequestPrompt(
             messages=[{"role": m["role"], "content": m["content"]} for m in messages],
-            offered_tool_names=tuple(tool_signature(tool)["name"] for tool in tools or [] if isinstance(tool, dict)),
+            offered_tool_names=tuple(signature["name"] for signature in offered_signatures(tools, tool_choice)),
             source="project-format",
         )
     if is_codeact_format(messages):

@@ -6,6 +6,10 @@ One deployment is both the HTTP ingress (FastAPI) and the model host, so a reque
 
     POST /v1/chat/completions   GET /v1/models   GET /health
 
+In front of them, each replica's `serve/guard.RequestGuard` checks the API key (all but /health) and
+the body's size; the replica admits at most `max_ongoing_requests` chat requests (429 beyond) and
+stops one at `request_timeout_s`. Every error, 404 and 405 included, has the OpenAI error shape.
+
 Start it with `slm-swap serve` (binds 127.0.0.1:8000 unless told otherwise) or
 `serve run slm_swap/serve_config.yaml` (the config names `build_app` below). No
 `from __future__ import annotations` here: FastAPI reads the route signatures' real types.
@@ -21,29 +25,44 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from ray_app.engines.decode.running_batch import GenerationJob, StepToken
 from ray_app.engines.precision import PRECISIONS, Precision
 from ray_app.engines.slm import GreedyAnswer, SlmSettings, precision_choice
 from ray_app.models.model_path import resolve_slm_model_path
 from ray_app.paths import ADAPTER_ROOT
+from ray_app.serve.guard import (
+    AdmissionBound,
+    ApiKeys,
+    RequestGuard,
+    access_notes,
+    check_exposure,
+    keys_from_env,
+    parse_json_body,
+    server_error,
+)
 from ray_app.serve.model_host import ModelHost
 from ray_app.serve.openai_protocol import (
     SERVER_SENT_EVENTS_END,
     AnswerStream,
     OpenAiError,
+    RequestLimits,
     assistant_answer,
     completion_response,
     models_response,
     parse_chat_request,
-    parse_json_body,
     server_sent_event,
 )
 
 APP_NAME = "slm-swap"
 MAX_CONCURRENT_BATCHES = 1024  # groups of requests in flight at once; the decode loop bounds the real work
+# Serve lets this many more requests reach a replica than it admits to chat, so the ones over the bound
+# get their 429 in milliseconds (and /health answers) instead of waiting, unbounded, in Serve's router.
+REFUSAL_HEADROOM = 256
 
 
 @dataclass(frozen=True)
@@ -61,7 +80,15 @@ class ServeSettings:
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
     cpu_threads: int | None = None  # None on CPU: every core of the node
-    max_ongoing_requests: int = 64  # per replica; must be ≥ max_batch_size or batches get split
+    max_ongoing_requests: int = 64  # chat requests a replica holds (decoding + waiting); 429 beyond; ≥ max_batch_size
+    retry_after_s: int = 1  # the 429's Retry-After: a row frees every few decode steps
+    request_timeout_s: float = 600.0  # from arrival to the last token; then the row is freed and the client gets 504
+    max_body_bytes: int = 1024 * 1024  # 413 beyond (a 32k-token prompt is ~128 KB of text)
+    max_messages: int = RequestLimits.max_messages
+    max_tools: int = RequestLimits.max_tools
+    # The keys themselves (--api-key, SLM_SWAP_API_KEY) are no setting: they travel apart, never in a file or log.
+    api_key_file: str | None = None  # one key a line, re-read on change (rotation); SLM_SWAP_API_KEY_FILE
+    allow_unauthenticated: bool = False  # bind beyond loopback without a key (a gateway authenticates)
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -72,6 +99,15 @@ class ServeSettings:
             raise ValueError(f"prefix_cache_tokens must be ≥ 0 (0 turns the cache off), got {self.prefix_cache_tokens}")
         if self.max_batch_size < 1 or self.max_ongoing_requests < self.max_batch_size:
             raise ValueError("need max_batch_size ≥ 1 and max_ongoing_requests ≥ max_batch_size")
+        for name in ("max_body_bytes", "max_messages", "max_tools", "retry_after_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not self.request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(max_messages=self.max_messages, max_tools=self.max_tools)
 
     def to_json(self) -> dict[str, Any]:
         values = asdict(self)
@@ -80,6 +116,8 @@ class ServeSettings:
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> "ServeSettings":
+        if "api_keys" in values or "api_key" in values:
+            raise ValueError("API keys do not belong in settings files: set SLM_SWAP_API_KEY or api_key_file")
         known = {name for name in cls.__dataclass_fields__}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -89,11 +127,53 @@ class ServeSettings:
         return cls(**values)
 
 
-fastapi_app = FastAPI(title="slm-swap", docs_url=None, redoc_url=None)
+fastapi_app = FastAPI(title="slm-swap", docs_url=None, redoc_url=None)  # /openapi.json: behind the key
+ROUTES = "POST /v1/chat/completions, GET /v1/models and GET /health"
+logger = logging.getLogger("ray.serve")  # a replica's log (and the dashboard's)
 
 
 def error_response(error: OpenAiError) -> JSONResponse:
-    return JSONResponse(status_code=error.status, content=error.body())
+    return JSONResponse(status_code=error.status, content=error.body(), headers=error.headers)
+
+
+def error_event(error: OpenAiError) -> str:
+    """An error in the middle of a stream, as OpenAI sends one (the SDKs raise it)."""
+    return server_sent_event(error.body())
+
+
+def timed_out(timeout_s: float) -> OpenAiError:
+    return OpenAiError(
+        504,
+        f"no answer within this server's {timeout_s:g} s request timeout (request_timeout_s): the request was "
+        "stopped and its row freed. Ask for fewer tokens (max_tokens) or raise --request-timeout-s",
+        None,
+        "timeout",
+        {"x-should-retry": "false"},  # greedy: a retry would spend the same time again
+    )
+
+
+@fastapi_app.exception_handler(HTTPException)
+async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+    """404 and 405 from the router, in the OpenAI shape."""
+    method, path = request.method, request.url.path
+    if error.status_code == 404:
+        message, code = f"no route {method} {path}: this server answers {ROUTES}", "unknown_url"
+    elif error.status_code == 405:
+        message, code = f"{method} is not allowed on {path}: this server answers {ROUTES}", "method_not_allowed"
+    else:
+        message, code = str(error.detail), None
+    return error_response(OpenAiError(error.status_code, message, None, code, dict(error.headers or {})))
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    return error_response(OpenAiError(400, f"invalid request: {error.errors()}", None, "invalid_request"))
+
+
+@fastapi_app.exception_handler(Exception)
+async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+    """Whatever a route did not expect: an OpenAI-style 500 (the traceback goes to the replica's log)."""
+    return error_response(server_error(error))
 
 
 async def final_answer(tokens: AsyncIterator[StepToken | None]) -> GreedyAnswer:
@@ -122,7 +202,7 @@ class GroupingNoticeFilter(logging.Filter):
 @serve.deployment(name="SlmChat")
 @serve.ingress(fastapi_app)
 class SlmChatDeployment:
-    def __init__(self, settings_json: dict[str, Any]):
+    def __init__(self, settings_json: dict[str, Any], api_keys: tuple[str, ...] = ()):
         import os
 
         settings = ServeSettings.from_json(settings_json)
@@ -137,12 +217,18 @@ class SlmChatDeployment:
             prefix_cache_tokens=settings.prefix_cache_tokens,
         )
         self.settings = settings
+        self.api_keys = ApiKeys(api_keys, settings.api_key_file)
+        self.admission = AdmissionBound(settings.max_ongoing_requests, settings.retry_after_s)
         self.precision = precision_choice(slm_settings)  # what the host loads on this replica, and why
         self.host = ModelHost(slm_settings, settings.adapter_root, settings.max_model_len)
         self.started = int(time.time())
         logging.getLogger("ray.serve").addFilter(GroupingNoticeFilter())
         self.generate_batch.set_max_batch_size(settings.max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+
+    def __serve_build_asgi_app__(self):
+        """Serve calls this on each replica after __init__: the routes behind this replica's guard."""
+        return RequestGuard(self.app, self.api_keys, self.settings.max_body_bytes)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, max_concurrent_batches=MAX_CONCURRENT_BATCHES)
     async def generate_batch(self, jobs: list[GenerationJob]) -> AsyncIterator[list[StepToken | None]]:
@@ -180,6 +266,7 @@ class SlmChatDeployment:
             "precision_reason": self.precision.reason,
             "prefix_cache": prefix_cache,
             "decode": self.host.decode_stats(),
+            "admission": self.admission.stats(),
         }
 
     @fastapi_app.get("/v1/models")
@@ -188,9 +275,14 @@ class SlmChatDeployment:
 
     @fastapi_app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
+        deadline = time.monotonic() + self.settings.request_timeout_s
         try:
+            self.admission.admit()  # counted until this request's task ends (its stream included)
             chat = parse_chat_request(
-                parse_json_body(await request.body()), self.host.model_names, self.settings.default_max_tokens
+                parse_json_body(await request.body()),
+                self.host.model_names,
+                self.settings.default_max_tokens,
+                self.settings.request_limits,
             )
             job = self.host.job(
                 chat.model, chat.prompt.messages, chat.max_tokens, request_id=uuid.uuid4().hex, stop_texts=chat.stop
@@ -209,7 +301,10 @@ class SlmChatDeployment:
         tokens = self.generate_batch(job)  # queued for the next batch now
         if not chat.stream:
             try:
-                answer = await final_answer(tokens)
+                answer = await asyncio.wait_for(final_answer(tokens), deadline - time.monotonic())
+            except TimeoutError:
+                self.host.cancel(job.request_id)
+                return error_response(timed_out(self.settings.request_timeout_s))
             except asyncio.CancelledError:  # the client left: free its row for the others
                 self.host.cancel(job.request_id)
                 raise
@@ -221,10 +316,22 @@ class SlmChatDeployment:
 
         async def events() -> AsyncIterator[str]:
             answered = False
+            upcoming = aiter(tokens)
+
+            async def next_token() -> StepToken | None:
+                return await anext(upcoming)
+
             try:
                 for chunk in stream.opening():
                     yield server_sent_event(chunk)
-                async for token in tokens:
+                while True:
+                    try:
+                        token = await asyncio.wait_for(next_token(), deadline - time.monotonic())
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        yield error_event(timed_out(self.settings.request_timeout_s))
+                        return
                     if token is None or token.cancelled:
                         continue
                     chunks = stream.add(token.token_id)
@@ -236,48 +343,81 @@ class SlmChatDeployment:
                     for chunk in chunks:
                         yield server_sent_event(chunk)
                 yield SERVER_SENT_EVENTS_END
+            except Exception as error:  # the status line is gone: the error goes out as an event
+                logger.exception("streamed request %s failed", job.request_id)
+                yield error_event(server_error(error))
             finally:
-                if not answered:  # the client left mid-answer: free its row for the others
+                if not answered:  # the client left mid-answer, or time ran out: free its row for the others
                     self.host.cancel(job.request_id)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
 
-def build_app(args: dict[str, Any] | None = None):
-    """The Serve application for `serve run` / `serve deploy` (the config's `args` are ServeSettings)."""
+def proxy_host() -> str | None:
+    """The address Serve's HTTP proxies bind (http_options.host), or None where Serve is not running."""
+    import ray
+
+    if not ray.is_initialized():  # building the app for a check, not for Serve: nothing to ask
+        return None
+    try:
+        from ray.serve.context import _get_global_client  # no public API says it
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+        return client.http_config.host if client is not None else None
+    except Exception:
+        return None
+
+
+def build_app(args: dict[str, Any] | None = None, api_keys: tuple[str, ...] | None = None):
+    """The Serve application for `serve run` / `serve deploy` (the config's `args` are ServeSettings).
+
+    Keys: `api_keys` when given (start_server), else SLM_SWAP_API_KEY where the app is built; with
+    `api_key_file` in args, its keys too. From a config file, a proxy bound beyond loopback without
+    a key is refused here, as `slm-swap serve` refuses it."""
     settings = ServeSettings.from_json(dict(args or {}))
+    keys = keys_from_env() if api_keys is None else api_keys
+    host = proxy_host() if api_keys is None else None
+    if host is not None:
+        check_exposure(host, ApiKeys(keys, settings.api_key_file).required, settings.allow_unauthenticated)
     actor_options: dict[str, Any] = {"num_cpus": settings.cpus_per_replica}
     if settings.gpus_per_replica:
         actor_options["num_gpus"] = settings.gpus_per_replica
     return SlmChatDeployment.options(
         num_replicas=settings.num_replicas,
-        max_ongoing_requests=settings.max_ongoing_requests,
+        max_ongoing_requests=settings.max_ongoing_requests + REFUSAL_HEADROOM,
         ray_actor_options=actor_options,
-    ).bind(settings.to_json())
+    ).bind(settings.to_json(), tuple(keys))
 
 
 @dataclass
 class RunningServer:
     settings: ServeSettings
-    url: str
+    url: str  # where this machine reaches it (127.0.0.1 when bound to every interface)
     models: list[str] = field(default_factory=list)
     precision: str = ""  # what the replica loaded, and why (its /health)
     precision_reason: str = ""
+    access: list[str] = field(default_factory=list)  # who can reach it: bind address, keys (for the banner)
 
 
-def start_server(settings: ServeSettings) -> RunningServer:
-    """Start (or join) Ray, bind the HTTP proxy, deploy the app and wait until it answers."""
+def start_server(settings: ServeSettings, api_keys: tuple[str, ...] = ()) -> RunningServer:
+    """Start (or join) Ray, bind the HTTP proxy, deploy the app and wait until it answers.
+
+    `api_keys` (with the settings' key file) are the keys every route but /health then needs."""
     import json
     import urllib.request
 
     from ray_app.ray_runtime import ensure_ray
 
-    settings = replace(settings, model_path=str(resolve_slm_model_path(settings.model_path)))
+    accepted = ApiKeys(api_keys, settings.api_key_file)  # a bad key or key file fails here, before Ray starts
+    check_exposure(settings.host, accepted.required, settings.allow_unauthenticated)
+    key_file = str(Path(settings.api_key_file).resolve()) if settings.api_key_file else None  # replicas' cwd differs
+    settings = replace(settings, model_path=str(resolve_slm_model_path(settings.model_path)), api_key_file=key_file)
     ensure_ray()
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(build_app(settings.to_json()), name=APP_NAME, route_prefix="/")
+    serve.run(build_app(settings.to_json(), tuple(api_keys)), name=APP_NAME, route_prefix="/")
     probe_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     url = f"http://{probe_host}:{settings.port}"
     with urllib.request.urlopen(f"{url}/health", timeout=30) as response:
         health = json.loads(response.read())
-    return RunningServer(settings, url, health["models"], health["precision"], health["precision_reason"])
+    access = access_notes(settings.host, settings.port, accepted)
+    return RunningServer(settings, url, health["models"], health["precision"], health["precision_reason"], access)

@@ -23,12 +23,20 @@ from ray_app.prompts.agent_requests import AgentRequestError, AgentRequestPrompt
 class OpenAiError(Exception):
     """An error the client caused (4xx) or the server hit (5xx), sent as an OpenAI-style error body."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,  # e.g. Retry-After on a 429
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers or {}
 
     @property
     def error_type(self) -> str:
@@ -50,18 +58,47 @@ class ChatRequest:
     stop: tuple[str, ...] = ()  # OpenAI `stop`: the answer ends before the first of these
 
 
-def parse_json_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise OpenAiError(400, f"request body is not valid JSON: {error}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise OpenAiError(400, "request body must be a JSON object", code="invalid_json")
-    return body
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one chat request may hold (the body's size and nesting are bounded in `serve/guard.py`)."""
+
+    max_messages: int = 256  # the SLM serves single requests: an agent's call is a handful of messages
+    max_tools: int = 128  # OpenAI's own limit on `tools`
 
 
-def parse_chat_request(body: dict[str, Any], known_models: list[str], default_max_tokens: int) -> ChatRequest:
-    """Check a chat-completions body; raise OpenAiError (4xx) naming the field that is wrong."""
+def max_tokens_of(body: dict[str, Any], default_max_tokens: int) -> int:
+    """`max_completion_tokens`, else the older `max_tokens`; null means "not given" for both."""
+    param = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(param)
+    if max_tokens is None:
+        return default_max_tokens
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise OpenAiError(400, f"{param} must be a positive integer", param)
+    return max_tokens
+
+
+def check_response_format(response_format: Any) -> None:
+    """Only plain text: decoding is not constrained, so a schema asked for would look honoured and not be."""
+    if response_format is None or (isinstance(response_format, dict) and response_format.get("type") == "text"):
+        return
+    kind = response_format.get("type") if isinstance(response_format, dict) else response_format
+    raise OpenAiError(
+        400,
+        f"response_format {compact_json(kind)} is not supported: this server does not constrain decoding to "
+        "JSON or a schema. Leave response_format out and ask for the JSON in the messages (the structured "
+        "prompt does), then check the answer yourself",
+        "response_format",
+        "unsupported_parameter",
+    )
+
+
+def parse_chat_request(
+    body: dict[str, Any], known_models: list[str], default_max_tokens: int, limits: RequestLimits = RequestLimits()
+) -> ChatRequest:
+    """Check a chat-completions body; raise OpenAiError (4xx) naming the field that is wrong.
+
+    Fields it does not know (top_p, seed, user, metadata...) are ignored, as OpenAI-compatible servers do;
+    fields whose meaning it cannot honour (n > 1, response_format) are refused."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise OpenAiError(400, f"model is required; served models: {', '.join(known_models)}", "model")
@@ -74,23 +111,31 @@ def parse_chat_request(body: dict[str, Any], known_models: list[str], default_ma
         )
     if "messages" not in body:
         raise OpenAiError(400, "messages is required", "messages")
-    if body.get("n", 1) != 1:
+    messages, tools = body["messages"], body.get("tools")
+    if isinstance(messages, list) and len(messages) > limits.max_messages:
+        raise OpenAiError(400, f"{len(messages)} messages: at most {limits.max_messages} are served", "messages")
+    if isinstance(tools, list) and len(tools) > limits.max_tools:
+        raise OpenAiError(400, f"{len(tools)} tools: at most {limits.max_tools} are served", "tools")
+    if body.get("n") not in (None, 1):
         raise OpenAiError(400, "only n=1 is supported (decoding is greedy: every choice would be the same)", "n")
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if max_tokens is None:
-        max_tokens = default_max_tokens
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise OpenAiError(400, "max_tokens must be a positive integer", "max_tokens")
+    max_tokens = max_tokens_of(body, default_max_tokens)
     temperature = body.get("temperature")
-    if temperature is not None and (not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2):
+    if temperature is not None and (
+        not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not 0 <= temperature <= 2
+    ):
         raise OpenAiError(400, "temperature must be a number from 0 to 2", "temperature")
     stream = body.get("stream", False)
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise OpenAiError(400, "stream must be true or false", "stream")
     stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise OpenAiError(400, "stream_options must be an object or null", "stream_options")
+    check_response_format(body.get("response_format"))
     stop = parse_stop(body.get("stop"))
     try:
-        prompt = agent_request_prompt(body["messages"], body.get("tools"), body.get("tool_choice"))
+        prompt = agent_request_prompt(messages, tools, body.get("tool_choice"))
     except AgentRequestError as error:
         raise OpenAiError(400, str(error), error.param) from None
     return ChatRequest(
@@ -98,7 +143,7 @@ def parse_chat_request(body: dict[str, Any], known_models: list[str], default_ma
         prompt=prompt,
         max_tokens=max_tokens,
         stream=stream,
-        include_usage=bool(isinstance(stream_options, dict) and stream_options.get("include_usage")),
+        include_usage=bool(stream_options.get("include_usage")),
         stop=stop,
     )
 
