@@ -34,3 +34,25 @@ def atomic_write_json(path: str | Path, value: Any) -> Path:
 
 def atomic_write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+
+
+def complete_jsonl_lines(path: str | Path, cut_torn_tail: bool) -> list[Any]:
+    """The JSON lines of an appended file up to the first incomplete or broken one (a write cut by a
+    kill); with `cut_torn_tail` that tail is cut off the file, so the next append starts clean."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    values, good_bytes = [], 0
+    with path.open("rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                break  # torn write from a kill: everything before it is complete
+            try:
+                values.append(json.loads(raw))
+            except json.JSONDecodeError:
+                break
+            good_bytes += len(raw)
+    if cut_torn_tail:
+        with path.open("r+b") as handle:
+            handle.truncate(good_bytes)
+    return values

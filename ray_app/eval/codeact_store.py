@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ray_app.atomic_files import atomic_write_json, atomic_write_jsonl
+from ray_app.atomic_files import atomic_write_json, atomic_write_jsonl, complete_jsonl_lines
 from ray_app.codeact.records import CodeactTask, Trajectory
 
 PARTIAL_NAME = "trajectories.partial.jsonl"
@@ -61,26 +61,6 @@ def with_timings(trajectory: Trajectory, timing: dict[str, Any] | None) -> Traje
     return replace(trajectory, steps=steps)
 
 
-def complete_lines(path: Path, cut_torn_tail: bool) -> list[dict[str, Any]]:
-    """The JSON lines of `path` up to the first incomplete or broken one (cut off when `cut_torn_tail`)."""
-    if not path.is_file():
-        return []
-    values, good_bytes = [], 0
-    with path.open("rb") as handle:
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                break  # torn write from a kill: everything before it is complete
-            try:
-                values.append(json.loads(raw))
-            except json.JSONDecodeError:
-                break
-            good_bytes += len(raw)
-    if cut_torn_tail:
-        with path.open("r+b") as handle:
-            handle.truncate(good_bytes)
-    return values
-
-
 @dataclass
 class TrajectoryStore:
     folder: Path
@@ -112,15 +92,15 @@ class TrajectoryStore:
         store = cls(folder=folder, run_key=run_key)
         folder.mkdir(parents=True, exist_ok=True)
         if finished is not None:
-            timings = {line["trajectory_id"]: line for line in complete_lines(store.timings_path, False)}
-            for value in complete_lines(store.trajectories_path, False):
+            timings = {line["trajectory_id"]: line for line in complete_jsonl_lines(store.timings_path, False)}
+            for value in complete_jsonl_lines(store.trajectories_path, False):
                 trajectory = Trajectory.from_json(value)
                 store.done[trajectory.task.task_id] = with_timings(trajectory, timings.get(trajectory.trajectory_id))
             store.elapsed_s = finished.wall_time_s if store.done else 0.0
         state = json.loads(store.state_path.read_text(encoding="utf-8")) if store.state_path.is_file() else {}
         if state.get("run_key") == run_key and store.partial_path.is_file():
             store.elapsed_s += float(state.get("elapsed_s", 0.0))
-            for value in complete_lines(store.partial_path, True):
+            for value in complete_jsonl_lines(store.partial_path, True):
                 trajectory = Trajectory.from_json(value)
                 store.done[trajectory.task.task_id] = trajectory
         else:  # another run's unfinished work, or none

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray_app.atomic_files import atomic_write_json, atomic_write_jsonl
+from ray_app.atomic_files import atomic_write_json, atomic_write_jsonl, complete_jsonl_lines
 
 PARTIAL_NAME = "predictions.partial.jsonl"
 STATE_NAME = "run_state.json"
@@ -68,19 +68,8 @@ class PredictionStore:
         return store
 
     def _load_partial(self) -> None:
-        good_bytes = 0
-        with self.partial_path.open("rb") as handle:
-            for raw in handle:
-                if not raw.endswith(b"\n"):
-                    break  # torn write from a kill: everything before it is complete
-                try:
-                    record = json.loads(raw)
-                except json.JSONDecodeError:
-                    break
-                self.records[int(record["index"])] = record
-                good_bytes += len(raw)
-        with self.partial_path.open("r+b") as handle:
-            handle.truncate(good_bytes)
+        for record in complete_jsonl_lines(self.partial_path, cut_torn_tail=True):
+            self.records[int(record["index"])] = record
 
     def append(self, records: list[dict[str, Any]], elapsed_s: float) -> None:
         """Append one finished batch in a single write, then record the time spent."""
