@@ -16,7 +16,6 @@ Writes: `<out_dir>/traces.jsonl` (appended per group; a line cut by a kill is dr
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from collections import Counter
@@ -27,7 +26,7 @@ from typing import Any, Literal
 from ray_app.atomic_files import atomic_write_json
 from ray_app.codeact.loop import LoopSettings
 from ray_app.codeact.ray_runner import EngineSpec, agent_model_path, run_groups_on_ray
-from ray_app.codeact.records import TASK_KINDS, CodeactTask, trajectory_id
+from ray_app.codeact.records import CodeactTask, trajectory_id
 from ray_app.engines.slm import SlmSettings
 from ray_app.paths import PROJECT_ROOT
 
@@ -69,7 +68,7 @@ class CaptureConfig:
 
 def capture_tasks(config: CaptureConfig) -> tuple[list[CodeactTask], Counter]:
     """The tasks to capture, and those left out by reason (a gold call its own schema refuses)."""
-    from ray_app.codeact.tasks import build_tasks, gold_call_problem, read_tasks
+    from ray_app.codeact.tasks import build_tasks, gold_call_problem, kinds_in_turn, read_tasks
 
     if config.tasks_path is not None:
         tasks = read_tasks(config.tasks_path)
@@ -93,10 +92,7 @@ def capture_tasks(config: CaptureConfig) -> tuple[list[CodeactTask], Counter]:
             raise CaptureInputError(f"{task.source or task.task_id}: two tools share a Python name: {names}")
     if config.max_tasks is None:
         return tasks, skipped
-    # A quick look still sees every kind: kinds taken in turn, each in its own order.
-    by_kind = [[task for task in tasks if task.kind == kind] for kind in TASK_KINDS]
-    interleaved = [task for group in itertools.zip_longest(*by_kind) for task in group if task is not None]
-    return interleaved[: config.max_tasks], skipped
+    return kinds_in_turn(tasks)[: config.max_tasks], skipped
 
 
 def engine_spec(config: CaptureConfig) -> EngineSpec:

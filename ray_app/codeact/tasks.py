@@ -13,6 +13,7 @@ JSONL file (one `CodeactTask.to_json()` per line), and reading stops with `file:
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -68,6 +69,13 @@ def toolcall_tasks(split_path: str | Path) -> list[CodeactTask]:
             )
         )
     return tasks
+
+
+def kinds_in_turn(tasks: list[CodeactTask]) -> list[CodeactTask]:
+    """The tasks with their kinds taken in turn (toolcall, structured, multistep, toolcall, ...), each
+    kind in its own order: the first N of them see every kind (a quick capture, the demo's evaluation)."""
+    by_kind = [[task for task in tasks if task.kind == kind] for kind in TASK_KINDS]
+    return [task for group in itertools.zip_longest(*by_kind) for task in group if task is not None]
 
 
 def gold_call_problem(task: CodeactTask) -> str | None:

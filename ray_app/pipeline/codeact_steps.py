@@ -19,7 +19,6 @@ evaluation's and training's own run keys) and says so, so a re-run continues whe
 from __future__ import annotations
 
 import filecmp
-import itertools
 import tempfile
 from pathlib import Path
 
@@ -27,8 +26,7 @@ from rich.console import Console
 
 from ray_app.codeact.capture import CaptureConfig, run_capture
 from ray_app.codeact.loop import LoopSettings
-from ray_app.codeact.records import TASK_KINDS
-from ray_app.codeact.tasks import read_tasks, write_tasks
+from ray_app.codeact.tasks import kinds_in_turn, read_tasks, write_tasks
 from ray_app.decide.codeact_decide import CodeactDecideConfig, run_codeact_decide
 from ray_app.eval.codeact_eval import CodeactEvalConfig, run_codeact_eval
 from ray_app.pipeline.config import PipelineConfig
@@ -110,9 +108,7 @@ def evaluation_tasks(config: PipelineConfig, dataset: Path) -> Path:
     tasks_path = dataset / "tasks" / "test.jsonl"
     if config.codeact_eval_tasks is None:
         return tasks_path
-    tasks = read_tasks(tasks_path)
-    by_kind = [[task for task in tasks if task.kind == kind] for kind in TASK_KINDS]
-    chosen = [task for group in itertools.zip_longest(*by_kind) for task in group if task is not None]
+    chosen = kinds_in_turn(read_tasks(tasks_path))
     subset = config.eval_root / "codeact" / f"test_tasks_first_{config.codeact_eval_tasks}.jsonl"
     chosen = chosen[: config.codeact_eval_tasks]
     if not subset.is_file() or [task.task_id for task in read_tasks(subset)] != [task.task_id for task in chosen]:
