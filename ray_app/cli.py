@@ -68,6 +68,9 @@ def fail(message: str, code: int = 2) -> None:
 
 def interrupted(kept: str) -> None:
     """Ctrl-C: say what stays on disk and that the same command resumes; exit 130 (128 + SIGINT)."""
+    from ray_app.ray_runtime import quiet_half_built_ray_objects_at_exit
+
+    quiet_half_built_ray_objects_at_exit()
     console.print(
         f"\n[yellow]Interrupted. Kept: {kept}. Run the same command again to resume.[/]",
         highlight=False,

@@ -84,6 +84,24 @@ def keep_ray_data_progress_in_its_log() -> None:
             handler.setLevel(logging.WARNING)
 
 
+def quiet_half_built_ray_objects_at_exit() -> None:
+    """After a Ctrl-C, drop only Ray Data's "Exception ignored in Dataset.__del__" noise.
+
+    A KeyboardInterrupt that lands inside `Dataset.__init__` leaves an object without
+    `_current_executor`; its `__del__` then raises AttributeError at interpreter exit and Python prints a
+    traceback under the interrupted message. Every other unraisable exception still reaches the default hook.
+    """
+    default_hook = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        owner = getattr(unraisable.object, "__qualname__", "")
+        if isinstance(unraisable.exc_value, AttributeError) and owner == "Dataset.__del__":
+            return
+        default_hook(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def ray_logs_dir() -> Path | None:
     """The log folder of the Ray session this process started or joined (None before that)."""
     return _logs_dir

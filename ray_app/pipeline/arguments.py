@@ -79,6 +79,7 @@ def config_from_argv(argv: list[str]) -> PipelineConfig:
 
 def main(argv: list[str] | None = None) -> None:
     from ray_app.pipeline.run import PipelineError, interrupted_message, run_pipeline
+    from ray_app.ray_runtime import quiet_half_built_ray_objects_at_exit
 
     config = config_from_argv(sys.argv[1:] if argv is None else argv)
     try:
@@ -87,5 +88,6 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"[red]error:[/red] {error}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C: what was done stays, a re-run resumes; no traceback
+        quiet_half_built_ray_objects_at_exit()
         console.print(f"\n[yellow]{interrupted_message(config)}[/yellow]", highlight=False, soft_wrap=True)
         sys.exit(130)  # 128 + SIGINT, as a shell reports a process Ctrl-C stopped
