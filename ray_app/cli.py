@@ -7,7 +7,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -825,16 +825,24 @@ def report(
     eval_root: Annotated[Path | None, typer.Option(help="holds decision.json and <track>/<label>/ results")] = None,
     dataset_root: Annotated[Path, typer.Option(help="holds <track>/test.jsonl (gold rows)")] = DATASET_ROOT,
     failing_rows: Annotated[int, typer.Option(min=0, help="first failing test rows shown per model")] = 3,
+    report_format: Annotated[
+        Literal["md", "html", "both"],
+        typer.Option("--format", help="md: report.md; html: report.html, one self-contained page; both"),
+    ] = "md",
 ) -> None:
-    """Write <eval-root>/report.md and its PNG charts from decision.json and the metrics files."""
+    """Write <eval-root>/report.md (or report.html) and its PNG charts from decision.json and the metrics files."""
     from ray_app.paths import EVAL_ROOT
     from ray_app.report import ReportError, write_report
 
+    formats = ("md", "html") if report_format == "both" else (report_format,)
     try:
-        written = write_report(eval_root or EVAL_ROOT, dataset_root, failing_rows_per_model=failing_rows)
+        written = write_report(
+            eval_root or EVAL_ROOT, dataset_root, failing_rows_per_model=failing_rows, formats=formats
+        )
     except ReportError as error:
         fail(str(error))
-    console.print(f"report: {written.report_path} ({len(written.chart_paths)} charts)", highlight=False)
+    files = dict.fromkeys([written.report_path, written.html_path or written.report_path])  # md and/or html
+    console.print(f"report: {', '.join(map(str, files))} ({len(written.chart_paths)} charts)", highlight=False)
 
 
 @app.command("serve")

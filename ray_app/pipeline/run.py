@@ -11,7 +11,7 @@
 7. train the tracks with FINE_TUNE=1 on Ray Train;
 8. evaluate every installed adapter (reused when its evaluation is up to date);
 9. decide again, with the adapters: teacher / SLM / SLM+adapter → decision.json;
-10. report: report.md and its charts.
+10. report: report.md, the same as one self-contained report.html, and their charts.
 
 `--phase codeact` runs Phase II instead of steps 1-2 and 4-9 (capture → filter → build → evaluate →
 decide → train the codeact adapter → evaluate → decide: `codeact_steps.py`), `--phase all` runs it
@@ -398,13 +398,14 @@ def evaluate_adapters(config: PipelineConfig, dataset_root: Path, model_path: st
 
 
 def write_the_report(config: PipelineConfig, ledger: StepLedger) -> Path | None:
-    """Step 10: report.md and its charts, from decision.json and the metrics files."""
+    """Step 10: report.md, report.html and their charts, from decision.json and the metrics files."""
     if not config.report:
         say(10, "report: skipped (--no-report)")
         return None
     from ray_app.report import write_report
+    from ray_app.report.html import HTML_FILE
 
-    say(10, "report: report.md and charts")
+    say(10, "report: report.md, report.html and charts")
     sources = sorted(config.eval_root.glob("*/*/metrics.json")) + [
         config.eval_root / "decision.json",
         config.eval_root / "codeact" / "decision.json",
@@ -413,11 +414,11 @@ def write_the_report(config: PipelineConfig, ledger: StepLedger) -> Path | None:
         {"sources": {str(path): hashlib.sha256(path.read_bytes()).hexdigest() for path in sources if path.is_file()},
          "dataset_root": str(config.dataset_root)}
     )  # fmt: skip
-    report_path = config.eval_root / "report.md"
-    if ledger.is_done("report", digest, [report_path]):
+    report_path, html_path = config.eval_root / "report.md", config.eval_root / HTML_FILE
+    if ledger.is_done("report", digest, [report_path, html_path]):
         detail(f"skipped: metrics and decision unchanged (sha256 {digest[:12]})")
         return report_path
-    written = write_report(config.eval_root, config.dataset_root)
-    ledger.record("report", digest, [written.report_path, *written.chart_paths])
-    detail(f"written: {written.report_path} and {len(written.chart_paths)} charts")
+    written = write_report(config.eval_root, config.dataset_root, formats=("md", "html"))
+    ledger.record("report", digest, [written.report_path, html_path, *written.chart_paths])
+    detail(f"written: {written.report_path}, {html_path.name} and {len(written.chart_paths)} charts")
     return written.report_path

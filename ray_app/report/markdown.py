@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from urllib.parse import quote
 
 NOT_AVAILABLE = "—"
 BACKTICK_RUN = re.compile(r"`+")
@@ -63,6 +64,12 @@ def code(text: str) -> str:
     fence = "`" * (longest + 1)
     padded = f" {text} " if text.startswith("`") or text.endswith("`") else text
     return f"{fence}{padded}{fence}"
+
+
+def link(text: str, target: str) -> str:
+    """A link to a file relative to the report; the target is percent-encoded, so a folder name with
+    spaces or parentheses stays one link (on GitHub and in report.html alike)."""
+    return f"[{text}]({quote(target)})"
 
 
 def code_block(text: str, info: str = "text") -> str:

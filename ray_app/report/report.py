@@ -10,6 +10,9 @@ without running anything:
 4. when `<eval_root>/codeact/` exists, "CodeAct (Phase II)" (`codeact_section.py`): the CodeAct decision,
    success and behaviour per model with the paired success-rate gaps, the dataset filter's counts,
    masked vs unmasked loss, and one test task's teacher and student runs one after the other.
+Right after the decision, "Predictions" links each model's predictions.jsonl (and each CodeAct run's
+trajectories.jsonl) relative to the report, so any row can be opened from it. With `formats` holding
+"html", `report.html` (`html.py`) renders this same markdown as one self-contained page.
 Every number is copied from a file the report names beside its table; nothing is re-measured. The
 same inputs give byte-identical report.md and PNGs (the only date is decision.json's `created_at`).
 Missing tracks and models are reported with the command that produces them, never an error.
@@ -17,30 +20,36 @@ Missing tracks and models are reported with the command that produces them, neve
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ray_app.atomic_files import atomic_write_text
 from ray_app.data.rows import TRACKS, Track
 from ray_app.decide.decide import DecideConfig, project_relative
 from ray_app.decide.decision_record import DECISION_FILE, Decision
+from ray_app.eval.codeact_store import TRAJECTORIES_NAME
 from ray_app.metrics.codeact import CODEACT_TRACK
 from ray_app.paths import DATASET_ROOT, EVAL_ROOT
 from ray_app.report import markdown as md
 from ray_app.report.codeact_section import render_codeact_section
-from ray_app.report.inputs import ReportError, load_decision, load_track
+from ray_app.report.html import write_html_report
+from ray_app.report.inputs import ReportError, evaluated_labels, load_decision, load_track
 from ray_app.report.track_section import render_track
 from ray_app.report.track_view import TrackView, adapted_summary, track_view
 
 REPORT_FILE = "report.md"
 CHARTS_DIR = "report_charts"
+ReportFormat = Literal["md", "html"]  # report.md (GitHub), report.html (one self-contained page)
 
 
 @dataclass(frozen=True)
 class ReportOutcome:
-    report_path: Path  # <eval_root>/report.md
+    report_path: Path  # <eval_root>/report.md; report.html when only "html" was asked for
     chart_paths: list[Path]  # PNGs under <eval_root>/report_charts/
     sources: list[Path]  # every file the report read, in the order it read them
+    html_path: Path | None = None  # <eval_root>/report.html when "html" was asked for
 
 
 def decided_labels(eval_root: Path, decision: Decision | None) -> DecideConfig:
@@ -144,12 +153,47 @@ def remove_stale_charts(charts_dir: Path, kept: list[Path]) -> None:
                 path.unlink()
 
 
+def predictions_section(views: list[TrackView], eval_root: Path, labels: DecideConfig) -> str:
+    """Links to every model's answers, relative to the report, so a reader can open any row."""
+    lines = []
+    for view in views:
+        links = [
+            md.link(md.code(label), view.file_name(view.evaluations[label].predictions_path))
+            for label in view.columns
+            if label in view.evaluations
+        ]
+        lines.append(f"- {view.track}: " + (", ".join(links) if links else "no finished evaluation yet"))
+    codeact = eval_root / CODEACT_TRACK
+    runs = [
+        label
+        for label in evaluated_labels(codeact, labels.teacher_label, labels.slm_label)
+        if (codeact / label / TRAJECTORIES_NAME).is_file()
+    ]
+    if runs:
+        targets = [f"{CODEACT_TRACK}/{label}/{TRAJECTORIES_NAME}" for label in runs]
+        links = [md.link(md.code(label), target) for label, target in zip(runs, targets, strict=True)]
+        lines.append(f"- {CODEACT_TRACK} (one trajectory per task): " + ", ".join(links))
+    return "\n\n".join(
+        [
+            "## Predictions",
+            "Each model's answers, one JSON line per test row (prompt, gold completion, prediction, token counts), in "
+            f"{md.code('<track>/<model>/predictions.jsonl')} beside this report:",
+            "\n".join(lines),
+        ]
+    )
+
+
 def write_report(
-    eval_root: Path = EVAL_ROOT, dataset_root: Path = DATASET_ROOT, failing_rows_per_model: int = 3
+    eval_root: Path = EVAL_ROOT,
+    dataset_root: Path = DATASET_ROOT,
+    failing_rows_per_model: int = 3,
+    formats: Sequence[ReportFormat] = ("md",),
 ) -> ReportOutcome:
-    """Write `<eval_root>/report.md` and its charts from the eval outputs; return what was written and read."""
+    """Write `<eval_root>/report.md` (and/or report.html) and the charts; return what was written and read."""
     if failing_rows_per_model < 0:
         raise ReportError(f"failing_rows_per_model must be 0 or more, got {failing_rows_per_model}")
+    if not formats or set(formats) - {"md", "html"}:
+        raise ReportError(f"formats must be 'md', 'html' or both, got {list(formats)}")
     eval_root, dataset_root = Path(eval_root), Path(dataset_root)
     decision = load_decision(eval_root)
     labels = decided_labels(eval_root, decision)
@@ -167,7 +211,8 @@ def write_report(
         views.append(track_view(track, loaded, decision, labels))
 
     charts_dir = eval_root / CHARTS_DIR
-    sections = [title_section(eval_root, decision), decision_section(views, decision), price_section(decision)]
+    sections = [title_section(eval_root, decision), decision_section(views, decision)]
+    sections += [predictions_section(views, eval_root, labels), price_section(decision)]
     chart_paths: list[Path] = []
     for view in views:
         markdown, charts = render_track(view, charts_dir, failing_rows_per_model)
@@ -178,5 +223,9 @@ def write_report(
         sections.append(markdown)
         sources += read
     remove_stale_charts(charts_dir, chart_paths)
-    report_path = atomic_write_text(eval_root / REPORT_FILE, "\n\n".join(sections) + "\n")
-    return ReportOutcome(report_path, chart_paths, sources)
+    markdown = "\n\n".join(sections) + "\n"
+    html_path = write_html_report(markdown, eval_root) if "html" in formats else None
+    if html_path is not None and "md" not in formats:
+        return ReportOutcome(html_path, chart_paths, sources, html_path)
+    report_path = atomic_write_text(eval_root / REPORT_FILE, markdown)
+    return ReportOutcome(report_path, chart_paths, sources, html_path)
