@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from ray_app.data.rows import Track
+from ray_app.engines.constrained.constraints import DecodingConstraint
 from ray_app.prompts import chat_messages
 
 EngineKind = Literal["transformers", "azure", "openai-compatible", "replay", "simulated"]
@@ -22,6 +23,7 @@ class EngineRequest:
     index: int  # the row's position in its split
     track: Track
     prompt: str
+    constraint: DecodingConstraint | None = None  # grammar the answer must fit (local SLM engine); None: free
 
     @property
     def messages(self) -> list[dict[str, str]]:
@@ -55,6 +57,7 @@ class ChatRequest:
     messages: list[dict[str, str]]  # role + content only
     stop: tuple[str, ...] = ()  # the answer ends where one of these first appears; it is not in the text
     max_tokens: int = 256
+    constraint: DecodingConstraint | None = None  # grammar the answer must fit (local SLM engine); None: free
 
 
 class ChatEngine(Protocol):

@@ -51,13 +51,22 @@ class SlmEngine:
 
     def generate(self, requests: list[EngineRequest]) -> list[GreedyAnswer]:
         """Answers in request order; rows are admitted in that order as the running batch has room."""
-        jobs = [self.slm.job(self.model_name, request.messages, self.settings.max_new_tokens) for request in requests]
+        jobs = [
+            self.slm.job(self.model_name, request.messages, self.settings.max_new_tokens, constraint=request.constraint)
+            for request in requests
+        ]
         return self.scheduler.run_to_completion(jobs)
 
     def chat(self, requests: list[ChatRequest]) -> list[GreedyAnswer]:
         """Conversations continued in request order (the CodeAct loop's batched step)."""
         jobs = [
-            self.slm.job(self.model_name, request.messages, request.max_tokens, stop_texts=request.stop)
+            self.slm.job(
+                self.model_name,
+                request.messages,
+                request.max_tokens,
+                stop_texts=request.stop,
+                constraint=request.constraint,
+            )
             for request in requests
         ]
         return self.scheduler.run_to_completion(jobs)

@@ -3,7 +3,8 @@
 The base model is loaded once (`engines.slm.load_model_and_tokenizer`: the precision rules every
 run uses); each adapter is added to the same PeftModel under its model name (`slm-<name>`), so
 switching adapter between two forward calls never reloads anything. `active(name)` makes one model
-current: its adapter set, or every adapter disabled for the base.
+current: its adapter set, or every adapter disabled for the base. `grammars` compiles the jobs'
+constraints for this model's tokenizer (`engines/constrained/`), at a job's ingress.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import contextlib
 import dataclasses
 from pathlib import Path
 
+from ray_app.engines.constrained.constraints import DecodingConstraint
+from ray_app.engines.constrained.row_grammar import GrammarCompiler
 from ray_app.engines.decode.prefix_cache import shared_prefix_ends, template_anchors
 from ray_app.engines.decode.running_batch import GenerationJob
 from ray_app.engines.determinism import apply_determinism
-from ray_app.engines.slm import SlmSettings, chat_text, load_model_and_tokenizer
+from ray_app.engines.slm import SlmSettings, chat_text, load_model_and_tokenizer, stop_token_ids
 
 BASE_MODEL_NAME = "slm"
 
@@ -60,6 +63,8 @@ class LoadedSlm:
             getattr(self.model.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length
         )
         self.anchors = template_anchors()
+        vocab_size = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))  # the logits' width
+        self.grammars = GrammarCompiler(self.tokenizer, vocab_size, stop_token_ids(self.model, self.tokenizer))
 
     def job(
         self,
@@ -68,16 +73,22 @@ class LoadedSlm:
         max_new_tokens: int,
         request_id: str | None = None,
         stop_texts: tuple[str, ...] = (),
+        constraint: DecodingConstraint | None = None,
     ) -> GenerationJob:
         """The messages with the chat template applied (as `engines.slm.prompt_ids`), and where their
-        shareable prefixes end."""
+        shareable prefixes end. A constraint is compiled here, so one that cannot be (a schema llguidance
+        refuses) raises `ConstraintError` before the job queues."""
+        if constraint is not None:
+            self.grammars.check(constraint)
         text = chat_text(self.tokenizer, messages)
         if getattr(self.tokenizer, "is_fast", False):
             encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
             ends = shared_prefix_ends(text, [end for _, end in encoded["offset_mapping"]], self.anchors)
         else:  # no offsets: the prompt is prefilled without shareable pieces
             encoded, ends = self.tokenizer(text, add_special_tokens=False), ()
-        return GenerationJob(model_name, list(encoded["input_ids"]), max_new_tokens, ends, request_id, stop_texts)
+        return GenerationJob(
+            model_name, list(encoded["input_ids"]), max_new_tokens, ends, request_id, stop_texts, constraint
+        )
 
     def active(self, model_name: str):
         """The adapter of `model_name` active on the shared PeftModel (none for the base)."""

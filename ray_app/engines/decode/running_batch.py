@@ -20,6 +20,11 @@ Agent prompts differ a lot in length (toolcall prompts with their tool signature
 
 Greedy, so a row's tokens depend on its prompt only: the pieces of a prompt are fixed by the
 prompt and the chunk size, and rows never see each other (attention is masked per row).
+
+A row with a constraint (`GenerationJob.constraint`, `engines/constrained/`) has its grammar's mask
+applied to its logits before the argmax, its first token included, and ends as soon as its grammar
+is complete; rows without one are not touched (their logits, tokens and answers are what they are
+without constraints), so both kinds decode in the same batch.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import inspect
 import time
 from dataclasses import dataclass, field
 
+from ray_app.engines.constrained.constraints import DecodingConstraint
+from ray_app.engines.constrained.row_grammar import RowGrammar, mask_logits
 from ray_app.engines.decode.prefix_cache import PrefixKvCache
 from ray_app.engines.slm import GreedyAnswer, stop_token_ids
 
@@ -41,6 +48,7 @@ class GenerationJob:
     prefix_ends: tuple[int, ...] = ()  # where the prompt's shareable prefixes end (prefix_cache.py)
     request_id: str | None = None  # names the job for `DecodeScheduler.cancel`
     stop_texts: tuple[str, ...] = ()  # the answer ends where one of these first appears (OpenAI's `stop`)
+    constraint: DecodingConstraint | None = None  # the grammar the answer must fit (None: free decoding)
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class Row:
     key: int  # the caller's index for the job (StepToken.job)
     started: float  # when the job was admitted, its prefill began (its answer's latency counts from here)
     tokens: list[int] = field(default_factory=list)
+    grammar: RowGrammar | None = None  # the job's constraint, as this row advances through it
 
 
 class RunningBatch:
@@ -101,6 +110,8 @@ class RunningBatch:
 
         joining, chosen = [], []
         for task in prefilled:
+            if task.row.grammar is not None:
+                mask_logits(task.logits, [(0, task.row.grammar)])
             token = int(task.logits.argmax(dim=-1))
             step_token = take_token(task.row, token, self.stop_ids, self.tokenizer)
             chosen.append(step_token)
@@ -133,7 +144,12 @@ class RunningBatch:
                 **{cache_keyword(self.model): self.cache},
             )
             self.positions = self.positions + 1
-            self.next_tokens = output.logits[:, -1, :].argmax(dim=-1)
+            logits = output.logits[:, -1, :]
+            guided = [(slot, row.grammar) for slot, row in enumerate(self.slots)
+                      if row is not None and row.grammar is not None]  # fmt: skip
+            if guided:
+                mask_logits(logits, guided)
+            self.next_tokens = logits.argmax(dim=-1)
             chosen = []
             for slot, (row, token) in enumerate(zip(self.slots, self.next_tokens.tolist(), strict=True)):
                 if row is not None:
@@ -245,16 +261,18 @@ class RunningBatch:
 
 
 def take_token(row: Row, token: int, stop_ids: set[int], tokenizer) -> StepToken:
-    """Add the chosen token to its row; the row's last token carries its whole answer."""
+    """Add the chosen token to its row; the row's last token carries its whole answer. A row whose grammar
+    is complete ends at once: nothing but end-of-sequence could follow."""
     row.tokens.append(token)
+    grammar_ended = row.grammar is not None and token not in stop_ids and row.grammar.take(token)
     if row.job.stop_texts:
         text = tokenizer.decode(row.tokens, skip_special_tokens=True)
         found = first_stop_text(text, row.job.stop_texts)
         if found is not None:
             at, stop_text = found
             return StepToken(row.key, token, greedy_answer(tokenizer, row, stop_ids, text[:at], stop_text))
-    if token in stop_ids or len(row.tokens) >= row.job.max_new_tokens:
-        return StepToken(row.key, token, greedy_answer(tokenizer, row, stop_ids))
+    if token in stop_ids or len(row.tokens) >= row.job.max_new_tokens or grammar_ended:
+        return StepToken(row.key, token, greedy_answer(tokenizer, row, stop_ids, grammar_ended=grammar_ended))
     return StepToken(row.key, token)
 
 
@@ -265,16 +283,22 @@ def first_stop_text(text: str, stop_texts: tuple[str, ...]) -> tuple[int, str] |
 
 
 def greedy_answer(
-    tokenizer, row: Row, stop_ids: set[int], text: str | None = None, stop_text: str | None = None
+    tokenizer,
+    row: Row,
+    stop_ids: set[int],
+    text: str | None = None,
+    stop_text: str | None = None,
+    grammar_ended: bool = False,
 ) -> GreedyAnswer:
-    """The row's answer; a stop text ends it like end-of-sequence does, and is not part of the text."""
+    """The row's answer; a stop text ends it like end-of-sequence does, and is not part of the text; so
+    does a complete grammar (no end-of-sequence token is spent on it)."""
     return GreedyAnswer(
         text=tokenizer.decode(row.tokens, skip_special_tokens=True) if text is None else text,
         prompt_tokens=len(row.job.prompt_ids),
         completion_tokens=len(row.tokens),
         latency_s=time.perf_counter() - row.started,  # from admission (prefill start) until the answer was complete
         token_ids=tuple(row.tokens),
-        stopped=stop_text is not None or row.tokens[-1] in stop_ids,
+        stopped=stop_text is not None or row.tokens[-1] in stop_ids or grammar_ended,
         stop_text=stop_text,
     )
 

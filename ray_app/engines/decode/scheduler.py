@@ -93,7 +93,7 @@ class DecodeScheduler:
 
     def iteration(self) -> IterationResult:
         result = IterationResult()
-        self._admit()
+        self._admit(result)
         self._prefill(result)
         for model_name, batch in list(self.batches.items()):
             if batch:
@@ -101,11 +101,17 @@ class DecodeScheduler:
         self._forget_empty_batches()
         return result
 
-    def _admit(self) -> None:
+    def _admit(self, result: IterationResult) -> None:
         decoding = sum(len(batch) for batch in self.batches.values())
         while self.waiting and decoding + len(self.prefilling) < self.max_batch_rows:
             key, job = self.waiting.popleft()
             row = Row(job, key, time.perf_counter())
+            if job.constraint is not None:
+                try:  # compiled at the job's ingress (LoadedSlm.job) already, unless it was built by hand
+                    row.grammar = self.slm.grammars.start(job.constraint)
+                except Exception as error:  # a constraint that does not compile fails its own job only
+                    result.failed.append(([key], error))
+                    continue
             self.prefilling.append(PrefillTask(row, self.prefill_chunk_tokens, self.prefix_cache))
 
     def _prefill(self, result: IterationResult) -> None:
