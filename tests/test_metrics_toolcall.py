@@ -31,15 +31,15 @@ def call(body: str, name: str = "get_weather") -> str:
         ("Sure! " + call('{"city": "Paris", "days": 3}') + " Done.", (True, True, True, True)),  # prose around
         ("```\n" + GOLD + "\n```", (True, True, True, True)),  # a fence is just text outside the wrapper
         (GOLD + GOLD, (False, False, False, False)),  # two wrappers
-        (call('{"city": "Paris", "days": 3}', name="search_city"), (True, False, True, True)),  # wrong tool name
+        (call('{"city": "Paris", "days": 3}', name="search_city"), (True, False, True, False)),  # wrong tool name
         (call('["Paris", 3]'), (False, False, False, False)),  # args that are a JSON array
         (call('{"city": "Paris", "days": NaN}'), (False, False, False, False)),  # NaN rejected
         (call('{"city": "Paris", "days": 3'), (False, False, False, False)),  # truncated JSON
         ("", (False, False, False, False)),  # empty output
         ("  \n\t ", (False, False, False, False)),  # whitespace-only output
         ('{"city": "Paris", "days": 3}', (False, False, False, False)),  # bare JSON, no wrapper
-        (call('{"city": "Paris", "days": 3.0}'), (True, True, False, True)),  # 1 vs 1.0
-        (call('{"city": " paris ", "days": 3}'), (True, True, False, True)),  # case and whitespace
+        (call('{"city": "Paris", "days": 3.0}'), (True, True, False, False)),  # 3.0 for an integer (BFCL)
+        (call('{"city": " pa-ris ", "days": 3}'), (True, True, False, True)),  # case, spaces, BFCL's punctuation
         (call('{"city": "Paris", "days": "3"}'), (True, True, False, False)),  # "3" is not 3
         (call('{"city": "Paris", "days": 3, "units": "metric"}'), (True, True, False, True)),  # default given
         (call('{"city": "Paris", "days": 3, "units": "imperial"}'), (True, True, False, False)),
@@ -83,8 +83,8 @@ def test_default_rule_needs_the_schema() -> None:
 def test_rates_count_every_row() -> None:
     predictions = [
         GOLD,  # all four
-        "Answer: " + call('{"city": "Paris", "days": 3.0}'),  # valid, name, lenient
-        call('{"city": "Paris", "days": 3}', name="search_city"),  # valid, exact, lenient
+        "Answer: " + call('{"city": "PARIS", "days": 3}'),  # valid, name, lenient
+        call('{"city": "Paris", "days": 3}', name="search_city"),  # valid, exact (another tool: not lenient)
         GOLD + "\n" + GOLD,  # nothing
         "",  # nothing
     ]
@@ -94,11 +94,11 @@ def test_rates_count_every_row() -> None:
         "valid_call": 3,
         "name_match": 2,
         "args_exact": 2,
-        "args_lenient": 3,
+        "args_lenient": 2,
         "valid_call_rate": 0.6,
         "name_match_rate": 0.4,
         "args_exact_rate": 0.4,
-        "args_lenient_rate": 0.6,
+        "args_lenient_rate": 0.4,
     }
 
 

@@ -65,23 +65,24 @@ def test_toolcall_file_rates(tmp_path: Path) -> None:
     gold_with_default = '<tool_call name="get_weather">{"city": "Paris", "days": 3, "units": "metric"}</tool_call>'
     rows = [
         (gold, gold),  # valid, name, exact, lenient
-        (gold, 'Calling: <tool_call name="get_weather">{"days": 3.0, "city": "Paris"}</tool_call>'),  # v n - l
-        (gold, '<tool_call name="search_city">{"city": "Paris", "days": 3}</tool_call>'),  # v - e l
+        (gold, 'Calling: <tool_call name="get_weather">{"days": 3, "city": "paris"}</tool_call>'),  # v n - l
+        (gold, '<tool_call name="get_weather">{"days": 3.0, "city": "Paris"}</tool_call>'),  # v n - - (3.0 for int)
+        (gold, '<tool_call name="search_city">{"city": "Paris", "days": 3}</tool_call>'),  # v - e - (another tool)
         (gold, gold + gold),  # two wrappers: nothing
         (gold, ""),  # nothing
         (gold_with_default, gold),  # omitted optional = the default: v n - l
     ]
     path = write_predictions(tmp_path / "predictions.jsonl", [(prompt, *row) for row in rows])
     assert score_predictions_file("toolcall", path) == {
-        "rows": 6,
-        "valid_call": 4,
-        "name_match": 3,
+        "rows": 7,
+        "valid_call": 5,
+        "name_match": 4,
         "args_exact": 2,
-        "args_lenient": 4,
-        "valid_call_rate": 4 / 6,
-        "name_match_rate": 3 / 6,
-        "args_exact_rate": 2 / 6,
-        "args_lenient_rate": 4 / 6,
+        "args_lenient": 3,
+        "valid_call_rate": 5 / 7,
+        "name_match_rate": 4 / 7,
+        "args_exact_rate": 2 / 7,
+        "args_lenient_rate": 3 / 7,
     }
 
 

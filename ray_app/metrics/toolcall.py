@@ -7,9 +7,10 @@ Per row (`score_toolcall_row`) and over a split (`toolcall_metrics`):
 - `name_match_rate`: a valid call whose tool name equals the gold name.
 - `args_exact_rate`: a valid call whose arguments have the same `canonical_json` as the gold
   arguments, whatever the name (key order and whitespace never matter; 1 vs 1.0 does).
-- `args_lenient_rate`: a valid call whose arguments match the gold ones under `lenient_args_match`
-  (1 == 1.0, case-folded strings, set-like arrays, schema defaults), with the JSON Schema of the
-  gold tool's signature recovered from the row's prompt; schema-free when the prompt cannot be
+- `args_lenient_rate`: a valid call with the gold tool name whose arguments match the gold ones under
+  `lenient_args_match` (BFCL's AST checker rules: standardised strings, an int for a number but not
+  3.0 for an integer, optional parameters at their default, set-like arrays), with the JSON Schema of
+  the gold tool's signature recovered from the row's prompt; schema-free when the prompt cannot be
   parsed or does not list the gold tool.
 
 An output that is not a valid call misses all four. Every rate is over every row; rates are
@@ -71,7 +72,8 @@ def score_toolcall_row(gold: str, prediction: str, prompt: str | None = None) ->
         valid_call=True,
         name_match=call.name == gold_call.name,
         args_exact=canonical_json(call.arguments) == canonical_json(gold_call.arguments),
-        args_lenient=lenient_args_match(call.arguments, gold_call.arguments, schema),
+        # BFCL's checker rejects a call to another tool before it looks at the arguments.
+        args_lenient=call.name == gold_call.name and lenient_args_match(call.arguments, gold_call.arguments, schema),
     )
 
 
