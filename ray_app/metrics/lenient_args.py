@@ -13,12 +13,12 @@ Parameters (the top level, under the tool's JSON Schema):
   accepted for a `number` parameter but a float never for an `integer` one (3.0 vs 3);
 - strings match after BFCL's `standardize_string`: spaces and `, . / - _ * ^` removed, lower-cased,
   `'` read as `"` ("New York, NY" == "new york ny", "Gluten-free" == "glutenfree");
-- arrays are ordered; each element is type-checked as a parameter is, then strings are standardised,
-  objects compared as below, and anything else (an array in an array) by plain equality. With
-  `"uniqueItems": true` (a set) the elements match as multisets;
+- arrays are ordered; each element is type-checked and compared as a parameter is, except that an
+  array in an array is compared whole by Python's ==. With `"uniqueItems": true` (a set) the elements
+  match as multisets;
 - objects: keys as for parameters (with the object's own schema), then each value as BFCL's dict
   checker compares it: strings standardised, anything else by Python's equality, with no type check
-  (1 == 1.0 == true, and nested arrays and objects equal only exactly);
+  (1 == 1.0 == true; arrays and objects inside compared whole, strings in them unstandardised);
 - `anyOf` / `oneOf` / a list of types match when an option that the gold fits matches;
 - a gold value that breaks its own schema (BFCL calls it a variable) accepts a value of the schema's
   or of the gold's type that equals it.
@@ -112,7 +112,7 @@ def _typed_value_match(predicted: Any, gold: Any, schema: Schema) -> bool:
 
 
 def _element_match(predicted: Any, gold: Any, schema: Schema) -> bool:
-    """An array element: typed as a parameter, but an array in an array compares only exactly (BFCL)."""
+    """An array element: typed as a parameter; an array in an array by Python's == alone, as in BFCL."""
     if isinstance(gold, list) or isinstance(predicted, list):
         return _fits_type(predicted, _json_type(schema) or "array") and predicted == gold
     return _parameter_match(predicted, gold, schema)
