@@ -15,6 +15,7 @@ from rich.table import Table
 
 from ray_app.codeact.capture import CaptureConfig, TeacherKind
 from ray_app.codeact.loop import LoopSettings
+from ray_app.decide.non_inferiority import DEFAULT_MARGIN
 from ray_app.engines.precision import Precision
 from ray_app.engines.teacher_settings import ToolcallMode
 from ray_app.eval.codeact_eval import CodeactEvalConfig
@@ -696,17 +697,19 @@ def decide_and_print(config: DecideConfig) -> None:
     console.print(table)
     for track, result in decision.tracks.items():
         console.print(f"{track}: FINE_TUNE={result.fine_tune} ({result.reason})", highlight=False)
+        for label, parity in result.parity().items():
+            console.print(f"{track}: {label} against the teacher: {parity.overall.words}", highlight=False)
     for track, reason in decision.missing.items():
         console.print(f"{track}: not decided: {reason}", highlight=False)
 
 
-def decide_codeact_and_print(eval_root: Path, require_langfuse: bool | None) -> None:
+def decide_codeact_and_print(eval_root: Path, require_langfuse: bool | None, parity_margin: float) -> None:
     """The CodeAct decision (`run_codeact_decide`): teacher vs each student on success rate."""
     from ray_app.decide.codeact_decide import DECISION_FILE, CodeactDecideConfig, run_codeact_decide
     from ray_app.decide.decide import DecideError
     from ray_app.tracing import LangfuseRequiredError
 
-    config = CodeactDecideConfig(eval_root=eval_root, require_langfuse=require_langfuse)
+    config = CodeactDecideConfig(eval_root=eval_root, require_langfuse=require_langfuse, parity_margin=parity_margin)
     try:
         decision = run_codeact_decide(config)
     except (DecideError, LangfuseRequiredError) as error:
@@ -728,6 +731,8 @@ def decide_codeact_and_print(eval_root: Path, require_langfuse: bool | None) -> 
         )
     console.print(table)
     console.print(f"codeact: FINE_TUNE={decision.fine_tune} ({decision.reason})", highlight=False)
+    for label, parity in decision.parity().items():
+        console.print(f"codeact: {label} against the teacher: {parity.overall.words}", highlight=False)
 
 
 @app.command("decide")
@@ -746,13 +751,23 @@ def decide(
         str | None,
         typer.Option(help="codeact: the CodeAct decision only (codeact/decision.json); default: the seed's tracks"),
     ] = None,
+    margin: Annotated[
+        float,
+        typer.Option(
+            "--margin",
+            "--parity-margin",
+            help="parity verdict: is a candidate worse than the teacher by more than this difference of rates? "
+            "(0.02: 2 points; above 0, below 1)",
+        ),
+    ] = DEFAULT_MARGIN,
 ) -> None:
-    """Teacher vs SLM (and adapted SLMs) per track → decision.json, with intervals, p-values, latency and cost."""
+    """Teacher vs SLM (and adapted SLMs) per track → decision.json, with intervals, p-values, parity verdicts,
+    latency and cost."""
     from ray_app.decide.decide import DecideConfig
     from ray_app.paths import EVAL_ROOT
 
     if track == "codeact":
-        decide_codeact_and_print(eval_root or EVAL_ROOT, True if require_langfuse else None)
+        decide_codeact_and_print(eval_root or EVAL_ROOT, True if require_langfuse else None, margin)
         return
     if track is not None:
         fail(f"--track must be codeact (or left out for the seed's tracks), got {track!r}")
@@ -761,6 +776,7 @@ def decide(
         price_table_path=price_table,
         slm_hardware=slm_hardware,
         teacher_price_model=teacher_price_model,
+        parity_margin=margin,
         require_langfuse=True if require_langfuse else None,
     )
     decide_and_print(config)

@@ -150,3 +150,9 @@ def test_decide_prints_the_decision_and_compare_is_its_deprecated_alias(tmp_path
     second = json.loads((eval_root / "decision.json").read_text(encoding="utf-8"))
     assert {**second, "created_at": first["created_at"]} == first
     assert "compare" not in slm_swap("--help").stdout  # hidden from the command list
+    # Beside FINE_TUNE, the parity verdict (exact_match: 2 teacher-only rows, 1 slm-only of 10; see test_decide).
+    assert "structured: slm against the teacher: cannot tell with 10 rows — about 281 rows would decide" in log
+    wider = " ".join(slm_swap("decide", *flags, "--margin", "0.5").stderr.split())
+    assert "structured: slm against the teacher: not worse than the teacher by more than 50 points" in wider
+    in_points = slm_swap("decide", *flags, "--margin", "2")
+    assert in_points.returncode == 2 and "(0.02 is 2 points), got 2.0" in " ".join(in_points.stderr.split())

@@ -171,10 +171,13 @@ def test_teacher_and_tiny_slm_evaluated_resumed_rerun_and_decided(ray_session, t
     assert decision.adapted["slm-codeact"].vs_slm.core["success_rate"].delta == 0.0
     assert decision.adapted["slm-codeact"].vs_teacher.core["success_rate"].delta == b / 10
     assert "valid_action_rate" in decision.teacher_vs_slm.info
+    # The parity verdict on success rate, beside the rule: both students against the teacher, not against each other.
+    assert on_disk["config"]["parity_margin"] == 0.02 and list(decision.parity()) == ["slm", "slm-codeact"]
+    assert decision.adapted["slm-codeact"].vs_slm.parity is None
 
     result = slm_swap("decide", "--track", "codeact", "--eval-root", str(root))
     assert result.returncode == 0, result.stderr
-    assert "FINE_TUNE=1" in result.stderr
+    assert "FINE_TUNE=1" in result.stderr and "codeact: slm against the teacher: " in result.stderr
 
 
 def test_decide_names_the_stale_file_when_tasks_differ(tmp_path):

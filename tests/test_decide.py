@@ -427,3 +427,58 @@ def test_bad_price_table_names_file_and_field(tmp_path: Path, table: dict, messa
     with pytest.raises(PriceTableError) as error:
         load_price_table(path)
     assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+def test_parity_verdicts_beside_the_rule(eval_root: Path, price_table: Path, monkeypatch) -> None:
+    for name in ("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "SLM_SWAP_REQUIRE_LANGFUSE"):
+        monkeypatch.delenv(name, raising=False)
+    decision = run_decide(config(eval_root, price_table))
+    structured = decision.tracks["structured"]
+    assert structured.fine_tune == 1  # the seed's rule, unchanged
+    parity = structured.teacher_vs_slm.parity
+    assert parity is not None and parity.margin == 0.02 and decision.config.parity_margin == 0.02
+    # json_valid: the slm alone hits row 9 (b=0, c=1): no resample puts it below the teacher, bounds (-0.3, 0).
+    valid = parity.core["json_valid_rate"]
+    assert (valid.delta_lower_95, valid.delta_upper_95, valid.verdict) == (-0.3, 0.0, "not worse")
+    # exact_match: b=2, c=1 of 10 → bounds (-0.2, 0.4), cannot tell; 6.182557 * 0.29 / 0.0064 = 280.2 → 281 rows.
+    exact = parity.core["exact_match_rate"]
+    assert (exact.delta_lower_95, exact.delta_upper_95, exact.verdict, exact.rows_needed) == (
+        -0.2, 0.4, "cannot tell", 281
+    )  # fmt: skip
+    assert (parity.overall.verdict, parity.overall.rows_needed) == ("cannot tell", 281)
+    # The adapter hits every row (b=0, c=1 on exact_match, as json_valid above): not worse on both.
+    adapted = structured.adapted["slm-adapter"]
+    assert adapted.vs_teacher.parity is not None and adapted.vs_teacher.parity.overall.verdict == "not worse"
+    assert adapted.vs_slm.parity is None  # parity is a verdict against the teacher only
+    assert list(structured.parity()) == ["slm", "slm-adapter"]
+    toolcall = decision.tracks["toolcall"]
+    # slm = teacher on every row: no discordance, bounds (0, 0), not worse; the adapter misses rows 0-4.
+    assert toolcall.parity()["slm"].overall.verdict == "not worse"
+    assert toolcall.parity()["slm-adapter"].overall.words == (
+        "worse than the teacher by more than 2 points on valid_call_rate, name_match_rate, args_exact_rate "
+        "(95% one-sided paired bootstrap bound)"
+    )
+    # The decision event carries the verdicts in its metadata (local trace file: no Langfuse keys here).
+    [trace_file] = (eval_root / "traces").glob("decide-*.json")
+    events = {event["name"]: event for event in json.loads(trace_file.read_text(encoding="utf-8"))["events"]}
+    metadata = events["decision structured"]["metadata"]["parity"]
+    assert metadata["slm"] == {
+        "margin": 0.02,
+        "overall": "cannot tell",
+        "overall_words": parity.overall.words,
+        "rows_needed": 281,
+        "json_valid_rate": "not worse",
+        "exact_match_rate": "cannot tell",
+    }
+    assert metadata["slm-adapter"]["overall"] == "not worse"
+
+
+def test_a_wider_margin_decides_and_a_margin_in_points_is_refused(eval_root: Path, price_table: Path) -> None:
+    # At a 50-point margin the upper bound 0.4 of exact_match is below it: not worse; FINE_TUNE still 1.
+    structured = run_decide(config(eval_root, price_table, parity_margin=0.5)).tracks["structured"]
+    assert structured.fine_tune == 1
+    assert structured.teacher_vs_slm.parity.overall.words == (  # type: ignore[union-attr]
+        "not worse than the teacher by more than 50 points on every core metric (95% one-sided paired bootstrap bound)"
+    )
+    with pytest.raises(DecideError, match=r"above 0 and below 1 \(0\.02 is 2 points\), got 2"):
+        run_decide(config(eval_root, price_table, parity_margin=2))

@@ -154,3 +154,7 @@ def test_eval_and_decision_reach_langfuse_through_the_sdk(langfuse_server, tmp_p
     assert decision_event["trace_id"] == spans["decide"]["trace_id"]
     assert decision_event["attributes"]["langfuse.observation.type"] == "event"
     assert json.loads(decision_event["attributes"]["langfuse.observation.output"])["FINE_TUNE"] == 0
+    # The parity verdicts ride on the event's metadata: the slm is the teacher's copy, so not worse.
+    parity = json.loads(decision_event["attributes"]["langfuse.observation.metadata.parity"])
+    assert parity["slm"]["overall"] == "not worse" and parity["slm"]["margin"] == 0.02
+    assert parity["slm"]["valid_call_rate"] == "not worse"

@@ -201,18 +201,39 @@ def check_table(table: Table, workspace: Workspace) -> None:
     decision = workspace.json("decision.json")
     if header[:2] == ["track", "test rows"]:
         assert table.files == ["decision.json"]
-        for name, rows, teacher, fine_tune, reason, adapted in table.rows:
+        for name, rows, teacher, fine_tune, reason, adapted, parity in table.rows:
             if name not in decision["tracks"]:
-                assert [rows, teacher, fine_tune, adapted] == ["—", "—", "not decided", "—"]
+                assert [rows, teacher, fine_tune, adapted, parity] == ["—", "—", "not decided", "—", "—"]
                 assert reason == decision["missing"][name]
                 continue
             decided = decision["tracks"][name]
             assert int(rows) == decided["rows"] and teacher == decided["teacher_mode"]
             assert int(fine_tune) == decided["FINE_TUNE"] and reason == decided["reason"]
+            verdicts = {"slm": decided["teacher_vs_slm"]["parity"]["overall"]["words"]}
             for label, comparison in decided["adapted"].items():
+                verdicts[label] = comparison["vs_teacher"]["parity"]["overall"]["words"]
                 for metric, result in comparison["vs_teacher"]["core"].items():
                     if result["delta"] > 0:
                         assert f"{metric} (delta {result['delta']:.6g})" in adapted, label
+            assert parity == "; ".join(f"{label}: {words}" for label, words in verdicts.items())
+        return
+    if header[:2] == ["candidate", "metric"]:
+        assert table.files == ["decision.json"]
+        for candidate, metric, delta, bounds, margin, words in table.rows:
+            key = ("teacher_vs_slm",) if candidate == "slm" else ("adapted", candidate, "vs_teacher")
+            assert ".".join(["tracks", track, *key, "parity"]) in table.fields
+            comparison = decision["tracks"][track]
+            for part in key:
+                comparison = comparison[part]
+            parity = comparison["parity"]
+            assert near(margin, parity["margin"], 3)
+            if metric == "all core metrics":
+                assert [delta, bounds, words] == ["—", "—", parity["overall"]["words"]]
+                continue
+            lower, upper = bounds.strip("[]").split(", ")
+            assert near(lower, parity["core"][metric]["delta_lower_95"], 3)
+            assert near(upper, parity["core"][metric]["delta_upper_95"], 3)
+            assert near(delta, comparison["core"][metric]["delta"], 3) and words == parity["core"][metric]["words"]
         return
     if header[0] == "teacher price entry":
         assert table.files == ["decision.json"] and table.fields == ["price_table.teacher_usd_per_1m_tokens"]
@@ -301,7 +322,12 @@ def test_every_table_number_equals_the_file_it_names(workspace: Workspace) -> No
         check_table(table, workspace)
     kinds = {(table.section, table.header[0], table.header[1]) for table in tables}
     for track in ("structured", "toolcall"):
-        for first, second in (("metric", "teacher"), ("metric", "reference"), ("model", "p50 s")):
+        for first, second in (
+            ("metric", "teacher"),
+            ("metric", "reference"),
+            ("candidate", "metric"),
+            ("model", "p50 s"),
+        ):
             assert (track, first, second) in kinds
         assert (track, "model", "prompt tokens") in kinds
     # The decision table names the fine-tuned SLM's standing from decision.json's adapted comparison.
@@ -309,7 +335,7 @@ def test_every_table_number_equals_the_file_it_names(workspace: Workspace) -> No
     # Teacher and adapter miss one row each (rows 9 and 0): equal rates, so the rule would not fine-tune again.
     assert decision_row[0] == "structured"
     assert (
-        decision_row[-1]
+        decision_row[-2]
         == "slm-adapter equal to or above teacher on every core metric (json_valid_rate, exact_match_rate)"
     )
 
@@ -325,6 +351,31 @@ def test_report_hand_checked_numbers(workspace: Workspace) -> None:
     latency = next(t for t in tables if t.section == "structured" and t.header[1] == "p50 s")
     # slm batches of 4 start at rows 0, 4, 8 → 1.5, 3.5, 5.5 s; p50 of (1.5 x4, 3.5 x4, 5.5 x2) is 3.5.
     assert latency.rows[1][:4] == ["slm", "3.500", "5.500", "3.100"]
+    # Parity (margin 2 points). slm: json_valid b=0, c=1 of 10 → bounds (-0.3, 0), not worse; exact_match
+    # b=2 (rows 7, 8), c=1 (row 9) → bounds (-0.2, 0.4), cannot tell; rows needed 6.182557 x 0.29 / 0.08^2
+    # = 280.2 → 281. slm-adapter: b=1 (row 0), c=1 (row 9) on both → bounds (-0.2, 0.2), cannot tell;
+    # 6.182557 x 0.2 / 0.02^2 = 3091.3 → 3092 rows.
+    parity = next(t for t in tables if t.section == "structured" and t.header[:2] == ["candidate", "metric"])
+    assert [row[:5] for row in parity.rows] == [
+        ["slm", "json_valid_rate", "-0.100", "[-0.300, +0.000]", "0.020"],
+        ["slm", "exact_match_rate", "+0.100", "[-0.200, +0.400]", "0.020"],
+        ["slm", "all core metrics", "—", "—", "0.020"],
+        ["slm-adapter", "json_valid_rate", "+0.000", "[-0.200, +0.200]", "0.020"],
+        ["slm-adapter", "exact_match_rate", "+0.000", "[-0.200, +0.200]", "0.020"],
+        ["slm-adapter", "all core metrics", "—", "—", "0.020"],
+    ]
+    bound = "(95% one-sided paired bootstrap bound)"
+    assert parity.rows[0][5] == f"not worse than the teacher by more than 2 points {bound}"
+    slm_words = "cannot tell with 10 rows — about 281 rows would decide at this margin (undecided: exact_match_rate)"
+    adapter_words = (
+        "cannot tell with 10 rows — about 3,092 rows would decide at this margin "
+        "(undecided: json_valid_rate, exact_match_rate)"
+    )
+    assert [parity.rows[2][5], parity.rows[5][5]] == [slm_words, adapter_words]
+    # The report's first table says it for every candidate; toolcall's slm equals the teacher on every row.
+    decision = next(t for t in tables if t.header[0] == "track")
+    assert decision.rows[0][-1] == f"slm: {slm_words}; slm-adapter: {adapter_words}"
+    assert decision.rows[1][-1] == f"slm: not worse than the teacher by more than 2 points on every core metric {bound}"
 
 
 def test_charts_are_pngs_linked_from_the_report(workspace: Workspace) -> None:

@@ -256,6 +256,13 @@ def test_every_table_number_equals_the_file_it_names(roots):
     assert gaps.rows[0][-1] == "3 / 0" and gaps.rows[1][-1] == "1 / 0"
     assert "FINE_TUNE = 1: slm below teacher on success_rate (delta 0.75) (4 test tasks, teacher simulated" in markdown
     assert "- `slm-codeact`: slm-codeact worse than teacher; 4 rows cannot tell them apart" in markdown
+    # Parity at 2 points. slm: b=3 of 4, a resample has delta X/4 with X ~ Bin(4, 0.75), P(X=0) = 0.004 < 5%:
+    # the lower bound is >= 0.25 > 0.02, worse. slm-codeact: b=1 of 4, P(X=0) = 0.32 > 5%: lower bound 0,
+    # cannot tell; delta 0.25, s2 = 0.25 - 0.0625 = 0.1875: 6.182557 x 0.1875 / 0.23^2 = 21.9 → 22 rows.
+    bound = "(95% one-sided paired bootstrap bound)"
+    assert f"- `slm`: worse than the teacher by more than 2 points on success_rate {bound}." in markdown
+    undecided = "cannot tell with 4 rows — about 22 rows would decide at this margin (undecided: success_rate)"
+    assert f"- `slm-codeact`: {undecided}." in markdown
     # 8 trajectories: teacher's 3 successes pass (task 0 recovered), task 3 wrong; slm's four fail.
     assert "gave 3 of 8 captured trajectories the verdict `passed`; 1 of those recovered" in markdown
     codeact = eval_root / "codeact"

@@ -4,11 +4,13 @@ Reads `<eval_root>/codeact/<label>/{trajectories.jsonl,metrics.json}` as `run_co
 1. checks that every label ran the same tasks in the same order (task ids), and re-checks every
    trajectory's answer (`metrics.codeact.trajectory_facts`) against the success rate metrics.json states;
 2. teacher vs base SLM on success rate: delta = teacher - slm, the paired bootstrap 95% interval, the
-   exact McNemar p and a verdict, exactly as the seed's tracks get them (`decide.compare_hits`); the
+   exact McNemar p and a verdict, exactly as the seed's tracks get them (`decide.compare_core`); the
    other rates and means (valid action, tool error, recovery, steps, tokens, latency) beside it as info;
 3. the seed's rule unchanged (`decide_fine_tune`) on success rate: fine_tune = 1 when the base SLM's
    success rate is below the teacher's (delta > 0), else 0. The interval never changes it;
-4. every other label (the adapted student, `slm-codeact`) against the teacher and against the base SLM.
+4. beside it, each student's parity verdict against the teacher on success rate (`non_inferiority.py`,
+   the same functions as the seed's tracks): not worse by more than the margin, worse, or cannot tell;
+5. every other label (the adapted student, `slm-codeact`) against the teacher and against the base SLM.
 Writes `<eval_root>/codeact/decision.json` (the `CodeactDecision` record; `fine_tune` at the top, which
 the training gate reads) and logs one trace with the decision as an event.
 """
@@ -24,11 +26,13 @@ from typing import Any
 
 from ray_app.atomic_files import atomic_write_json
 from ray_app.codeact.records import Trajectory
-from ray_app.decide.decide import CONFIDENCE, DecideError, compare_hits, decide_fine_tune, project_relative, r6
+from ray_app.decide.decide import CONFIDENCE, DecideError, compare_core, decide_fine_tune, project_relative, r6
 from ray_app.decide.decision_record import AdaptedComparison, FileRead, ModelComparison, RateGap
+from ray_app.decide.non_inferiority import DEFAULT_MARGIN, Parity, check_margin, parity_metadata
 from ray_app.metrics.codeact import CODEACT_TRACK, CodeactEvalMetrics, trajectory_facts
 from ray_app.paths import EVAL_ROOT
 from ray_app.record_fields import RecordError, RecordFields, read_json_file
+from ray_app.settings import PositiveFloat
 
 DECISION_FILE = "decision.json"
 METRIC = "success_rate"  # the one metric the rule reads
@@ -47,6 +51,9 @@ class CodeactDecideConfig:
     slm_label: str = "slm"  # the base SLM; every other label under codeact/ is an adapted SLM
     bootstrap_resamples: int = 10_000
     seed: int = 42
+    parity_margin: PositiveFloat = (
+        DEFAULT_MARGIN  # a student worse than the teacher by more than this? (0.02: 2 points)
+    )
     require_langfuse: bool | None = None  # None: SLM_SWAP_REQUIRE_LANGFUSE
 
     @property
@@ -56,7 +63,7 @@ class CodeactDecideConfig:
 
 @dataclass(frozen=True)
 class LabelResults:
-    """One label's CodeAct evaluation, re-checked; `label`, `rates` and `hits` are what `compare_hits` reads."""
+    """One label's CodeAct evaluation, re-checked; `label`, `rates` and `hits` are what `compare_core` reads."""
 
     label: str
     trajectories_path: Path
@@ -139,6 +146,12 @@ class CodeactDecision:
     def read(cls, path: Path) -> CodeactDecision:
         return cls.from_json(read_json_file(path), path)
 
+    def parity(self) -> dict[str, Parity]:
+        """Each student's verdicts against the teacher, by label: the base SLM, then each adapted SLM."""
+        found = {self.teacher_vs_slm.candidate: self.teacher_vs_slm.parity}
+        found |= {label: pair.vs_teacher.parity for label, pair in self.adapted.items()}
+        return {label: parity for label, parity in found.items() if parity is not None}
+
     def to_json(self) -> dict[str, Any]:
         return {
             "created_at": self.created_at,
@@ -214,17 +227,21 @@ def check_same_tasks(reference: LabelResults, candidate: LabelResults) -> None:
             )
 
 
-def compare(reference: LabelResults, candidate: LabelResults, config: CodeactDecideConfig) -> ModelComparison:
-    """Success rate with interval and McNemar p; the other rates and means as info (delta = reference - candidate)."""
+def compare(
+    reference: LabelResults, candidate: LabelResults, config: CodeactDecideConfig, against_teacher: bool
+) -> ModelComparison:
+    """Success rate with interval and McNemar p (and the parity verdict against the teacher); the other rates
+    and means as info (delta = reference - candidate)."""
     check_same_tasks(reference, candidate)
-    core = {METRIC: compare_hits(reference, candidate, METRIC, config.bootstrap_resamples, config.seed)}  # type: ignore[arg-type]
+    margin = config.parity_margin if against_teacher else None
+    core, verdicts = compare_core(reference, candidate, (METRIC,), config.bootstrap_resamples, config.seed, margin)
     ref, cand = reference.record.metrics, candidate.record.metrics
     info = {
         name: RateGap(r6(ref[name]), r6(cand[name]), r6(ref[name] - cand[name]))
         for name in INFO_METRICS
         if ref.get(name) is not None and cand.get(name) is not None
     }
-    return ModelComparison(reference.label, candidate.label, core, info)
+    return ModelComparison(reference.label, candidate.label, core, info, verdicts)
 
 
 def model_result(results: LabelResults) -> ModelResult:
@@ -239,6 +256,10 @@ def run_codeact_decide(config: CodeactDecideConfig) -> CodeactDecision:
         raise DecideError(f"bootstrap_resamples must be at least 1, got {config.bootstrap_resamples}")
     if not config.teacher_label or not config.slm_label or config.teacher_label == config.slm_label:
         raise DecideError(f"teacher and slm labels must be two different names, got {config.teacher_label!r}")
+    try:
+        check_margin(config.parity_margin)
+    except ValueError as error:
+        raise DecideError(str(error)) from None
     read_files: dict[str, str] = {}
     teacher = load_label(config.teacher_label, config, read_files)
     slm = load_label(config.slm_label, config, read_files)
@@ -249,7 +270,7 @@ def run_codeact_decide(config: CodeactDecideConfig) -> CodeactDecision:
     )
     adapted = {label: load_label(label, config, read_files) for label in adapted_labels}
 
-    teacher_vs_slm = compare(teacher, slm, config)
+    teacher_vs_slm = compare(teacher, slm, config, against_teacher=True)
     delta = (sum(teacher.hits[METRIC]) - sum(slm.hits[METRIC])) / len(slm.task_ids)  # from counts: exact sign
     fine_tune, reason = decide_fine_tune({METRIC: delta}, teacher.label, slm.label)
     decision = CodeactDecision(
@@ -266,7 +287,10 @@ def run_codeact_decide(config: CodeactDecideConfig) -> CodeactDecision:
             **{label: model_result(results) for label, results in adapted.items()},
         },
         adapted={
-            label: AdaptedComparison(compare(teacher, results, config), compare(slm, results, config))
+            label: AdaptedComparison(
+                compare(teacher, results, config, against_teacher=True),
+                compare(slm, results, config, against_teacher=False),
+            )
             for label, results in adapted.items()
         },
         config={
@@ -276,6 +300,7 @@ def run_codeact_decide(config: CodeactDecideConfig) -> CodeactDecision:
             "bootstrap_resamples": config.bootstrap_resamples,
             "confidence": CONFIDENCE,
             "seed": config.seed,
+            "parity_margin": config.parity_margin,
         },
         files=tuple(FileRead(path, digest) for path, digest in read_files.items()),
     )
@@ -285,7 +310,7 @@ def run_codeact_decide(config: CodeactDecideConfig) -> CodeactDecision:
 
 
 def log_decision_trace(decision: CodeactDecision, decision_path: Path, config: CodeactDecideConfig) -> None:
-    """One trace for the decide run, with the fine-tune decision as an event."""
+    """One trace for the decide run, with the fine-tune decision and the parity verdicts as an event."""
     from ray_app.tracing import start_run_trace
 
     gap = decision.teacher_vs_slm.core[METRIC]
@@ -301,6 +326,10 @@ def log_decision_trace(decision: CodeactDecision, decision_path: Path, config: C
             f"decision {CODEACT_TRACK}",
             input={METRIC: {"delta": gap.delta, "interval_95": list(gap.interval_95), "mcnemar_p": gap.mcnemar_p}},
             output={"FINE_TUNE": decision.fine_tune, "reason": decision.reason},
-            metadata={"track": CODEACT_TRACK, "teacher_mode": decision.teacher_mode},
+            metadata={
+                "track": CODEACT_TRACK,
+                "teacher_mode": decision.teacher_mode,
+                "parity": parity_metadata(decision.parity()),
+            },
         )
         trace.end(output={"FINE_TUNE": decision.fine_tune, "decision": project_relative(decision_path)})

@@ -8,9 +8,12 @@ them. For each track with both teacher and base-SLM results it:
    (args_lenient_rate, field_f1, ...) are reported as info;
 3. applies the seed's rule unchanged (`decide_fine_tune`): FINE_TUNE = 1 when the SLM is below the
    teacher on any core metric (delta > 0), else 0. Intervals sit beside it and never change it;
-4. puts latency p50/p95, tokens and cost per 1,000 calls (`price_table.py`) side by side;
-5. compares every other label (adapted SLMs such as `slm-adapter`) with the teacher and with the
-   base SLM the same way (delta = reference - candidate: > 0 means the candidate is worse).
+4. beside the rule, the parity verdict of each candidate against the teacher (`non_inferiority.py`):
+   per core metric and overall, "not worse" by more than the margin, "worse", or "cannot tell" with
+   about how many rows would decide. It never changes FINE_TUNE either;
+5. puts latency p50/p95, tokens and cost per 1,000 calls (`price_table.py`) side by side;
+6. compares every other label (adapted SLMs such as `slm-adapter`) with the teacher (parity included)
+   and with the base SLM the same way (delta = reference - candidate: > 0 means the candidate is worse).
 Tracks without results are listed with the command that produces them. decision.json (the
 `Decision` record, `decision_record.py`) also records the resolved config, the price table, the
 files read with their sha256, and when it was written.
@@ -23,7 +26,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import TRACKS, Track
@@ -40,7 +43,20 @@ from ray_app.decide.decision_record import (
     TokenUse,
     TrackDecision,
 )
-from ray_app.decide.paired_statistics import discordant_counts, mcnemar_exact_p, paired_bootstrap_interval
+from ray_app.decide.non_inferiority import (
+    DEFAULT_MARGIN,
+    Parity,
+    check_margin,
+    metric_parity,
+    parity,
+    parity_metadata,
+)
+from ray_app.decide.paired_statistics import (
+    discordant_counts,
+    mcnemar_exact_p,
+    paired_bootstrap_deltas,
+    percentile_interval,
+)
 from ray_app.decide.price_table import (
     PriceTable,
     load_price_table,
@@ -58,6 +74,7 @@ from ray_app.metrics import (
 from ray_app.metrics.metrics_record import METRICS_FILE, EvalMetrics, Latency
 from ray_app.paths import EVAL_ROOT, PROJECT_ROOT
 from ray_app.record_fields import RecordError
+from ray_app.settings import PositiveFloat
 
 CONFIDENCE = 0.95
 RULE = (
@@ -81,7 +98,20 @@ class DecideConfig:
     teacher_price_model: str | None = None  # None: the teacher engine's "model" when listed, else "default"
     bootstrap_resamples: int = 10_000
     seed: int = 42
+    # parity verdict: is a candidate worse than the teacher by more than this difference of rates? (0.02: 2 points)
+    parity_margin: PositiveFloat = DEFAULT_MARGIN
     require_langfuse: bool | None = None  # None: SLM_SWAP_REQUIRE_LANGFUSE
+
+
+class PairedHits(Protocol):
+    """What the comparison reads of one model's results (`ModelResults`, codeact's `LabelResults`)."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def rates(self) -> dict[str, float]: ...
+    @property
+    def hits(self) -> dict[str, tuple[bool, ...]]: ...
 
 
 @dataclass(frozen=True)
@@ -147,35 +177,49 @@ def decide_fine_tune(core_deltas: Mapping[str, float], teacher: str = "teacher",
     return 0, f"{slm} equal to or above {teacher} on every core metric ({', '.join(core_deltas)})"
 
 
-def compare_hits(reference: ModelResults, candidate: ModelResults, metric: str, resamples: int, seed: int) -> MetricGap:
-    """One core metric of candidate vs reference over paired rows."""
-    ref_hits, cand_hits = reference.hits[metric], candidate.hits[metric]
-    rows = len(ref_hits)
-    delta = (sum(ref_hits) - sum(cand_hits)) / rows  # from counts, so its sign is exact
-    low, high = paired_bootstrap_interval(ref_hits, cand_hits, resamples, seed, CONFIDENCE)
-    reference_only, candidate_only = discordant_counts(ref_hits, cand_hits)
-    return MetricGap(
-        reference_rate=r6(reference.rates[metric]),
-        candidate_rate=r6(candidate.rates[metric]),
-        delta=r6(delta),
-        interval_95=(r6(low), r6(high)),
-        # Significant digits, not decimals: a p-value of 4e-11 must not print as 0.
-        mcnemar_p=float(f"{mcnemar_exact_p(ref_hits, cand_hits):.6g}"),
-        reference_only=reference_only,
-        candidate_only=candidate_only,
-        verdict=metric_verdict(delta, (low, high), rows, reference.label, candidate.label),
-    )
+def compare_core(
+    reference: PairedHits,
+    candidate: PairedHits,
+    metrics: Sequence[str],
+    resamples: int,
+    seed: int,
+    parity_margin: float | None,
+) -> tuple[dict[str, MetricGap], Parity | None]:
+    """Each core metric of candidate vs reference over paired rows, and with `parity_margin` (against the
+    teacher) the parity verdicts; one bootstrap draw per metric serves the interval and the one-sided bounds."""
+    gaps, verdicts = {}, {}
+    for metric in metrics:
+        ref_hits, cand_hits = reference.hits[metric], candidate.hits[metric]
+        rows = len(ref_hits)
+        delta = (sum(ref_hits) - sum(cand_hits)) / rows  # from counts, so its sign is exact
+        deltas = paired_bootstrap_deltas(ref_hits, cand_hits, resamples, seed)
+        low, high = percentile_interval(deltas, CONFIDENCE)
+        reference_only, candidate_only = discordant_counts(ref_hits, cand_hits)
+        gaps[metric] = MetricGap(
+            reference_rate=r6(reference.rates[metric]),
+            candidate_rate=r6(candidate.rates[metric]),
+            delta=r6(delta),
+            interval_95=(r6(low), r6(high)),
+            # Significant digits, not decimals: a p-value of 4e-11 must not print as 0.
+            mcnemar_p=float(f"{mcnemar_exact_p(ref_hits, cand_hits):.6g}"),
+            reference_only=reference_only,
+            candidate_only=candidate_only,
+            verdict=metric_verdict(delta, (low, high), rows, reference.label, candidate.label),
+        )
+        if parity_margin is not None:
+            verdicts[metric] = metric_parity(deltas, reference_only, candidate_only, rows, parity_margin)
+    return gaps, (parity(verdicts, rows, parity_margin) if parity_margin is not None else None)
 
 
 def compare_models(
-    track: Track, reference: ModelResults, candidate: ModelResults, config: DecideConfig
+    track: Track, reference: ModelResults, candidate: ModelResults, config: DecideConfig, against_teacher: bool
 ) -> ModelComparison:
-    """Core metrics with intervals and p-values, non-core metrics as info."""
+    """Core metrics with intervals and p-values (and parity verdicts against the teacher), non-core as info."""
     check_same_rows(reference, candidate)
-    core = {
-        metric: compare_hits(reference, candidate, metric, config.bootstrap_resamples, config.seed)
-        for metric in CORE_METRICS[track]
-    }
+    margin = config.parity_margin if against_teacher else None
+    core, verdicts = compare_core(
+        reference, candidate, CORE_METRICS[track], config.bootstrap_resamples, config.seed, margin
+    )
     info = {
         metric: RateGap(
             r6(reference.rates[metric]),
@@ -185,7 +229,7 @@ def compare_models(
         for metric in reference.rates
         if metric not in CORE_METRICS[track]
     }
-    return ModelComparison(reference.label, candidate.label, core, info)
+    return ModelComparison(reference.label, candidate.label, core, info, verdicts)
 
 
 def check_same_rows(reference: ModelResults, candidate: ModelResults) -> None:
@@ -333,7 +377,7 @@ def decide_track(track: Track, config: DecideConfig, prices: PriceTable, read_fi
         reason=reason,
         rows=len(teacher.records),
         teacher_mode=teacher_mode(teacher.summary.engine),
-        teacher_vs_slm=compare_models(track, teacher, slm, config),
+        teacher_vs_slm=compare_models(track, teacher, slm, config, against_teacher=True),
         models={
             teacher.label: model_summary(teacher, True, prices, config),
             slm.label: model_summary(slm, False, prices, config),
@@ -341,8 +385,8 @@ def decide_track(track: Track, config: DecideConfig, prices: PriceTable, read_fi
         },
         adapted={
             label: AdaptedComparison(
-                vs_teacher=compare_models(track, teacher, results, config),
-                vs_slm=compare_models(track, slm, results, config),
+                vs_teacher=compare_models(track, teacher, results, config, against_teacher=True),
+                vs_slm=compare_models(track, slm, results, config, against_teacher=False),
             )
             for label, results in adapted.items()
         },
@@ -371,6 +415,7 @@ def resolved_config(config: DecideConfig, prices: PriceTable) -> DecisionConfig:
         bootstrap_resamples=config.bootstrap_resamples,
         confidence=CONFIDENCE,
         seed=config.seed,
+        parity_margin=config.parity_margin,
     )
 
 
@@ -383,6 +428,10 @@ def check_config(config: DecideConfig, prices: PriceTable) -> None:
         raise DecideError(f"teacher and slm labels must be two different names, got {config.teacher_label!r}")
     if config.bootstrap_resamples < 1:
         raise DecideError(f"bootstrap_resamples must be at least 1, got {config.bootstrap_resamples}")
+    try:
+        check_margin(config.parity_margin)
+    except ValueError as error:
+        raise DecideError(str(error)) from None
     prices.slm_hourly_usd(config.slm_hardware)  # raises PriceTableError naming the file and the field
     if config.teacher_price_model is not None and config.teacher_price_model not in prices.teacher_usd_per_1m_tokens:
         known = ", ".join(sorted(prices.teacher_usd_per_1m_tokens))
@@ -420,7 +469,7 @@ def run_decide(config: DecideConfig) -> Decision:
 
 
 def log_decision_trace(decision: Decision, decision_path: Path, config: DecideConfig) -> None:
-    """One trace for the decide run, with the fine-tune decision of each track as an event."""
+    """One trace for the decide run, with the fine-tune decision and parity verdicts of each track as an event."""
     from ray_app.tracing import start_run_trace
 
     files = decision.to_json()["files"]
@@ -440,7 +489,11 @@ def log_decision_trace(decision: Decision, decision_path: Path, config: DecideCo
                     for metric, gap in result.teacher_vs_slm.core.items()
                 },
                 output={"FINE_TUNE": result.fine_tune, "reason": result.reason},
-                metadata={"track": track, "teacher_mode": result.teacher_mode},
+                metadata={
+                    "track": track,
+                    "teacher_mode": result.teacher_mode,
+                    "parity": parity_metadata(result.parity()),
+                },
             )
         trace.end(
             output={

@@ -10,6 +10,8 @@ track's `latency_cost` (from its models).
 
 A comparison of two models keys its rates by their labels (`{"teacher": 0.9, "slm": 0.8, "delta":
 0.1, ...}`, `discordant: {"teacher_only": 2, "slm_only": 1}`), so its records take the two labels.
+A comparison with the teacher also carries `parity` (`Parity`): the non-inferiority verdict per core
+metric and overall at a margin (`non_inferiority.py`); files written before it existed read as None.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ray_app.decide.non_inferiority import Parity
 from ray_app.decide.price_table import PriceTable, PriceTableError, parse_price_table
 from ray_app.metrics.metrics_record import Latency
 from ray_app.metrics.tracks import CORE_METRICS
@@ -94,6 +97,7 @@ class ModelComparison:
     candidate: str
     core: dict[str, MetricGap]
     info: dict[str, RateGap]
+    parity: Parity | None = None  # against the teacher only; None in files written before it existed
 
     @classmethod
     def from_fields(cls, fields: RecordFields, core_metrics: tuple[str, ...]) -> ModelComparison:
@@ -105,16 +109,18 @@ class ModelComparison:
             candidate,
             {name: MetricGap.from_fields(gap, reference, candidate) for name, gap in fields.objects("core").items()},
             {name: RateGap.from_fields(gap, reference, candidate) for name, gap in fields.objects("info").items()},
+            Parity.from_fields(fields.object("parity")) if "parity" in fields.value else None,
         )
 
     def to_json(self) -> dict[str, Any]:
         pair = (self.reference, self.candidate)
-        return {
+        written = {
             "reference": self.reference,
             "candidate": self.candidate,
             "core": {name: gap.to_json(*pair) for name, gap in self.core.items()},
             "info": {name: gap.to_json(*pair) for name, gap in self.info.items()},
         }
+        return written if self.parity is None else {**written, "parity": self.parity.to_json()}
 
 
 @dataclass(frozen=True)
@@ -227,6 +233,12 @@ class TrackDecision:
             },
         )
 
+    def parity(self) -> dict[str, Parity]:
+        """Each candidate's verdicts against the teacher, by label: the base SLM, then each adapted SLM."""
+        found = {self.teacher_vs_slm.candidate: self.teacher_vs_slm.parity}
+        found |= {label: pair.vs_teacher.parity for label, pair in self.adapted.items()}
+        return {label: parity for label, parity in found.items() if parity is not None}
+
     def latency_cost(self) -> dict[str, dict[str, float]]:
         """Latency and cost of every model side by side (derived from `models`)."""
         return {
@@ -262,6 +274,7 @@ class DecisionConfig:
     bootstrap_resamples: int
     confidence: float
     seed: int
+    parity_margin: float | None = None  # the non-inferiority margin; None in files written before it existed
 
     @classmethod
     def from_fields(cls, fields: RecordFields) -> DecisionConfig:
@@ -279,6 +292,7 @@ class DecisionConfig:
             bootstrap_resamples=fields.integer("bootstrap_resamples"),
             confidence=fields.number("confidence"),
             seed=fields.integer("seed"),
+            parity_margin=fields.number("parity_margin") if "parity_margin" in fields.value else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -293,7 +307,7 @@ class DecisionConfig:
             "bootstrap_resamples": self.bootstrap_resamples,
             "confidence": self.confidence,
             "seed": self.seed,
-        }
+        } | ({} if self.parity_margin is None else {"parity_margin": self.parity_margin})
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,9 @@ def evaluate(config: PipelineConfig, step: int, model: str, tasks_path: Path, te
 
 def decide(config: PipelineConfig, step: int, what: str):
     say(step, what)
-    decision = run_codeact_decide(CodeactDecideConfig(eval_root=config.eval_root, seed=config.seed))
+    decision = run_codeact_decide(
+        CodeactDecideConfig(eval_root=config.eval_root, seed=config.seed, parity_margin=config.parity_margin)
+    )
     detail(f"codeact: FINE_TUNE={decision.fine_tune} ({decision.reason})")
     return decision
 

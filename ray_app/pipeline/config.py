@@ -26,12 +26,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from ray_app.decide.non_inferiority import DEFAULT_MARGIN, check_margin
 from ray_app.engines.precision import Precision
 from ray_app.eval.config import CodeactTeacherMode, SlmEvalSettings, TeacherEvalSettings, TeacherMode
 from ray_app.paths import ADAPTER_ROOT, DATASET_ROOT, EVAL_ROOT, RAY_TRAIN_STORAGE
 from ray_app.settings import (
     COMMAND_LINE,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     SettingsError,
     parse_settings,
@@ -75,6 +77,8 @@ class PipelineConfig:
     max_val_rows: NonNegativeInt | None = None  # None: the profile's (demo 16, full all)
     train_cpu_bf16: bool | None = None  # CPU bf16 autocast; None: where the CPU has native bf16 (as auto above)
     train_gradient_checkpointing: bool | None = None  # None: the profile's (demo off: faster; full on: less memory)
+    # the decide steps' parity verdict: is a candidate worse than the teacher by more than this? (0.02: 2 points)
+    parity_margin: PositiveFloat = DEFAULT_MARGIN
     report: bool = True
     seed: NonNegativeInt = 42
     # Phase II (`ray_app/pipeline/codeact_steps.py`): seed = the ten v0 steps, codeact = the CodeAct steps, all = both
@@ -124,6 +128,7 @@ def build_config(config_file: Path | None, overrides: dict[str, Any]) -> Pipelin
             values.update(parse_settings(PipelineConfig, raw, source))
         given = {key: value for key, value in overrides.items() if value is not None}
         values.update(parse_settings(PipelineConfig, given, COMMAND_LINE))
-    except SettingsError as error:
+        check_margin(values.get("parity_margin", DEFAULT_MARGIN))  # before any compute, not at the decide step
+    except (SettingsError, ValueError) as error:
         raise PipelineConfigError(str(error)) from None
     return PipelineConfig(**values).resolved()

@@ -189,6 +189,8 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineOutcome:
     if outcome.decision is not None:
         for track, result in outcome.decision.tracks.items():
             detail(f"{track}: FINE_TUNE={result.fine_tune} ({result.reason}); adapter: {outcome.trained[track]}")
+            for label, parity in result.parity().items():
+                detail(f"{track}: {label} against the teacher: {parity.overall.words}")
         detail(f"decision: {config.eval_root / DECISION_FILE}")
     if outcome.codeact:
         detail(
@@ -326,12 +328,14 @@ def decide_unless_done(
     decision_path = config.eval_root / DECISION_FILE
     digest = inputs_hash(
         {"metrics": files_digest(metrics_files), "price_table": file_hash(load_price_table(None).path),
-         "seed": config.seed}
+         "seed": config.seed, "parity_margin": config.parity_margin}
     )  # fmt: skip
     if ledger.is_done(step, digest, [decision_path]):
         detail(f"skipped: results and price table unchanged (sha256 {digest[:12]})")
         return Decision.read(decision_path)
-    decision = run_decide(DecideConfig(eval_root=config.eval_root, seed=config.seed))
+    decision = run_decide(
+        DecideConfig(eval_root=config.eval_root, seed=config.seed, parity_margin=config.parity_margin)
+    )
     ledger.record(step, digest, [decision_path])
     return decision
 

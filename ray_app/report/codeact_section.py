@@ -29,6 +29,7 @@ from ray_app.codeact.trajectory_dataset import FILTER_REPORT_FILE, MANIFEST_FILE
 from ray_app.decide.codeact_decide import DECISION_FILE, METRIC, CodeactDecideConfig, CodeactDecision, eval_command
 from ray_app.decide.decide import project_relative
 from ray_app.decide.decision_record import ModelComparison
+from ray_app.decide.non_inferiority import points
 from ray_app.eval.codeact_store import TRAJECTORIES_NAME
 from ray_app.json_text import canonical_json
 from ray_app.metrics.codeact import CODEACT_TRACK, CodeactEvalMetrics
@@ -154,7 +155,25 @@ def decision_part(results: CodeactResults, read: list[Path]) -> str:
             f"FINE_TUNE = {decision.fine_tune}: {decision.reason} ({decision.tasks} test tasks, teacher "
             f"{decision.teacher_mode}; from {md.code(f'codeact/{DECISION_FILE}')} fields {fields}).",
             f"Rule: {decision.rule}.",
+            parity_part(decision),
             *stale_notes(results, read),
+        ]
+    )
+
+
+def parity_part(decision: CodeactDecision) -> str:
+    """Each student against the teacher on success rate: not worse by more than the margin, worse, or cannot tell."""
+    verdicts = decision.parity()
+    if not verdicts:
+        return f"Parity with the teacher: not in `codeact/{DECISION_FILE}` yet; re-run `{DECIDE_COMMAND}`."
+    margin = points(next(iter(verdicts.values())).margin)
+    fields = ", ".join(md.code(field) for field in ("teacher_vs_slm.parity", "adapted.<model>.vs_teacher.parity"))
+    lines = [f"- {md.code(label)}: {found.overall.words}." for label, found in verdicts.items()]
+    return "\n\n".join(
+        [
+            f"Parity with the teacher on success rate, beside the rule and never changing it (margin {margin}; "
+            f"from {md.code(f'codeact/{DECISION_FILE}')} fields {fields}):",
+            "\n".join(lines),
         ]
     )
 

@@ -36,7 +36,7 @@ from ray_app.report import markdown as md
 from ray_app.report.codeact_section import render_codeact_section
 from ray_app.report.html import write_html_report
 from ray_app.report.inputs import ReportError, evaluated_labels, load_decision, load_track
-from ray_app.report.track_section import render_track
+from ray_app.report.track_section import parity_summary, render_track
 from ray_app.report.track_view import TrackView, adapted_summary, track_view
 
 REPORT_FILE = "report.md"
@@ -87,9 +87,8 @@ def decision_section(views: list[TrackView], decision: Decision | None) -> str:
     rows = []
     for view in views:
         if view.decided is None:
-            rows.append(
-                [view.track, md.NOT_AVAILABLE, md.NOT_AVAILABLE, "not decided", view.undecided_reason, md.NOT_AVAILABLE]
-            )
+            not_decided = [view.track, md.NOT_AVAILABLE, md.NOT_AVAILABLE, "not decided", view.undecided_reason]
+            rows.append([*not_decided, md.NOT_AVAILABLE, md.NOT_AVAILABLE])
             continue
         decided = view.decided
         rows.append(
@@ -100,19 +99,32 @@ def decision_section(views: list[TrackView], decision: Decision | None) -> str:
                 str(decided.fine_tune),
                 decided.reason,
                 adapted_summary(view),
+                parity_summary(view),
             ]
         )
-    header = ["track", "test rows", "teacher", "FINE_TUNE", "reason", "fine-tuned SLM"]
+    header = ["track", "test rows", "teacher", "FINE_TUNE", "reason", "fine-tuned SLM", "parity with the teacher"]
     return "\n\n".join(
         [
             "## Decision",
             md.table(header, rows),
             md.source_line(
                 [DECISION_FILE],
-                ["tracks.<track>.rows", "teacher_mode", "FINE_TUNE", "reason", "adapted.<model>.vs_teacher", "missing"],
+                [
+                    "tracks.<track>.rows",
+                    "teacher_mode",
+                    "FINE_TUNE",
+                    "reason",
+                    "adapted.<model>.vs_teacher",
+                    "missing",
+                    "teacher_vs_slm.parity.overall.words",
+                    "adapted.<model>.vs_teacher.parity.overall.words",
+                ],
             ),
             f"Rule: {decision.rule}. The fine-tuned SLM column applies the same rule to "
             "the adapted SLM against the teacher.",
+            "Parity with the teacher, beside the rule and never changing it: per candidate, not worse than the "
+            "teacher by more than the margin on every core metric, worse on one, or cannot tell with these rows "
+            "(per metric under each track's Parity with the teacher).",
         ]
     )
 

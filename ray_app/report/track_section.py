@@ -1,4 +1,4 @@
-"""One track's part of the report: models, core metrics, paired gaps, latency and cost, failing rows.
+"""One track's part of the report: models, core metrics, paired gaps, parity, latency and cost, failing rows.
 
 `render_track` turns a `TrackView` (`track_view.py`) into markdown and draws the track's two charts.
 Every table is followed by the files (relative to eval_root) and the fields its numbers come from.
@@ -11,10 +11,12 @@ from typing import Any
 
 from ray_app.decide.decide import eval_command, project_relative
 from ray_app.decide.decision_record import ModelComparison
+from ray_app.decide.non_inferiority import Parity, points
 from ray_app.metrics import CORE_METRICS
 from ray_app.report import markdown as md
 from ray_app.report.charts import Gap, core_metrics_chart, latency_cost_chart
 from ray_app.report.failing_rows import first_failing_rows, render_failing_row, split_mismatch
+from ray_app.report.inputs import RERUN_DECIDE
 from ray_app.report.track_view import TrackView
 
 
@@ -162,6 +164,55 @@ def gaps_section(view: TrackView) -> tuple[str, list[Gap]]:
     return "\n\n".join(parts), gaps
 
 
+def parity_words(verdicts: dict[str, Parity], missing: str) -> str:
+    """Every candidate's overall parity verdict in words (`slm: cannot tell with ...; slm-adapter: ...`)."""
+    if not verdicts:
+        return missing
+    return "; ".join(f"{label}: {found.overall.words}" for label, found in verdicts.items())
+
+
+def parity_summary(view: TrackView) -> str:
+    """The decision table's parity cell: each compared candidate against the teacher, in words."""
+    if view.decided is None:
+        return md.NOT_AVAILABLE
+    return parity_words(view.decided.parity(), f"not in decision.json: {RERUN_DECIDE}")
+
+
+def parity_section(view: TrackView) -> str:
+    """Each candidate against the teacher per core metric and overall: one-sided bounds, margin, verdict."""
+    heading = "### Parity with the teacher"
+    if view.decided is None:
+        return f"{heading}\n\nNot compared: {view.undecided_reason}."
+    decided, rows, fields = view.decided, [], []
+    found = [("teacher_vs_slm", decided.teacher_vs_slm)]
+    found += [(f"adapted.{label}.vs_teacher", pair.vs_teacher) for label, pair in decided.adapted.items()]
+    for key, comparison in found:
+        if comparison.parity is None:
+            continue
+        fields.append(f"tracks.{view.track}.{key}.parity")
+        for metric in CORE_METRICS[view.track]:
+            verdict, delta = comparison.parity.core[metric], comparison.core[metric].delta
+            bounds = md.interval((verdict.delta_lower_95, verdict.delta_upper_95))
+            margin = md.rate(comparison.parity.margin)
+            rows.append([comparison.candidate, metric, md.signed(delta), bounds, margin, verdict.words])
+        overall = comparison.parity.overall
+        rows.append([comparison.candidate, "all core metrics", md.NOT_AVAILABLE, md.NOT_AVAILABLE,
+                     md.rate(comparison.parity.margin), overall.words])  # fmt: skip
+    if not rows:
+        return f"{heading}\n\nNot in decision.json (written before parity verdicts): {RERUN_DECIDE}."
+    header = ["candidate", "metric", "delta", "one-sided 95% bounds of delta", "margin", "verdict"]
+    margin = next(comparison.parity.margin for _, comparison in found if comparison.parity is not None)
+    intro = (
+        "Beside the rule, a non-inferiority verdict: is the candidate worse than the teacher by more than the "
+        f"margin ({points(margin)})? delta = teacher rate - candidate rate over the same rows; the bounds are the "
+        "5th and 95th percentiles of delta over the paired bootstrap resamples (each a one-sided 95% bound). Not "
+        "worse when the upper bound is below the margin, worse when the lower bound is above it, else cannot "
+        "tell, with about how many rows would decide (normal approximation, one-sided 5% level, power 0.8, "
+        "from the observed discordant rows). Overall: not worse only when every core metric is."
+    )
+    return "\n\n".join([heading, intro, md.table(header, rows), md.source_line(["decision.json"], fields)])
+
+
 def latency_cost_section(view: TrackView, chart_path: Path) -> tuple[str, Path | None]:
     shown = [label for label in view.columns if label in view.evaluations]
     latency_rows = []
@@ -278,6 +329,7 @@ def render_track(view: TrackView, charts_dir: Path, failing_rows_per_model: int)
         models_section(view),
         metrics_markdown,
         gaps_markdown,
+        parity_section(view),
         latency_markdown,
         failing_rows_section(view, failing_rows_per_model),
     ]
