@@ -54,7 +54,8 @@ class GrammarCompiler:
                 return matcher
             matcher = llguidance.LLMatcher(self._tokenizer(), constraint_grammar(constraint), log_level=0)
             if matcher.is_error():
-                raise ConstraintError(f"cannot compile {constraint.describe()}: {matcher.get_error()}")
+                reason = matcher.get_error().splitlines()[0]  # the rest quotes the grammar text back
+                raise ConstraintError(f"cannot compile the grammar of {constraint.describe()}: {reason}")
             self._compiled[constraint] = matcher
             while len(self._compiled) > COMPILED_GRAMMARS_KEPT:
                 self._compiled.popitem(last=False)
