@@ -21,6 +21,7 @@ from ray_app.engines.teacher_settings import ToolcallMode
 from ray_app.eval.codeact_eval import CodeactEvalConfig
 from ray_app.eval.config import ModelSide, SlmEvalSettings, TeacherEvalSettings
 from ray_app.paths import DATASET_ROOT
+from ray_app.serve.serve_settings import ServeSettings
 from ray_app.settings import COMMAND_LINE, SettingsError, describe, field_types, number_bound, parse_value
 from ray_app.train.config import Backend, LossOn, Quantization, TrainConfig, TrainStrategy
 
@@ -863,25 +864,39 @@ def report(
 
 @app.command("serve")
 def serve_command(
-    model_path: Annotated[str | None, typer.Option(help="base SLM (default $SLM_MODEL_PATH)")] = None,
+    model_path: Annotated[
+        str | None,
+        typer.Option(help="base SLM (default $SLM_MODEL_PATH; with none set, the demo SLM make demo fetched)"),
+    ] = ServeSettings.model_path,
     adapter_root: Annotated[
         Path | None, typer.Option(help="serves each adapter_<name>/ in it as slm-<name> (default slm_swap/04_ft)")
     ] = None,
-    host: Annotated[str, typer.Option(help="bind address; anything but 127.0.0.1 exposes the endpoint")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
-    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
-    max_batch_size: Annotated[int, typer.Option(min=1, help="requests decoding at once (continuous batching)")] = 8,
-    batch_wait_ms: Annotated[float, typer.Option(min=0, help="how long @serve.batch waits to group arrivals")] = 50,
-    max_tokens: Annotated[int, typer.Option(min=1, help="default max_tokens when a request gives none")] = 512,
-    max_model_len: Annotated[int | None, typer.Option(min=1, help="context limit (default: the model's)")] = None,
+    host: Annotated[
+        str, typer.Option(help="bind address; anything but 127.0.0.1 exposes the endpoint")
+    ] = ServeSettings.host,
+    port: Annotated[int, bounded(ServeSettings, "port")] = ServeSettings.port,
+    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = ServeSettings.precision,
+    max_batch_size: Annotated[
+        int, bounded(ServeSettings, "max_batch_size", help="requests decoding at once (continuous batching)")
+    ] = ServeSettings.max_batch_size,
+    batch_wait_ms: Annotated[
+        float, typer.Option(min=0, help="how long @serve.batch waits to group arrivals")
+    ] = ServeSettings.batch_wait_timeout_s * 1000,
+    max_tokens: Annotated[
+        int, bounded(ServeSettings, "default_max_tokens", help="default max_tokens when a request gives none")
+    ] = ServeSettings.default_max_tokens,
+    max_model_len: Annotated[
+        int | None, bounded(ServeSettings, "max_model_len", help="context limit (default: the model's)")
+    ] = ServeSettings.max_model_len,
     prefix_cache_tokens: Annotated[
-        int, typer.Option(min=0, help="tokens of shared prompt prefixes kept prefilled (0: off)")
-    ] = 32768,
+        int, bounded(ServeSettings, "prefix_cache_tokens", help="tokens of shared prompt prefixes kept (0: off)")
+    ] = ServeSettings.prefix_cache_tokens,
     prefill_chunk_tokens: Annotated[
-        int, typer.Option(min=1, help="prompt tokens prefilled between two decode steps (long prompts in chunks)")
-    ] = 256,
-    replicas: Annotated[int, typer.Option(min=1)] = 1,
-    cpus_per_replica: Annotated[float, typer.Option(min=0)] = 1.0,
+        int,
+        bounded(ServeSettings, "prefill_chunk_tokens", help="prompt tokens prefilled between two decode steps"),
+    ] = ServeSettings.prefill_chunk_tokens,
+    replicas: Annotated[int, bounded(ServeSettings, "num_replicas")] = ServeSettings.num_replicas,
+    cpus_per_replica: Annotated[float, typer.Option(min=0)] = ServeSettings.cpus_per_replica,
     gpus_per_replica: Annotated[float | None, typer.Option(min=0, help="default: 1 with GPUs, else 0")] = None,
     api_key: Annotated[
         list[str] | None,
@@ -893,73 +908,82 @@ def serve_command(
     ] = None,
     allow_unauthenticated: Annotated[
         bool, typer.Option(help="bind beyond loopback without a key (a gateway in front authenticates)")
-    ] = False,
+    ] = ServeSettings.allow_unauthenticated,
     max_ongoing_requests: Annotated[
-        int | None, typer.Option(min=1, help="chat requests a replica holds; 429 + Retry-After beyond (default 64)")
+        int | None,
+        bounded(ServeSettings, "max_ongoing_requests", help="chat requests a replica holds; 429 + Retry-After beyond"),
     ] = None,
     request_timeout_s: Annotated[
-        float | None, typer.Option(min=0.001, help="a request's limit from arrival to last token (default 600)")
-    ] = None,
-    max_body_bytes: Annotated[int | None, typer.Option(min=1, help="413 beyond (default 1 MiB)")] = None,
+        float, bounded(ServeSettings, "request_timeout_s", help="a request's limit from arrival to last token")
+    ] = ServeSettings.request_timeout_s,
+    max_body_bytes: Annotated[int, bounded(ServeSettings, "max_body_bytes", help="413 beyond")] = (
+        ServeSettings.max_body_bytes
+    ),
+    shutdown_grace_s: Annotated[
+        float,
+        bounded(ServeSettings, "shutdown_grace_s", help="on SIGTERM or Ctrl-C, running requests get this long"),
+    ] = ServeSettings.shutdown_grace_s,
 ) -> None:
     """Serve the SLM and its adapters as an OpenAI-compatible endpoint on Ray Serve (blocks; Ctrl-C stops).
 
     With a key set every route but /health needs `Authorization: Bearer <key>`; binding beyond loopback
-    without one is refused unless --allow-unauthenticated."""
-    import signal
-    import threading
-
+    without one is refused unless --allow-unauthenticated. SIGTERM or Ctrl-C, in the foreground or the
+    background, stops admitting, lets running requests finish (--shutdown-grace-s), then stops Serve and
+    the local Ray this command started."""
     from ray_app.models.model_path import ModelPathError
     from ray_app.paths import ADAPTER_ROOT
-    from ray_app.ray_runtime import cluster_gpus
-    from ray_app.serve.app import ServeSettings, start_server
+    from ray_app.ray_runtime import LeftoverRayError, cluster_gpus, signals_interrupt, wait_forever
+    from ray_app.serve.app import start_server, stop_server  # before any signal handling: Ray is not started yet
     from ray_app.serve.guard import keys_from_env, keys_from_text
 
-    max_ongoing_requests = max_ongoing_requests or max(ServeSettings.max_ongoing_requests, max_batch_size)
-    limits = {"request_timeout_s": request_timeout_s, "max_body_bytes": max_body_bytes}
-    try:
-        api_keys = keys_from_text(" ".join(api_key), "--api-key") if api_key else keys_from_env()
-        settings = ServeSettings(
-            model_path=model_path,
-            adapter_root=(adapter_root or ADAPTER_ROOT).resolve(),
-            precision=precision,  # type: ignore[arg-type]
-            max_batch_size=max_batch_size,
-            batch_wait_timeout_s=batch_wait_ms / 1000,
-            default_max_tokens=max_tokens,
-            max_model_len=max_model_len,
-            prefix_cache_tokens=prefix_cache_tokens,
-            prefill_chunk_tokens=prefill_chunk_tokens,
-            num_replicas=replicas,
-            cpus_per_replica=cpus_per_replica,
-            gpus_per_replica=gpus_per_replica if gpus_per_replica is not None else (1.0 if cluster_gpus() else 0.0),
-            max_ongoing_requests=max_ongoing_requests,
-            host=host,
-            port=port,
-            api_key_file=str(api_key_file.resolve()) if api_key_file else None,
-            allow_unauthenticated=allow_unauthenticated,
-            **{name: value for name, value in limits.items() if value is not None},  # else ServeSettings' default
-        )
-        server = start_server(settings, api_keys)
-    except (ModelPathError, ValueError) as error:
-        fail(str(error))
-    console.print(f"serving {', '.join(server.models)} at {server.url}/v1 (OpenAI-compatible)", highlight=False)
-    console.print(f"precision {server.precision}: {server.precision_reason}", highlight=False)
-    for note in server.access:
-        console.print(note, style="yellow" if note.startswith("warning") else None, highlight=False, markup=False)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        import ray
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()  # before the interpreter exits: Ray's own exit hooks sometimes abort the process
-        console.print("Serve stopped", highlight=False)
+    problem = None
+    with signals_interrupt():  # from here on SIGTERM, and SIGINT even in the background, end in the cleanup below
+        try:
+            api_keys = keys_from_text(" ".join(api_key), "--api-key") if api_key else keys_from_env()
+            settings = ServeSettings(
+                model_path=model_path,
+                adapter_root=(adapter_root or ADAPTER_ROOT).resolve(),
+                precision=precision,
+                max_batch_size=max_batch_size,
+                batch_wait_timeout_s=batch_wait_ms / 1000,
+                default_max_tokens=max_tokens,
+                max_model_len=max_model_len,
+                prefix_cache_tokens=prefix_cache_tokens,
+                prefill_chunk_tokens=prefill_chunk_tokens,
+                num_replicas=replicas,
+                cpus_per_replica=cpus_per_replica,
+                gpus_per_replica=gpus_per_replica if gpus_per_replica is not None else (1.0 if cluster_gpus() else 0.0),
+                max_ongoing_requests=max_ongoing_requests or max(ServeSettings.max_ongoing_requests, max_batch_size),
+                host=host,
+                port=port,
+                api_key_file=str(api_key_file.resolve()) if api_key_file else None,
+                allow_unauthenticated=allow_unauthenticated,
+                request_timeout_s=request_timeout_s,
+                max_body_bytes=max_body_bytes,
+                shutdown_grace_s=shutdown_grace_s,
+            )
+            with console.status("starting Ray Serve; the replica loads the model"):
+                server = start_server(settings, api_keys)
+            if server.model_note:
+                console.print(server.model_note, highlight=False, soft_wrap=True)
+            console.print(f"serving {', '.join(server.models)} at {server.url}/v1 (OpenAI-compatible)", highlight=False)
+            console.print(f"precision {server.precision}: {server.precision_reason}", highlight=False)
+            for note in server.access:
+                console.print(
+                    note, style="yellow" if note.startswith("warning") else None, highlight=False, markup=False
+                )
+            console.print("Ctrl-C or SIGTERM stops it", highlight=False)
+            wait_forever()
+        except (ModelPathError, LeftoverRayError, ValueError) as error:
+            problem = str(error)
+        except KeyboardInterrupt:  # a signal: during start-up or while serving
+            console.print(f"stopping: running requests get up to {shutdown_grace_s:g} s to finish", highlight=False)
+        finally:
+            stopped = stop_server()
+            if stopped:
+                console.print(stopped, highlight=False)
+    if problem:
+        fail(problem)
 
 
 @app.command("agent")
@@ -1031,7 +1055,13 @@ def models_check_path(
 
 
 def main() -> None:
-    app()
+    from ray_app.ray_runtime import LeftoverRayError
+
+    try:
+        app()
+    except LeftoverRayError as error:  # any command that would start Ray beside one left running
+        console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -18,6 +23,123 @@ console = Console(stderr=True)
 WORKER_ENV = {**DETERMINISM_ENV, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 _dashboard_url: str | None = None  # remembered from ray.init, for the job's closing summary
 _logs_dir: Path | None = None
+_started_local = False  # this process started its own local Ray (ray.shutdown stops it)
+_interrupt_handler = None  # the active signals_interrupt()'s handler
+
+
+class LeftoverRayError(RuntimeError):
+    """A local Ray runs that no living command owns; starting a second one beside it would hide it."""
+
+
+ORPHAN_RAY_NAMES = ("gcs_server", "raylet")  # with every "ray::<actor>" worker process
+# Left by a killed driver, these two only wait to notice that their raylet is gone; they serve nothing.
+HARMLESS_ORPHANS = ("ray::DashboardA", "ray::RuntimeEnv", "ray::IDLE")  # process names: 15 characters at most
+
+
+@dataclass(frozen=True)
+class LeftoverRay:
+    """Processes of a local Ray that no living command owns (re-parented to pid 1)."""
+
+    gcs_addresses: tuple[str, ...]  # where to join it (its raylet's --gcs-address); empty when none is left
+    processes: tuple[str, ...]  # "pid name", and the ports its workers still listen on
+
+
+def leftover_local_ray() -> LeftoverRay | None:
+    """The local Ray processes whose starting command is gone, or None.
+
+    A Ray that `ray.init()` started belongs to the process that started it and ends with it. When that
+    process is killed, its GCS and raylet die with it, but its workers — a Serve proxy still listening,
+    the Serve controller, the replicas — are re-parented to pid 1 and keep running. `ray start`
+    clusters (GCS and raylet re-parented to pid 1 by design) are reported too.
+    """
+    import psutil
+
+    addresses, processes = [], []
+    for process in psutil.process_iter(["name", "ppid", "cmdline", "status"]):
+        info = process.info
+        name = info["name"] or ""
+        if info["ppid"] != 1 or info["status"] == psutil.STATUS_ZOMBIE:
+            continue  # owned by a living process, or a zombie: only an exit status no one collected
+        if not (name in ORPHAN_RAY_NAMES or name.startswith("ray::")) or name.startswith(HARMLESS_ORPHANS):
+            continue
+        arguments = info["cmdline"] or []
+        if name == "raylet":  # the address drivers join, as Ray's own discovery reads it
+            addresses += [arg.split("=", 1)[1] for arg in arguments if arg.startswith("--gcs-address=")]
+        try:
+            ports = sorted({c.laddr.port for c in process.net_connections("tcp") if c.status == psutil.CONN_LISTEN})
+        except psutil.Error:
+            ports = []
+        listening = f" listening on {', '.join(map(str, ports))}" if ports and name.startswith("ray::") else ""
+        processes.append(f"{process.pid} {name}{listening}")
+    serve_first = sorted(processes, key=lambda shown: ("Serve" not in shown and "Proxy" not in shown, shown))
+    return LeftoverRay(tuple(addresses), tuple(serve_first)) if processes else None
+
+
+def check_no_leftover_ray() -> None:
+    """LeftoverRayError naming what was left and the ways on, instead of starting a second Ray beside it."""
+    leftover = leftover_local_ray()
+    if leftover is None:
+        return
+    shown = ", ".join(leftover.processes[:6]) + (" ..." if len(leftover.processes) > 6 else "")
+    use = f", or use it: RAY_ADDRESS={leftover.gcs_addresses[0]} slm-swap ..." if leftover.gcs_addresses else ""
+    raise LeftoverRayError(
+        f"a local Ray is already running with no command that owns it ({shown}): left by an earlier run that was "
+        f"killed, or started with `ray start`. Not starting a second one beside it. Stop it with `ray stop`{use}."
+    )
+
+
+def started_local_ray() -> bool:
+    """Whether this process started the local Ray it is connected to (so ray.shutdown() stops it)."""
+    return _started_local
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """Within: SIGTERM, and SIGINT even where a background shell ignores it, raise KeyboardInterrupt once,
+    so the caller's cleanup (stop Serve, stop Ray) runs; further signals during that cleanup are ignored.
+
+    Python leaves SIGINT ignored when it starts ignored (`cmd &` in a script), and SIGTERM's default
+    kills the process at once, leaving the local Ray it started running."""
+    global _interrupt_handler
+    raised = []
+
+    def interrupt(signum, frame) -> None:
+        if raised:
+            return
+        raised.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
+    _interrupt_handler = interrupt  # ray.init replaces SIGTERM's handler with its own: ensure_ray puts it back
+    try:
+        yield
+    finally:
+        _interrupt_handler = None
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def terminate_as_interrupt(signum, frame) -> None:
+    """SIGTERM after a local Ray started: a KeyboardInterrupt, so the command's own Ctrl-C path runs and
+    Python's exit stops the Ray this process started (Ray's handler would end the process at once and
+    leave its Ray, Serve app included, running)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup itself is not interrupted again
+    raise KeyboardInterrupt
+
+
+def take_back_signals() -> None:
+    """After ray.init: SIGTERM (and, within signals_interrupt, SIGINT) go to this process's handlers again."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers; a command's main thread starts Ray
+    signal.signal(signal.SIGTERM, _interrupt_handler or terminate_as_interrupt)
+    if _interrupt_handler is not None:
+        signal.signal(signal.SIGINT, _interrupt_handler)
+
+
+def wait_forever() -> None:
+    """Block until a signal raises in this (main) thread."""
+    while True:
+        time.sleep(3600)
 
 
 def ensure_ray() -> str | None:
@@ -29,7 +151,7 @@ def ensure_ray() -> str | None:
     """
     import ray
 
-    global _dashboard_url, _logs_dir
+    global _dashboard_url, _logs_dir, _started_local
     if ray.is_initialized():
         return _dashboard_url
     address = os.environ.get("RAY_ADDRESS")
@@ -41,6 +163,7 @@ def ensure_ray() -> str | None:
         context = ray.init(address=address, **quiet)
         where = f"cluster at {address}"
     else:
+        check_no_leftover_ray()
         # address="local": always a new embedded Ray, never a stale cluster named in
         # /tmp/ray/ray_current_cluster. Workers start from this process, so they get the
         # determinism variables (and WORKER_ENV) here.
@@ -49,6 +172,8 @@ def ensure_ray() -> str | None:
         os.environ.setdefault("RAY_worker_niceness", "0")
         context = ray.init(address="local", runtime_env={"env_vars": WORKER_ENV}, **quiet)
         where = "embedded local Ray"
+        _started_local = True
+    take_back_signals()
     keep_ray_data_progress_in_its_log()
     url = getattr(context, "dashboard_url", None) or None
     url = f"http://{url}" if url and not url.startswith("http") else url

@@ -52,6 +52,12 @@ def test_pipeline_killed_in_training_resumes_without_redoing_evaluations_then_re
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     log = " ".join(restarted.stderr.split())  # rich wraps long lines
     assert log.count("reused: inputs unchanged (run key") == 4  # the adapters are evaluated for the first time
+    # The last lines hand over the endpoint: serve what the job built, then the Mastra agent through it.
+    assert log.endswith(
+        f"Next: serve the SLM and its adapters at http://127.0.0.1:8000/v1 (OpenAI-compatible): slm-swap serve "
+        f"--model-path {tiny_model_dir} --adapter-root {tmp_path / '04_ft'} then, in a second terminal, the Mastra "
+        "example agent makes a tool call through it (model slm-toolcall): cd mastra && npm run demo"
+    )
     assert {name: (eval_root / name).read_bytes() for name in BASE_RESULTS} == before
     for track in ("structured", "toolcall"):
         training = json.loads((tmp_path / "04_ft" / f"adapter_{track}" / "training.json").read_text())

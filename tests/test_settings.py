@@ -290,7 +290,7 @@ def test_a_wrong_type_in_serve_config_yaml_names_its_line(tmp_path):
     with pytest.raises(SettingsError) as refused:
         parse_settings(serve_settings_class, values["applications"][0]["args"], source, "applications.0.args.")
     assert str(refused.value) == (
-        f"{path}:{number + 1}: applications.0.args.max_batch_size: expected an integer, got 'eight'"
+        f"{path}:{number + 1}: applications.0.args.max_batch_size: expected an integer ≥ 1, got 'eight'"
     )
 
 

@@ -38,3 +38,26 @@ def resolve_slm_model_path(
     if not (path / "config.json").is_file():
         raise ModelPathError(f"{path} is not a transformers checkpoint (no config.json); set SLM_MODEL_PATH to one")
     return path
+
+
+def resolve_served_model_path(
+    value: str | None = None, environ: Mapping[str, str] = os.environ, cwd: Path | None = None
+) -> tuple[Path, str | None]:
+    """What `slm-swap serve` loads, and a line saying why when it is not what the user named.
+
+    As `resolve_slm_model_path`, except that with no path given, no SLM_MODEL_PATH and no checkpoint
+    at the seed's default, it serves the demo SLM that `make demo` fetched (as the pipeline does)."""
+    from ray_app.models.demo_checkpoint import DEMO_MODEL_DIR
+
+    if value or environ.get("SLM_MODEL_PATH"):
+        return resolve_slm_model_path(value, environ, cwd), None
+    default = Path(os.path.normpath((cwd or Path.cwd()) / DEFAULT_SLM_MODEL_PATH))
+    if (default / "config.json").is_file() or not (DEMO_MODEL_DIR / "config.json").is_file():
+        try:
+            return resolve_slm_model_path(None, environ, cwd), None
+        except ModelPathError as error:
+            raise ModelPathError(f"{error}; or run `make demo` first, which fetches the demo SLM") from None
+    return DEMO_MODEL_DIR, (
+        f"SLM_MODEL_PATH is not set: serving the demo SLM that `make demo` fetched ({DEMO_MODEL_DIR}); "
+        "set SLM_MODEL_PATH or pass --model-path to serve another checkpoint"
+    )

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import filecmp
 import hashlib
+import os
+import shlex
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -201,7 +203,31 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineOutcome:
     detail(f"trace: {outcome.trace_location}")
     detail(f"Ray dashboard: {outcome.dashboard_url or 'not running (Ray was started without it)'}")
     detail(f"wall time: {outcome.seconds:.0f} s")
+    for line in handover_commands(config, model_path):
+        console.print(line, highlight=False, soft_wrap=True)
     return outcome
+
+
+def handover_commands(config: PipelineConfig, model_path: str) -> list[str]:
+    """The job's last lines: how to serve what it built and call it from the Mastra example agent."""
+    from ray_app.models.demo_checkpoint import DEMO_MODEL_DIR
+    from ray_app.paths import ADAPTER_ROOT
+
+    serve = ["slm-swap", "serve"]
+    if Path(model_path).resolve() != DEMO_MODEL_DIR.resolve() and not os.environ.get("SLM_MODEL_PATH"):
+        serve += ["--model-path", model_path]  # the job was given a path; serve falls back to the demo SLM only
+    if config.adapter_root.resolve() != ADAPTER_ROOT.resolve():
+        serve += ["--adapter-root", str(config.adapter_root)]
+    adapted = (config.adapter_root / "adapter_toolcall" / "adapter_config.json").is_file()
+    model, mastra = ("slm-toolcall", "cd mastra && npm run demo") if adapted else (
+        "slm, the base SLM: no toolcall adapter was trained", "cd mastra && SLM_SWAP_MODEL=slm npm run demo"
+    )  # fmt: skip
+    return [
+        "Next: serve the SLM and its adapters at http://127.0.0.1:8000/v1 (OpenAI-compatible):",
+        f"  {shlex.join(serve)}",
+        f"then, in a second terminal, the Mastra example agent makes a tool call through it (model {model}):",
+        f"  {mastra}",
+    ]
 
 
 def prepare_data(config: PipelineConfig, ledger: StepLedger, teacher_mode: str, pipeline_run) -> Path:

@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException
 
+from ray_app import ray_runtime
 from ray_app.engines.decode.running_batch import GenerationJob, StepToken
-from ray_app.engines.precision import PRECISIONS, Precision
 from ray_app.engines.slm import GreedyAnswer, SlmSettings, precision_choice
-from ray_app.models.model_path import resolve_slm_model_path
-from ray_app.paths import ADAPTER_ROOT
+from ray_app.models.model_path import resolve_served_model_path, resolve_slm_model_path
 from ray_app.serve.guard import (
     AdmissionBound,
     ApiKeys,
@@ -50,81 +49,19 @@ from ray_app.serve.openai_protocol import (
     SERVER_SENT_EVENTS_END,
     AnswerStream,
     OpenAiError,
-    RequestLimits,
     assistant_answer,
     completion_response,
     models_response,
     parse_chat_request,
     server_sent_event,
 )
+from ray_app.serve.serve_settings import ServeSettings
 
 APP_NAME = "slm-swap"
 MAX_CONCURRENT_BATCHES = 1024  # groups of requests in flight at once; the decode loop bounds the real work
 # Serve lets this many more requests reach a replica than it admits to chat, so the ones over the bound
 # get their 429 in milliseconds (and /health answers) instead of waiting, unbounded, in Serve's router.
 REFUSAL_HEADROOM = 256
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    model_path: str | None = None  # None: SLM_MODEL_PATH, then the seed's default checkpoint
-    adapter_root: Path | None = ADAPTER_ROOT  # every adapter_<name>/ in it is served as slm-<name>
-    precision: Precision = "auto"  # 8-bit on GPU; on CPU bf16 where native, else fp32 (decided on the replica)
-    max_batch_size: int = 8  # requests decoding at once (rows of the running batch; @serve.batch groups)
-    batch_wait_timeout_s: float = 0.05  # how long the first request of a batch waits for company
-    default_max_tokens: int = 512  # when a request gives no max_tokens
-    max_model_len: int | None = None  # None: the model config's max_position_embeddings
-    prefix_cache_tokens: int = SlmSettings.prefix_cache_tokens  # shared prompt prefixes kept (0: off)
-    prefill_chunk_tokens: int = SlmSettings.prefill_chunk_tokens  # prompt tokens prefilled per decode step
-    num_replicas: int = 1
-    cpus_per_replica: float = 1.0
-    gpus_per_replica: float = 0.0
-    cpu_threads: int | None = None  # None on CPU: every core of the node
-    max_ongoing_requests: int = 64  # chat requests a replica holds (decoding + waiting); 429 beyond; ≥ max_batch_size
-    retry_after_s: int = 1  # the 429's Retry-After: a row frees every few decode steps
-    request_timeout_s: float = 600.0  # from arrival to the last token; then the row is freed and the client gets 504
-    max_body_bytes: int = 1024 * 1024  # 413 beyond (a 32k-token prompt is ~128 KB of text)
-    max_messages: int = RequestLimits.max_messages
-    max_tools: int = RequestLimits.max_tools
-    # The keys themselves (--api-key, SLM_SWAP_API_KEY) are no setting: they travel apart, never in a file or log.
-    api_key_file: str | None = None  # one key a line, re-read on change (rotation); SLM_SWAP_API_KEY_FILE
-    allow_unauthenticated: bool = False  # bind beyond loopback without a key (a gateway authenticates)
-    host: str = "127.0.0.1"
-    port: int = 8000
-
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.prefix_cache_tokens < 0:
-            raise ValueError(f"prefix_cache_tokens must be ≥ 0 (0 turns the cache off), got {self.prefix_cache_tokens}")
-        if self.max_batch_size < 1 or self.max_ongoing_requests < self.max_batch_size:
-            raise ValueError("need max_batch_size ≥ 1 and max_ongoing_requests ≥ max_batch_size")
-        for name in ("max_body_bytes", "max_messages", "max_tools", "retry_after_s"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if not self.request_timeout_s > 0:
-            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
-
-    @property
-    def request_limits(self) -> RequestLimits:
-        return RequestLimits(max_messages=self.max_messages, max_tools=self.max_tools)
-
-    def to_json(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["adapter_root"] = str(self.adapter_root) if self.adapter_root else None
-        return values
-
-    @classmethod
-    def from_json(cls, values: dict[str, Any]) -> "ServeSettings":
-        if "api_keys" in values or "api_key" in values:
-            raise ValueError("API keys do not belong in settings files: set SLM_SWAP_API_KEY or api_key_file")
-        known = {name for name in cls.__dataclass_fields__}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown serve settings {unknown}; known: {sorted(known)}")
-        values = dict(values)
-        values["adapter_root"] = Path(values["adapter_root"]) if values.get("adapter_root") else ADAPTER_ROOT
-        return cls(**values)
 
 
 fastapi_app = FastAPI(title="slm-swap", docs_url=None, redoc_url=None)  # /openapi.json: behind the key
@@ -204,6 +141,7 @@ class GroupingNoticeFilter(logging.Filter):
 class SlmChatDeployment:
     def __init__(self, settings_json: dict[str, Any], api_keys: tuple[str, ...] = ()):
         import os
+        import threading
 
         settings = ServeSettings.from_json(settings_json)
         model_path = resolve_slm_model_path(settings.model_path)
@@ -220,11 +158,41 @@ class SlmChatDeployment:
         self.api_keys = ApiKeys(api_keys, settings.api_key_file)
         self.admission = AdmissionBound(settings.max_ongoing_requests, settings.retry_after_s)
         self.precision = precision_choice(slm_settings)  # what the host loads on this replica, and why
-        self.host = ModelHost(slm_settings, settings.adapter_root, settings.max_model_len)
         self.started = int(time.time())
         logging.getLogger("ray.serve").addFilter(GroupingNoticeFilter())
         self.generate_batch.set_max_batch_size(settings.max_batch_size)
         self.generate_batch.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
+        # The weights load in a thread, so the replica answers /health (503, "loading") meanwhile: a
+        # restarted replica says what it is doing instead of leaving probes waiting in Serve's router.
+        self.host: ModelHost | None = None
+        self.load_error: str | None = None
+        threading.Thread(target=self._load, args=(slm_settings,), name="slm-load", daemon=True).start()
+
+    def _load(self, slm_settings: SlmSettings) -> None:
+        try:
+            self.host = ModelHost(slm_settings, self.settings.adapter_root, self.settings.max_model_len)
+        except Exception as error:
+            logger.exception("loading the model failed")
+            self.load_error = f"{type(error).__name__}: {error}"
+
+    def check_health(self) -> None:
+        """Serve calls this every few seconds; raising makes Serve replace the replica."""
+        if self.load_error is not None:
+            raise RuntimeError(f"the model did not load: {self.load_error}")
+        problem = self.host.health_problem() if self.host is not None else None
+        if problem is not None:
+            raise RuntimeError(problem)
+
+    def loaded_host(self) -> ModelHost:
+        """The model host, or a 503 (with Retry-After) while the weights load or after they failed to."""
+        if self.host is not None:
+            return self.host
+        if self.load_error is not None:
+            raise OpenAiError(503, f"the model failed to load on this replica: {self.load_error}", None, "model_failed")
+        raise OpenAiError(
+            503, "the model is still loading on this replica; retry shortly", None, "model_loading",
+            {"retry-after": str(self.settings.retry_after_s)},
+        )  # fmt: skip
 
     def __serve_build_asgi_app__(self):
         """Serve calls this on each replica after __init__: the routes behind this replica's guard."""
@@ -257,10 +225,15 @@ class SlmChatDeployment:
                 yield [StopIteration if index in done else None for index in range(len(jobs))]
 
     @fastapi_app.get("/health")
-    async def health(self) -> dict[str, Any]:
+    async def health(self):
+        """200 with the replica's state once the model is loaded; 503 while it loads or after it failed."""
+        if self.host is None:
+            status, detail = ("failed", self.load_error) if self.load_error else ("loading", None)
+            return JSONResponse(status_code=503, content={"status": status, "error": detail})
+        problem = self.host.health_problem()
         prefix_cache = self.host.prefix_cache.stats() if self.host.prefix_cache else None
-        return {
-            "status": "ok",
+        state = {
+            "status": "ok" if problem is None else "unhealthy",
             "models": self.host.model_names,
             "precision": self.host.precision,
             "precision_reason": self.precision.reason,
@@ -268,30 +241,35 @@ class SlmChatDeployment:
             "decode": self.host.decode_stats(),
             "admission": self.admission.stats(),
         }
+        return state if problem is None else JSONResponse(status_code=503, content={**state, "error": problem})
 
     @fastapi_app.get("/v1/models")
-    async def models(self) -> dict[str, Any]:
-        return models_response(self.host.model_names, self.started)
+    async def models(self):
+        try:
+            return models_response(self.loaded_host().model_names, self.started)
+        except OpenAiError as error:
+            return error_response(error)
 
     @fastapi_app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request):
         deadline = time.monotonic() + self.settings.request_timeout_s
         try:
+            host = self.loaded_host()
             self.admission.admit()  # counted until this request's task ends (its stream included)
             chat = parse_chat_request(
                 parse_json_body(await request.body()),
-                self.host.model_names,
+                host.model_names,
                 self.settings.default_max_tokens,
                 self.settings.request_limits,
             )
-            job = self.host.job(
+            job = host.job(
                 chat.model, chat.prompt.messages, chat.max_tokens, request_id=uuid.uuid4().hex, stop_texts=chat.stop
             )
             prompt_tokens = len(job.prompt_ids)
-            if prompt_tokens + chat.max_tokens > self.host.context_limit:
+            if prompt_tokens + chat.max_tokens > host.context_limit:
                 raise OpenAiError(
                     400,
-                    f"this model's context is {self.host.context_limit} tokens; the messages take {prompt_tokens} "
+                    f"this model's context is {host.context_limit} tokens; the messages take {prompt_tokens} "
                     f"and max_tokens asks for {chat.max_tokens} more: shorten the messages or lower max_tokens",
                     "messages",
                     "context_length_exceeded",
@@ -303,16 +281,16 @@ class SlmChatDeployment:
             try:
                 answer = await asyncio.wait_for(final_answer(tokens), deadline - time.monotonic())
             except TimeoutError:
-                self.host.cancel(job.request_id)
+                host.cancel(job.request_id)
                 return error_response(timed_out(self.settings.request_timeout_s))
             except asyncio.CancelledError:  # the client left: free its row for the others
-                self.host.cancel(job.request_id)
+                host.cancel(job.request_id)
                 raise
             message = assistant_answer(answer.text, answer.stopped)
             return completion_response(
-                chat.model, message, answer.prompt_tokens, answer.completion_tokens, self.host.fingerprint
+                chat.model, message, answer.prompt_tokens, answer.completion_tokens, host.fingerprint
             )
-        stream = AnswerStream(chat.model, self.host.fingerprint, chat.include_usage, self.host.decode_text, chat.stop)
+        stream = AnswerStream(chat.model, host.fingerprint, chat.include_usage, host.decode_text, chat.stop)
 
         async def events() -> AsyncIterator[str]:
             answered = False
@@ -348,7 +326,7 @@ class SlmChatDeployment:
                 yield error_event(server_error(error))
             finally:
                 if not answered:  # the client left mid-answer, or time ran out: free its row for the others
-                    self.host.cancel(job.request_id)
+                    host.cancel(job.request_id)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -386,6 +364,8 @@ def build_app(args: dict[str, Any] | None = None, api_keys: tuple[str, ...] | No
         num_replicas=settings.num_replicas,
         max_ongoing_requests=settings.max_ongoing_requests + REFUSAL_HEADROOM,
         ray_actor_options=actor_options,
+        graceful_shutdown_timeout_s=settings.shutdown_grace_s,
+        graceful_shutdown_wait_loop_s=0.5,  # how often a stopping replica looks whether its requests are done
     ).bind(settings.to_json(), tuple(keys))
 
 
@@ -397,27 +377,71 @@ class RunningServer:
     precision: str = ""  # what the replica loaded, and why (its /health)
     precision_reason: str = ""
     access: list[str] = field(default_factory=list)  # who can reach it: bind address, keys (for the banner)
+    model_note: str | None = None  # why this checkpoint, when the user named none (the demo SLM)
 
 
 def start_server(settings: ServeSettings, api_keys: tuple[str, ...] = ()) -> RunningServer:
     """Start (or join) Ray, bind the HTTP proxy, deploy the app and wait until it answers.
 
     `api_keys` (with the settings' key file) are the keys every route but /health then needs."""
-    import json
-    import urllib.request
-
     from ray_app.ray_runtime import ensure_ray
 
     accepted = ApiKeys(api_keys, settings.api_key_file)  # a bad key or key file fails here, before Ray starts
     check_exposure(settings.host, accepted.required, settings.allow_unauthenticated)
     key_file = str(Path(settings.api_key_file).resolve()) if settings.api_key_file else None  # replicas' cwd differs
-    settings = replace(settings, model_path=str(resolve_slm_model_path(settings.model_path)), api_key_file=key_file)
+    model_path, model_note = resolve_served_model_path(settings.model_path)
+    settings = replace(settings, model_path=str(model_path), api_key_file=key_file)
     ensure_ray()
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(build_app(settings.to_json(), tuple(api_keys)), name=APP_NAME, route_prefix="/")
     probe_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     url = f"http://{probe_host}:{settings.port}"
-    with urllib.request.urlopen(f"{url}/health", timeout=30) as response:
-        health = json.loads(response.read())
+    health = wait_until_loaded(url, settings.load_timeout_s)
     access = access_notes(settings.host, settings.port, accepted)
-    return RunningServer(settings, url, health["models"], health["precision"], health["precision_reason"], access)
+    return RunningServer(
+        settings, url, health["models"], health["precision"], health["precision_reason"], access, model_note
+    )
+
+
+def wait_until_loaded(url: str, timeout_s: float) -> dict[str, Any]:
+    """Poll /health until the replica has loaded the model (200), or say why it did not."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            state = json.loads(error.read() or b"{}") if error.code == 503 else {}
+            if state.get("status") == "failed":
+                raise ValueError(f"the replica could not load the model: {state.get('error')}") from None
+            if error.code != 503:
+                raise
+        if time.monotonic() > deadline:
+            raise ValueError(f"the replica did not load the model within {timeout_s:g} s (load_timeout_s)")
+        time.sleep(0.25)
+
+
+def stop_server() -> str:
+    """Stop the app, then Serve, then the local Ray this process started (a cluster is only left).
+
+    Deleting the app first is Serve's graceful shutdown: its replicas take no new requests and give
+    the running ones up to `shutdown_grace_s` (their graceful_shutdown_timeout_s) while the HTTP proxy
+    still carries their answers out. Returns what was stopped, or "" when Ray was never started."""
+    import ray
+
+    if not ray.is_initialized():
+        return ""
+    started = time.monotonic()
+    try:
+        serve.delete(APP_NAME)
+    except Exception as error:  # already gone, or Serve never started: the shutdown below still runs
+        logger.warning("deleting the Serve app failed: %r", error)
+    serve.shutdown()
+    local = ray_runtime.started_local_ray()
+    ray.shutdown()
+    where = "the local Ray this command started" if local else "disconnected from the Ray cluster"
+    return f"Serve stopped in {time.monotonic() - started:.1f} s; {where}" + (" is stopped" if local else "")

@@ -25,6 +25,9 @@ from ray_app.engines.slm import GreedyAnswer, SlmSettings
 from ray_app.models.fingerprint import folder_fingerprint
 
 MAX_PENDING_CANCELS = 4096  # cancels kept for jobs not submitted yet
+# Iterations in a row that raised before the replica calls itself unhealthy (Serve then replaces it):
+# one failure is a request's bad luck, several in a row is a broken engine (a GPU error, a bad state).
+FAILED_ITERATIONS_UNHEALTHY = 3
 
 logger = logging.getLogger("ray.serve")  # a replica's log (and the dashboard's)
 
@@ -68,6 +71,8 @@ class ModelHost:
         self.loop_thread: threading.Thread | None = None
         self.cancel_requests: OrderedDict[str, None] = OrderedDict()  # request ids to cancel, oldest first
         self.cancelled_count = 0
+        self.failed_iterations = 0  # in a row; reset by an iteration that succeeds
+        self.last_failure: str | None = None
 
     def job(
         self,
@@ -116,6 +121,14 @@ class ModelHost:
             return {"running": counts["running"] + counts["prefilling"], "waiting": counts["waiting"],
                     "prefilling": counts["prefilling"], "cancelled": self.cancelled_count}  # fmt: skip
 
+    def health_problem(self) -> str | None:
+        """Why this host cannot serve (the decode loop's thread is gone, or it keeps failing), else None."""
+        if self.loop_thread is not None and not self.loop_thread.is_alive():
+            return "the decode loop's thread has stopped"
+        if self.failed_iterations >= FAILED_ITERATIONS_UNHEALTHY:
+            return f"the decode loop failed {self.failed_iterations} iterations in a row; last: {self.last_failure}"
+        return None
+
     def generate(
         self, jobs: list[GenerationJob], on_step: Callable[[list[StepToken]], None] | None = None
     ) -> list[GreedyAnswer]:
@@ -151,7 +164,10 @@ class ModelHost:
         while True:
             try:
                 self._decode_iteration()
-            except Exception as error:  # a bug in the loop's own bookkeeping: fail what is in it, keep serving
+                self.failed_iterations = 0
+            except Exception as error:  # fail what is in it and keep serving; health_problem() counts these
+                self.failed_iterations += 1
+                self.last_failure = repr(error)
                 with self.wakeup:
                     keys = self.scheduler.clear()
                     failed = [self.in_flight.pop(key) for key in keys if key in self.in_flight]
