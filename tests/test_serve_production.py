@@ -290,6 +290,7 @@ def test_four_times_the_admission_bound_gets_some_429s_with_retry_after_and_ever
 
         return await asyncio.wait_for(asyncio.gather(*(ask(index) for index in range(4 * MAX_ONGOING))), 120)
 
+    rss_before = replica_rss_bytes()
     outcomes = asyncio.run(crowd(max_retries=0))
     refused = [outcome for outcome in outcomes if isinstance(outcome, openai.RateLimitError)]
     answered = [outcome.parse() for outcome in outcomes if not isinstance(outcome, openai.RateLimitError)]
@@ -303,6 +304,19 @@ def test_four_times_the_admission_bound_gets_some_429s_with_retry_after_and_ever
     assert health["admission"]["ongoing"] == 0 and health["admission"]["refused"] >= len(refused)
     assert health["decode"]["running"] == 0 and health["decode"]["waiting"] == 0
     still_answers(client)
+    rss_after = replica_rss_bytes()
+    print(f"\nreplica RSS: {rss_before / 2**20:.0f} MiB before the crowds, {rss_after / 2**20:.0f} MiB after")
+    assert rss_after <= rss_before + max(64 * 2**20, rss_before // 4)  # back near its level: nothing held per request
+
+
+def replica_rss_bytes() -> int:
+    """Resident memory of this test session's Serve replica (a process under this pytest's own Ray)."""
+    import psutil
+
+    replicas = [child for child in psutil.Process().children(recursive=True)
+                if "ServeReplica:slm-swap" in " ".join(child.cmdline())]  # fmt: skip
+    assert len(replicas) == 1, replicas
+    return replicas[0].memory_info().rss
 
 
 async def crowd_with_retries(url: str, count: int) -> list:

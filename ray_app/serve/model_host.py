@@ -123,7 +123,8 @@ class ModelHost:
 
     def health_problem(self) -> str | None:
         """Why this host cannot serve (the decode loop's thread is gone, or it keeps failing), else None."""
-        if self.loop_thread is not None and not self.loop_thread.is_alive():
+        thread = self.loop_thread  # assigned just before it starts: no ident yet means starting, not stopped
+        if thread is not None and thread.ident is not None and not thread.is_alive():
             return "the decode loop's thread has stopped"
         if self.failed_iterations >= FAILED_ITERATIONS_UNHEALTHY:
             return f"the decode loop failed {self.failed_iterations} iterations in a row; last: {self.last_failure}"
