@@ -219,6 +219,26 @@ def test_a_schema_the_library_cannot_compile_names_the_reason(compiler):
         grammar_compiler.check(json_constraint({"type": "integer", "minimum": 5, "maximum": 1}))
 
 
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16", "float16"])
+def test_masking_sets_exactly_the_forbidden_tokens_of_the_guided_rows_to_minus_infinity(compiler, dtype_name):
+    import torch
+
+    from ray_app.engines.constrained.row_grammar import mask_logits
+
+    grammar_compiler, tokenizer = compiler
+    grammar = grammar_compiler.start(toolcall_constraint([CANCEL_ROOM], "required"))
+    with torch.inference_mode():  # as the engine's logits are
+        logits = torch.randn(3, 1, len(tokenizer), generator=torch.Generator().manual_seed(7))
+        logits = logits.to(getattr(torch, dtype_name))[:, -1, :]
+    before = logits.clone()
+    mask_logits(logits, [(1, grammar)])
+    assert torch.equal(logits[0], before[0]) and torch.equal(logits[2], before[2])
+    kept = torch.isfinite(logits[1])
+    assert kept.tolist() == allowed_tokens(grammar, len(tokenizer)).tolist()
+    assert torch.equal(logits[1][kept], before[1][kept]) and bool((logits[1][~kept] == float("-inf")).all())
+    assert tokenizer.decode(kept.nonzero().flatten().tolist()) == "<"  # the wrapper's first token: forced
+
+
 def test_auto_wrapper_opened_mid_answer_is_finished_by_the_mask_alone(compiler):
     """The engine's mask-then-argmax on seeded random logits, after an answer that opened the wrapper
     mid-text: whatever the logits, what follows completes a call that parses and validates."""

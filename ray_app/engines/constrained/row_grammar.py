@@ -98,8 +98,20 @@ def mask_logits(logits, guided: list[tuple[int, RowGrammar]]) -> None:
     for index, (_, grammar) in enumerate(guided):
         grammar.fill_mask(words[index])
     # token 32·w + b is bit b of word w; on a little-endian machine that is bit b % 8 of byte 4·w + b // 8
-    allowed = numpy.unpackbits(words.view(numpy.uint8), axis=1, bitorder="little")[:, : logits.shape[-1]]
+    bits = numpy.unpackbits(words.view(numpy.uint8), axis=1, bitorder="little")[:, : logits.shape[-1]]
+    forbidden = bits == 0
+    if logits.device.type == "cpu":
+        # numpy writes into the tensor's memory on one thread: torch would split a fill this small over its
+        # thread pool, whose hand-offs cost more than the fill on a busy machine
+        for index, (row, _) in enumerate(guided):
+            if logits.dtype == torch.bfloat16:  # numpy has no bfloat16: write the bit pattern of -inf
+                logits[row].view(torch.int16).numpy()[forbidden[index]] = BFLOAT16_NEGATIVE_INFINITY_BITS
+            else:
+                logits[row].numpy()[forbidden[index]] = -numpy.inf
+        return
     with torch.inference_mode():  # the logits are inference tensors (a prefill's come here outside its block)
-        forbidden = torch.from_numpy(allowed == 0).to(logits.device)
         rows = torch.tensor([row for row, _ in guided], device=logits.device)
-        logits[rows] = logits[rows].masked_fill(forbidden, float("-inf"))
+        logits[rows] = logits[rows].masked_fill(torch.from_numpy(forbidden).to(logits.device), float("-inf"))
+
+
+BFLOAT16_NEGATIVE_INFINITY_BITS = -128  # 0xFF80 (sign, all exponent bits, no mantissa) read as an int16
