@@ -33,6 +33,7 @@ class LeftoverRayError(RuntimeError):
 
 ORPHAN_RAY_NAMES = ("gcs_server", "raylet")  # with every "ray::<actor>" worker process
 # Left by a killed driver, these two only wait to notice that their raylet is gone; they serve nothing.
+ORPHAN_WORKERS_EXIT_S = 10.0  # how long workers of a killed driver get to exit before they count as left
 HARMLESS_ORPHANS = ("ray::DashboardA", "ray::RuntimeEnv", "ray::IDLE")  # process names: 15 characters at most
 
 
@@ -42,6 +43,11 @@ class LeftoverRay:
 
     gcs_addresses: tuple[str, ...]  # where to join it (its raylet's --gcs-address); empty when none is left
     processes: tuple[str, ...]  # "pid name", and the ports its workers still listen on
+
+    @property
+    def has_cluster(self) -> bool:
+        """A GCS or raylet is left (a cluster that stays), not only workers on their way out."""
+        return any(shown.split()[1] in ORPHAN_RAY_NAMES for shown in self.processes)
 
 
 def leftover_local_ray() -> LeftoverRay | None:
@@ -78,6 +84,10 @@ def leftover_local_ray() -> LeftoverRay | None:
 def check_no_leftover_ray() -> None:
     """LeftoverRayError naming what was left and the ways on, instead of starting a second Ray beside it."""
     leftover = leftover_local_ray()
+    deadline = time.monotonic() + ORPHAN_WORKERS_EXIT_S
+    while leftover is not None and not leftover.has_cluster and time.monotonic() < deadline:
+        time.sleep(0.5)  # workers whose raylet just died exit on their own within seconds
+        leftover = leftover_local_ray()
     if leftover is None:
         return
     shown = ", ".join(leftover.processes[:6]) + (" ..." if len(leftover.processes) > 6 else "")
