@@ -19,8 +19,9 @@ from ray_app.decide.non_inferiority import DEFAULT_MARGIN
 from ray_app.engines.precision import Precision
 from ray_app.engines.teacher_settings import ToolcallMode
 from ray_app.eval.codeact_eval import CodeactEvalConfig
-from ray_app.eval.config import ModelSide, SlmEvalSettings, TeacherEvalSettings
+from ray_app.eval.config import Decoding, ModelSide, SlmEvalSettings, TeacherEvalSettings
 from ray_app.paths import DATASET_ROOT
+from ray_app.serve.request_constraint import ConstrainedMode
 from ray_app.serve.serve_settings import ServeSettings
 from ray_app.settings import COMMAND_LINE, SettingsError, describe, field_types, number_bound, parse_value
 from ray_app.train.config import Backend, LossOn, Quantization, TrainConfig, TrainStrategy
@@ -387,7 +388,9 @@ def evaluate(
     model: Annotated[ModelSide, typer.Option(help="slm (local, Ray Data actors) or teacher (hosted LLM or replay)")],
     adapter: Annotated[Path | None, typer.Option(help="PEFT adapter folder for the SLM")] = None,
     split: Annotated[str, typer.Option(help="split file name under <dataset-root>/<track>/")] = "test",
-    label: Annotated[str | None, typer.Option(help="output folder name (default teacher / slm / slm-adapter)")] = None,
+    label: Annotated[
+        str | None, typer.Option(help="output folder name (default teacher / slm / slm-adapter, + -constrained)")
+    ] = None,
     dataset_root: Annotated[Path, typer.Option(help="holds <track>/<split>.jsonl")] = DATASET_ROOT,
     eval_root: Annotated[Path | None, typer.Option(help="where results go (default slm_swap/05_eval)")] = None,
     model_path: Annotated[str | None, typer.Option(help="SLM checkpoint (default $SLM_MODEL_PATH)")] = None,
@@ -415,6 +418,13 @@ def evaluate(
     concurrency: Annotated[
         int, bounded(TeacherEvalSettings, "concurrency", help="parallel teacher calls")
     ] = TeacherEvalSettings.concurrency,
+    decoding: Annotated[
+        Decoding,
+        typer.Option(
+            help="SLM: free, or constrained (each answer forced to fit its prompt's tools or parameters; "
+            "label slm-constrained / slm-adapter-constrained)"
+        ),
+    ] = SlmEvalSettings.decoding,
     force: Annotated[bool, typer.Option(help="recompute even when finished outputs match")] = False,
     require_langfuse: Annotated[bool, typer.Option(help="fail when LANGFUSE_* keys are missing")] = False,
     tasks: Annotated[
@@ -425,6 +435,8 @@ def evaluate(
     ] = CodeactEvalConfig.trajectories_per_call,
 ) -> None:
     """Evaluate the SLM or the teacher on one track: predictions.jsonl + metrics.json under 05_eval/."""
+    if decoding == "constrained" and (model == "teacher" or track == "codeact"):
+        fail("--decoding constrained evaluates the local SLM on the structured or toolcall track")
     if track == "codeact":
         from ray_app.paths import EVAL_ROOT
 
@@ -470,6 +482,7 @@ def evaluate(
             rows_per_task=rows_per_task,
             max_new_tokens=max_new_tokens,
             num_actors=actors,
+            decoding=decoding,
         ),
         teacher=TeacherEvalSettings(
             mode=teacher_mode,  # type: ignore[arg-type]
@@ -862,6 +875,14 @@ def report(
     console.print(f"report: {', '.join(map(str, files))} ({len(written.chart_paths)} charts)", highlight=False)
 
 
+CONSTRAINED_NOTES = {
+    "auto": "constrained decoding: auto (a tool call always names an offered tool with arguments that fit its "
+    "schema; the report judges this as slm-*-constrained; --constrained off to serve free decoding)",
+    "off": "constrained decoding: off (only where a request asks: response_format, tool_choice required or named, "
+    "strict tools)",
+}
+
+
 @app.command("serve")
 def serve_command(
     model_path: Annotated[
@@ -923,6 +944,13 @@ def serve_command(
         float,
         bounded(ServeSettings, "shutdown_grace_s", help="on SIGTERM or Ctrl-C, running requests get this long"),
     ] = ServeSettings.shutdown_grace_s,
+    constrained: Annotated[
+        ConstrainedMode,
+        typer.Option(
+            help="auto: a request with tools decodes under the tool-call grammar once it opens the wrapper; off: only "
+            "where a request asks (response_format, tool_choice required or named, strict tools)"
+        ),
+    ] = ServeSettings.constrained,
 ) -> None:
     """Serve the SLM and its adapters as an OpenAI-compatible endpoint on Ray Serve (blocks; Ctrl-C stops).
 
@@ -961,6 +989,7 @@ def serve_command(
                 request_timeout_s=request_timeout_s,
                 max_body_bytes=max_body_bytes,
                 shutdown_grace_s=shutdown_grace_s,
+                constrained=constrained,
             )
             with console.status("starting Ray Serve; the replica loads the model"):
                 server = start_server(settings, api_keys)
@@ -968,6 +997,7 @@ def serve_command(
                 console.print(server.model_note, highlight=False, soft_wrap=True)
             console.print(f"serving {', '.join(server.models)} at {server.url}/v1 (OpenAI-compatible)", highlight=False)
             console.print(f"precision {server.precision}: {server.precision_reason}", highlight=False)
+            console.print(CONSTRAINED_NOTES[settings.constrained], highlight=False, soft_wrap=True)
             for note in server.access:
                 console.print(
                     note, style="yellow" if note.startswith("warning") else None, highlight=False, markup=False

@@ -31,6 +31,7 @@ from ray import serve
 from starlette.exceptions import HTTPException
 
 from ray_app import ray_runtime
+from ray_app.engines.constrained import ConstraintError
 from ray_app.engines.decode.running_batch import GenerationJob, StepToken
 from ray_app.engines.slm import GreedyAnswer, SlmSettings, precision_choice
 from ray_app.models.model_path import resolve_served_model_path, resolve_slm_model_path
@@ -237,6 +238,7 @@ class SlmChatDeployment:
             "models": self.host.model_names,
             "precision": self.host.precision,
             "precision_reason": self.precision.reason,
+            "constrained": self.settings.constrained,
             "prefix_cache": prefix_cache,
             "decode": self.host.decode_stats(),
             "admission": self.admission.stats(),
@@ -261,10 +263,14 @@ class SlmChatDeployment:
                 host.model_names,
                 self.settings.default_max_tokens,
                 self.settings.request_limits,
+                self.settings.constrained,
             )
-            job = host.job(
-                chat.model, chat.prompt.messages, chat.max_tokens, request_id=uuid.uuid4().hex, stop_texts=chat.stop
-            )
+            try:
+                job = host.job(chat.model, chat.prompt.messages, chat.max_tokens, uuid.uuid4().hex, chat.stop,
+                               chat.constraint)  # fmt: skip
+            except ConstraintError as error:  # a schema the grammar library cannot compile
+                param = "tools" if chat.prompt.offered_tool_names else "response_format"
+                raise OpenAiError(400, str(error), param) from None
             prompt_tokens = len(job.prompt_ids)
             if prompt_tokens + chat.max_tokens > host.context_limit:
                 raise OpenAiError(

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ray_app.engines.constrained import DecodingConstraint
 from ray_app.engines.decode.loaded_slm import LoadedSlm, discover_adapters
 from ray_app.engines.decode.running_batch import GenerationJob, StepToken
 from ray_app.engines.decode.scheduler import DecodeScheduler
@@ -81,8 +82,9 @@ class ModelHost:
         max_new_tokens: int,
         request_id: str | None = None,
         stop_texts: tuple[str, ...] = (),
+        constraint: DecodingConstraint | None = None,
     ) -> GenerationJob:
-        return self.slm.job(model_name, messages, max_new_tokens, request_id, stop_texts)
+        return self.slm.job(model_name, messages, max_new_tokens, request_id, stop_texts, constraint)
 
     def decode_text(self, token_ids: list[int]) -> str:
         return self.slm.decode_text(token_ids)

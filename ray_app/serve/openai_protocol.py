@@ -15,9 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ray_app.engines.constrained import DecodingConstraint
 from ray_app.json_text import compact_json
 from ray_app.prompts import ToolCallFormatError, parse_model_tool_call
 from ray_app.prompts.agent_requests import AgentRequestError, AgentRequestPrompt, agent_request_prompt
+from ray_app.serve.request_constraint import ConstrainedMode, ConstraintRequestError, request_constraint
 
 
 class OpenAiError(Exception):
@@ -56,6 +58,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool  # stream_options.include_usage: a last chunk with token usage
     stop: tuple[str, ...] = ()  # OpenAI `stop`: the answer ends before the first of these
+    constraint: DecodingConstraint | None = None  # the grammar the answer decodes under (serve/request_constraint.py)
 
 
 @dataclass(frozen=True)
@@ -77,28 +80,18 @@ def max_tokens_of(body: dict[str, Any], default_max_tokens: int) -> int:
     return max_tokens
 
 
-def check_response_format(response_format: Any) -> None:
-    """Only plain text: decoding is not constrained, so a schema asked for would look honoured and not be."""
-    if response_format is None or (isinstance(response_format, dict) and response_format.get("type") == "text"):
-        return
-    kind = response_format.get("type") if isinstance(response_format, dict) else response_format
-    raise OpenAiError(
-        400,
-        f"response_format {compact_json(kind)} is not supported: this server does not constrain decoding to "
-        "JSON or a schema. Leave response_format out and ask for the JSON in the messages (the structured "
-        "prompt does), then check the answer yourself",
-        "response_format",
-        "unsupported_parameter",
-    )
-
-
 def parse_chat_request(
-    body: dict[str, Any], known_models: list[str], default_max_tokens: int, limits: RequestLimits = RequestLimits()
+    body: dict[str, Any],
+    known_models: list[str],
+    default_max_tokens: int,
+    limits: RequestLimits = RequestLimits(),
+    constrained: ConstrainedMode = "auto",
 ) -> ChatRequest:
     """Check a chat-completions body; raise OpenAiError (4xx) naming the field that is wrong.
 
     Fields it does not know (top_p, seed, user, metadata...) are ignored, as OpenAI-compatible servers do;
-    fields whose meaning it cannot honour (n > 1, response_format) are refused."""
+    fields whose meaning it cannot honour (n > 1) are refused. `response_format`, `tool_choice` and a
+    tool's `strict` choose the grammar the answer decodes under, with the server's `constrained` mode."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise OpenAiError(400, f"model is required; served models: {', '.join(known_models)}", "model")
@@ -132,11 +125,13 @@ def parse_chat_request(
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise OpenAiError(400, "stream_options must be an object or null", "stream_options")
-    check_response_format(body.get("response_format"))
     stop = parse_stop(body.get("stop"))
     try:
         prompt = agent_request_prompt(messages, tools, body.get("tool_choice"))
+        constraint = request_constraint(body, prompt.source, constrained)
     except AgentRequestError as error:
+        raise OpenAiError(400, str(error), error.param) from None
+    except ConstraintRequestError as error:
         raise OpenAiError(400, str(error), error.param) from None
     return ChatRequest(
         model=model,
@@ -145,6 +140,7 @@ def parse_chat_request(
         stream=stream,
         include_usage=bool(stream_options.get("include_usage")),
         stop=stop,
+        constraint=constraint,
     )
 
 

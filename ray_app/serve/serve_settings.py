@@ -14,6 +14,7 @@ from ray_app.engines.precision import PRECISIONS, Precision
 from ray_app.engines.slm import SlmSettings
 from ray_app.paths import ADAPTER_ROOT
 from ray_app.serve.openai_protocol import RequestLimits
+from ray_app.serve.request_constraint import ConstrainedMode
 from ray_app.settings import (
     NonNegativeInt,
     PositiveFloat,
@@ -45,6 +46,9 @@ class ServeSettings:
     max_body_bytes: PositiveInt = 1024 * 1024  # 413 beyond (a 32k-token prompt is ~128 KB of text)
     max_messages: PositiveInt = RequestLimits.max_messages
     max_tools: PositiveInt = RequestLimits.max_tools
+    # auto: a request with tools decodes under the tool-call grammar (once the answer opens the wrapper);
+    # off: only where the request asks (response_format, tool_choice required or named, strict tools).
+    constrained: ConstrainedMode = "auto"
     # The keys themselves (--api-key, SLM_SWAP_API_KEY) are no setting: they travel apart, never in a file or log.
     api_key_file: str | None = None  # one key a line, re-read on change (rotation); SLM_SWAP_API_KEY_FILE
     allow_unauthenticated: bool = False  # bind beyond loopback without a key (a gateway authenticates)
