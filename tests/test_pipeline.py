@@ -27,7 +27,8 @@ def pipeline_command(model_dir: Path, root: Path) -> list[str]:
     ]  # fmt: skip
 
 
-BASE_RESULTS = [f"{track}/{label}/metrics.json" for track in ("structured", "toolcall") for label in ("teacher", "slm")]
+BASE_LABELS = ("teacher", "slm", "slm-constrained")  # steps 4-5: the SLM free and under constrained decoding
+BASE_RESULTS = [f"{track}/{label}/metrics.json" for track in ("structured", "toolcall") for label in BASE_LABELS]
 
 
 def test_pipeline_killed_in_training_resumes_without_redoing_evaluations_then_reuses_everything(
@@ -51,7 +52,7 @@ def test_pipeline_killed_in_training_resumes_without_redoing_evaluations_then_re
     restarted = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     log = " ".join(restarted.stderr.split())  # rich wraps long lines
-    assert log.count("reused: inputs unchanged (run key") == 4  # the adapters are evaluated for the first time
+    assert log.count("reused: inputs unchanged (run key") == 6  # the adapters are evaluated for the first time
     # The last lines hand over the endpoint: serve what the job built, then the Mastra agent through it.
     assert log.endswith(
         f"Next: serve the SLM and its adapters at http://127.0.0.1:8000/v1 (OpenAI-compatible): slm-swap serve "
@@ -63,13 +64,14 @@ def test_pipeline_killed_in_training_resumes_without_redoing_evaluations_then_re
         training = json.loads((tmp_path / "04_ft" / f"adapter_{track}" / "training.json").read_text())
         assert training["global_step"] == 24
         assert (eval_root / track / "slm-adapter" / "metrics.json").is_file()
+        assert (eval_root / track / "slm-adapter-constrained" / "metrics.json").is_file()
     resumed = [
         json.loads((tmp_path / "04_ft" / f"adapter_{track}" / "training.json").read_text()).get("resumed_from_step")
         for track in ("structured", "toolcall")
     ]
     assert resumed[0] and resumed[0] >= 2  # structured trains first: it was the one killed
     decision = Decision.read(eval_root / "decision.json")
-    assert set(decision.tracks["toolcall"].adapted) == {"slm-adapter"}
+    assert list(decision.tracks["toolcall"].adapted) == ["slm-constrained", "slm-adapter", "slm-adapter-constrained"]
     report = (eval_root / "report.md").read_text()
     assert "slm-adapter" in report and list((eval_root / "report_charts").glob("*.png"))
     resolved = json.loads((eval_root / "pipeline_config.json").read_text())
@@ -90,7 +92,7 @@ def test_pipeline_killed_in_training_resumes_without_redoing_evaluations_then_re
     again = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
     log = " ".join(again.stderr.split())
-    assert log.count("reused: inputs unchanged (run key") == 6  # 4 base + 2 adapter evaluations
+    assert log.count("reused: inputs unchanged (run key") == 10  # 6 base + 4 adapter evaluations
     assert log.count("adapter up to date (run key") == 2
     assert "skipped: splits and templates unchanged" in log and "skipped: metrics and decision unchanged" in log
     assert log.count("skipped: results and price table unchanged") == 2

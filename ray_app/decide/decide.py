@@ -12,8 +12,10 @@ them. For each track with both teacher and base-SLM results it:
    per core metric and overall, "not worse" by more than the margin, "worse", or "cannot tell" with
    about how many rows would decide. It never changes FINE_TUNE either;
 5. puts latency p50/p95, tokens and cost per 1,000 calls (`price_table.py`) side by side;
-6. compares every other label (adapted SLMs such as `slm-adapter`) with the teacher (parity included)
-   and with the base SLM the same way (delta = reference - candidate: > 0 means the candidate is worse).
+6. compares every other label with the teacher (parity included) and with the base SLM the same way
+   (delta = reference - candidate: > 0 means the candidate is worse): adapted SLMs such as `slm-adapter`
+   and the constrained configurations `slm-constrained`, `slm-adapter-constrained` (`model_labels.py`).
+   They are candidates beside the decision, never inputs of FINE_TUNE, which reads `teacher` and `slm` only.
 Tracks without results are listed with the command that produces them. decision.json (the
 `Decision` record, `decision_record.py`) also records the resolved config, the price table, the
 files read with their sha256, and when it was written.
@@ -43,6 +45,7 @@ from ray_app.decide.decision_record import (
     TokenUse,
     TrackDecision,
 )
+from ray_app.decide.model_labels import configuration_order, is_constrained, slm_label
 from ray_app.decide.non_inferiority import (
     DEFAULT_MARGIN,
     Parity,
@@ -92,7 +95,7 @@ class DecideConfig:
     eval_root: Path = EVAL_ROOT  # holds <track>/<label>/{predictions.jsonl,metrics.json}; decision.json goes here
     tracks: tuple[Track, ...] = TRACKS
     teacher_label: str = "teacher"
-    slm_label: str = "slm"  # the base SLM; every other label under a track is an adapted SLM
+    slm_label: str = "slm"  # the base SLM, free; every other label under a track is a candidate beside it
     price_table_path: Path | None = None  # None: $SLM_SWAP_PRICE_TABLE, else slm_swap/price_table.json
     slm_hardware: str = "cpu-2core"  # the price table's slm_usd_per_instance_hour entry the SLMs run on
     teacher_price_model: str | None = None  # None: the teacher engine's "model" when listed, else "default"
@@ -142,7 +145,10 @@ def eval_command(track: str, label: str, config: DecideConfig) -> str:
         return f"slm-swap eval --track {track} --model teacher" + ("" if label == "teacher" else f" --label {label}")
     if label == config.slm_label:
         return f"slm-swap eval --track {track} --model slm" + ("" if label == "slm" else f" --label {label}")
-    return f"slm-swap eval --track {track} --model slm --adapter ADAPTER_FOLDER --label {label}"
+    constrained = " --decoding constrained" if is_constrained(label) else ""
+    if label == slm_label(adapted=False, constrained=True):
+        return f"slm-swap eval --track {track} --model slm{constrained}"
+    return f"slm-swap eval --track {track} --model slm --adapter ADAPTER_FOLDER{constrained} --label {label}"
 
 
 def teacher_model_name(engine: Mapping[str, Any]) -> str | None:
@@ -357,11 +363,11 @@ def teacher_mode(engine: Mapping[str, Any]) -> str:
 
 
 def decide_track(track: Track, config: DecideConfig, prices: PriceTable, read_files: dict[str, str]) -> TrackDecision:
-    """Teacher vs base SLM (the decision) and every adapted label vs both, for one track."""
+    """Teacher vs base SLM (the decision) and every other label (adapted, constrained) vs both, for one track."""
     track_root = config.eval_root / track
     teacher = load_model_results(track, config.teacher_label, config, read_files)
     slm = load_model_results(track, config.slm_label, config, read_files)
-    adapted_labels = sorted(
+    adapted_labels = configuration_order(
         folder.name
         for folder in track_root.iterdir()
         if (folder / "predictions.jsonl").is_file() and folder.name not in (config.teacher_label, config.slm_label)

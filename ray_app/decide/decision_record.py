@@ -186,7 +186,7 @@ class ModelSummary:
 
 @dataclass(frozen=True)
 class AdaptedComparison:
-    """An adapted SLM against the teacher and against the base SLM."""
+    """A candidate beside the base SLM (an adapted or a constrained SLM) against the teacher and the base SLM."""
 
     vs_teacher: ModelComparison
     vs_slm: ModelComparison
@@ -204,8 +204,10 @@ class TrackDecision:
     rows: int  # test rows both models answered
     teacher_mode: str  # the teacher engine's kind, "(simulated)" for a replay of simulated traces
     teacher_vs_slm: ModelComparison
-    models: dict[str, ModelSummary]  # by label: teacher, slm, then each adapted SLM
-    adapted: dict[str, AdaptedComparison]  # by label
+    models: dict[str, ModelSummary]  # by label: teacher, slm, then each other candidate
+    # by label: every candidate beside the base SLM, adapted (slm-adapter) or constrained (slm-constrained,
+    # slm-adapter-constrained); the field kept the name it had when adapters were the only ones
+    adapted: dict[str, AdaptedComparison]
 
     @classmethod
     def from_fields(cls, fields: RecordFields, track: str) -> TrackDecision:
@@ -234,7 +236,7 @@ class TrackDecision:
         )
 
     def parity(self) -> dict[str, Parity]:
-        """Each candidate's verdicts against the teacher, by label: the base SLM, then each adapted SLM."""
+        """Each candidate's verdicts against the teacher, by label: the base SLM, then each label of `adapted`."""
         found = {self.teacher_vs_slm.candidate: self.teacher_vs_slm.parity}
         found |= {label: pair.vs_teacher.parity for label, pair in self.adapted.items()}
         return {label: parity for label, parity in found.items() if parity is not None}
@@ -267,7 +269,7 @@ class DecisionConfig:
     eval_root: str
     tracks: tuple[str, ...]
     teacher_label: str
-    slm_label: str  # the base SLM; every other label under a track is an adapted SLM
+    slm_label: str  # the base SLM, free; every other label under a track is a candidate beside it
     price_table: str  # the price table file read
     slm_hardware: str  # its slm_usd_per_instance_hour entry the SLMs were priced with
     teacher_price_model: str | None  # an explicit teacher price entry, else None (from the engine)

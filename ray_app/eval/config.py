@@ -11,16 +11,23 @@ from pathlib import Path
 from typing import Literal
 
 from ray_app.data.rows import Track
+from ray_app.decide.model_labels import TEACHER_LABEL, slm_label
 from ray_app.engines.precision import Precision
 from ray_app.engines.teacher_settings import ToolcallMode
 from ray_app.paths import DATASET_ROOT, EVAL_ROOT, PROJECT_ROOT
 from ray_app.settings import NonNegativeInt, PositiveFloat, PositiveInt
 
 ModelSide = Literal["slm", "teacher"]
+# constrained: each row's answer is forced to fit what its prompt asks (`row_constraints.py`), under its own label
+Decoding = Literal["free", "constrained"]
 TeacherMode = Literal["auto", "azure", "openai-compatible", "replay"]
 CodeactTeacherMode = Literal["auto", "simulated", "hosted"]  # the CodeAct track's teacher (auto: hosted when set)
 
 DEFAULT_REPLAY_TRACES = PROJECT_ROOT / "storage" / "dummy_langfuse_traces.jsonl"
+
+
+class EvalConfigError(ValueError):
+    """Settings of an evaluation that cannot go together."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,7 @@ class SlmEvalSettings:
     prefill_chunk_tokens: PositiveInt = 256  # prompt tokens prefilled between two decode steps
     num_actors: PositiveInt | None = None  # None: one per GPU, else one CPU actor
     actor_num_cpus: PositiveFloat = 0.5  # fractional, so the Ray Data read task is never starved on 2 cores
+    decoding: Decoding = "free"
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ class EvalConfig:
     track: Track
     model: ModelSide
     split: str = "test"
-    label: str | None = None  # default: teacher / slm / slm-adapter
+    label: str | None = None  # default: teacher / slm / slm-adapter, with -constrained for constrained decoding
     dataset_root: Path = DATASET_ROOT
     eval_root: Path = EVAL_ROOT
     seed: NonNegativeInt = 42
@@ -61,13 +69,17 @@ class EvalConfig:
     force: bool = False  # recompute even when finished outputs match the inputs
     require_langfuse: bool | None = None  # None: SLM_SWAP_REQUIRE_LANGFUSE
 
+    def __post_init__(self) -> None:
+        if self.model == "teacher" and self.slm.decoding != "free":
+            raise EvalConfigError("constrained decoding runs in the local SLM's engine: evaluate the teacher free")
+
     @property
     def model_label(self) -> str:
         if self.label:
             return self.label
-        if self.model == "slm" and self.slm.adapter_path is not None:
-            return "slm-adapter"
-        return self.model
+        if self.model == "teacher":
+            return TEACHER_LABEL
+        return slm_label(adapted=self.slm.adapter_path is not None, constrained=self.slm.decoding == "constrained")
 
     @property
     def split_path(self) -> Path:

@@ -1,7 +1,8 @@
 """Evaluate one model on one track's split: predictions.jsonl and metrics.json under 05_eval/.
 
-Reads the split (a bad row stops the run before any compute), works out the run key (split hash +
-everything the numbers depend on), skips the run when finished outputs carry the same key, else
+Reads the split (a bad row stops the run before any compute; under `decoding="constrained"` so does a
+row whose prompt gives no constraint), works out the run key (split hash + everything the numbers depend
+on), skips the run when finished outputs carry the same key, else
 answers the missing rows — the SLM through a Ray Data actor pool, the teacher (hosted or replayed)
 from this process with bounded concurrency — appending each finished batch, then scores, writes
 `<eval_root>/<track>/<label>/{predictions.jsonl,metrics.json}` and logs one trace for the run.
@@ -27,6 +28,7 @@ from ray_app.engines.slm import SlmSettings
 from ray_app.eval.config import EvalConfig, teacher_mode_from_env
 from ray_app.eval.prediction_store import PredictionStore
 from ray_app.eval.ray_predictor import fixed_groups, predict_with_ray_data, prediction_record
+from ray_app.eval.row_constraints import constrained_engine, constrained_identity, split_constraints
 from ray_app.eval.run_facts import latency_summary, run_facts
 from ray_app.json_text import canonical_json
 from ray_app.metrics import score_rows
@@ -122,6 +124,8 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
         "batch_size": settings.batch_size,
         "rows_per_task": config.slm.rows_per_task,
         "prefill_chunk_tokens": settings.prefill_chunk_tokens,
+        # only constrained runs carry these: a free run keeps the key it had before constrained decoding existed
+        **(constrained_identity(config.track) if config.slm.decoding == "constrained" else {}),
     }
     actor_cpus, actor_gpus = (0, 1) if gpus else (config.slm.actor_num_cpus, 0)
     return SlmPlan(settings, identity, choice, config.slm.rows_per_task, num_actors, actor_cpus, actor_gpus)
@@ -168,7 +172,7 @@ def answer_with_slm(config, rows, store, plan: SlmPlan, progress, task) -> dict:
     todo = [group for group in fixed_groups(rows, plan.rows_per_task) if any(i not in store.records for i in group)]
     engine_description: dict[str, Any] = {}
     pool = (plan.num_actors, plan.actor_cpus, plan.actor_gpus)
-    for result in predict_with_ray_data(rows, todo, plan.settings, config.track, *pool):
+    for result in predict_with_ray_data(rows, todo, plan.settings, config.track, *pool, config.slm.decoding):
         new_records = [record for record in result["records"] if record["index"] not in store.records]
         store.append(new_records, result["elapsed_s"])
         engine_description = result["engine"]
@@ -193,16 +197,20 @@ def eval_input_errors() -> tuple[type[Exception], ...]:
     teacher settings, missing recording, Langfuse required...): shown as one message, not a traceback."""
     from ray_app.data.rows import DatasetError
     from ray_app.data.trace_splits import TraceFileError
+    from ray_app.engines.constrained import ConstraintError
     from ray_app.engines.hosted import TeacherRequestError
     from ray_app.engines.replay import ReplayMissingError
     from ray_app.engines.slm import SlmEngineError
     from ray_app.engines.teacher_settings import TeacherConfigError
+    from ray_app.eval.config import EvalConfigError
+    from ray_app.eval.row_constraints import RowConstraintError
     from ray_app.models.model_path import ModelPathError
     from ray_app.tracing import LangfuseRequiredError
 
     return (
         DatasetError, ModelPathError, SlmEngineError, TeacherConfigError, TeacherRequestError,
         ReplayMissingError, LangfuseRequiredError, TraceFileError, FileNotFoundError,
+        RowConstraintError, ConstraintError, EvalConfigError,
     )  # fmt: skip
 
 
@@ -260,6 +268,8 @@ def run_eval(config: EvalConfig) -> EvalOutcome:
     if config.model == "slm":
         from ray_app.ray_runtime import cluster_cpus, cluster_gpus
 
+        if config.slm.decoding == "constrained":
+            split_constraints(config.track, rows, display_path(config.split_path))  # each row's, before compute
         plan = slm_plan(config, cluster_gpus(), cluster_cpus())
         identity = plan.identity
     else:
@@ -303,6 +313,7 @@ def run_eval(config: EvalConfig) -> EvalOutcome:
                         "precision_reason": plan.precision.reason,
                         **description,  # what the actors loaded
                         "actors": plan.num_actors,
+                        **(constrained_engine(config.track) if config.slm.decoding == "constrained" else {}),
                     }
                 else:
                     answer_with_teacher(config, rows, store, teacher_engine, progress, task)

@@ -7,6 +7,9 @@ engine keeps up to `batch_size` rows decoding and admits the next row as soon as
 step count, never by the clock. So the rows that decode together at each step are the same in
 every run, whatever the number of actors and however often a run was resumed: with greedy decoding
 that makes the predictions byte-identical.
+
+Under constrained decoding each actor builds every row's constraint from the row's prompt
+(`row_constraints.py`, the same pure function the driver checked them with); free decoding sends none.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from ray_app.data.rows import Row, Track
 from ray_app.engines.base import EngineRequest
 from ray_app.engines.decode.engine import SlmEngine
 from ray_app.engines.slm import SlmSettings
+from ray_app.eval.config import Decoding
+from ray_app.eval.row_constraints import row_constraint
 
 
 def fixed_groups(rows: list[Row], group_size: int) -> list[list[int]]:
@@ -42,9 +47,10 @@ def prediction_record(index: int, row: Row, generation) -> dict[str, Any]:
 class SlmPredictor:
     """Ray Data actor: loads the SLM once, answers one fixed group of rows per call."""
 
-    def __init__(self, settings: dict[str, Any], track: Track):
+    def __init__(self, settings: dict[str, Any], track: Track, decoding: Decoding = "free"):
         self.engine = SlmEngine(SlmSettings(**settings))
         self.track = track
+        self.constrained = decoding == "constrained"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         outputs = []
@@ -54,7 +60,10 @@ class SlmPredictor:
                 Row(prompt, completion) for prompt, completion in zip(work["prompts"], work["completions"], strict=True)
             ]
             requests = [
-                EngineRequest(index, self.track, row.prompt) for index, row in zip(work["indices"], rows, strict=True)
+                EngineRequest(
+                    index, self.track, row.prompt, row_constraint(self.track, row.prompt) if self.constrained else None
+                )
+                for index, row in zip(work["indices"], rows, strict=True)
             ]
             started = time.perf_counter()
             generations = self.engine.generate(requests)
@@ -78,6 +87,7 @@ def predict_with_ray_data(
     num_actors: int,
     actor_num_cpus: float,
     actor_num_gpus: float,
+    decoding: Decoding = "free",
 ) -> Iterator[dict[str, Any]]:
     """Yield `{"records", "elapsed_s", "engine"}` per finished group, in completion order."""
     import ray
@@ -97,7 +107,7 @@ def predict_with_ray_data(
     settings_json = asdict(settings)
     dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
         SlmPredictor,
-        fn_constructor_kwargs={"settings": settings_json, "track": track},
+        fn_constructor_kwargs={"settings": settings_json, "track": track, "decoding": decoding},
         batch_size=1,  # one item = one fixed group of rows
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=actor_num_cpus,

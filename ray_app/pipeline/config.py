@@ -65,6 +65,8 @@ class PipelineConfig:
     # auto: azure with AZURE_ENDPOINT, openai-compatible with a base URL, else replay
     teacher_mode: TeacherMode = TeacherEvalSettings.mode
     slm_precision: Precision = SlmEvalSettings.precision  # auto: 8-bit on GPU; on CPU bf16 where native, else fp32
+    # also evaluate the SLM (and each adapter) under constrained decoding: slm-constrained, slm-adapter-constrained
+    constrained_eval: bool = True
     max_new_tokens: PositiveInt | None = None  # None: the profile's (demo 128, full 256)
     train: bool = True  # train the tracks whose decision says FINE_TUNE=1
     train_strategy: TrainStrategy = "sequential"  # or parallel (both tracks at once)

@@ -6,11 +6,12 @@
    teacher's "production" answers that replay serves);
 3. SLM: SLM_MODEL_PATH / --model-path, or the demo SLM fetched;
 4. teacher evaluation on both tracks (Azure, OpenAI-compatible, or replay);
-5. SLM evaluation on both tracks through Ray Data;
-6. decide: decision.json with FINE_TUNE per track;
+5. SLM evaluation on both tracks through Ray Data, free (`slm`) and, with `constrained_eval`, under
+   constrained decoding (`slm-constrained`);
+6. decide: decision.json with FINE_TUNE per track (teacher vs the free SLM; slm-constrained beside it);
 7. train the tracks with FINE_TUNE=1 on Ray Train;
-8. evaluate every installed adapter (reused when its evaluation is up to date);
-9. decide again, with the adapters: teacher / SLM / SLM+adapter → decision.json;
+8. evaluate every installed adapter, free and constrained (reused when its evaluation is up to date);
+9. decide again, with the adapters: every configuration against the teacher → decision.json;
 10. report: report.md, the same as one self-contained report.html, and their charts.
 
 `--phase codeact` runs Phase II instead of steps 1-2 and 4-9 (capture → filter → build → evaluate →
@@ -42,8 +43,9 @@ from ray_app.data.validate import validate_paths
 from ray_app.data.xlam import build_xlam_splits
 from ray_app.decide.decide import DecideConfig, run_decide
 from ray_app.decide.decision_record import DECISION_FILE, Decision
+from ray_app.decide.model_labels import SLM_LABEL, TEACHER_LABEL, slm_label
 from ray_app.engines.precision import PrecisionChoice
-from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings, teacher_mode_from_env
+from ray_app.eval.config import Decoding, EvalConfig, SlmEvalSettings, TeacherEvalSettings, teacher_mode_from_env
 from ray_app.eval.evaluate import EvalOutcome, run_eval
 from ray_app.pipeline.config import PipelineConfig
 from ray_app.pipeline.ledger import StepLedger, file_hash, inputs_hash
@@ -168,12 +170,13 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineOutcome:
             if seed_phase:
                 evaluate_base_models(config, dataset_root, model_path, teacher_mode)
                 say(6, "decide: teacher vs base SLM per track")
-                decision = decide_unless_done(config, ledger, "decide", labels=("teacher", "slm"))
+                base_labels = (TEACHER_LABEL, SLM_LABEL, slm_label(adapted=False, constrained=True))
+                decision = decide_unless_done(config, ledger, "decide", labels=base_labels)
                 for track, result in decision.tracks.items():
                     detail(f"{track}: FINE_TUNE={result.fine_tune} ({result.reason})")
                 outcome.trained = train_needed_tracks(config, dataset_root, model_path, decision)
                 evaluate_adapters(config, dataset_root, model_path)
-                say(9, "decide again, with the adapters: teacher / SLM / SLM+adapter")
+                say(9, "decide again, with the adapters: every configuration against the teacher")
                 outcome.decision = decide_unless_done(config, ledger, "decide_with_adapters", labels=None)
             if config.phase in ("codeact", "all"):
                 from ray_app.pipeline.codeact_steps import run_codeact_steps
@@ -313,13 +316,33 @@ def chosen_precision(config: PipelineConfig) -> dict[str, PrecisionChoice]:
     return {"eval": resolve_precision(config.slm_precision, device), "train": train}
 
 
-def slm_settings(config: PipelineConfig, model_path: str, adapter: Path | None = None) -> SlmEvalSettings:
+def slm_settings(
+    config: PipelineConfig, model_path: str, adapter: Path | None = None, decoding: Decoding = "free"
+) -> SlmEvalSettings:
     return SlmEvalSettings(
         model_path=model_path,
         adapter_path=adapter,
         precision=config.slm_precision,  # type: ignore[arg-type]
         max_new_tokens=config.max_new_tokens,  # type: ignore[arg-type]
+        decoding=decoding,
     )
+
+
+def decodings(config: PipelineConfig) -> tuple[Decoding, ...]:
+    """Each SLM configuration is evaluated free, then (with `constrained_eval`) constrained."""
+    return ("free", "constrained") if config.constrained_eval else ("free",)
+
+
+def evaluate_slm(
+    config: PipelineConfig, track: str, dataset_root: Path, model_path: str, adapter: Path | None = None
+) -> None:
+    """One SLM configuration on one track, free and constrained: `slm`, `slm-constrained` (or `slm-adapter`...)."""
+    for decoding in decodings(config):
+        result = run_eval(
+            EvalConfig(track=track, model="slm", dataset_root=dataset_root, eval_root=config.eval_root,  # type: ignore[arg-type]
+                       seed=config.seed, slm=slm_settings(config, model_path, adapter, decoding))
+        )  # fmt: skip
+        detail(f"{track}/{result.metrics.model_label}: {eval_reused_note(result)}")
 
 
 def evaluate_base_models(config: PipelineConfig, dataset_root: Path, model_path: str, teacher_mode: str) -> None:
@@ -333,13 +356,12 @@ def evaluate_base_models(config: PipelineConfig, dataset_root: Path, model_path:
         )  # fmt: skip
         detail(f"{track}/teacher: {eval_reused_note(result)}")
     precision = chosen_precision(config)["eval"]
-    say(5, f"SLM on both tracks through Ray Data ({precision.summary()}; {config.max_new_tokens} new tokens)")
+    decoded = " and ".join(decodings(config))
+    say(
+        5, f"SLM on both tracks through Ray Data, {decoded} ({precision.summary()}; {config.max_new_tokens} new tokens)"
+    )
     for track in TRACKS:
-        result = run_eval(
-            EvalConfig(track=track, model="slm", dataset_root=dataset_root, eval_root=config.eval_root,
-                       seed=config.seed, slm=slm_settings(config, model_path))
-        )  # fmt: skip
-        detail(f"{track}/slm: {eval_reused_note(result)}")
+        evaluate_slm(config, track, dataset_root, model_path)
 
 
 def decide_unless_done(
@@ -413,18 +435,14 @@ def train_needed_tracks(
 
 
 def evaluate_adapters(config: PipelineConfig, dataset_root: Path, model_path: str) -> None:
-    """Step 8: every installed adapter on its track (reused when its evaluation is up to date)."""
-    say(8, "SLM + adapter on the tracks that have one")
+    """Step 8: every installed adapter on its track, free and constrained (reused when up to date)."""
+    say(8, f"SLM + adapter on the tracks that have one, {' and '.join(decodings(config))}")
     for track in TRACKS:
         adapter = config.adapter_root / f"adapter_{track}"
         if not (adapter / "adapter_config.json").is_file() or not any(adapter.glob("adapter_model.*")):
             detail(f"{track}: no adapter in {adapter}")
             continue
-        result = run_eval(
-            EvalConfig(track=track, model="slm", dataset_root=dataset_root, eval_root=config.eval_root,
-                       seed=config.seed, slm=slm_settings(config, model_path, adapter))
-        )  # fmt: skip
-        detail(f"{track}/slm-adapter: {eval_reused_note(result)}")
+        evaluate_slm(config, track, dataset_root, model_path, adapter)
 
 
 def write_the_report(config: PipelineConfig, ledger: StepLedger) -> Path | None:

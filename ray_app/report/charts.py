@@ -20,7 +20,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 DPI = 100
-LABEL_COLORS = {"teacher": "#4C72B0", "slm": "#DD8452", "slm-adapter": "#55A868"}
+# each constrained configuration in a lighter shade of its free one's colour
+LABEL_COLORS = {
+    "teacher": "#4C72B0",
+    "slm": "#DD8452",
+    "slm-constrained": "#F0B98D",
+    "slm-adapter": "#55A868",
+    "slm-adapter-constrained": "#A2D4AB",
+}
 OTHER_COLORS = ("#8172B3", "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD")
 # Above this max/min ratio the latency axis is logarithmic: a hosted call and a CPU batch differ ~30x.
 LOG_SCALE_RATIO = 20

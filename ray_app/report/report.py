@@ -2,9 +2,12 @@
 
 Reads what the evaluate and decide steps wrote (`inputs.py`), then writes, readable on GitHub
 without running anything:
-1. the decision per track (FINE_TUNE and its reason, where each adapted SLM stands) and the rule;
+1. the decision per track (FINE_TUNE and its reason, where each adapted SLM stands) and the rule, then one
+   sentence per track on which configuration (slm, slm-constrained, slm-adapter, slm-adapter-constrained)
+   reaches parity with the teacher, if any;
 2. the price table the costs were computed with, and how to set your own;
-3. per track (`track_section.py`): the models, every metric per model (teacher / SLM / SLM+adapter),
+3. per track (`track_section.py`): the models, every metric per model (teacher, SLM, SLM+adapter, each SLM
+   free and constrained),
    the paired gaps with bootstrap 95% intervals, latency, tokens and cost per 1,000 calls, the first
    failing test rows (gold vs prediction) per model, and two PNG charts;
 4. when `<eval_root>/codeact/` exists, "CodeAct (Phase II)" (`codeact_section.py`): the CodeAct decision,
@@ -36,7 +39,7 @@ from ray_app.report import markdown as md
 from ray_app.report.codeact_section import render_codeact_section
 from ray_app.report.html import write_html_report
 from ray_app.report.inputs import ReportError, evaluated_labels, load_decision, load_track
-from ray_app.report.track_section import parity_summary, render_track
+from ray_app.report.track_section import parity_sentence, parity_summary, render_track
 from ray_app.report.track_view import TrackView, adapted_summary, track_view
 
 REPORT_FILE = "report.md"
@@ -124,7 +127,15 @@ def decision_section(views: list[TrackView], decision: Decision | None) -> str:
             "the adapted SLM against the teacher.",
             "Parity with the teacher, beside the rule and never changing it: per candidate, not worse than the "
             "teacher by more than the margin on every core metric, worse on one, or cannot tell with these rows "
-            "(per metric under each track's Parity with the teacher).",
+            "(per metric under each track's Parity with the teacher). The constrained configurations "
+            "(`-constrained`: each answer forced to fit its prompt's tools or parameters) are candidates like the "
+            "others; FINE_TUNE reads only the free base SLM.",
+            "Which configuration of the swap kit reaches parity with the teacher:",
+            "\n".join(f"- {parity_sentence(view)}" for view in views),
+            md.source_line(
+                [DECISION_FILE],
+                ["tracks.<track>.teacher_vs_slm.parity.overall", "adapted.<model>.vs_teacher.parity.overall"],
+            ),
         ]
     )
 

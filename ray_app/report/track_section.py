@@ -29,7 +29,8 @@ def engine_text(engine: dict[str, Any]) -> str:
             f"{engine.get('device')}, batch {engine.get('batch_size')}, "
             f"max {engine.get('max_new_tokens')} new tokens, greedy"
         )
-        return text + (f", adapter {Path(str(engine['adapter_path'])).name}" if engine.get("adapter_path") else "")
+        text += f", adapter {Path(str(engine['adapter_path'])).name}" if engine.get("adapter_path") else ""
+        return text + (f"; constrained: {engine['constraint']}" if engine.get("constraint") else "")
     if kind == "replay":
         seen = ", ".join(engine.get("models_seen") or []) or "unknown model"
         simulated = " (simulated)" if engine.get("simulated") else ""
@@ -176,6 +177,30 @@ def parity_summary(view: TrackView) -> str:
     if view.decided is None:
         return md.NOT_AVAILABLE
     return parity_words(view.decided.parity(), f"not in decision.json: {RERUN_DECIDE}")
+
+
+def parity_sentence(view: TrackView) -> str:
+    """Which configuration of the swap kit reaches parity with the teacher on this track (overall verdict
+    "not worse"), if any, in one sentence."""
+    if view.decided is None:
+        return f"{view.track}: not compared ({view.undecided_reason})."
+    verdicts = view.decided.parity()
+    if not verdicts:
+        return f"{view.track}: no parity verdicts in decision.json ({RERUN_DECIDE})."
+    margin = points(next(iter(verdicts.values())).margin)
+    reaching = [label for label, found in verdicts.items() if found.overall.verdict == "not worse"]
+    if reaching:
+        named = ", ".join(md.code(label) for label in reaching)
+        return (
+            f"{view.track}: {named} {'reaches' if len(reaching) == 1 else 'reach'} parity with the teacher "
+            f"(not worse by more than {margin} on every core metric)."
+        )
+    standing = ", ".join(
+        f"{md.code(label)} {found.overall.verdict}"
+        + (f" (about {found.overall.rows_needed:,} rows would decide)" if found.overall.rows_needed else "")
+        for label, found in verdicts.items()
+    )
+    return f"{view.track}: no configuration reaches parity with the teacher at a margin of {margin} ({standing})."
 
 
 def parity_section(view: TrackView) -> str:

@@ -1,7 +1,8 @@
 """What the report knows about one track before any markdown is written.
 
 `track_view` puts together a track's evaluations on disk and what decision.json decided for it:
-which columns the tables show (teacher, base SLM, adapted SLMs), why a model has no results
+which columns the tables show (teacher, base SLM, then the other configurations: slm-constrained,
+slm-adapter, slm-adapter-constrained, any other label), why a model has no results
 ("not trained: FINE_TUNE=0", "not evaluated: ..."), and which results changed after decision.json
 was written (the decision is then stale and the report says so).
 """
@@ -14,11 +15,10 @@ from pathlib import Path
 from ray_app.data.rows import Track
 from ray_app.decide.decide import DecideConfig, decide_fine_tune, eval_command, project_relative
 from ray_app.decide.decision_record import DECISION_FILE, Decision, TrackDecision
+from ray_app.decide.model_labels import ADAPTER_LABEL, configuration_order, is_constrained
 from ray_app.metrics import CORE_METRICS
 from ray_app.report import markdown as md
 from ray_app.report.inputs import RERUN_DECIDE, ModelEvaluation, TrackEvaluations, changed_since_decision
-
-ADAPTER_LABEL = "slm-adapter"  # what `slm-swap train` evaluates its adapter as
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class TrackView:
     loaded: TrackEvaluations
     decided: TrackDecision | None  # decision.json tracks.<track>, None when decide did not decide it
     undecided_reason: str  # why decided is None ("" when it is not)
-    columns: list[str]  # labels the tables show: teacher, slm, then adapted SLMs (slm-adapter when none)
+    # labels the tables show: teacher, slm, then the other configurations (slm-adapter when no adapted one)
+    columns: list[str]
     statuses: dict[str, str]  # label → why it has no results ("not trained: FINE_TUNE=0 ...")
     notes: list[str]  # results that changed after decision.json was written, unfinished folders
     labels: DecideConfig  # eval_root and the teacher / base-SLM labels decide used
@@ -80,8 +81,10 @@ def track_view(track: Track, loaded: TrackEvaluations, decision: Decision | None
         undecided = decision.missing.get(track, "not in decision.json: " + RERUN_DECIDE)
     else:
         undecided = ""
-    adapted = [label for label in loaded.evaluations if label not in (labels.teacher_label, labels.slm_label)]
-    columns = [labels.teacher_label, labels.slm_label, *(adapted or [ADAPTER_LABEL])]
+    others = [label for label in loaded.evaluations if label not in (labels.teacher_label, labels.slm_label)]
+    if all(is_constrained(label) for label in others):  # no adapted SLM: its column says why
+        others.append(ADAPTER_LABEL)
+    columns = [labels.teacher_label, labels.slm_label, *configuration_order(others)]
     statuses = {}
     for label in columns:
         if label in loaded.evaluations:
@@ -117,8 +120,8 @@ def track_view(track: Track, loaded: TrackEvaluations, decision: Decision | None
 
 
 def adapted_summary(view: TrackView) -> str:
-    """Where each adapted SLM stands against the teacher (the seed's rule applied to it), or its status."""
-    adapted = [label for label in view.columns if label not in view.columns[:2]]
+    """Where each adapted SLM (free) stands against the teacher (the seed's rule applied to it), or its status."""
+    adapted = [label for label in view.columns[2:] if not is_constrained(label)]
     texts = []
     for label in adapted:
         if label in view.statuses:

@@ -1,0 +1,291 @@
+"""`slm-swap eval --decoding constrained`: each row's constraint read from its prompt, its own label and run
+key, the decision's FINE_TUNE untouched by the constrained labels, and the report showing them.
+
+The tiny model has random weights: left free it never writes a tool call or a JSON value. The split here
+is built from the project's own prompt builders over tools whose arguments are bounded (enums and
+booleans), since a random model never ends a free string by itself; constrained, every answer must then
+be a valid call (toolcall) or valid JSON (structured).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jsonschema
+import pytest
+from typer.testing import CliRunner
+
+from ray_app.data.rows import Row
+from ray_app.decide.decision_record import Decision
+from ray_app.engines.constrained import ToolCallConstraint
+from ray_app.engines.constrained.grammar import closed_schema
+from ray_app.eval.config import EvalConfig, EvalConfigError, SlmEvalSettings
+from ray_app.eval.evaluate import run_eval
+from ray_app.eval.row_constraints import (
+    RowConstraintError,
+    instruction_schema,
+    merged_signatures,
+    row_constraint,
+    schema_of_type_name,
+    split_constraints,
+)
+from ray_app.prompts import (
+    format_tool_call,
+    parse_model_tool_call,
+    structured_prompt,
+    structured_prompt_from_instruction,
+    toolcall_prompt,
+)
+from tests.sample_tools import WEATHER, WEATHER_WITH_UNITS
+from tests.test_report import Workspace, decide, parse_tables, split_rows, workspace, write_evaluation  # noqa: F401
+
+SET_LIGHT = {
+    "name": "set_light",
+    "description": "Switch a room's light.",
+    "parameters": {
+        "type": "object",
+        "properties": {"room": {"type": "string", "enum": ["kitchen", "hall"]}, "on": {"type": "boolean"}},
+        "required": ["room", "on"],
+    },
+}
+LOCK_DOOR = {
+    "name": "lock_door",
+    "description": "Lock a door.",
+    "parameters": {
+        "type": "object",
+        "properties": {"door": {"type": "string", "enum": ["front", "back"]}},
+        "required": ["door"],
+    },
+}
+# the structured prompt shows only type names, so a bounded object for a random model is one of booleans
+ALARM = {
+    "name": "set_alarm",
+    "description": "Arm the alarm.",
+    "parameters": {
+        "type": "object",
+        "properties": {"armed": {"type": "boolean"}, "silent": {"type": "boolean"}},
+        "required": ["armed"],
+    },
+}
+ROWS = 6
+FREE_IDENTITY_KEYS = {  # a free run's identity as it was before constrained decoding: its run key is unchanged
+    "engine", "model_fingerprint", "adapter_fingerprint", "device", "precision", "max_new_tokens", "seed",
+    "batch_size", "rows_per_task", "prefill_chunk_tokens",
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def no_langfuse(monkeypatch):
+    for name in ("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "LANGFUSE_BASE_URL", "LANGFUSE_HOST"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def bounded_rows(track: str) -> list[Row]:
+    if track == "toolcall":
+        return [
+            Row(toolcall_prompt([SET_LIGHT, LOCK_DOOR], f"Request {i}: lights and doors."),
+                format_tool_call("set_light", {"room": "kitchen", "on": i % 2 == 0}))
+            for i in range(ROWS)
+        ]  # fmt: skip
+    return [
+        Row(structured_prompt(ALARM, f"Request {i}: arm it."), json.dumps({"armed": True, "silent": i % 2 == 0}))
+        for i in range(ROWS)
+    ]
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bounded-splits")
+    for track in ("toolcall", "structured"):
+        (root / track).mkdir()
+        lines = [json.dumps(row.to_json()) + "\n" for row in bounded_rows(track)]
+        (root / track / "test.jsonl").write_text("".join(lines), encoding="utf-8")
+    return root
+
+
+def slm_config(model_dir: Path, dataset_root: Path, eval_root: Path, track: str, decoding: str) -> EvalConfig:
+    settings = SlmEvalSettings(
+        model_path=str(model_dir), precision="fp32", batch_size=4, max_new_tokens=48, decoding=decoding
+    )  # type: ignore[arg-type]
+    return EvalConfig(track=track, model="slm", dataset_root=dataset_root, eval_root=eval_root, slm=settings)  # type: ignore[arg-type]
+
+
+# ---- each row's constraint, from its prompt (pure) ----
+
+
+def test_type_names_of_the_structured_prompt_read_back_as_json_schema():
+    assert schema_of_type_name("integer") == {"type": "integer"}
+    assert schema_of_type_name("array of array of integer") == {
+        "type": "array",
+        "items": {"type": "array", "items": {"type": "integer"}},
+    }
+    # "array of" binds loosest: an array whose items are either
+    assert schema_of_type_name("array of integer or number") == {
+        "type": "array",
+        "items": {"anyOf": [{"type": "integer"}, {"type": "number"}]},
+    }
+    assert schema_of_type_name("string or null") == {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    assert schema_of_type_name("any") == {} and schema_of_type_name("datetime") == {}
+
+
+def test_a_structured_prompt_gives_the_schema_of_its_listed_parameters_and_a_trace_prompt_none():
+    prompt = structured_prompt(WEATHER_WITH_UNITS, "Weather in Oslo for 3 days?")
+    assert instruction_schema(prompt) == {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer"}, "units": {"type": "string"}},
+        "required": ["city", "days"],  # units is listed as "string (optional)"
+    }
+    assert row_constraint("structured", prompt).schema == instruction_schema(prompt)
+    from_trace = structured_prompt_from_instruction("Reply with the order as JSON.", "Two pizzas.")
+    assert instruction_schema(from_trace) is None
+    assert row_constraint("structured", from_trace).schema is None  # any JSON object
+
+
+def test_a_toolcall_prompt_gives_the_required_wrapper_over_its_tools():
+    constraint = row_constraint("toolcall", toolcall_prompt([SET_LIGHT, LOCK_DOOR], "Lock the front door."))
+    assert isinstance(constraint, ToolCallConstraint) and constraint.forces_wrapper and constraint.choice == "required"
+    assert [(tool.name, tool.parameters) for tool in constraint.tools] == [
+        ("set_light", SET_LIGHT["parameters"]),
+        ("lock_door", LOCK_DOOR["parameters"]),
+    ]
+
+
+def test_a_tool_listed_twice_is_one_name_whose_arguments_fit_either_signature():
+    merged = merged_signatures([WEATHER, LOCK_DOOR, WEATHER_WITH_UNITS, WEATHER])
+    assert merged == [
+        {"name": "get_weather", "parameters": {"anyOf": [WEATHER["parameters"], WEATHER_WITH_UNITS["parameters"]]}},
+        {"name": "lock_door", "parameters": LOCK_DOOR["parameters"]},
+    ]
+
+
+def test_a_row_whose_prompt_gives_no_constraint_stops_the_run_naming_its_line():
+    rows = bounded_rows("toolcall")[:2] + [Row("Call a tool, any tool.", format_tool_call("lock_door", {}))]
+    with pytest.raises(RowConstraintError, match=r"^toolcall/test.jsonl:3: no constraint for this row"):
+        split_constraints("toolcall", rows, "toolcall/test.jsonl")
+
+
+def test_labels_add_constrained_and_the_teacher_is_never_constrained(tmp_path):
+    free, constrained = SlmEvalSettings(), SlmEvalSettings(decoding="constrained")
+    adapter = SlmEvalSettings(adapter_path=tmp_path, decoding="constrained")
+    assert EvalConfig(track="toolcall", model="slm", slm=free).model_label == "slm"
+    assert EvalConfig(track="toolcall", model="slm", slm=constrained).model_label == "slm-constrained"
+    assert EvalConfig(track="toolcall", model="slm", slm=adapter).model_label == "slm-adapter-constrained"
+    with pytest.raises(EvalConfigError):
+        EvalConfig(track="toolcall", model="teacher", slm=constrained)
+    from ray_app.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "--track", "toolcall", "--model", "teacher", "--decoding", "constrained"])
+    assert result.exit_code == 2 and "--decoding constrained evaluates the local SLM" in result.output
+
+
+# ---- the tiny random model through Ray Data ----
+
+
+def test_constrained_toolcall_answers_every_row_with_a_valid_call_where_free_answers_none(
+    ray_session, tiny_model_dir, dataset_root, tmp_path
+):
+    free = run_eval(slm_config(tiny_model_dir, dataset_root, tmp_path, "toolcall", "free"))
+    constrained = run_eval(slm_config(tiny_model_dir, dataset_root, tmp_path, "toolcall", "constrained"))
+    assert free.metrics.metrics["valid_call_rate"] == 0.0
+    assert constrained.metrics.metrics["valid_call_rate"] == 1.0
+    tools = {tool["name"]: tool for tool in (SET_LIGHT, LOCK_DOOR)}
+    for line in constrained.predictions_path.read_text().splitlines():
+        call = parse_model_tool_call(json.loads(line)["prediction"])
+        jsonschema.validate(call.arguments, closed_schema(tools[call.name]["parameters"]))
+    # own label, own folder, own run key; the free run's identity is the one it had before
+    assert (free.metrics.model_label, constrained.metrics.model_label) == ("slm", "slm-constrained")
+    assert constrained.predictions_path == tmp_path / "toolcall" / "slm-constrained" / "predictions.jsonl"
+    assert free.metrics.run_key != constrained.metrics.run_key
+    assert set(free.metrics.identity) == FREE_IDENTITY_KEYS and "constraint" not in free.metrics.engine
+    assert set(constrained.metrics.identity) - FREE_IDENTITY_KEYS == {"decoding", "constraint", "llguidance"}
+    assert constrained.metrics.identity["decoding"] == "constrained"
+    assert constrained.metrics.engine["constraint"].startswith("tool-call wrapper required")
+
+
+def test_constrained_structured_answers_are_valid_json_for_the_instruction_and_byte_identical_twice(
+    ray_session, tiny_model_dir, dataset_root, tmp_path
+):
+    free = run_eval(slm_config(tiny_model_dir, dataset_root, tmp_path / "one", "structured", "free"))
+    first = run_eval(slm_config(tiny_model_dir, dataset_root, tmp_path / "one", "structured", "constrained"))
+    second = run_eval(slm_config(tiny_model_dir, dataset_root, tmp_path / "two", "structured", "constrained"))
+    assert free.metrics.metrics["json_valid_rate"] == 0.0
+    assert first.metrics.metrics["json_valid_rate"] == 1.0
+    assert first.predictions_path.read_bytes() == second.predictions_path.read_bytes()
+    for line in first.predictions_path.read_text().splitlines():
+        jsonschema.validate(json.loads(json.loads(line)["prediction"]), closed_schema(ALARM["parameters"]))
+    again = run_eval(slm_config(tiny_model_dir, dataset_root, tmp_path / "one", "structured", "constrained"))
+    assert again.reused and again.metrics.run_key == first.metrics.run_key  # the free run's folder is not its own
+
+
+# ---- the decision and the report with constrained labels beside the others ----
+
+
+def test_constrained_labels_never_change_fine_tune(workspace: Workspace):  # noqa: F811
+    """structured: slm below the teacher (FINE_TUNE=1), an exact slm-constrained does not lift it to 0;
+    toolcall: slm equal to the teacher (FINE_TUNE=0), an all-wrong slm-constrained does not push it to 1."""
+    before = Decision.read(workspace.eval_root / "decision.json")
+    golds = [row.completion for row in split_rows("structured")]
+    write_evaluation(workspace.eval_root, workspace.dataset_root, "structured", "slm-constrained", golds)
+    wrong_calls = [format_tool_call("get_weather", {"city": "nowhere", "days": 0})] * len(golds)
+    write_evaluation(workspace.eval_root, workspace.dataset_root, "toolcall", "slm-constrained", wrong_calls)
+    after = decide(workspace.eval_root, workspace.price_table)
+    assert before.fine_tune == after.fine_tune == {"structured": 1, "toolcall": 0}
+    for track in ("structured", "toolcall"):
+        assert after.tracks[track].reason == before.tracks[track].reason
+        assert after.tracks[track].teacher_vs_slm == before.tracks[track].teacher_vs_slm
+        assert "slm-constrained" in after.tracks[track].adapted
+    # the exact constrained SLM is not worse than the teacher (it hits row 9, where the teacher wrote prose)
+    assert after.tracks["structured"].parity()["slm-constrained"].overall.verdict == "not worse"
+    assert after.tracks["toolcall"].parity()["slm-constrained"].overall.verdict == "worse"
+
+
+def test_the_report_shows_every_configuration_side_by_side_and_which_reaches_parity(workspace: Workspace):  # noqa: F811
+    golds = [row.completion for row in split_rows("structured")]
+    write_evaluation(workspace.eval_root, workspace.dataset_root, "structured", "slm-constrained", golds)
+    two_wrong = golds[:8] + ['{"city": "x"}', '{"city": "y"}']
+    write_evaluation(workspace.eval_root, workspace.dataset_root, "structured", "slm-adapter-constrained", two_wrong)
+    decision = decide(workspace.eval_root, workspace.price_table)
+    assert list(decision.tracks["structured"].adapted) == ["slm-constrained", "slm-adapter", "slm-adapter-constrained"]
+    workspace.report()
+    markdown = workspace.markdown()
+    tables = parse_tables(markdown)
+    from tests.test_report import check_table
+
+    for table in tables:
+        check_table(table, workspace)
+    metrics = next(t for t in tables if t.section == "structured" and t.header[:2] == ["metric", "teacher"])
+    assert metrics.header == ["metric", "teacher", "slm", "slm-constrained", "slm-adapter", "slm-adapter-constrained"]
+    parity = next(t for t in tables if t.section == "structured" and t.header[:2] == ["candidate", "metric"])
+    assert [row[0] for row in parity.rows if row[1] == "all core metrics"] == [
+        "slm", "slm-constrained", "slm-adapter", "slm-adapter-constrained"
+    ]  # fmt: skip
+    # slm-constrained: exact everywhere; the teacher misses row 9: no row where only the teacher hits, so every
+    # resample's delta is <= 0 < 0.02. toolcall: slm equals the teacher row for row (every delta 0).
+    reaches = "reaches parity with the teacher (not worse by more than 2 points on every core metric)"
+    assert f"- structured: `slm-constrained` {reaches}" in markdown and f"- toolcall: `slm` {reaches}" in markdown
+    # the fine-tuned SLM column keeps to the adapter
+    decision_table = next(t for t in tables if t.header[:2] == ["track", "test rows"])
+    assert decision_table.rows[0][5].startswith("slm-adapter ") and "constrained" not in decision_table.rows[0][5]
+
+
+def test_without_an_adapted_label_the_adapter_column_says_why(workspace: Workspace):  # noqa: F811
+    shutil.rmtree(workspace.eval_root / "structured" / "slm-adapter")
+    golds = [row.completion for row in split_rows("structured")]
+    write_evaluation(workspace.eval_root, workspace.dataset_root, "structured", "slm-constrained", golds)
+    decide(workspace.eval_root, workspace.price_table)
+    workspace.report()
+    tables = parse_tables(workspace.markdown())
+    metrics = next(t for t in tables if t.section == "structured" and t.header[:2] == ["metric", "teacher"])
+    assert metrics.header == ["metric", "teacher", "slm", "slm-constrained", "slm-adapter"]
+    assert "`slm-adapter`: not evaluated: FINE_TUNE=1, run `slm-swap train --track structured`" in workspace.markdown()
+
+
+def test_the_main_job_evaluates_constrained_configurations_unless_told_not_to(monkeypatch):
+    from ray_app.pipeline.arguments import config_from_argv
+    from ray_app.pipeline.run import decodings
+
+    monkeypatch.delenv("SLM_MODEL_PATH", raising=False)
+    assert decodings(config_from_argv([])) == ("free", "constrained")
+    assert decodings(config_from_argv(["--no-constrained-eval"])) == ("free",)
