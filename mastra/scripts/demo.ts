@@ -5,8 +5,9 @@
  * prints the call (tool name + arguments) and the tool's result. Environment: SLM_SWAP_BASE_URL
  * (default http://127.0.0.1:8000/v1), SLM_SWAP_MODEL (default slm-toolcall), SLM_SWAP_API_KEY (sent as
  * the OpenAI API key, `Authorization: Bearer`; needed when the server was started with keys),
- * SLM_SWAP_DEMO_REQUEST, and the Langfuse variables (LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY,
- * LANGFUSE_BASE_URL).
+ * SLM_SWAP_DEMO_REQUEST, SLM_SWAP_TOOL_CHOICE (auto, the default, or required: the model must call a
+ * tool; with `slm-swap serve --constrained auto`, the default, the call then always fits the tool's
+ * schema), and the Langfuse variables (LANGFUSE_PUBLIC_KEY, LANGFUSE_SECRET_KEY, LANGFUSE_BASE_URL).
  * `npm run demo -- --stream` uses `agent.stream` (SSE with tool-call deltas) instead of `generate`.
  * Exits 1 when the model answered without a tool call.
  */
@@ -19,13 +20,24 @@ type ToolCall = Pick<ToolCallChunk, "payload">;
 type ToolResult = Pick<ToolResultChunk, "payload">;
 
 const DEFAULT_REQUEST = "What is the GCD of 84 and 126?";
+const TOOL_CHOICES = ["auto", "required"] as const;
+type DemoToolChoice = (typeof TOOL_CHOICES)[number];
+
+function toolChoiceFromEnv(value: string | undefined): DemoToolChoice {
+  const choice = value ?? "auto";
+  if (!(TOOL_CHOICES as readonly string[]).includes(choice)) {
+    throw new Error(`SLM_SWAP_TOOL_CHOICE must be auto or required, got ${JSON.stringify(choice)}`);
+  }
+  return choice as DemoToolChoice;
+}
 
 async function main(): Promise<number> {
   const settings = agentSettingsFromEnv();
   const request = process.env.SLM_SWAP_DEMO_REQUEST ?? DEFAULT_REQUEST;
+  const toolChoice = toolChoiceFromEnv(process.env.SLM_SWAP_TOOL_CHOICE);
   const tracing = settings.langfusePublicKey && settings.langfuseSecretKey;
   const keyNote = process.env.SLM_SWAP_API_KEY ? "API key from SLM_SWAP_API_KEY" : "no API key (SLM_SWAP_API_KEY unset)";
-  console.log(`endpoint ${settings.baseUrl}, model ${settings.model}, ${keyNote}`);
+  console.log(`endpoint ${settings.baseUrl}, model ${settings.model}, tool choice ${toolChoice}, ${keyNote}`);
   console.log(
     tracing
       ? `Langfuse tracing on (${settings.langfuseBaseUrl ?? "https://cloud.langfuse.com"})`
@@ -36,7 +48,7 @@ async function main(): Promise<number> {
   const traced = buildTracedAgent(settings);
   try {
     // One step: the SLM calls the tool, Mastra executes it, the run ends.
-    const options = { maxSteps: 1, modelSettings: { temperature: 0 } };
+    const options = { maxSteps: 1, modelSettings: { temperature: 0 }, toolChoice };
     let result: { text: string; finishReason: string | undefined; toolCalls: ToolCall[]; toolResults: ToolResult[] };
     if (process.argv.includes("--stream")) {
       const stream = await traced.agent.stream(request, options);
