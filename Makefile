@@ -25,11 +25,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check ray_app jobs slm_swap tests benchmarks
 	$(BIN)/ruff format --check ray_app jobs slm_swap tests benchmarks
 
-unit: $(STAMP)
+# The unit suite runs the Mastra demo against a live endpoint (tests/test_agent_frameworks.py): npm ci first.
+MASTRA_STAMP := mastra/node_modules/.installed
+unit: $(STAMP) $(MASTRA_STAMP)
 	$(BIN)/python -m pytest -q
 
 # The TypeScript client (mastra/): npm ci once per lockfile change; the package brings its own Node 22.
-MASTRA_STAMP := mastra/node_modules/.installed
 $(MASTRA_STAMP): mastra/package.json mastra/package-lock.json
 	@command -v npm >/dev/null 2>&1 || { echo "need npm on PATH (Debian: apt-get install -y npm)"; exit 1; }
 	cd mastra && npm ci --no-audit --no-fund
