@@ -9,22 +9,16 @@ and the framework itself executes the tool: `greatest_common_divisor {"a":84,"b"
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from ray_app.paths import PROJECT_ROOT
+from tests.local_ports import free_port
 
 pytestmark = pytest.mark.slow
 MASTRA = PROJECT_ROOT / "mastra"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

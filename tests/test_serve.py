@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from ray_app.prompts.agent_requests import agent_request_prompt
+from tests.local_ports import free_port
 from tests.tiny_model import build_tiny_model
 
 WEATHER_TOOL = {
@@ -70,12 +71,6 @@ def random_lora_adapter(model_dir: Path, adapter_dir: Path) -> None:
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     config = LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)
     get_peft_model(base, config).save_pretrained(adapter_dir)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

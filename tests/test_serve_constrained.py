@@ -8,12 +8,12 @@ grammar every tool call names an offered tool with arguments that fit its schema
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
 from ray_app.engines.constrained import JsonConstraint, ToolCallConstraint
 from ray_app.serve.openai_protocol import OpenAiError, parse_chat_request
+from tests.local_ports import free_port
 
 MODELS = ["slm"]
 USER = [{"role": "user", "content": "What is the weather in Paris, in celsius?"}]
@@ -85,12 +85,6 @@ def test_a_constraint_that_cannot_be_honoured_is_a_400_naming_the_field(fields, 
 
 
 # ---- live: one Serve, the tiny random model ----
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

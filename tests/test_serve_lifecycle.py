@@ -27,16 +27,11 @@ import psutil
 import pytest
 
 from ray_app.paths import PROJECT_ROOT
+from tests.local_ports import free_port
 
 pytestmark = pytest.mark.slow
 SLM_SWAP = [sys.executable, "-m", "ray_app.cli"]
 USER = [{"role": "user", "content": "Say hello."}]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def clean_env() -> dict[str, str]:

@@ -13,12 +13,13 @@ import http.client
 import json
 import os
 import secrets
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.local_ports import free_port
 
 MAX_ONGOING = 4  # the replica's admission bound: the overload test sends 4× as many
 REQUEST_TIMEOUT_S = 2.0  # short, so a long answer runs into it; normal answers here take well under a second
@@ -28,12 +29,6 @@ OTHER_KEY = "sk-other-" + secrets.token_urlsafe(12)
 FILE_KEY = "sk-file-" + secrets.token_urlsafe(12)
 WRONG_KEY = "sk-wrong-" + secrets.token_urlsafe(12)
 USER = [{"role": "user", "content": "Say hello."}]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +216,8 @@ def test_a_10_mb_body_is_413_at_once_while_health_keeps_answering(served, client
         (json.dumps({"model": ["slm"], "messages": USER}).encode(), None, "model", "model is required"),
     ],
     ids=["json-10000-deep", "lone-surrogate", "malformed-utf8", "nan", "1000-messages", "tool-choice-string-function",
-         "response-format-unknown-type", "response-format-json-schema-without-schema", "max-tokens-string", "stream-string",
-         "messages-string", "model-list"],
+         "response-format-unknown-type", "response-format-json-schema-without-schema", "max-tokens-string",
+         "stream-string", "messages-string", "model-list"],
 )  # fmt: skip
 def test_a_hostile_or_malformed_body_is_a_400_naming_what_is_wrong(served, client, body, code, param, reason):
     status, _, answer = post_chat(served, body)
