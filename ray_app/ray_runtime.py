@@ -32,9 +32,12 @@ class LeftoverRayError(RuntimeError):
 
 
 ORPHAN_RAY_NAMES = ("gcs_server", "raylet")  # with every "ray::<actor>" worker process
-# Left by a killed driver, these two only wait to notice that their raylet is gone; they serve nothing.
+# Left by a killed driver, Ray's agents, idle workers and Ray Data's own system actors only wait to notice
+# that their raylet is gone (they exit within a minute) and serve nothing; a Serve proxy, a replica or a
+# model worker is what a leftover costs. Process names: 15 characters at most.
 ORPHAN_WORKERS_EXIT_S = 10.0  # how long workers of a killed driver get to exit before they count as left
-HARMLESS_ORPHANS = ("ray::DashboardA", "ray::RuntimeEnv", "ray::IDLE")  # process names: 15 characters at most
+HARMLESS_ORPHANS = ("ray::DashboardA", "ray::RuntimeEnv", "ray::IDLE", "ray::ActorLocat", "ray::_Autoscali",
+                    "ray::_StatsActo")  # fmt: skip
 
 
 @dataclass(frozen=True)
