@@ -1,9 +1,9 @@
 """Evaluate one model on one track's split: predictions.jsonl and metrics.json under 05_eval/.
 
 Reads the split (a bad row stops the run before any compute; under `decoding="constrained"` so does a
-row whose prompt gives no constraint), works out the run key (split hash + everything the numbers depend
-on), skips the run when finished outputs carry the same key, else
-answers the missing rows — the SLM through a Ray Data actor pool, the teacher (hosted or replayed)
+row whose prompt gives no constraint, `row_constraints.py`), works out the run key (split hash +
+everything the numbers depend on), skips the run when finished outputs carry the same key, else answers
+the missing rows — the SLM through a Ray Data actor pool, the teacher (hosted or replayed)
 from this process with bounded concurrency — appending each finished batch, then scores, writes
 `<eval_root>/<track>/<label>/{predictions.jsonl,metrics.json}` and logs one trace for the run.
 """

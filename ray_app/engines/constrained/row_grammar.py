@@ -1,7 +1,7 @@
 """Constraints as token masks at decode time (llguidance): compiled once per constraint, one matcher per row.
 
 `GrammarCompiler` belongs to a loaded model: it wraps the model's tokenizer for llguidance on first
-use (about a second; never for a run without constraints, which never imports llguidance) and keeps
+use (about half a second; never for a run without constraints, which never imports llguidance) and keeps
 the compiled grammars of recent constraints (an agent sends the same tools on every call), so a row
 starts from a copy. `RowGrammar` is one row's state: the mask of tokens its grammar allows next, the
 token it took. `mask_logits` sets the forbidden tokens of the constrained rows of a batch to -inf in
@@ -21,7 +21,7 @@ from collections import OrderedDict
 from ray_app.engines.constrained.constraints import ConstraintError, DecodingConstraint
 from ray_app.engines.constrained.grammar import constraint_grammar
 
-COMPILED_GRAMMARS_KEPT = 256  # recent constraints' compiled grammars (a few kB each)
+COMPILED_GRAMMARS_KEPT = 256  # recent constraints' compiled grammars, least recently used out first
 
 
 class GrammarCompiler:
