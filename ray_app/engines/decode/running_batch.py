@@ -22,9 +22,10 @@ Greedy, so a row's tokens depend on its prompt only: the pieces of a prompt are 
 prompt and the chunk size, and rows never see each other (attention is masked per row).
 
 A row with a constraint (`GenerationJob.constraint`, `engines/constrained/`) has its grammar's mask
-applied to its logits before the argmax, its first token included, and ends as soon as its grammar
-is complete; rows without one are not touched (their logits, tokens and answers are what they are
-without constraints), so both kinds decode in the same batch.
+applied to its logits before the argmax, its first token included, closes its answer in time near its
+token limit (`RowGrammar.within_budget`), and ends as soon as its grammar is complete; rows without
+one are not touched (their logits, tokens and answers are what they are without constraints), so both
+kinds decode in the same batch.
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ class RunningBatch:
             if task.row.grammar is not None:
                 mask_logits(task.logits, [(0, task.row.grammar)])
             token = int(task.logits.argmax(dim=-1))
+            if task.row.grammar is not None:
+                token = task.row.grammar.within_budget(token, task.row.job.max_new_tokens)
             step_token = take_token(task.row, token, self.stop_ids, self.tokenizer)
             chosen.append(step_token)
             if not step_token.finished:
@@ -150,6 +153,12 @@ class RunningBatch:
             if guided:
                 mask_logits(logits, guided)
             self.next_tokens = logits.argmax(dim=-1)
+            for slot, grammar in guided:
+                row = self.slots[slot]
+                token = int(self.next_tokens[slot])
+                kept = grammar.within_budget(token, row.job.max_new_tokens - len(row.tokens))
+                if kept != token:
+                    self.next_tokens[slot] = kept
             chosen = []
             for slot, (row, token) in enumerate(zip(self.slots, self.next_tokens.tolist(), strict=True)):
                 if row is not None:
