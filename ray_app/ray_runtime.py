@@ -209,7 +209,9 @@ def keep_ray_data_progress_in_its_log() -> None:
 
     On a terminal Ray Data draws tqdm bars, which would tear the rich ones: turned off there. Elsewhere
     it logs a progress block every few seconds at INFO, which its console handler, raised to WARNING,
-    leaves to the file handler. Ray Data's warnings and errors still print.
+    leaves to the file handler. Its issue detector's advice (an actor "uses 1.9GiB of memory per worker
+    ... consider setting `memory=`", "Found 1 issues") stays in the file too: a model worker uses that
+    memory by design. Ray Data's other warnings and its errors still print.
     """
     import ray.data  # its logging is configured on import; adjust it after
 
@@ -220,6 +222,18 @@ def keep_ray_data_progress_in_its_log() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if handler.name == "console":  # the handler's name in Ray Data's default logging config
             handler.setLevel(logging.WARNING)
+            if not any(isinstance(existing, NotIssueDetection) for existing in handler.filters):
+                handler.addFilter(NotIssueDetection())
+
+
+class NotIssueDetection(logging.Filter):
+    """Lets through every record except those of Ray Data's issue detectors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(RAY_DATA_ISSUE_DETECTION_LOGGER)
+
+
+RAY_DATA_ISSUE_DETECTION_LOGGER = "ray.data._internal.issue_detection"
 
 
 def quiet_half_built_ray_objects_at_exit() -> None:
