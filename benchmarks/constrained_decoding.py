@@ -11,7 +11,8 @@ Per mode, the best of its repeats (the run the machine's other load disturbed le
 repeat's figure is kept under `runs`): completion tokens per second (completion tokens / wall
 seconds, prefill included) and its slowdown against free (target: at most 10 %); tokens per
 second of the decode steps alone and their slowdown; the share of the run's wall time the engine
-spent in the grammar (compiling at the ingress, masks, advancing the rows' matchers), which is what
+spent in the grammar (compiling at the ingress, masks, advancing the rows' matchers, closing in time
+near the token limit), which is what
 the constraint adds to that very run whatever the machine's load; answers that parse as one
 wrapper and whose arguments fit the tool's schema (`jsonschema`); rows that ran into the token
 limit. Constrained answers end when their call is complete, often far sooner than free ones, so
@@ -46,7 +47,7 @@ MODES = ("free", "required", "auto")
 
 class EngineClock:
     """Seconds the engine spends in its calls into the grammar (compiling at the ingress, `mask_logits`,
-    `RowGrammar.take`) and in its decode steps (`RunningBatch.step`, masks included), and the tokens
+    `RowGrammar.take`, `RowGrammar.within_budget`: closing in time near the limit) and in its decode steps (`RunningBatch.step`, masks included), and the tokens
     those steps chose: wrapped around the engine's own functions, nothing else changes."""
 
     def __init__(self):
@@ -55,6 +56,7 @@ class EngineClock:
 
         self.reset()
         real_mask, real_take = running_batch.mask_logits, row_grammar.RowGrammar.take
+        real_budget = row_grammar.RowGrammar.within_budget
         real_compile, real_step = row_grammar.GrammarCompiler.compiled, running_batch.RunningBatch.step
 
         def timed(field, real):
@@ -70,11 +72,12 @@ class EngineClock:
 
         running_batch.mask_logits = timed("mask", real_mask)
         row_grammar.RowGrammar.take = timed("take", real_take)
+        row_grammar.RowGrammar.within_budget = timed("budget", real_budget)
         row_grammar.GrammarCompiler.compiled = timed("compile", real_compile)
         running_batch.RunningBatch.step = timed("step", real_step)
 
     def reset(self) -> None:
-        self.seconds = {"compile": 0.0, "mask": 0.0, "take": 0.0, "step": 0.0}
+        self.seconds = {"compile": 0.0, "mask": 0.0, "take": 0.0, "budget": 0.0, "step": 0.0}
         self.step_tokens = 0
 
 
@@ -114,14 +117,14 @@ def run_configuration(
     answers = engine.generate(requests)  # compiles each row's grammar at its ingress: counted here
     seconds = time.perf_counter() - started
     tokens = sum(answer.completion_tokens for answer in answers)
-    grammar_s = sum(clock.seconds[field] for field in ("compile", "mask", "take"))
+    grammar_s = sum(clock.seconds[field] for field in ("compile", "mask", "take", "budget"))
     checks = [fits_schema(answer.text, row_tools) for answer, row_tools in zip(answers, tools, strict=True)]
     figures = {
         "completion_tokens": tokens,
         "seconds": round(seconds, 2),
         "tokens_per_s": round(tokens / seconds, 2),
         "decode_step_tokens_per_s": round(clock.step_tokens / clock.seconds["step"], 2),
-        "grammar_s": {field: round(clock.seconds[field], 3) for field in ("compile", "mask", "take")},
+        "grammar_s": {field: round(clock.seconds[field], 3) for field in ("compile", "mask", "take", "budget")},
         # what the constraint adds to this very run, free of the machine's noise between runs
         "grammar_share_of_wall": round(grammar_s / seconds, 4),
         "parses": sum(parsed for parsed, _ in checks),
