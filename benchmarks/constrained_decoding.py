@@ -47,8 +47,9 @@ MODES = ("free", "required", "auto")
 
 class EngineClock:
     """Seconds the engine spends in its calls into the grammar (compiling at the ingress, `mask_logits`,
-    `RowGrammar.take`, `RowGrammar.within_budget`: closing in time near the limit) and in its decode steps (`RunningBatch.step`, masks included), and the tokens
-    those steps chose: wrapped around the engine's own functions, nothing else changes."""
+    `RowGrammar.take`, `RowGrammar.within_budget`: closing in time near the limit) and in its decode
+    steps (`RunningBatch.step`, masks included), and the tokens those steps chose: wrapped around the
+    engine's own functions, nothing else changes."""
 
     def __init__(self):
         from ray_app.engines.constrained import row_grammar
