@@ -127,3 +127,28 @@ def test_the_slm_loader_resolves_device_then_the_rule(cpu_has, monkeypatch):
     assert precision_choice(settings).precision == "bf16"
     with pytest.raises(SlmEngineError, match="8bit loading needs a CUDA GPU"):
         precision_choice(SlmSettings(model_path=Path("unused"), precision="8bit"))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_an_adapter_computes_in_the_precision_the_run_chose(precision, tiny_model_dir, tmp_path):
+    """The LoRA weights (saved in fp32, as trained) are loaded in bf16 for a bf16 run, by both loaders
+    (evaluation's and Serve's `LoadedSlm`, and the HF generate oracle's `load_model_and_tokenizer`): a
+    fp32 LoRA beside a bf16 base cast every layer's input and output at every forward call (~4x slower)."""
+    import torch
+
+    from ray_app.engines.decode.loaded_slm import LoadedSlm
+    from ray_app.engines.slm import SlmSettings, load_model_and_tokenizer
+    from tests.test_serve import random_lora_adapter
+
+    adapter_dir = tmp_path / "adapter_toolcall"
+    random_lora_adapter(tiny_model_dir, adapter_dir)
+    settings = SlmSettings(model_path=tiny_model_dir, precision=precision)
+    served = LoadedSlm(settings, {"slm-toolcall": adapter_dir}).model
+    oracle, *_ = load_model_and_tokenizer(
+        SlmSettings(model_path=tiny_model_dir, precision=precision, adapter_path=adapter_dir)
+    )
+    expected = torch.bfloat16 if precision == "bf16" else torch.float32
+    for model in (served, oracle):
+        lora = {parameter.dtype for name, parameter in model.named_parameters() if "lora_" in name}
+        base = {parameter.dtype for name, parameter in model.named_parameters() if "lora_" not in name}
+        assert lora == base == {expected}

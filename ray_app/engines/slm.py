@@ -97,8 +97,27 @@ def load_model_and_tokenizer(settings: SlmSettings):
         if not (Path(settings.adapter_path) / "adapter_config.json").is_file():
             raise SlmEngineError(f"{settings.adapter_path} is not a PEFT adapter (no adapter_config.json)")
         model = PeftModel.from_pretrained(model, settings.adapter_path)
+        adapters_in_model_dtype(model, precision)
     model.eval()
     return model, tokenizer, device, precision
+
+
+def adapters_in_model_dtype(model, precision: str) -> None:
+    """In bf16, the loaded LoRA weights in bf16 too (PEFT keeps them in fp32, as they were trained).
+
+    Left in fp32, every LoRA layer of every forward call casts its input to fp32, multiplies in fp32
+    (no native bf16 kernel used) and promotes the layer's output to fp32 and back: on the demo SLM's
+    r=64 adapter that made a bf16 evaluation ~4x slower than the base's (demo run, 2026-12-02). The
+    adapter then computes as the base does, in the precision the run chose; eval and Serve both load
+    adapters through here and `LoadedSlm`, so they compute the same thing.
+    """
+    if precision != "bf16":
+        return
+    import torch
+
+    for name, parameter in model.named_parameters():
+        if "lora_" in name and parameter.dtype != torch.bfloat16:
+            parameter.data = parameter.data.to(torch.bfloat16)
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:

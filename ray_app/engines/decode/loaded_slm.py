@@ -18,7 +18,13 @@ from ray_app.engines.constrained.row_grammar import GrammarCompiler
 from ray_app.engines.decode.prefix_cache import shared_prefix_ends, template_anchors
 from ray_app.engines.decode.running_batch import GenerationJob
 from ray_app.engines.determinism import apply_determinism
-from ray_app.engines.slm import SlmSettings, chat_text, load_model_and_tokenizer, stop_token_ids
+from ray_app.engines.slm import (
+    SlmSettings,
+    adapters_in_model_dtype,
+    chat_text,
+    load_model_and_tokenizer,
+    stop_token_ids,
+)
 
 BASE_MODEL_NAME = "slm"
 
@@ -57,6 +63,7 @@ class LoadedSlm:
             self.model = PeftModel.from_pretrained(self.model, self.adapters[names[0]], adapter_name=names[0])
             for name in names[1:]:
                 self.model.load_adapter(self.adapters[name], adapter_name=name)
+            adapters_in_model_dtype(self.model, self.precision)
             self.model.eval()
         self.model_names = [BASE_MODEL_NAME, *self.adapters]
         self.context_limit = max_model_len or int(
