@@ -408,3 +408,33 @@ def test_a_stop_text_ends_the_answer_where_it_first_appears_and_is_left_out(tiny
     assert stopped.token_ids == alone[0].token_ids[:cut]
     for answer, expected in ((plain, alone[1]), (unmatched, alone[2])):
         assert (answer.text, answer.token_ids, answer.stop_text) == (expected.text, expected.token_ids, None)
+
+
+def test_switching_between_the_base_and_an_adapter_gives_each_its_own_logits(tiny_model_dir, tmp_path):
+    """`LoadedSlm.active` switches only when the model changes: base, adapter, adapter, base, adapter each
+    give what that model alone gives (the base: the plain model without PEFT)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ray_app.engines.decode.loaded_slm import LoadedSlm
+    from ray_app.engines.slm import SlmSettings
+    from tests.test_serve import random_lora_adapter
+
+    random_lora_adapter(tiny_model_dir, tmp_path / "adapter_toolcall")
+    slm = LoadedSlm(
+        SlmSettings(model_path=tiny_model_dir, precision="fp32"), {"slm-toolcall": tmp_path / "adapter_toolcall"}
+    )
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+
+    def logits(model_name: str):
+        with torch.inference_mode(), slm.active(model_name):
+            return slm.model(input_ids=ids).logits
+
+    with torch.inference_mode():
+        base = plain(input_ids=ids).logits
+    adapted = logits("slm-toolcall")
+    assert not torch.allclose(adapted, base)
+    for model_name, expected in [("slm", base), ("slm-toolcall", adapted), ("slm-toolcall", adapted), ("slm", base),
+                                 ("slm", base), ("slm-toolcall", adapted)]:  # fmt: skip
+        assert torch.equal(logits(model_name), expected), model_name

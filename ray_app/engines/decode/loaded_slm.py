@@ -65,6 +65,7 @@ class LoadedSlm:
                 self.model.load_adapter(self.adapters[name], adapter_name=name)
             adapters_in_model_dtype(self.model, self.precision)
             self.model.eval()
+        self._active = next(iter(self.adapters), BASE_MODEL_NAME)  # PeftModel starts with its first adapter on
         self.model_names = [BASE_MODEL_NAME, *self.adapters]
         self.context_limit = max_model_len or int(
             getattr(self.model.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length
@@ -98,10 +99,18 @@ class LoadedSlm:
         )
 
     def active(self, model_name: str):
-        """The adapter of `model_name` active on the shared PeftModel (none for the base)."""
-        if model_name == BASE_MODEL_NAME:
-            return self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
-        self.model.set_adapter(model_name)
+        """The adapter of `model_name` active on the shared PeftModel (every adapter layer disabled for the
+        base) until another model is asked for. Switching walks every module of the model (~10 ms for the
+        demo SLM's 210 LoRA layers), so it happens only when the model changes, not at every forward call
+        of a run that stays on one model (an evaluation, or Serve between two adapters' turns)."""
+        if self.adapters and model_name != self._active:
+            if model_name == BASE_MODEL_NAME:
+                self.model.base_model.disable_adapter_layers()
+            else:
+                if self._active == BASE_MODEL_NAME:
+                    self.model.base_model.enable_adapter_layers()
+                self.model.set_adapter(model_name)
+            self._active = model_name
         return contextlib.nullcontext()
 
     def decode_text(self, token_ids: list[int]) -> str:
