@@ -411,7 +411,7 @@ def test_a_stop_text_ends_the_answer_where_it_first_appears_and_is_left_out(tiny
 
 
 def test_switching_between_the_base_and_an_adapter_gives_each_its_own_logits(tiny_model_dir, tmp_path):
-    """`LoadedSlm.active` switches only when the model changes: base, adapter, adapter, base, adapter each
+    """`LoadedSlm.activate` switches only when the model changes: base, adapter, adapter, base, adapter each
     give what that model alone gives (the base: the plain model without PEFT)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -428,7 +428,8 @@ def test_switching_between_the_base_and_an_adapter_gives_each_its_own_logits(tin
     ids = torch.tensor([[1, 2, 3, 4, 5]])
 
     def logits(model_name: str):
-        with torch.inference_mode(), slm.active(model_name):
+        slm.activate(model_name)
+        with torch.inference_mode():
             return slm.model(input_ids=ids).logits
 
     with torch.inference_mode():

@@ -2,14 +2,13 @@
 
 The base model is loaded once (`engines.slm.load_model_and_tokenizer`: the precision rules every
 run uses); each adapter is added to the same PeftModel under its model name (`slm-<name>`), so
-switching adapter between two forward calls never reloads anything. `active(name)` makes one model
+switching adapter between two forward calls never reloads anything. `activate(name)` makes one model
 current: its adapter set, or every adapter disabled for the base. `grammars` compiles the jobs'
 constraints for this model's tokenizer (`engines/constrained/`), at a job's ingress.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -98,7 +97,7 @@ class LoadedSlm:
             model_name, list(encoded["input_ids"]), max_new_tokens, ends, request_id, stop_texts, constraint
         )
 
-    def active(self, model_name: str):
+    def activate(self, model_name: str) -> None:
         """The adapter of `model_name` active on the shared PeftModel (every adapter layer disabled for the
         base) until another model is asked for. Switching walks every module of the model (~10 ms for the
         demo SLM's 210 LoRA layers), so it happens only when the model changes, not at every forward call
@@ -111,7 +110,6 @@ class LoadedSlm:
                     self.model.base_model.enable_adapter_layers()
                 self.model.set_adapter(model_name)
             self._active = model_name
-        return contextlib.nullcontext()
 
     def decode_text(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)

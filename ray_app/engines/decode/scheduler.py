@@ -148,8 +148,8 @@ class DecodeScheduler:
         """Run `work` with the model's adapter active and collect its tokens. A failure fails only the
         jobs it touched (a prefill its own, a step or a join its whole batch); the others go on."""
         try:
-            with self.slm.active(model_name):
-                result.tokens.extend(work())
+            self.slm.activate(model_name)
+            result.tokens.extend(work())
             return True
         except Exception as error:
             if prefill_task is not None:
