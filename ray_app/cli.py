@@ -16,6 +16,7 @@ from rich.table import Table
 from ray_app.codeact.capture import CaptureConfig, TeacherKind
 from ray_app.codeact.loop import LoopSettings
 from ray_app.decide.non_inferiority import DEFAULT_MARGIN
+from ray_app.engines.adapter_weights import AdapterWeights
 from ray_app.engines.precision import Precision
 from ray_app.engines.teacher_settings import ToolcallMode
 from ray_app.eval.codeact_eval import CodeactEvalConfig
@@ -44,6 +45,9 @@ TrainSize = Annotated[int, typer.Option("--train", min=0, help="rows in train.js
 ValSize = Annotated[int, typer.Option("--val", min=0, help="rows in val.jsonl per track")]
 TestSize = Annotated[int, typer.Option("--test", min=0, help="rows in test.jsonl per track")]
 PRECISION_HELP = "auto (8bit on GPU; on CPU bf16 where the CPU has native bf16, else fp32), fp32, bf16, 8bit, 4bit"
+ADAPTER_WEIGHTS_HELP = (
+    "auto (merged into a copy of an fp32 base when the copies fit in memory, else beside the base), merged, unmerged"
+)
 
 
 def bounded(cls: type, name: str, *flags: str, help: str | None = None) -> typer.models.OptionInfo:
@@ -395,6 +399,9 @@ def evaluate(
     eval_root: Annotated[Path | None, typer.Option(help="where results go (default slm_swap/05_eval)")] = None,
     model_path: Annotated[str | None, typer.Option(help="SLM checkpoint (default $SLM_MODEL_PATH)")] = None,
     precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = SlmEvalSettings.precision,
+    adapter_weights: Annotated[
+        AdapterWeights, typer.Option(help=ADAPTER_WEIGHTS_HELP)
+    ] = SlmEvalSettings.adapter_weights,
     batch_size: Annotated[
         int, bounded(SlmEvalSettings, "batch_size", help="rows decoding together (continuous batching)")
     ] = SlmEvalSettings.batch_size,
@@ -478,6 +485,7 @@ def evaluate(
             model_path=model_path,
             adapter_path=adapter,
             precision=precision,
+            adapter_weights=adapter_weights,
             batch_size=batch_size,
             rows_per_task=rows_per_task,
             max_new_tokens=max_new_tokens,
@@ -897,6 +905,7 @@ def serve_command(
     ] = ServeSettings.host,
     port: Annotated[int, bounded(ServeSettings, "port")] = ServeSettings.port,
     precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = ServeSettings.precision,
+    adapter_weights: Annotated[AdapterWeights, typer.Option(help=ADAPTER_WEIGHTS_HELP)] = ServeSettings.adapter_weights,
     max_batch_size: Annotated[
         int, bounded(ServeSettings, "max_batch_size", help="requests decoding at once (continuous batching)")
     ] = ServeSettings.max_batch_size,
@@ -972,6 +981,7 @@ def serve_command(
                 model_path=model_path,
                 adapter_root=(adapter_root or ADAPTER_ROOT).resolve(),
                 precision=precision,
+                adapter_weights=adapter_weights,
                 max_batch_size=max_batch_size,
                 batch_wait_timeout_s=batch_wait_ms / 1000,
                 default_max_tokens=max_tokens,
@@ -997,6 +1007,8 @@ def serve_command(
                 console.print(server.model_note, highlight=False, soft_wrap=True)
             console.print(f"serving {', '.join(server.models)} at {server.url}/v1 (OpenAI-compatible)", highlight=False)
             console.print(f"precision {server.precision}: {server.precision_reason}", highlight=False)
+            if server.adapter_weights:
+                console.print(f"adapters {server.adapter_weights}", highlight=False)
             console.print(CONSTRAINED_NOTES[settings.constrained], highlight=False, soft_wrap=True)
             for note in server.access:
                 console.print(

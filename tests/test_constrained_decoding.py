@@ -358,8 +358,9 @@ def test_a_mixed_batch_gives_every_row_what_it_gets_alone_and_free_rows_what_hf_
         [alone] = engine.generate([request])
         assert (answer.text, answer.token_ids, answer.stopped) == (alone.text, alone.token_ids, alone.stopped)
         if request.constraint is None:
+            slm = engine.slm
             [oracle] = generate_greedy(
-                engine.slm.model, engine.slm.tokenizer, engine.slm.device, [request.messages], [MAX_NEW_TOKENS]
+                slm.model_for(engine.model_name), slm.tokenizer, slm.device, [request.messages], [MAX_NEW_TOKENS]
             )
             assert (answer.text, answer.token_ids) == (oracle.text, oracle.token_ids)
     assert_valid_call(together[1].text, {"book_room", "cancel_room"})

@@ -37,7 +37,7 @@ def oracle(host, messages, limit):
     """HF generate on this prompt alone."""
     from ray_app.engines.slm import generate_greedy
 
-    [alone] = generate_greedy(host.slm.model, host.slm.tokenizer, host.slm.device, [messages], [limit])
+    [alone] = generate_greedy(host.slm.model_for("slm"), host.slm.tokenizer, host.slm.device, [messages], [limit])
     return alone
 
 
@@ -410,32 +410,47 @@ def test_a_stop_text_ends_the_answer_where_it_first_appears_and_is_left_out(tiny
         assert (answer.text, answer.token_ids, answer.stop_text) == (expected.text, expected.token_ids, None)
 
 
-def test_switching_between_the_base_and_an_adapter_gives_each_its_own_logits(tiny_model_dir, tmp_path):
-    """`LoadedSlm.activate` switches only when the model changes: base, adapter, adapter, base, adapter each
-    give what that model alone gives (the base: the plain model without PEFT)."""
+@pytest.mark.parametrize("adapter_weights", ["merged", "unmerged"])
+def test_switching_between_the_base_and_an_adapter_gives_each_its_own_logits(adapter_weights, tiny_model_dir, tmp_path):
+    """Base, adapter, adapter, base, adapter: each call gives what that model alone gives (the base: the
+    plain model without PEFT; the adapter: PEFT's unmerged LoRA, which a merged copy matches to rounding).
+    Unmerged, `activate` switches only when the model changes; merged, each model is its own module and
+    merging leaves the base as it was."""
     import torch
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     from ray_app.engines.decode.loaded_slm import LoadedSlm
     from ray_app.engines.slm import SlmSettings
     from tests.test_serve import random_lora_adapter
 
-    random_lora_adapter(tiny_model_dir, tmp_path / "adapter_toolcall")
+    adapter_dir = tmp_path / "adapter_toolcall"
+    random_lora_adapter(tiny_model_dir, adapter_dir)
     slm = LoadedSlm(
-        SlmSettings(model_path=tiny_model_dir, precision="fp32"), {"slm-toolcall": tmp_path / "adapter_toolcall"}
+        SlmSettings(model_path=tiny_model_dir, precision="fp32", adapter_weights=adapter_weights),
+        {"slm-toolcall": adapter_dir},
     )
+    assert slm.adapter_weights.name == adapter_weights
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     ids = torch.tensor([[1, 2, 3, 4, 5]])
 
     def logits(model_name: str):
         slm.activate(model_name)
         with torch.inference_mode():
-            return slm.model(input_ids=ids).logits
+            return slm.model_for(model_name)(input_ids=ids).logits
 
     with torch.inference_mode():
         base = plain(input_ids=ids).logits
+        lora = (
+            PeftModel.from_pretrained(
+                AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), adapter_dir
+            )
+            .eval()(input_ids=ids)
+            .logits
+        )
     adapted = logits("slm-toolcall")
     assert not torch.allclose(adapted, base)
+    torch.testing.assert_close(adapted, lora, rtol=1e-4, atol=1e-4)
     for model_name, expected in [("slm", base), ("slm-toolcall", adapted), ("slm-toolcall", adapted), ("slm", base),
                                  ("slm", base), ("slm-toolcall", adapted)]:  # fmt: skip
         assert torch.equal(logits(model_name), expected), model_name

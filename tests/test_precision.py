@@ -142,13 +142,20 @@ def test_an_adapter_computes_in_the_precision_the_run_chose(precision, tiny_mode
 
     adapter_dir = tmp_path / "adapter_toolcall"
     random_lora_adapter(tiny_model_dir, adapter_dir)
-    settings = SlmSettings(model_path=tiny_model_dir, precision=precision)
-    served = LoadedSlm(settings, {"slm-toolcall": adapter_dir}).model
-    oracle, *_ = load_model_and_tokenizer(
-        SlmSettings(model_path=tiny_model_dir, precision=precision, adapter_path=adapter_dir)
-    )
     expected = torch.bfloat16 if precision == "bf16" else torch.float32
-    for model in (served, oracle):
-        lora = {parameter.dtype for name, parameter in model.named_parameters() if "lora_" in name}
-        base = {parameter.dtype for name, parameter in model.named_parameters() if "lora_" not in name}
-        assert lora == base == {expected}
+    for adapter_weights in ("unmerged", "merged"):
+        settings = SlmSettings(model_path=tiny_model_dir, precision=precision, adapter_weights=adapter_weights)
+        served = LoadedSlm(settings, {"slm-toolcall": adapter_dir}).model_for("slm-toolcall")
+        oracle, *_ = load_model_and_tokenizer(
+            SlmSettings(
+                model_path=tiny_model_dir,
+                precision=precision,
+                adapter_path=adapter_dir,
+                adapter_weights=adapter_weights,
+            )
+        )
+        for model in (served, oracle):
+            lora = {parameter.dtype for name, parameter in model.named_parameters() if "lora_" in name}
+            base = {parameter.dtype for name, parameter in model.named_parameters() if "lora_" not in name}
+            assert lora == ({expected} if adapter_weights == "unmerged" else set())  # merged: folded into the base
+            assert base == {expected}

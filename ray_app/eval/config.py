@@ -12,6 +12,7 @@ from typing import Literal
 
 from ray_app.data.rows import Track
 from ray_app.decide.model_labels import TEACHER_LABEL, slm_label
+from ray_app.engines.adapter_weights import AdapterWeights
 from ray_app.engines.precision import Precision
 from ray_app.engines.teacher_settings import ToolcallMode
 from ray_app.paths import DATASET_ROOT, EVAL_ROOT, PROJECT_ROOT
@@ -35,6 +36,7 @@ class SlmEvalSettings:
     model_path: str | None = None  # None: SLM_MODEL_PATH, then the seed's default
     adapter_path: Path | None = None
     precision: Precision = "auto"  # 8-bit on GPU; on CPU bf16 where native, else fp32 (engines.precision)
+    adapter_weights: AdapterWeights = "auto"  # merged into a base copy or beside it (engines.adapter_weights)
     # rows decoding together in the engine's running batch (16: measured 10% over 8 on CPU)
     batch_size: PositiveInt = 16
     rows_per_task: PositiveInt = 32  # rows an actor answers as one fixed group (the unit of resume and progress)

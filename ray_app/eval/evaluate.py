@@ -86,6 +86,7 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
     """Resolved SLM settings, their identity, and the actor pool (count, CPUs and GPUs per actor), for
     where the SLM runs: `gpus` and `cpus` of the Ray cluster (`slm-swap eval`) or of this machine
     (the live compare, which runs the SLM in its own process)."""
+    from ray_app.engines.adapter_weights import checkpoint_bytes, resolve_adapter_weights
     from ray_app.engines.precision import resolve_precision
     from ray_app.engines.slm import precision_choice
 
@@ -113,10 +114,16 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
     choice = precision_choice(settings) if device == "cpu" else resolve_precision(config.slm.precision, device)
     precision = choice.precision
     settings = dataclasses.replace(settings, precision=precision)
+    if adapter is not None:  # merged or not changes the arithmetic: decided here too, and in the run key
+        weights = resolve_adapter_weights(
+            config.slm.adapter_weights, precision, device, checkpoint_bytes(model_path), 1
+        )
+        settings = dataclasses.replace(settings, adapter_weights=weights.name)
     identity = {  # everything an answer depends on (the rows decoding together come from the last three)
         "engine": "transformers, engines/decode",
         "model_fingerprint": folder_fingerprint(model_path),
         "adapter_fingerprint": adapter_fingerprint(adapter) if adapter else None,
+        **({"adapter_weights": settings.adapter_weights} if adapter else {}),
         "device": device,
         "precision": precision,
         "max_new_tokens": settings.max_new_tokens,

@@ -150,6 +150,7 @@ class SlmChatDeployment:
         slm_settings = SlmSettings(
             model_path=model_path,
             precision=settings.precision,
+            adapter_weights=settings.adapter_weights,
             cpu_threads=threads,
             batch_size=settings.max_batch_size,
             prefill_chunk_tokens=settings.prefill_chunk_tokens,
@@ -238,6 +239,8 @@ class SlmChatDeployment:
             "models": self.host.model_names,
             "precision": self.host.precision,
             "precision_reason": self.precision.reason,
+            "adapter_weights": self.host.slm.adapter_weights.name,
+            "adapter_weights_reason": self.host.slm.adapter_weights.reason,
             "constrained": self.settings.constrained,
             "prefix_cache": prefix_cache,
             "decode": self.host.decode_stats(),
@@ -382,6 +385,7 @@ class RunningServer:
     models: list[str] = field(default_factory=list)
     precision: str = ""  # what the replica loaded, and why (its /health)
     precision_reason: str = ""
+    adapter_weights: str | None = None  # how the replica applies the adapters, and why (None: no adapter)
     access: list[str] = field(default_factory=list)  # who can reach it: bind address, keys (for the banner)
     model_note: str | None = None  # why this checkpoint, when the user named none (the demo SLM)
 
@@ -404,8 +408,18 @@ def start_server(settings: ServeSettings, api_keys: tuple[str, ...] = ()) -> Run
     url = f"http://{probe_host}:{settings.port}"
     health = wait_until_loaded(url, settings.load_timeout_s)
     access = access_notes(settings.host, settings.port, accepted)
+    adapter_weights = (
+        f"{health['adapter_weights']}: {health['adapter_weights_reason']}" if len(health["models"]) > 1 else None
+    )
     return RunningServer(
-        settings, url, health["models"], health["precision"], health["precision_reason"], access, model_note
+        settings,
+        url,
+        health["models"],
+        health["precision"],
+        health["precision_reason"],
+        adapter_weights,
+        access,
+        model_note,
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ray_app.engines.adapter_weights import ADAPTER_WEIGHTS, AdapterWeights
 from ray_app.engines.precision import PRECISIONS, Precision
 from ray_app.engines.slm import SlmSettings
 from ray_app.paths import ADAPTER_ROOT
@@ -30,6 +31,7 @@ class ServeSettings:
     model_path: str | None = None  # None: SLM_MODEL_PATH, the seed's default checkpoint, else the demo SLM
     adapter_root: Path | None = ADAPTER_ROOT  # every adapter_<name>/ in it is served as slm-<name>
     precision: Precision = "auto"  # 8-bit on GPU; on CPU bf16 where native, else fp32 (decided on the replica)
+    adapter_weights: AdapterWeights = SlmSettings.adapter_weights  # merged copies or beside the base (as eval)
     max_batch_size: PositiveInt = 8  # requests decoding at once (rows of the running batch; @serve.batch groups)
     batch_wait_timeout_s: float = 0.05  # how long the first request of a batch waits for company
     default_max_tokens: PositiveInt = 512  # when a request gives no max_tokens
@@ -61,6 +63,10 @@ class ServeSettings:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.adapter_weights not in ADAPTER_WEIGHTS:
+            raise ValueError(
+                f"adapter_weights must be one of {', '.join(ADAPTER_WEIGHTS)}, got {self.adapter_weights!r}"
+            )
         if self.max_ongoing_requests < self.max_batch_size:
             raise ValueError(
                 f"max_ongoing_requests ({self.max_ongoing_requests}) must be ≥ max_batch_size ({self.max_batch_size})"

@@ -42,12 +42,17 @@ class SlmEngine:
             "adapter_path": str(self.settings.adapter_path) if self.settings.adapter_path else None,
             "device": self.slm.device,
             "precision": self.slm.precision,
+            **(self.adapter_weights_facts() if self.settings.adapter_path else {}),
             "batch_size": self.settings.batch_size,
             "max_new_tokens": self.settings.max_new_tokens,
             "prefill_chunk_tokens": self.settings.prefill_chunk_tokens,
             "decoding": "greedy, continuous batching (engines/decode)",
             "simulated": False,
         }
+
+    def adapter_weights_facts(self) -> dict[str, str]:
+        choice = self.slm.adapter_weights
+        return {"adapter_weights": choice.name, "adapter_weights_reason": choice.reason}
 
     def generate(self, requests: list[EngineRequest]) -> list[GreedyAnswer]:
         """Answers in request order; rows are admitted in that order as the running batch has room."""

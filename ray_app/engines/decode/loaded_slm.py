@@ -1,10 +1,13 @@
-"""The base SLM with its adapters loaded beside it: what the decode scheduler runs.
+"""The base SLM and its adapters, each under its model name: what the decode scheduler runs.
 
 The base model is loaded once (`engines.slm.load_model_and_tokenizer`: the precision rules every
-run uses); each adapter is added to the same PeftModel under its model name (`slm-<name>`), so
-switching adapter between two forward calls never reloads anything. `activate(name)` makes one model
-current: its adapter set, or every adapter disabled for the base. `grammars` compiles the jobs'
-constraints for this model's tokenizer (`engines/constrained/`), at a job's ingress.
+run uses). Each adapter (`slm-<name>`) is applied as `engines.adapter_weights` resolves the
+`adapter_weights` setting: merged, a copy of the base with the adapter folded in (a forward call
+costs the base's); or unmerged, every adapter added to one PeftModel over the shared base, and
+`activate(name)` sets the one the next forward calls use (every adapter disabled for the base).
+`model_for(name)` is the module to call for a model either way, so nothing is reloaded between two
+calls. `grammars` compiles the jobs' constraints for this model's tokenizer (`engines/constrained/`),
+at a job's ingress.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from ray_app.engines.adapter_weights import merged_copy, model_bytes, resolve_adapter_weights
 from ray_app.engines.constrained.constraints import DecodingConstraint
 from ray_app.engines.constrained.row_grammar import GrammarCompiler
 from ray_app.engines.decode.prefix_cache import shared_prefix_ends, template_anchors
@@ -54,24 +58,36 @@ class LoadedSlm:
         self.settings = settings
         self.adapters = dict(adapters)
         base_settings = dataclasses.replace(settings, adapter_path=None)  # adapters are added by name below
-        self.model, self.tokenizer, self.device, self.precision = load_model_and_tokenizer(base_settings)
-        if self.adapters:
+        base, self.tokenizer, self.device, self.precision = load_model_and_tokenizer(base_settings)
+        self.adapter_weights = resolve_adapter_weights(
+            settings.adapter_weights, self.precision, self.device, model_bytes(base), len(self.adapters)
+        )
+        self.models = {BASE_MODEL_NAME: base}  # model name → the module its forward calls run
+        if self.adapters and self.adapter_weights.merged:
+            for name, folder in self.adapters.items():
+                self.models[name] = merged_copy(base, folder)
+        elif self.adapters:
             from peft import PeftModel
 
             names = list(self.adapters)
-            self.model = PeftModel.from_pretrained(self.model, self.adapters[names[0]], adapter_name=names[0])
+            shared = PeftModel.from_pretrained(base, self.adapters[names[0]], adapter_name=names[0])
             for name in names[1:]:
-                self.model.load_adapter(self.adapters[name], adapter_name=name)
-            adapters_in_model_dtype(self.model, self.precision)
-            self.model.eval()
+                shared.load_adapter(self.adapters[name], adapter_name=name)
+            adapters_in_model_dtype(shared, self.precision)
+            shared.eval()
+            self.models = dict.fromkeys([BASE_MODEL_NAME, *names], shared)
         self._active = next(iter(self.adapters), BASE_MODEL_NAME)  # PeftModel starts with its first adapter on
         self.model_names = [BASE_MODEL_NAME, *self.adapters]
         self.context_limit = max_model_len or int(
-            getattr(self.model.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length
+            getattr(base.config, "max_position_embeddings", 0) or self.tokenizer.model_max_length
         )
         self.anchors = template_anchors()
-        vocab_size = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))  # the logits' width
-        self.grammars = GrammarCompiler(self.tokenizer, vocab_size, stop_token_ids(self.model, self.tokenizer))
+        vocab_size = int(getattr(base.config, "vocab_size", 0) or len(self.tokenizer))  # the logits' width
+        self.grammars = GrammarCompiler(self.tokenizer, vocab_size, stop_token_ids(base, self.tokenizer))
+
+    def model_for(self, model_name: str):
+        """The module a forward call for `model_name` runs (after `activate(model_name)`)."""
+        return self.models[model_name]
 
     def job(
         self,
@@ -98,17 +114,18 @@ class LoadedSlm:
         )
 
     def activate(self, model_name: str) -> None:
-        """The adapter of `model_name` active on the shared PeftModel (every adapter layer disabled for the
-        base) until another model is asked for. Switching walks every module of the model (~10 ms for the
-        demo SLM's 210 LoRA layers), so it happens only when the model changes, not at every forward call
-        of a run that stays on one model (an evaluation, or Serve between two adapters' turns)."""
-        if self.adapters and model_name != self._active:
+        """Unmerged: the adapter of `model_name` active on the shared PeftModel (every adapter layer
+        disabled for the base) until another model is asked for. Switching walks every module of the
+        model (~10 ms for the demo SLM's 210 LoRA layers), so it happens only when the model changes, not
+        at every forward call of a run that stays on one model. Merged: nothing to switch."""
+        if self.adapters and not self.adapter_weights.merged and model_name != self._active:
+            shared = self.models[model_name]
             if model_name == BASE_MODEL_NAME:
-                self.model.base_model.disable_adapter_layers()
+                shared.base_model.disable_adapter_layers()
             else:
                 if self._active == BASE_MODEL_NAME:
-                    self.model.base_model.enable_adapter_layers()
-                self.model.set_adapter(model_name)
+                    shared.base_model.enable_adapter_layers()
+                shared.set_adapter(model_name)
             self._active = model_name
 
     def decode_text(self, token_ids: list[int]) -> str:

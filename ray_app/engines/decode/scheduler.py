@@ -125,9 +125,9 @@ class DecodeScheduler:
                 break
             model_name = task.row.job.model_name
 
-            def run_pieces(task=task) -> list[StepToken]:
+            def run_pieces(task=task, model=self.slm.model_for(model_name)) -> list[StepToken]:
                 while not task.finished and result.prefill_tokens < self.prefill_chunk_tokens:
-                    result.prefill_tokens += task.run_piece(self.slm.model, self.slm.device)
+                    result.prefill_tokens += task.run_piece(model, self.slm.device)
                 return []
 
             if self._guarded(result, model_name, [task.row.key], run_pieces, prefill_task=task) and task.finished:
@@ -136,7 +136,7 @@ class DecodeScheduler:
         for model_name in dict.fromkeys(task.row.job.model_name for task in done):
             group = [task for task in done if task.row.job.model_name == model_name]
             batch = self.batches.setdefault(
-                model_name, RunningBatch(self.slm.model, self.slm.tokenizer, self.slm.device)
+                model_name, RunningBatch(self.slm.model_for(model_name), self.slm.tokenizer, self.slm.device)
             )
             if self._guarded(
                 result, model_name, [task.row.key for task in group], lambda batch=batch, group=group: batch.join(group)
