@@ -14,9 +14,9 @@ Completion tokens/s = completion tokens / generation wall time (model load and R
 for every side; end to end is printed too). In fp32 the engine's predictions must equal HF
 generate's (the oracle) row for row; in bf16 they may differ where near-ties flip.
 
-With `--adapter DIR` it also measures an adapter on the engine, unmerged (how eval and Serve run it,
-many adapters on one base) vs merged into the base (`merge_and_unload`), and how many answers stay
-the same.
+With `--adapter DIR` it also measures an adapter on the engine in each precision asked, unmerged
+(beside the base) vs merged into a copy of it (`--adapter-weights`, `engines.adapter_weights`: `auto`
+merges fp32 only), and how many answers stay the same.
 
 Prints one JSON object; names the CPU. Target (issue 11): engine ≥ 2× HF generate's tokens/s.
 
@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -103,18 +102,6 @@ def engine_in_process(rows, settings: SlmSettings) -> dict:
     finished = time.perf_counter()
     tokens = sum(answer.completion_tokens for answer in answers)
     return side_result([a.text for a in answers], tokens, finished - generate_started, finished - started)
-
-
-def merged_checkpoint(model_dir: Path, adapter: Path, target: Path) -> Path:
-    """The base with one adapter folded into its weights (`merge_and_unload`), saved as a checkpoint."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(target)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(target)
-    return target
 
 
 def llama_server_side(rows, max_new_tokens: int, clients: int, gguf_kind: str) -> dict:
@@ -207,24 +194,24 @@ def main() -> None:
         }
         report[requested] = entry
     if args.adapter is not None:
-        settings = SlmSettings(model_path=model_dir, adapter_path=args.adapter.resolve(), precision="fp32",
-                               batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device="cpu",
-                               cpu_threads=cpus)  # fmt: skip
-        base = engine_in_process(rows, replace(settings, adapter_path=None))
-        unmerged = engine_in_process(rows, settings)
-        with tempfile.TemporaryDirectory() as folder:
-            merged_dir = merged_checkpoint(model_dir, args.adapter.resolve(), Path(folder))
-            merged = engine_in_process(rows, replace(settings, model_path=merged_dir, adapter_path=None))
-        report["adapter_fp32"] = {
-            "adapter": str(args.adapter),
-            "base_no_adapter": {k: v for k, v in base.items() if k != "texts"},
-            "unmerged": {k: v for k, v in unmerged.items() if k != "texts"},
-            "merged": {k: v for k, v in merged.items() if k != "texts"},
-            "merged_vs_unmerged": round(merged["completion_tokens_per_s"] / unmerged["completion_tokens_per_s"], 2),
-            "same_answers_merged_vs_unmerged": sum(
-                a == b for a, b in zip(merged["texts"], unmerged["texts"], strict=True)
-            ),
-        }
+        for requested in args.precisions.split(","):
+            settings = SlmSettings(model_path=model_dir, adapter_path=args.adapter.resolve(), precision=requested,
+                                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device="cpu",
+                                   cpu_threads=cpus)  # fmt: skip
+            base = engine_in_process(rows, replace(settings, adapter_path=None))
+            unmerged = engine_in_process(rows, replace(settings, adapter_weights="unmerged"))
+            merged = engine_in_process(rows, replace(settings, adapter_weights="merged"))
+            report[f"adapter_{requested}"] = {
+                "adapter": str(args.adapter),
+                "precision": resolve_precision(requested, "cpu").precision,
+                "base_no_adapter": {k: v for k, v in base.items() if k != "texts"},
+                "unmerged": {k: v for k, v in unmerged.items() if k != "texts"},
+                "merged": {k: v for k, v in merged.items() if k != "texts"},
+                "merged_vs_unmerged": round(merged["completion_tokens_per_s"] / unmerged["completion_tokens_per_s"], 2),
+                "same_answers_merged_vs_unmerged": sum(
+                    a == b for a, b in zip(merged["texts"], unmerged["texts"], strict=True)
+                ),
+            }
     if not args.skip_llama_server:
         print(f"llama-server {args.gguf}, {args.batch_size} slots ...", file=sys.stderr)
         try:

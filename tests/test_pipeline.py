@@ -140,12 +140,14 @@ def test_config_file_flags_and_profiles_resolve_in_order(tmp_path, monkeypatch):
     settings.write_text("max_new_tokens: 64\ntrain: false\nmax_train_rows: 10\n")
     config = build_config(settings, {"max_train_rows": 5, "seed": None})
     assert (config.profile, config.max_new_tokens, config.train, config.max_train_rows) == ("demo", 64, False, 5)
-    assert config.gradient_accumulation_steps == 1 and config.train_gradient_checkpointing is False
+    assert (config.train_batch_size, config.gradient_accumulation_steps) == (1, 2)  # 2 rows a step, no padding
+    assert config.train_gradient_checkpointing is False
     assert (config.slm_precision, config.train_cpu_bf16) == ("auto", None)  # the machine decides, not the profile
     monkeypatch.setenv("SLM_MODEL_PATH", "/models/qwen2.5-7b-instruct")
     full = build_config(None, {})
     assert (full.profile, full.slm_precision, full.max_new_tokens, full.max_train_rows) == ("full", "auto", 256, None)
-    assert full.gradient_accumulation_steps == 4 and full.model_path == "/models/qwen2.5-7b-instruct"
+    assert (full.train_batch_size, full.gradient_accumulation_steps) == (2, 4)  # the seed's
+    assert full.model_path == "/models/qwen2.5-7b-instruct"
     assert full.train_gradient_checkpointing is True and full.train_cpu_bf16 is None
     settings.write_text("max_new_token: 64\n")
     with pytest.raises(PipelineConfigError, match="unknown setting.*max_new_token"):

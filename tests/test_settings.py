@@ -195,7 +195,7 @@ def test_the_issues_examples_are_refused_with_file_line_key_and_type(tmp_path):
         ('seed: 1\nmax_train_rows: "forty"\n', ":2: max_train_rows: expected an integer ≥ 1 or null, got 'forty'"),
         ("profile: bogus\n", ":1: profile: expected one of 'auto', 'demo', 'full', got 'bogus'"),
         ("seed: 4.5\n", ":1: seed: expected an integer ≥ 0, got 4.5"),
-        ("train_batch_size: -3\n", ":1: train_batch_size: expected an integer ≥ 1, got -3"),
+        ("train_batch_size: -3\n", ":1: train_batch_size: expected an integer ≥ 1 or null, got -3"),
         ('train: "false"\n', ":1: train: expected true or false, got 'false' (text in this file: write false without"),
     ]:
         settings.write_text(body, encoding="utf-8")

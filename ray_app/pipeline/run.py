@@ -417,7 +417,7 @@ def train_needed_tracks(
             max_val_rows=config.max_val_rows,
             cpu_bf16=config.train_cpu_bf16,  # None: each worker's CPU decides (bf16 where native)
             gradient_checkpointing=bool(config.train_gradient_checkpointing),
-            per_device_batch_size=config.train_batch_size,
+            per_device_batch_size=config.train_batch_size,  # type: ignore[arg-type]
             gradient_accumulation_steps=config.gradient_accumulation_steps,  # type: ignore[arg-type]
             num_workers=config.train_workers,
             save_steps=config.train_save_steps,
