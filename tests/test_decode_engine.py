@@ -454,3 +454,61 @@ def test_switching_between_the_base_and_an_adapter_gives_each_its_own_logits(ada
     for model_name, expected in [("slm", base), ("slm-toolcall", adapted), ("slm-toolcall", adapted), ("slm", base),
                                  ("slm", base), ("slm-toolcall", adapted)]:  # fmt: skip
         assert torch.equal(logits(model_name), expected), model_name
+
+
+def test_a_host_that_claims_the_loop_on_its_loading_thread_decodes_there_without_a_warning(tiny_model_dir, caplog):
+    """Serve's replica: load, claim the decode loop, then run it on that one thread. Forward calls on
+    another thread than the loader's are ~2x slower on 2 cores (torch's OpenMP teams), so the engine
+    warns when that happens: here it must not; with the loop started by `submit` (another thread) it does."""
+    from ray_app.engines.slm import SlmSettings
+    from ray_app.serve.model_host import ModelHost
+
+    settings = SlmSettings(model_path=tiny_model_dir, precision="fp32")
+    loaded: list = []
+    ready = threading.Event()
+
+    def load_and_decode() -> None:
+        host = ModelHost(settings, adapter_root=None)
+        host.claim_decode_loop()
+        loaded.append(host)
+        ready.set()
+        host.run_decode_loop()
+
+    threading.Thread(target=load_and_decode, daemon=True).start()
+    assert ready.wait(120)
+    [claimed] = loaded
+    messages = chat_messages(toolcall_prompt([WEATHER], "Weather in Paris?"))
+    with caplog.at_level("WARNING", logger="ray_app.engines.decode.loaded_slm"):
+        [answer] = claimed.generate([claimed.job("slm", messages, 8)])
+    assert claimed.loop_thread.ident == claimed.slm.loading_thread
+    assert "another thread" not in caplog.text
+    with pytest.raises(RuntimeError, match="already runs"):
+        claimed.claim_decode_loop()
+
+    lazy = ModelHost(settings, adapter_root=None)  # loaded here, its loop started by submit on a new thread
+    with caplog.at_level("WARNING", logger="ray_app.engines.decode.loaded_slm"):
+        [same] = lazy.generate([lazy.job("slm", messages, 8)])
+        lazy.generate([lazy.job("slm", messages, 8)])
+    assert caplog.text.count("decodes on another thread than the one that loaded it") == 1
+    assert same.token_ids == answer.token_ids
+
+
+def test_the_eval_actor_loads_its_engine_on_the_thread_that_answers_its_batches(tiny_model_dir):
+    """Ray Data calls an actor's constructor and its batches on two threads: the engine loads on the first
+    batch's thread, where every later batch runs too."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+    from dataclasses import asdict
+
+    from ray_app.engines.slm import SlmSettings
+    from ray_app.eval.ray_predictor import SlmPredictor
+
+    settings = asdict(SlmSettings(model_path=tiny_model_dir, precision="fp32", max_new_tokens=4))
+    predictor = SlmPredictor(settings, "toolcall")
+    assert predictor.engine is None
+    payload = json.dumps({"indices": [0], "prompts": [toolcall_prompt([WEATHER], "Weather in Oslo?")],
+                          "completions": ['<tool_call name="get_weather">{"city": "Oslo"}</tool_call>']})  # fmt: skip
+    calls = ThreadPoolExecutor(1)
+    result = calls.submit(predictor, {"payload": [payload]}).result()
+    assert len(json.loads(result["result"][0])["records"]) == 1
+    assert predictor.engine.slm.loading_thread == calls.submit(threading.get_ident).result()

@@ -45,14 +45,21 @@ def prediction_record(index: int, row: Row, generation) -> dict[str, Any]:
 
 
 class SlmPredictor:
-    """Ray Data actor: loads the SLM once, answers one fixed group of rows per call."""
+    """Ray Data actor: loads the SLM once, answers one fixed group of rows per call.
+
+    The SLM loads on the first call, not in the constructor: Ray Data runs the constructor and the
+    calls on two threads, and a model loaded on one thread and run on another is ~2x slower on a
+    2-core CPU (torch's OpenMP teams: `engines/decode/loaded_slm.py`)."""
 
     def __init__(self, settings: dict[str, Any], track: Track, decoding: Decoding = "free"):
-        self.engine = SlmEngine(SlmSettings(**settings))
+        self.settings = SlmSettings(**settings)
+        self.engine: SlmEngine | None = None
         self.track = track
         self.constrained = decoding == "constrained"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        if self.engine is None:
+            self.engine = SlmEngine(self.settings)  # on the thread every call runs on
         outputs = []
         for payload in batch["payload"]:
             work = json.loads(payload)

@@ -171,11 +171,17 @@ class SlmChatDeployment:
         threading.Thread(target=self._load, args=(slm_settings,), name="slm-load", daemon=True).start()
 
     def _load(self, slm_settings: SlmSettings) -> None:
+        """Load the weights, then run the decode loop in this same thread: a model loaded on one thread
+        and run on another is ~2x slower on a 2-core CPU (torch's OpenMP teams: engines/decode/loaded_slm.py)."""
         try:
-            self.host = ModelHost(slm_settings, self.settings.adapter_root, self.settings.max_model_len)
+            host = ModelHost(slm_settings, self.settings.adapter_root, self.settings.max_model_len)
         except Exception as error:
             logger.exception("loading the model failed")
             self.load_error = f"{type(error).__name__}: {error}"
+            return
+        host.claim_decode_loop()  # before requests can reach it: submit() then starts no other loop thread
+        self.host = host
+        host.run_decode_loop()
 
     def check_health(self) -> None:
         """Serve calls this every few seconds; raising makes Serve replace the replica."""

@@ -1,4 +1,5 @@
-"""A replica's model host: the base SLM with every trained adapter, and a thread driving the decode engine.
+"""A replica's model host: the base SLM with every trained adapter, and a thread driving the decode engine
+(the replica's loading thread, which claims the loop: one thread does all of a model's torch work).
 
 Each `<adapter_root>/adapter_<name>/` holding a PEFT adapter is served as `slm-<name>` beside the
 base `slm` (`engines/decode/loaded_slm.py`). The generation itself is the project's one decode
@@ -105,6 +106,21 @@ class ModelHost:
                 self.loop_thread = threading.Thread(target=self._decode_loop, name="slm-decode-loop", daemon=True)
                 self.loop_thread.start()
             self.wakeup.notify()
+
+    def claim_decode_loop(self) -> None:
+        """The calling thread will run the decode loop (`run_decode_loop`), so `submit` starts none. Call it
+        on the thread that loaded the model, before requests can reach the host: forward calls on another
+        thread than the loader's are ~2x slower on 2 cores (`engines/decode/loaded_slm.py`)."""
+        with self.wakeup:
+            if self.loop_thread is not None:
+                raise RuntimeError(f"the decode loop already runs on thread {self.loop_thread.name}")
+            self.loop_thread = threading.current_thread()
+
+    def run_decode_loop(self) -> None:
+        """Run the decode loop in this thread, which claimed it (`claim_decode_loop`); never returns."""
+        if self.loop_thread is not threading.current_thread():
+            raise RuntimeError("run_decode_loop runs on the thread that called claim_decode_loop")
+        self._decode_loop()
 
     def cancel(self, request_id: str) -> None:
         """Stop the job with this request id (its caller left): out of the queue, out of its prefill or

@@ -8,11 +8,25 @@ costs the base's); or unmerged, every adapter added to one PeftModel over the sh
 `model_for(name)` is the module to call for a model either way, so nothing is reloaded between two
 calls. `grammars` compiles the jobs' constraints for this model's tokenizer (`engines/constrained/`),
 at a job's ingress.
+
+**One thread for all of it.** The model's forward calls must run on the thread that loaded it
+(`check_thread`). torch's CPU build runs its parallel regions on libgomp, which gives every thread
+that opens one its own team of worker threads; once a process has more OpenMP threads than cores,
+libgomp cuts the workers' spin-wait from ~300k iterations to 100-1000, so every small op of a decode
+step waits for a sleeping worker to wake. Loading on one thread and decoding on another (Ray Data
+calls an actor's constructor and its batches on two threads; Serve's replica loaded in one thread and
+decoded in another) made every forward call ~1.5-2x slower on 2 cores: 10 structured prompts
+prefilled in 2.2 s on the loading thread vs 3.5 s on a second thread (base, bf16), 3.6 s vs 6.8 s
+with an adapter (Intel(R) Xeon(R) Processor, 2026-12-02); a 50-row adapter evaluation took 78 s
+instead of 35 s. So evaluation's actor loads the engine on its first batch, in the thread that runs
+every batch, and Serve's replica decodes in the thread that loaded the weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 from pathlib import Path
 
 from ray_app.engines.adapter_weights import merged_copy, model_bytes, resolve_adapter_weights
@@ -30,6 +44,8 @@ from ray_app.engines.slm import (
 )
 
 BASE_MODEL_NAME = "slm"
+
+logger = logging.getLogger(__name__)
 
 
 def adapter_model_name(adapter_folder: Path) -> str:
@@ -53,6 +69,8 @@ class LoadedSlm:
         import torch
 
         apply_determinism(settings.seed)
+        self.loading_thread = threading.get_ident()
+        self._warned_thread = False
         if settings.cpu_threads:
             torch.set_num_threads(settings.cpu_threads)
         self.settings = settings
@@ -84,6 +102,17 @@ class LoadedSlm:
         self.anchors = template_anchors()
         vocab_size = int(getattr(base.config, "vocab_size", 0) or len(self.tokenizer))  # the logits' width
         self.grammars = GrammarCompiler(self.tokenizer, vocab_size, stop_token_ids(base, self.tokenizer))
+
+    def check_thread(self) -> None:
+        """Warn once when forward calls run on another thread than the one that loaded the model (see the
+        module's docstring: with torch's OpenMP teams on two threads every call is slower)."""
+        if not self._warned_thread and threading.get_ident() != self.loading_thread:
+            self._warned_thread = True
+            logger.warning(
+                "the SLM decodes on another thread than the one that loaded it: torch's OpenMP worker teams "
+                "then outnumber the cores and every forward call is slower (1.5-2x on 2 cores); "
+                "load and decode on one thread"
+            )
 
     def model_for(self, model_name: str):
         """The module a forward call for `model_name` runs (after `activate(model_name)`)."""

@@ -92,6 +92,7 @@ class DecodeScheduler:
         return keys
 
     def iteration(self) -> IterationResult:
+        self.slm.check_thread()
         result = IterationResult()
         self._admit(result)
         self._prefill(result)
