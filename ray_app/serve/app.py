@@ -171,8 +171,8 @@ class SlmChatDeployment:
         threading.Thread(target=self._load, args=(slm_settings,), name="slm-load", daemon=True).start()
 
     def _load(self, slm_settings: SlmSettings) -> None:
-        """Load the weights, then run the decode loop in this same thread: a model loaded on one thread
-        and run on another is ~2x slower on a 2-core CPU (torch's OpenMP teams: engines/decode/loaded_slm.py)."""
+        """Load the weights, then run the decode loop in this same thread: one thread does a model's torch
+        work (torch's OpenMP teams on two live threads slow every call: engines/decode/loaded_slm.py)."""
         try:
             host = ModelHost(slm_settings, self.settings.adapter_root, self.settings.max_model_len)
         except Exception as error:

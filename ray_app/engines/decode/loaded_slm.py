@@ -13,13 +13,14 @@ at a job's ingress.
 (`check_thread`). torch's CPU build runs its parallel regions on libgomp, which gives every thread
 that opens one its own team of worker threads; once a process has more OpenMP threads than cores,
 libgomp cuts the workers' spin-wait from ~300k iterations to 100-1000, so every small op of a decode
-step waits for a sleeping worker to wake. Loading on one thread and decoding on another (Ray Data
-calls an actor's constructor and its batches on two threads; Serve's replica loaded in one thread and
-decoded in another) made every forward call ~1.5-2x slower on 2 cores: 10 structured prompts
-prefilled in 2.2 s on the loading thread vs 3.5 s on a second thread (base, bf16), 3.6 s vs 6.8 s
-with an adapter (Intel(R) Xeon(R) Processor, 2026-12-02); a 50-row adapter evaluation took 78 s
-instead of 35 s. So evaluation's actor loads the engine on its first batch, in the thread that runs
-every batch, and Serve's replica decodes in the thread that loaded the weights.
+step waits for a sleeping worker to wake. Loading on a thread that stays alive and decoding on another
+(Ray Data calls an actor's constructor and its batches on two threads) made every forward call
+~1.5-2x slower on 2 cores: 10 structured prompts prefilled in 2.2 s on the loading thread vs 3.5 s on
+a second thread (base, bf16), 3.6 s vs 6.8 s with an adapter (Intel(R) Xeon(R) Processor,
+2026-12-02); a 50-row adapter evaluation took 78 s instead of 35 s. So evaluation's actor loads the
+engine on its first batch, in the thread that runs every batch. (Serve's replica loaded in a thread
+that then ended, which frees its team, so it was not slowed; it now decodes on its loading thread
+all the same, one rule for both.)
 """
 
 from __future__ import annotations
