@@ -7,6 +7,7 @@ that is not given leaves the config file's value, or the default, in place.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     from ray_app.ray_runtime import LeftoverRayError, quiet_half_built_ray_objects_at_exit
 
     config = config_from_argv(sys.argv[1:] if argv is None else argv)
+    # Ctrl-C (or kill -INT) stops the job even where it started with SIGINT ignored, as `cmd &` in a
+    # script starts it: Python then leaves SIGINT ignored and the job would run on to its end.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run_pipeline(config)
     except (PipelineError, LeftoverRayError) as error:
