@@ -30,7 +30,7 @@ import logging
 import threading
 from pathlib import Path
 
-from ray_app.engines.adapter_weights import merged_copy, model_bytes, resolve_adapter_weights
+from ray_app.engines.adapter_weights import AdapterWeightsChoice, merged_copy, model_bytes, resolve_adapter_weights
 from ray_app.engines.constrained.constraints import DecodingConstraint
 from ray_app.engines.constrained.row_grammar import GrammarCompiler
 from ray_app.engines.decode.prefix_cache import shared_prefix_ends, template_anchors
@@ -78,8 +78,12 @@ class LoadedSlm:
         self.adapters = dict(adapters)
         base_settings = dataclasses.replace(settings, adapter_path=None)  # adapters are added by name below
         base, self.tokenizer, self.device, self.precision = load_model_and_tokenizer(base_settings)
-        self.adapter_weights = resolve_adapter_weights(
-            settings.adapter_weights, self.precision, self.device, model_bytes(base), len(self.adapters)
+        self.adapter_weights = (
+            resolve_adapter_weights(
+                settings.adapter_weights, self.precision, self.device, model_bytes(base), len(self.adapters)
+            )
+            if self.adapters
+            else AdapterWeightsChoice(False, "no adapter")
         )
         self.models = {BASE_MODEL_NAME: base}  # model name → the module its forward calls run
         if self.adapters and self.adapter_weights.merged:
