@@ -84,11 +84,13 @@ def engine_ray_data(rows, settings: SlmSettings, rows_per_task: int) -> dict:
 
     ensure_ray()
     started = time.perf_counter()
-    results = list(predict_with_ray_data(rows, fixed_groups(rows, rows_per_task), settings, "toolcall", 1, 0.5, 0))
+    work = [(group, ["free"]) for group in fixed_groups(rows, rows_per_task)]
+    answered = [one for result in predict_with_ray_data(rows, work, settings, "toolcall", 1, 0.5, 0)
+                for one in result["answered"]]  # fmt: skip
     finished = time.perf_counter()
-    records = sorted((r for result in results for r in result["records"]), key=lambda r: r["index"])
+    records = sorted((r for one in answered for r in one["records"]), key=lambda r: r["index"])
     tokens = sum(r["completion_tokens"] for r in records)
-    generation_s = sum(result["elapsed_s"] for result in results)
+    generation_s = sum(one["elapsed_s"] for one in answered)
     return side_result([r["prediction"] for r in records], tokens, generation_s, finished - started)
 
 

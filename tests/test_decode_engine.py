@@ -340,6 +340,40 @@ def test_the_evaluation_engine_answers_each_row_as_hf_generate_and_the_same_ever
     assert engine.describe()["precision"] == "fp32" and not engine.scheduler.has_work
 
 
+def run_schedule(scheduler, host, conversations, limits) -> list[tuple[tuple[int, ...], int]]:
+    """Each iteration's (rows that got a token, prompt tokens the schedule spent), keys 0..n-1."""
+    for key, (messages, limit) in enumerate(zip(conversations, limits, strict=True)):
+        scheduler.add(key, host.job("slm", messages, limit))
+    schedule = []
+    while scheduler.has_work:
+        result = scheduler.iteration()
+        assert not result.failed
+        schedule.append((tuple(sorted(token.job for token in result.tokens)), result.prefill_tokens))
+    return schedule
+
+
+@pytest.mark.parametrize("schedule_as_uncached", [True, False])
+def test_evaluation_schedules_a_group_the_same_whatever_the_prefix_cache_holds(host, schedule_as_uncached):
+    """Evaluation's scheduler (`schedule_as_uncached`) spends the prefill budget on cached pieces too, so
+    a group decodes in the same company at every step after a warm cache as after a cold one (in bf16
+    that company changes answers); Serve's lets a cache hit join earlier, which is its latency gain."""
+    from ray_app.engines.decode.scheduler import DecodeScheduler
+
+    conversations, limits = batch_of_conversations()
+
+    def fresh():
+        return DecodeScheduler(host.slm, max_batch_rows=3, prefill_chunk_tokens=24, prefix_cache_tokens=4096,
+                               schedule_as_uncached=schedule_as_uncached)  # fmt: skip
+
+    cold = run_schedule(fresh(), host, conversations, limits)
+    warmed = fresh()
+    run_schedule(warmed, host, conversations[:2], limits[:2])  # another group first: the shared pieces are cached
+    hits = warmed.prefix_cache.hits
+    warm = run_schedule(warmed, host, conversations, limits)
+    assert warmed.prefix_cache.hits > hits  # the second group did load cached prefixes
+    assert (warm == cold) is schedule_as_uncached
+
+
 def test_a_row_joining_after_another_finished_takes_its_slot_in_place_and_answers_as_alone(host, monkeypatch):
     """A finished row leaves its slot dead without copying the others; a later row whose prompt and answer
     fit takes that slot in place (the buffers are not rebuilt) and still answers as HF generate alone."""
@@ -507,8 +541,10 @@ def test_the_eval_actor_loads_its_engine_on_the_thread_that_answers_its_batches(
     predictor = SlmPredictor(settings, "toolcall")
     assert predictor.engine is None
     payload = json.dumps({"indices": [0], "prompts": [toolcall_prompt([WEATHER], "Weather in Oslo?")],
-                          "completions": ['<tool_call name="get_weather">{"city": "Oslo"}</tool_call>']})  # fmt: skip
+                          "completions": ['<tool_call name="get_weather">{"city": "Oslo"}</tool_call>'],
+                          "decodings": ["free"]})  # fmt: skip
     calls = ThreadPoolExecutor(1)
     result = calls.submit(predictor, {"payload": [payload]}).result()
-    assert len(json.loads(result["result"][0])["records"]) == 1
+    [answered] = json.loads(result["result"][0])["answered"]
+    assert answered["decoding"] == "free" and len(answered["records"]) == 1
     assert predictor.engine.slm.loading_thread == calls.submit(threading.get_ident).result()

@@ -9,6 +9,7 @@ be a valid call (toolcall) or valid JSON (structured).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -22,7 +23,7 @@ from ray_app.decide.decision_record import Decision
 from ray_app.engines.constrained import ToolCallConstraint
 from ray_app.engines.constrained.grammar import closed_schema
 from ray_app.eval.config import EvalConfig, EvalConfigError, SlmEvalSettings
-from ray_app.eval.evaluate import run_eval
+from ray_app.eval.evaluate import run_eval, run_evals
 from ray_app.eval.row_constraints import (
     RowConstraintError,
     instruction_schema,
@@ -103,6 +104,9 @@ def dataset_root(tmp_path_factory) -> Path:
         lines = [json.dumps(row.to_json()) + "\n" for row in bounded_rows(track)]
         (root / track / "test.jsonl").write_text("".join(lines), encoding="utf-8")
     return root
+
+
+DECODINGS = ("free", "constrained")
 
 
 def slm_config(model_dir: Path, dataset_root: Path, eval_root: Path, track: str, decoding: str) -> EvalConfig:
@@ -217,6 +221,41 @@ def test_constrained_structured_answers_are_valid_json_for_the_instruction_and_b
         jsonschema.validate(json.loads(json.loads(line)["prediction"]), closed_schema(ALARM["parameters"]))
     again = run_eval(slm_config(tiny_model_dir, dataset_root, tmp_path / "one", "structured", "constrained"))
     assert again.reused and again.metrics.run_key == first.metrics.run_key  # the free run's folder is not its own
+
+
+def test_free_and_constrained_in_one_pass_write_what_each_writes_alone_and_resume_per_decoding(
+    ray_session, tiny_model_dir, dataset_root, tmp_path
+):
+    """The main job's pass: one actor pool answers each group free, then constrained; each configuration
+    writes the same predictions under the same run key as when evaluated alone, and a rerun after the
+    constrained outputs were lost answers only those (the free ones are reused)."""
+    alone = [run_eval(slm_config(tiny_model_dir, dataset_root, tmp_path / "alone", "toolcall", d)) for d in DECODINGS]
+    together = run_evals([slm_config(tiny_model_dir, dataset_root, tmp_path / "one-pass", "toolcall", d)
+                          for d in DECODINGS])  # fmt: skip
+    for one, other in zip(alone, together, strict=True):
+        assert one.predictions_path.read_bytes() == other.predictions_path.read_bytes()
+        assert one.metrics.run_key == other.metrics.run_key and not other.reused
+    assert together[0].metrics.engine["evaluated_in_one_pass_with"] == ["slm-constrained"]
+    assert together[1].metrics.engine["evaluated_in_one_pass_with"] == ["slm"]
+    assert "evaluated_in_one_pass_with" not in alone[0].metrics.engine
+    written = together[1].predictions_path.read_bytes()
+    shutil.rmtree(together[1].predictions_path.parent)
+    again = run_evals([slm_config(tiny_model_dir, dataset_root, tmp_path / "one-pass", "toolcall", d)
+                       for d in DECODINGS])  # fmt: skip
+    assert [outcome.reused for outcome in again] == [True, False]
+    assert again[1].predictions_path.read_bytes() == written
+    assert "evaluated_in_one_pass_with" not in again[1].metrics.engine  # answered alone this time
+
+
+def test_only_decodings_of_one_slm_on_one_split_are_evaluated_in_one_pass(tiny_model_dir, dataset_root, tmp_path):
+    free = slm_config(tiny_model_dir, dataset_root, tmp_path, "toolcall", "free")
+    constrained = slm_config(tiny_model_dir, dataset_root, tmp_path, "toolcall", "constrained")
+    structured = slm_config(tiny_model_dir, dataset_root, tmp_path, "structured", "constrained")
+    other_budget = dataclasses.replace(constrained, slm=dataclasses.replace(constrained.slm, max_new_tokens=8))
+    teacher = EvalConfig(track="toolcall", model="teacher", dataset_root=dataset_root, eval_root=tmp_path)
+    for configs in ([free, free], [free, structured], [free, other_budget], [teacher, free]):
+        with pytest.raises(EvalConfigError, match="differ only in decoding"):
+            run_evals(configs)
 
 
 # ---- the decision and the report with constrained labels beside the others ----

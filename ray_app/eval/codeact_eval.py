@@ -29,6 +29,7 @@ from ray_app.atomic_files import atomic_write_json
 from ray_app.codeact.loop import LoopSettings
 from ray_app.codeact.ray_runner import EngineSpec, StepBar, agent_model_path, run_groups_on_ray
 from ray_app.codeact.records import CodeactTask, Trajectory
+from ray_app.engines.decode.engine import ENGINE_IDENTITY
 from ray_app.engines.precision import Precision
 from ray_app.eval.codeact_store import TrajectoryStore
 from ray_app.eval.evaluate import console, display_path, progress_bar, run_key_of
@@ -143,7 +144,7 @@ def engine_plan(config: CodeactEvalConfig) -> EnginePlan:
     choice = precision_choice(settings) if device == "cpu" else resolve_precision(config.precision, device)
     settings = replace(settings, precision=choice.precision)  # type: ignore[arg-type]
     identity = {
-        "engine": "transformers, engines/decode",
+        "engine": ENGINE_IDENTITY,
         "model_fingerprint": folder_fingerprint(model_path),
         "adapter_fingerprint": adapter_fingerprint(adapter) if adapter else None,
         "device": device,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import Row, read_split
 from ray_app.engines.base import EngineRequest
+from ray_app.engines.decode.engine import ENGINE_IDENTITY
 from ray_app.engines.precision import PrecisionChoice
 from ray_app.engines.slm import SlmSettings
-from ray_app.eval.config import EvalConfig, teacher_mode_from_env
+from ray_app.eval.config import EvalConfig, EvalConfigError, teacher_mode_from_env
 from ray_app.eval.prediction_store import PredictionStore
 from ray_app.eval.ray_predictor import fixed_groups, predict_with_ray_data, prediction_record
 from ray_app.eval.row_constraints import constrained_engine, constrained_identity, split_constraints
@@ -120,7 +122,7 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
         )
         settings = dataclasses.replace(settings, adapter_weights=weights.name)
     identity = {  # everything an answer depends on (the rows decoding together come from the last three)
-        "engine": "transformers, engines/decode",
+        "engine": ENGINE_IDENTITY,
         "model_fingerprint": folder_fingerprint(model_path),
         "adapter_fingerprint": adapter_fingerprint(adapter) if adapter else None,
         **({"adapter_weights": settings.adapter_weights} if adapter else {}),
@@ -170,24 +172,52 @@ def progress_bar() -> Progress:
     )
 
 
-def answer_with_slm(config, rows, store, plan: SlmPlan, progress, task) -> dict:
+@dataclass
+class PendingEval:
+    """One configuration of `run_evals` that has to be answered: its key, plan and, once open, its
+    prediction store, trace and progress line."""
+
+    config: EvalConfig
+    identity: dict[str, Any]
+    run_key: str
+    plan: SlmPlan | None = None  # the SLM's
+    teacher_engine: Any = None  # the teacher's
+    store: PredictionStore | None = None
+    trace: Any = None
+    task: Any = None
+
+
+def answer_with_slm(pending: list[PendingEval], rows: list[Row], progress) -> dict[str, Any]:
+    """Answer the missing rows of each pending SLM configuration (one per decoding) in one Ray Data
+    pass; returns what the actors loaded."""
     from ray_app.ray_runtime import ensure_ray
 
     ensure_ray()
+    plan = pending[0].plan
+    by_decoding = {entry.config.slm.decoding: entry for entry in pending}  # free first, as given
     # A group with any row missing is answered again whole: its rows decode together, so only the
     # same group gives the same bytes; rows already stored are kept as they are.
-    todo = [group for group in fixed_groups(rows, plan.rows_per_task) if any(i not in store.records for i in group)]
+    work = []
+    for group in fixed_groups(rows, plan.rows_per_task):
+        missing = [
+            decoding for decoding, entry in by_decoding.items() if any(i not in entry.store.records for i in group)
+        ]
+        if missing:
+            work.append((group, missing))
     engine_description: dict[str, Any] = {}
     pool = (plan.num_actors, plan.actor_cpus, plan.actor_gpus)
-    for result in predict_with_ray_data(rows, todo, plan.settings, config.track, *pool, config.slm.decoding):
-        new_records = [record for record in result["records"] if record["index"] not in store.records]
-        store.append(new_records, result["elapsed_s"])
+    for result in predict_with_ray_data(rows, work, plan.settings, pending[0].config.track, *pool):
+        for answered in result["answered"]:
+            entry = by_decoding[answered["decoding"]]
+            new_records = [record for record in answered["records"] if record["index"] not in entry.store.records]
+            entry.store.append(new_records, answered["elapsed_s"])
+            progress.update(entry.task, advance=len(new_records))
         engine_description = result["engine"]
-        progress.update(task, advance=len(new_records))
     return engine_description
 
 
-def answer_with_teacher(config, rows, store, engine, progress, task) -> None:
+def answer_with_teacher(entry: PendingEval, rows: list[Row], progress) -> None:
+    config, store, engine, task = entry.config, entry.store, entry.teacher_engine, entry.task
     chunk = max(1, config.teacher.concurrency) * 2
     todo = [index for index in range(len(rows)) if index not in store.records]
     for start in range(0, len(todo), chunk):
@@ -209,7 +239,6 @@ def eval_input_errors() -> tuple[type[Exception], ...]:
     from ray_app.engines.replay import ReplayMissingError
     from ray_app.engines.slm import SlmEngineError
     from ray_app.engines.teacher_settings import TeacherConfigError
-    from ray_app.eval.config import EvalConfigError
     from ray_app.eval.row_constraints import RowConstraintError
     from ray_app.models.model_path import ModelPathError
     from ray_app.tracing import LangfuseRequiredError
@@ -267,84 +296,155 @@ def eval_metrics_record(
 
 def run_eval(config: EvalConfig) -> EvalOutcome:
     """Evaluate `config.model` on `config.track`'s split; reuse finished work; return the metrics."""
-    from ray_app.tracing import start_run_trace
+    return run_evals([config])[0]
 
-    rows: list[Row] = read_split(config.split_path, config.track)
-    split_identity = {"track": config.track, "split": config.split, "split_sha256": file_sha256(config.split_path)}
-    teacher_engine = None
+
+def check_evaluated_together(configs: list[EvalConfig]) -> None:
+    first = configs[0]
+    if len(configs) == 1:
+        return
+    same = {"model": "slm", "track": first.track, "split": first.split, "dataset_root": first.dataset_root}
+    decodings = [config.slm.decoding for config in configs]
+    if (
+        any(getattr(config, name) != value for config in configs for name, value in same.items())
+        or any(dataclasses.replace(config.slm, decoding="free") != dataclasses.replace(first.slm, decoding="free")
+               for config in configs)
+        or len(set(decodings)) != len(decodings)
+        or len({config.output_dir for config in configs}) != len(configs)
+    ):  # fmt: skip
+        raise EvalConfigError(
+            "evaluated in one pass: configurations of the same SLM on the same split that differ only in "
+            f"decoding, each once; got {[(c.model, c.track, c.split, c.slm.decoding, c.model_label) for c in configs]}"
+        )
+
+
+def prepare(config: EvalConfig, rows: list[Row], split_identity: dict[str, Any]) -> PendingEval:
+    """What an evaluation's answers depend on (its run key) and what will answer it."""
     if config.model == "slm":
         from ray_app.ray_runtime import cluster_cpus, cluster_gpus
 
         if config.slm.decoding == "constrained":
             split_constraints(config.track, rows, display_path(config.split_path))  # each row's, before compute
         plan = slm_plan(config, cluster_gpus(), cluster_cpus())
-        identity = plan.identity
-    else:
-        teacher_engine = build_teacher_engine(config)
-        identity = teacher_identity(teacher_engine, config)
-    run_key = run_key_of({**split_identity, **identity})
-    label = config.model_label
-    finished = finished_outputs_match(config, run_key)
-    if finished is not None:
-        console.print(f"eval {config.track}/{label}: up to date (run key {run_key[:12]} matches), skipped")
-        return EvalOutcome(config.output_dir / "metrics.json", config.output_dir / "predictions.jsonl", finished, True)
+        return PendingEval(config, plan.identity, run_key_of({**split_identity, **plan.identity}), plan=plan)
+    teacher_engine = build_teacher_engine(config)
+    identity = teacher_identity(teacher_engine, config)
+    return PendingEval(config, identity, run_key_of({**split_identity, **identity}), teacher_engine=teacher_engine)
 
-    trace_input = {
-        "split": display_path(config.split_path),
-        "output_dir": display_path(config.output_dir),
-        "rows": len(rows),
-        "identity": identity,
-        "config": run_facts(config)["config"],
+
+def slm_engine_description(entry: PendingEval, loaded: dict[str, Any], together: list[PendingEval]) -> dict[str, Any]:
+    config, plan = entry.config, entry.plan
+    others = [other.config.model_label for other in together if other is not entry]
+    return {
+        **plan.settings.to_json(),
+        "precision_requested": config.slm.precision,
+        "precision_reason": plan.precision.reason,
+        **loaded,  # what the actors loaded
+        "actors": plan.num_actors,
+        **(constrained_engine(config.track) if config.slm.decoding == "constrained" else {}),
+        # answered group by group with these, on the same actors (a later decoding finds the prompt
+        # prefixes cached: its wall time is lower, its bytes the same)
+        **({"evaluated_in_one_pass_with": others} if others else {}),
     }
-    with start_run_trace(
-        name=f"eval {config.track}/{label}",
-        kind="eval",
-        local_dir=config.eval_root / "traces",
-        input=trace_input,
-        metadata={"track": config.track, "model_label": label, "run_key": run_key},
-        require_langfuse=config.require_langfuse,
-    ) as trace:
-        store = PredictionStore.open(config.output_dir, run_key)
-        if store.discarded_reason:
-            console.print(f"eval {config.track}/{label}: {store.discarded_reason}")
-        if store.records:
-            console.print(f"eval {config.track}/{label}: resuming, {len(store.records)}/{len(rows)} rows already done")
-        with progress_bar() as progress:
-            task = progress.add_task(f"eval {config.track}/{label}", total=len(rows), completed=len(store.records))
-            with trace.span("generate", input={"rows_todo": len(rows) - len(store.records)}) as span:
-                if teacher_engine is None:
-                    description = answer_with_slm(config, rows, store, plan, progress, task)
-                    engine_description = {
-                        **plan.settings.to_json(),
-                        "precision_requested": config.slm.precision,
-                        "precision_reason": plan.precision.reason,
-                        **description,  # what the actors loaded
-                        "actors": plan.num_actors,
-                        **(constrained_engine(config.track) if config.slm.decoding == "constrained" else {}),
-                    }
+
+
+def run_evals(configs: list[EvalConfig]) -> list[EvalOutcome]:
+    """Evaluate `configs` — one configuration, or the free and constrained decodings of one SLM on one
+    split, which are answered in one Ray Data pass (one actor pool, one model load; `ray_predictor`).
+    Each keeps its own run key, outputs, resume point, progress line and trace; finished ones are reused."""
+    from ray_app.tracing import start_run_trace
+
+    check_evaluated_together(configs)
+    first = configs[0]
+    rows: list[Row] = read_split(first.split_path, first.track)
+    split_identity = {"track": first.track, "split": first.split, "split_sha256": file_sha256(first.split_path)}
+    prepared = [prepare(config, rows, split_identity) for config in configs]
+    outcomes: dict[int, EvalOutcome] = {}
+    for number, entry in enumerate(prepared):
+        config = entry.config
+        finished = finished_outputs_match(config, entry.run_key)
+        if finished is not None:
+            console.print(
+                f"eval {config.track}/{config.model_label}: up to date (run key {entry.run_key[:12]} matches), skipped"
+            )
+            outcomes[number] = EvalOutcome(config.output_dir / METRICS_FILE, config.output_dir / "predictions.jsonl",
+                                           finished, True)  # fmt: skip
+    pending = [entry for number, entry in enumerate(prepared) if number not in outcomes]
+    with ExitStack() as open_runs:
+        for entry in pending:
+            config, label = entry.config, entry.config.model_label
+            entry.trace = open_runs.enter_context(
+                start_run_trace(
+                    name=f"eval {config.track}/{label}",
+                    kind="eval",
+                    local_dir=config.eval_root / "traces",
+                    input={
+                        "split": display_path(config.split_path),
+                        "output_dir": display_path(config.output_dir),
+                        "rows": len(rows),
+                        "identity": entry.identity,
+                        "config": run_facts(config)["config"],
+                    },
+                    metadata={"track": config.track, "model_label": label, "run_key": entry.run_key},
+                    require_langfuse=config.require_langfuse,
+                )
+            )
+            entry.store = PredictionStore.open(config.output_dir, entry.run_key)
+            if entry.store.discarded_reason:
+                console.print(f"eval {config.track}/{label}: {entry.store.discarded_reason}")
+            if entry.store.records:
+                console.print(
+                    f"eval {config.track}/{label}: resuming, {len(entry.store.records)}/{len(rows)} rows already done"
+                )
+        if pending:
+            with progress_bar() as progress, ExitStack() as spans:
+                for entry in pending:
+                    entry.task = progress.add_task(
+                        f"eval {entry.config.track}/{entry.config.model_label}",
+                        total=len(rows),
+                        completed=len(entry.store.records),
+                    )
+                generate_spans = [
+                    spans.enter_context(
+                        entry.trace.span("generate", input={"rows_todo": len(rows) - len(entry.store.records)})
+                    )
+                    for entry in pending
+                ]
+                if pending[0].plan is not None:
+                    loaded = answer_with_slm(pending, rows, progress)
+                    descriptions = [slm_engine_description(entry, loaded, pending) for entry in pending]
                 else:
-                    answer_with_teacher(config, rows, store, teacher_engine, progress, task)
-                    engine_description = teacher_engine.describe()
-                span.update(output={"rows_done": len(store.records)})
-        records = store.finish(len(rows))
-        result = eval_metrics_record(
-            track=config.track,
-            label=label,
-            split=config.split,
-            records=records,
-            elapsed_s=store.elapsed_s,
-            engine_description=engine_description,
-            is_teacher=config.model == "teacher",
-            run_key=run_key,
-            identity=identity,
-            predictions_path=store.predictions_path,
-            config=config,
-        )
-        metrics = result.metrics
-        metrics_path = atomic_write_json(config.output_dir / METRICS_FILE, result.to_json())
-        trace.end(output={"metrics": metrics, "metrics_path": display_path(metrics_path)})
+                    answer_with_teacher(pending[0], rows, progress)
+                    descriptions = [pending[0].teacher_engine.describe()]
+                for entry, span in zip(pending, generate_spans, strict=True):
+                    span.update(output={"rows_done": len(entry.store.records)})
+            for entry, description in zip(pending, descriptions, strict=True):
+                outcomes[prepared.index(entry)] = finish_eval(entry, rows, description)
+    return [outcomes[number] for number in range(len(prepared))]
+
+
+def finish_eval(entry: PendingEval, rows: list[Row], engine_description: dict[str, Any]) -> EvalOutcome:
+    """Score the stored answers, write metrics.json, end the run's trace and say what it measured."""
+    config, store = entry.config, entry.store
+    records = store.finish(len(rows))
+    result = eval_metrics_record(
+        track=config.track,
+        label=config.model_label,
+        split=config.split,
+        records=records,
+        elapsed_s=store.elapsed_s,
+        engine_description=engine_description,
+        is_teacher=config.model == "teacher",
+        run_key=entry.run_key,
+        identity=entry.identity,
+        predictions_path=store.predictions_path,
+        config=config,
+    )
+    metrics = result.metrics
+    metrics_path = atomic_write_json(config.output_dir / METRICS_FILE, result.to_json())
+    entry.trace.end(output={"metrics": metrics, "metrics_path": display_path(metrics_path)})
     console.print(
-        f"eval {config.track}/{label}: "
+        f"eval {config.track}/{config.model_label}: "
         + ", ".join(f"{name}={value:.3f}" for name, value in metrics.items() if name.endswith("_rate"))
         + f" → {display_path(metrics_path)}",
         highlight=False,

@@ -8,8 +8,13 @@ step count, never by the clock. So the rows that decode together at each step ar
 every run, whatever the number of actors and however often a run was resumed: with greedy decoding
 that makes the predictions byte-identical.
 
-Under constrained decoding each actor builds every row's constraint from the row's prompt
-(`row_constraints.py`, the same pure function the driver checked them with); free decoding sends none.
+An item may ask for its group under several decodings: the main job evaluates the free and the
+constrained configuration of one model in one pass (`evaluate.run_evals`): one actor pool, one model
+load, and each group answered free, then constrained, by the same actor. Under constrained decoding
+the actor builds every row's constraint from the row's prompt (`row_constraints.py`, the same pure
+function the driver checked them with); free decoding sends none. The engine schedules a group the same whatever its
+prefix cache holds (`engines/decode/running_batch.PrefillTask`), so the bytes of a decoding's answers
+do not depend on whether another decoding ran first.
 """
 
 from __future__ import annotations
@@ -45,17 +50,18 @@ def prediction_record(index: int, row: Row, generation) -> dict[str, Any]:
 
 
 class SlmPredictor:
-    """Ray Data actor: loads the SLM once, answers one fixed group of rows per call.
+    """Ray Data actor: loads the SLM once, answers one fixed group of rows per call, under each decoding
+    the item names, in that order (free, then constrained: the second pass finds the group's prompt
+    prefixes in the engine's prefix cache, which saves their prefill and changes no byte).
 
     The SLM loads on the first call, not in the constructor: Ray Data runs the constructor and the
     calls on two threads, and a model loaded on one thread and run on another is ~2x slower on a
     2-core CPU (torch's OpenMP teams: `engines/decode/loaded_slm.py`)."""
 
-    def __init__(self, settings: dict[str, Any], track: Track, decoding: Decoding = "free"):
+    def __init__(self, settings: dict[str, Any], track: Track):
         self.settings = SlmSettings(**settings)
         self.engine: SlmEngine | None = None
         self.track = track
-        self.constrained = decoding == "constrained"
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         if self.engine is None:
@@ -66,37 +72,39 @@ class SlmPredictor:
             rows = [
                 Row(prompt, completion) for prompt, completion in zip(work["prompts"], work["completions"], strict=True)
             ]
-            requests = [
-                EngineRequest(
-                    index, self.track, row.prompt, row_constraint(self.track, row.prompt) if self.constrained else None
-                )
-                for index, row in zip(work["indices"], rows, strict=True)
-            ]
-            started = time.perf_counter()
-            generations = self.engine.generate(requests)
-            records = [
-                prediction_record(index, row, generation)
-                for index, row, generation in zip(work["indices"], rows, generations, strict=True)
-            ]
-            outputs.append(
-                json.dumps(
-                    {"records": records, "elapsed_s": time.perf_counter() - started, "engine": self.engine.describe()}
-                )
-            )
+            answered = []
+            for decoding in work["decodings"]:
+                requests = [
+                    EngineRequest(
+                        index,
+                        self.track,
+                        row.prompt,
+                        row_constraint(self.track, row.prompt) if decoding == "constrained" else None,
+                    )
+                    for index, row in zip(work["indices"], rows, strict=True)
+                ]
+                started = time.perf_counter()
+                generations = self.engine.generate(requests)
+                records = [
+                    prediction_record(index, row, generation)
+                    for index, row, generation in zip(work["indices"], rows, generations, strict=True)
+                ]
+                answered.append({"decoding": decoding, "records": records, "elapsed_s": time.perf_counter() - started})
+            outputs.append(json.dumps({"answered": answered, "engine": self.engine.describe()}))
         return {"result": outputs}
 
 
 def predict_with_ray_data(
     rows: list[Row],
-    groups: list[list[int]],
+    work: list[tuple[list[int], list[Decoding]]],
     settings: SlmSettings,
     track: Track,
     num_actors: int,
     actor_num_cpus: float,
     actor_num_gpus: float,
-    decoding: Decoding = "free",
 ) -> Iterator[dict[str, Any]]:
-    """Yield `{"records", "elapsed_s", "engine"}` per finished group, in completion order."""
+    """For each (group, decodings) in `work`, yield `{"answered": [{"decoding", "records", "elapsed_s"},
+    ...], "engine"}` once the group is answered under all its decodings, in completion order."""
     import ray
 
     items = [
@@ -106,15 +114,16 @@ def predict_with_ray_data(
                     "indices": group,
                     "prompts": [rows[i].prompt for i in group],
                     "completions": [rows[i].completion for i in group],
+                    "decodings": decodings,
                 }
             )
         }
-        for group in groups
+        for group, decodings in work
     ]
     settings_json = asdict(settings)
     dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
         SlmPredictor,
-        fn_constructor_kwargs={"settings": settings_json, "track": track, "decoding": decoding},
+        fn_constructor_kwargs={"settings": settings_json, "track": track},
         batch_size=1,  # one item = one fixed group of rows
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=actor_num_cpus,

@@ -46,7 +46,7 @@ from ray_app.decide.decision_record import DECISION_FILE, Decision
 from ray_app.decide.model_labels import SLM_LABEL, TEACHER_LABEL, slm_label
 from ray_app.engines.precision import PrecisionChoice
 from ray_app.eval.config import Decoding, EvalConfig, SlmEvalSettings, TeacherEvalSettings, teacher_mode_from_env
-from ray_app.eval.evaluate import EvalOutcome, run_eval
+from ray_app.eval.evaluate import EvalOutcome, run_eval, run_evals
 from ray_app.pipeline.config import PipelineConfig
 from ray_app.pipeline.ledger import StepLedger, file_hash, inputs_hash
 from ray_app.prompts import TEMPLATES_PATH
@@ -336,12 +336,16 @@ def decodings(config: PipelineConfig) -> tuple[Decoding, ...]:
 def evaluate_slm(
     config: PipelineConfig, track: str, dataset_root: Path, model_path: str, adapter: Path | None = None
 ) -> None:
-    """One SLM configuration on one track, free and constrained: `slm`, `slm-constrained` (or `slm-adapter`...)."""
-    for decoding in decodings(config):
-        result = run_eval(
+    """One SLM configuration on one track, free and constrained (`slm`, `slm-constrained`, or
+    `slm-adapter`...), in one Ray Data pass: one model load, each group answered free then constrained."""
+    results = run_evals(
+        [
             EvalConfig(track=track, model="slm", dataset_root=dataset_root, eval_root=config.eval_root,  # type: ignore[arg-type]
                        seed=config.seed, slm=slm_settings(config, model_path, adapter, decoding))
-        )  # fmt: skip
+            for decoding in decodings(config)
+        ]
+    )  # fmt: skip
+    for result in results:
         detail(f"{track}/{result.metrics.model_label}: {eval_reused_note(result)}")
 
 

@@ -14,6 +14,9 @@ from ray_app.engines.decode.loaded_slm import BASE_MODEL_NAME, LoadedSlm, adapte
 from ray_app.engines.decode.scheduler import DecodeScheduler
 from ray_app.engines.slm import GreedyAnswer, SlmSettings
 
+# What evaluation run keys say about the engine; changed whenever the same settings would give other bytes.
+ENGINE_IDENTITY = "transformers, engines/decode, prefix-cache hits keep the schedule"
+
 
 class SlmEngine:
     kind = "transformers"
@@ -23,8 +26,13 @@ class SlmEngine:
         adapters = {adapter_model_name(settings.adapter_path): settings.adapter_path} if settings.adapter_path else {}
         self.slm = LoadedSlm(settings, adapters)
         self.model_name = next(iter(adapters), BASE_MODEL_NAME)
+        # Answers that depend on the rows alone, not on what the prefix cache held (`PrefillTask`).
         self.scheduler = DecodeScheduler(
-            self.slm, settings.batch_size, settings.prefill_chunk_tokens, settings.prefix_cache_tokens
+            self.slm,
+            settings.batch_size,
+            settings.prefill_chunk_tokens,
+            settings.prefix_cache_tokens,
+            schedule_as_uncached=True,
         )
 
     @property

@@ -329,9 +329,22 @@ class PrefillTask:
     """One prompt's prefill, a piece per forward call, so it can be spread over several scheduler
     iterations. The longest cached shareable prefix is loaded first and only the pieces after it run;
     a piece that ends a shareable prefix is cached. Pieces are fixed by the prompt (see
-    `prefill_piece_ends`), so a cache hit skips exactly the computation a miss does."""
+    `prefill_piece_ends`), so a cache hit skips exactly the computation a miss does.
 
-    def __init__(self, row: Row, chunk_tokens: int, prefix_cache: PrefixKvCache | None):
+    What a hit may still change is *when* the prompt finishes: the scheduler spends a budget of
+    prompt tokens per iteration, so a prompt with a long cached prefix joins the running batch
+    iterations earlier, and the rows that decode together at later steps differ — in bf16 that
+    changes answers (4 of 32 toolcall rows, measured: a group answered by an actor that had answered
+    another group first vs by a fresh one). With `schedule_as_uncached` (evaluation) the cached
+    pieces stay in the schedule: each one is "run" without computing anything and spends the budget
+    it would have spent, so the prompt joins when it would have with a cold cache, whatever the cache
+    held — the answers depend on the rows alone, and a hit only saves the computation. Serve leaves
+    it off: there arrival times already decide who decodes together, and a hit's earlier start is
+    its latency gain."""
+
+    def __init__(
+        self, row: Row, chunk_tokens: int, prefix_cache: PrefixKvCache | None, schedule_as_uncached: bool = False
+    ):
         from transformers import DynamicCache
 
         self.row, self.prefix_cache = row, prefix_cache
@@ -345,21 +358,28 @@ class PrefillTask:
                     self.cache.update(keys, values, layer)
                 self.done_tokens = end
                 break
-        self.piece_ends = [end for end in prefill_piece_ends(job, chunk_tokens) if end > self.done_tokens]
+        self.cached_tokens = self.done_tokens  # loaded from the prefix cache, not computed
+        self.scheduled_tokens = 0 if schedule_as_uncached else self.cached_tokens  # the schedule's progress
+        self.piece_ends = [end for end in prefill_piece_ends(job, chunk_tokens) if end > self.scheduled_tokens]
 
     @property
     def finished(self) -> bool:
         return not self.piece_ends
 
     @property
-    def next_piece_tokens(self) -> int:
-        return self.piece_ends[0] - self.done_tokens
+    def remaining_tokens(self) -> int:
+        """Prompt tokens the schedule still counts for this prefill (what `run_piece` calls will return)."""
+        return len(self.row.job.prompt_ids) - self.scheduled_tokens
 
     def run_piece(self, model, device) -> int:
-        """Prefill the next piece (the model's adapter must be active); returns its token count."""
+        """Prefill the next piece (the model's adapter must be active); returns its token count, which
+        is what the schedule spends: a piece inside the cached prefix computes nothing."""
         import torch
 
         ids, end = self.row.job.prompt_ids, self.piece_ends.pop(0)
+        tokens, self.scheduled_tokens = end - self.scheduled_tokens, end
+        if end <= self.cached_tokens:
+            return tokens
         with torch.inference_mode():
             output = model(  # writes the piece's keys/values into `self.cache`
                 input_ids=torch.tensor([ids[self.done_tokens : end]], device=device),
@@ -369,7 +389,7 @@ class PrefillTask:
             )
         if end in self.shareable:
             self.prefix_cache.put(self.row.job.model_name, tuple(ids[:end]), layer_tensors(self.cache))
-        tokens, self.done_tokens = end - self.done_tokens, end
+        self.done_tokens = end
         if self.finished:
             self.logits = output.logits[:, -1, :]
         return tokens

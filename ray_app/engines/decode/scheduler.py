@@ -11,9 +11,10 @@ Jobs wait in arrival order. Each `iteration()`:
 4. one decode step of each model's batch, that model's adapter active.
 
 Everything here is driven by steps, never by the clock: given the same jobs in the same order, the
-same rows prefill and decode together at every step, so the tokens are the same bytes on every run.
-Evaluation feeds fixed groups of rows this way (`run_to_completion`); Serve's replica runs the
-same iterations in a thread as requests arrive (`serve/model_host.py`).
+same rows prefill and decode together at every step, so the tokens are the same bytes on every run;
+with `schedule_as_uncached` (evaluation's engine) also whatever the prefix cache held. Evaluation
+feeds fixed groups of rows this way (`run_to_completion`); Serve's replica runs the same iterations
+in a thread as requests arrive (`serve/model_host.py`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,14 @@ class IterationResult:
 
 
 class DecodeScheduler:
-    def __init__(self, slm: LoadedSlm, max_batch_rows: int, prefill_chunk_tokens: int, prefix_cache_tokens: int):
+    def __init__(
+        self,
+        slm: LoadedSlm,
+        max_batch_rows: int,
+        prefill_chunk_tokens: int,
+        prefix_cache_tokens: int,
+        schedule_as_uncached: bool = False,  # prefix-cache hits save computation only (`PrefillTask`)
+    ):
         if max_batch_rows < 1 or prefill_chunk_tokens < 1 or prefix_cache_tokens < 0:
             raise ValueError(
                 "need max_batch_rows ≥ 1, prefill_chunk_tokens ≥ 1 and prefix_cache_tokens ≥ 0; got "
@@ -48,6 +56,7 @@ class DecodeScheduler:
         self.max_batch_rows = max_batch_rows
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.prefix_cache = PrefixKvCache(prefix_cache_tokens) if prefix_cache_tokens > 0 else None
+        self.schedule_as_uncached = schedule_as_uncached
         self.waiting: deque[tuple[int, GenerationJob]] = deque()
         self.prefilling: list[PrefillTask] = []
         self.batches: dict[str, RunningBatch] = {}  # by model name
@@ -113,13 +122,15 @@ class DecodeScheduler:
                 except Exception as error:  # a constraint that does not compile fails its own job only
                     result.failed.append(([key], error))
                     continue
-            self.prefilling.append(PrefillTask(row, self.prefill_chunk_tokens, self.prefix_cache))
+            self.prefilling.append(
+                PrefillTask(row, self.prefill_chunk_tokens, self.prefix_cache, self.schedule_as_uncached)
+            )
 
     def _prefill(self, result: IterationResult) -> None:
         """Spend up to `prefill_chunk_tokens` prompt tokens, shortest remaining prompt first (a piece
         starts while the budget is not spent); prompts done join their model's batch."""
         started = time.perf_counter()
-        order = sorted(self.prefilling, key=lambda task: len(task.row.job.prompt_ids) - task.done_tokens)  # stable
+        order = sorted(self.prefilling, key=lambda task: task.remaining_tokens)  # stable
         done: list[PrefillTask] = []
         for task in order:
             if result.prefill_tokens >= self.prefill_chunk_tokens:
