@@ -85,8 +85,7 @@ def engine_ray_data(rows, settings: SlmSettings, rows_per_task: int) -> dict:
     ensure_ray()
     started = time.perf_counter()
     work = [(group, ["free"]) for group in fixed_groups(rows, rows_per_task)]
-    answered = [one for result in predict_with_ray_data(rows, work, settings, "toolcall", 1, 0.5, 0)
-                for one in result["answered"]]  # fmt: skip
+    answered = list(predict_with_ray_data(rows, work, settings, "toolcall", 1, 0.5, 0))
     finished = time.perf_counter()
     records = sorted((r for one in answered for r in one["records"]), key=lambda r: r["index"])
     tokens = sum(r["completion_tokens"] for r in records)

@@ -544,7 +544,7 @@ def test_the_eval_actor_loads_its_engine_on_the_thread_that_answers_its_batches(
                           "completions": ['<tool_call name="get_weather">{"city": "Oslo"}</tool_call>'],
                           "decodings": ["free"]})  # fmt: skip
     calls = ThreadPoolExecutor(1)
-    result = calls.submit(predictor, {"payload": [payload]}).result()
-    [answered] = json.loads(result["result"][0])["answered"]
+    [result] = calls.submit(lambda: list(predictor({"payload": [payload]}))).result()
+    answered = json.loads(result["result"][0])
     assert answered["decoding"] == "free" and len(answered["records"]) == 1
     assert predictor.engine.slm.loading_thread == calls.submit(threading.get_ident).result()

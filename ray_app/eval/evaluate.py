@@ -207,11 +207,10 @@ def answer_with_slm(pending: list[PendingEval], rows: list[Row], progress) -> di
     engine_description: dict[str, Any] = {}
     pool = (plan.num_actors, plan.actor_cpus, plan.actor_gpus)
     for result in predict_with_ray_data(rows, work, plan.settings, pending[0].config.track, *pool):
-        for answered in result["answered"]:
-            entry = by_decoding[answered["decoding"]]
-            new_records = [record for record in answered["records"] if record["index"] not in entry.store.records]
-            entry.store.append(new_records, answered["elapsed_s"])
-            progress.update(entry.task, advance=len(new_records))
+        entry = by_decoding[result["decoding"]]
+        new_records = [record for record in result["records"] if record["index"] not in entry.store.records]
+        entry.store.append(new_records, result["elapsed_s"])
+        progress.update(entry.task, advance=len(new_records))
         engine_description = result["engine"]
     return engine_description
 

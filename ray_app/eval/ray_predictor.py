@@ -12,9 +12,9 @@ An item may ask for its group under several decodings: the main job evaluates th
 constrained configuration of one model in one pass (`evaluate.run_evals`): one actor pool, one model
 load, and each group answered free, then constrained, by the same actor. Under constrained decoding
 the actor builds every row's constraint from the row's prompt (`row_constraints.py`, the same pure
-function the driver checked them with); free decoding sends none. The engine schedules a group the same whatever its
-prefix cache holds (`engines/decode/running_batch.PrefillTask`), so the bytes of a decoding's answers
-do not depend on whether another decoding ran first.
+function the driver checked them with); free decoding sends none. The engine schedules a group the
+same whatever its prefix cache holds (`engines/decode/running_batch.PrefillTask`), so the bytes of a
+decoding's answers do not depend on whether another decoding ran first.
 """
 
 from __future__ import annotations
@@ -63,16 +63,16 @@ class SlmPredictor:
         self.engine: SlmEngine | None = None
         self.track = track
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+    def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, list[str]]]:
+        """Yields one result per group and decoding, as each is answered: the free answers reach the
+        driver's store before the constrained pass starts."""
         if self.engine is None:
             self.engine = SlmEngine(self.settings)  # on the thread every call runs on
-        outputs = []
         for payload in batch["payload"]:
             work = json.loads(payload)
             rows = [
                 Row(prompt, completion) for prompt, completion in zip(work["prompts"], work["completions"], strict=True)
             ]
-            answered = []
             for decoding in work["decodings"]:
                 requests = [
                     EngineRequest(
@@ -89,9 +89,13 @@ class SlmPredictor:
                     prediction_record(index, row, generation)
                     for index, row, generation in zip(work["indices"], rows, generations, strict=True)
                 ]
-                answered.append({"decoding": decoding, "records": records, "elapsed_s": time.perf_counter() - started})
-            outputs.append(json.dumps({"answered": answered, "engine": self.engine.describe()}))
-        return {"result": outputs}
+                result = {
+                    "decoding": decoding,
+                    "records": records,
+                    "elapsed_s": time.perf_counter() - started,
+                    "engine": self.engine.describe(),
+                }
+                yield {"result": [json.dumps(result)]}
 
 
 def predict_with_ray_data(
@@ -103,8 +107,8 @@ def predict_with_ray_data(
     actor_num_cpus: float,
     actor_num_gpus: float,
 ) -> Iterator[dict[str, Any]]:
-    """For each (group, decodings) in `work`, yield `{"answered": [{"decoding", "records", "elapsed_s"},
-    ...], "engine"}` once the group is answered under all its decodings, in completion order."""
+    """For each (group, decodings) in `work`, yield `{"decoding", "records", "elapsed_s", "engine"}` as
+    the group is answered under each of its decodings, in completion order."""
     import ray
 
     items = [
