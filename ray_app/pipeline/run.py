@@ -7,7 +7,7 @@
 3. SLM: SLM_MODEL_PATH / --model-path, or the demo SLM fetched;
 4. teacher evaluation on both tracks (Azure, OpenAI-compatible, or replay);
 5. SLM evaluation on both tracks through Ray Data, free (`slm`) and, with `constrained_eval`, under
-   constrained decoding (`slm-constrained`);
+   constrained decoding (`slm-constrained`), both in one pass per track;
 6. decide: decision.json with FINE_TUNE per track (teacher vs the free SLM; slm-constrained beside it);
 7. train the tracks with FINE_TUNE=1 on Ray Train;
 8. evaluate every installed adapter, free and constrained (reused when its evaluation is up to date);

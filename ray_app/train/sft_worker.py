@@ -177,7 +177,7 @@ def build_sft_trainer(config: dict[str, Any], device, output_dir: Path, callback
         peft_config=peft_config,
         callbacks=callbacks,
     )
-    if not on_gpu:  # what makes CPU training faster without changing what it trains
+    if not on_gpu:  # what makes CPU training faster without changing the recipe (cpu_training.py)
         from ray_app.train.cpu_training import score_labelled_positions_only, use_cpu_dropout
 
         score_labelled_positions_only()
