@@ -23,6 +23,16 @@ def test_cpu_dropout_drops_p_of_the_elements_and_keeps_the_expected_value():
     assert dropout.keep_scale == MASK_LEVELS / (MASK_LEVELS - round(0.1 * MASK_LEVELS))
 
 
+def test_cpu_dropout_keeps_the_expected_value_in_bf16_too():
+    torch.manual_seed(42)
+    dropout = CpuDropout(0.1)
+    x = (torch.rand(4000, 1000) + 0.5).to(torch.bfloat16)  # positive, so the sums below are far from 0
+    out = dropout(x).double()
+    kept = out != 0
+    ratio = out[kept].sum() / x.double()[kept].sum()  # the kept elements' scale, on average
+    assert abs(ratio.item() / dropout.keep_scale - 1) < 3e-4  # a mask of bf16(1.1111) = 1.1094 is 1.6e-3 low
+
+
 def test_cpu_dropout_is_the_identity_in_eval_mode_and_seeded_in_training():
     x = torch.randn(3, 50, 64)
     dropout = CpuDropout(0.1)

@@ -80,7 +80,10 @@ class CpuDropout(torch.nn.Module):
         words = torch.empty((count + 3) // 4, dtype=torch.int64, device=x.device).random_()
         slices = words.view(torch.int16)[:count].view(x.shape)
         keep = (slices & (MASK_LEVELS - 1)) >= self.drop_levels
-        return x * keep.to(x.dtype).mul_(self.keep_scale)
+        # The scale multiplies the values, not the mask: in bf16 a mask of 1.1111 rounds to 1.1094, which
+        # would scale every kept element 0.16% low; rounding each product is unbiased. (PEFT casts a LoRA
+        # layer's input to its fp32 weights' dtype before the dropout, so the demo's training is fp32 here.)
+        return x * keep * self.keep_scale
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
