@@ -172,7 +172,7 @@ def progress_bar() -> Progress:
     )
 
 
-@dataclass
+@dataclass(eq=False)  # one per configuration: found by identity
 class PendingEval:
     """One configuration of `run_evals` that has to be answered: its key, plan and, once open, its
     prediction store, trace and progress line."""

@@ -350,21 +350,25 @@ class PrefillTask:
         self.row, self.prefix_cache = row, prefix_cache
         job = row.job
         self.shareable = {end for end in job.prefix_ends if 0 < end < len(job.prompt_ids)} if prefix_cache else set()
-        self.cache, self.done_tokens, self.logits = DynamicCache(), 0, None
+        self.cache, self.cached_tokens, self.logits = DynamicCache(), 0, None
         for end in sorted(self.shareable, reverse=True):
             entry = prefix_cache.get(job.model_name, tuple(job.prompt_ids[:end]))
             if entry is not None:
                 for layer, (keys, values) in enumerate(entry.layers):
                     self.cache.update(keys, values, layer)
-                self.done_tokens = end
+                self.cached_tokens = end  # loaded from the prefix cache, not computed
                 break
-        self.cached_tokens = self.done_tokens  # loaded from the prefix cache, not computed
         self.scheduled_tokens = 0 if schedule_as_uncached else self.cached_tokens  # the schedule's progress
         self.piece_ends = [end for end in prefill_piece_ends(job, chunk_tokens) if end > self.scheduled_tokens]
 
     @property
     def finished(self) -> bool:
         return not self.piece_ends
+
+    @property
+    def done_tokens(self) -> int:
+        """Prompt tokens whose keys/values are in `self.cache` (loaded or computed)."""
+        return max(self.scheduled_tokens, self.cached_tokens)
 
     @property
     def remaining_tokens(self) -> int:
@@ -376,20 +380,19 @@ class PrefillTask:
         is what the schedule spends: a piece inside the cached prefix computes nothing."""
         import torch
 
-        ids, end = self.row.job.prompt_ids, self.piece_ends.pop(0)
+        ids, start, end = self.row.job.prompt_ids, self.done_tokens, self.piece_ends.pop(0)
         tokens, self.scheduled_tokens = end - self.scheduled_tokens, end
         if end <= self.cached_tokens:
             return tokens
         with torch.inference_mode():
             output = model(  # writes the piece's keys/values into `self.cache`
-                input_ids=torch.tensor([ids[self.done_tokens : end]], device=device),
+                input_ids=torch.tensor([ids[start:end]], device=device),
                 use_cache=True,
                 logits_to_keep=1,
                 **{cache_keyword(model): self.cache},
             )
         if end in self.shareable:
             self.prefix_cache.put(self.row.job.model_name, tuple(ids[:end]), layer_tensors(self.cache))
-        self.done_tokens = end
         if self.finished:
             self.logits = output.logits[:, -1, :]
         return tokens
