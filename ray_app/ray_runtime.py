@@ -183,6 +183,11 @@ def ensure_ray() -> str | None:
         # Ray starts workers at nice 15 by default; here the workers do the job's real work (the
         # model), so they get normal priority and do not lose CPU to Ray's own daemons on 2 cores.
         os.environ.setdefault("RAY_worker_niceness", "0")
+        # Ray starts a worker per CPU when the driver connects, in case tasks come; idle, each wakes
+        # ~100 times a second, and on 2 cores those wakeups cost the model's OpenMP team its turns: the
+        # 50-row toolcall evaluation (fp32) answered in 95.1 s with them, 90.9 s without (Intel(R) Xeon(R)
+        # Processor, 2026-12-02). The job's workers are actors (evaluation, training), started on demand.
+        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
         context = ray.init(address="local", runtime_env={"env_vars": WORKER_ENV}, **quiet)
         where = "embedded local Ray"
         _started_local = True

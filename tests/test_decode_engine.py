@@ -548,3 +548,73 @@ def test_the_eval_actor_loads_its_engine_on_the_thread_that_answers_its_batches(
     answered = json.loads(result["result"][0])
     assert answered["decoding"] == "free" and len(answered["records"]) == 1
     assert predictor.engine.slm.loading_thread == calls.submit(threading.get_ident).result()
+
+
+def test_row_attention_reads_each_live_rows_own_columns_as_masked_sdpa_would():
+    """`row_attention_forward` with row spans: each live row equals masked SDPA over the whole buffer
+    (grouped query heads included); a dead slot is not computed; without spans it is transformers' SDPA."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from ray_app.engines.decode.row_attention import row_attention_forward
+
+    torch.manual_seed(0)
+    slots, heads, key_heads, width, head_dim = 4, 6, 2, 11, 8
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = heads // key_heads, True
+    query = torch.randn(slots, heads, 1, head_dim)
+    key, value = torch.randn(slots, key_heads, width, head_dim), torch.randn(slots, key_heads, width, head_dim)
+    starts = [0, 5, 9, 3]  # slot 3 is dead
+    key[1, :, :5] = float("nan")  # padding is never read
+    value[2, :, :9] = float("nan")
+    mask = torch.zeros(slots, 1, 1, width, dtype=torch.bool)
+    for slot, start in enumerate(starts):
+        mask[slot, ..., start:] = True
+    spans = [(0, 0), (1, 5), (2, 9)]
+    rows, _ = row_attention_forward(module, query, key, value, None, scaling=0.3, row_spans=spans)
+    clean_key, clean_value = key.nan_to_num(), value.nan_to_num()
+    masked, _ = sdpa_attention_forward(module, query, clean_key, clean_value, mask, scaling=0.3)
+    assert rows.shape == masked.shape == (slots, 1, heads, head_dim)
+    torch.testing.assert_close(rows[:3], masked[:3], rtol=1e-5, atol=1e-6)
+    assert not rows[3].any()
+    plain, _ = row_attention_forward(module, query, clean_key, clean_value, mask, scaling=0.3)
+    assert torch.equal(plain, masked)
+
+
+def test_cpu_decode_steps_read_only_live_rows_columns(host):
+    """The engine's CPU models use row attention: garbage (NaN) written into every column a live row does
+    not own — the padding left of its prompt and a dead slot's — changes no token of any answer."""
+    import torch
+
+    from ray_app.engines.decode.row_attention import uses_row_attention
+    from ray_app.engines.decode.scheduler import DecodeScheduler
+
+    assert uses_row_attention(host.slm.model_for("slm"))
+    conversations = [chat_messages(toolcall_prompt([FLIGHTS, WEATHER], "Fly to Rome " * 6)),
+                     chat_messages("Name a colour."), chat_messages("Count to three.")]  # fmt: skip
+    limits = [10, 2, 8]
+
+    def answer(poison: bool) -> dict:
+        scheduler = DecodeScheduler(host.slm, max_batch_rows=3, prefill_chunk_tokens=4096, prefix_cache_tokens=0)
+        for key, (messages, limit) in enumerate(zip(conversations, limits, strict=True)):
+            scheduler.add(key, host.job("slm", messages, limit))
+        answers, poisoned = {}, 0
+        while scheduler.has_work:
+            result = scheduler.iteration()
+            answers.update({token.job: token.answer.token_ids for token in result.tokens if token.answer})
+            batch = scheduler.batches.get("slm")
+            if poison and batch is not None:
+                for slot, row in enumerate(batch.slots):
+                    unused = batch.attention[slot] == 0
+                    unused[batch.filled :] = False  # the columns the next steps write
+                    if row is None:
+                        unused[: batch.filled] = True
+                    with torch.inference_mode():  # the buffers are inference tensors
+                        for layer in batch.layers:
+                            layer.buffer_keys[slot, :, unused] = float("nan")
+                            layer.buffer_values[slot, :, unused] = float("nan")
+                    poisoned += int(unused.sum())
+        assert not poison or poisoned > 0
+        return answers
+
+    assert answer(poison=True) == answer(poison=False)

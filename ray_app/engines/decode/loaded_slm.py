@@ -34,6 +34,7 @@ from ray_app.engines.adapter_weights import AdapterWeightsChoice, merged_copy, m
 from ray_app.engines.constrained.constraints import DecodingConstraint
 from ray_app.engines.constrained.row_grammar import GrammarCompiler
 from ray_app.engines.decode.prefix_cache import shared_prefix_ends, template_anchors
+from ray_app.engines.decode.row_attention import use_row_attention
 from ray_app.engines.decode.running_batch import GenerationJob
 from ray_app.engines.determinism import apply_determinism
 from ray_app.engines.slm import (
@@ -78,6 +79,7 @@ class LoadedSlm:
         self.adapters = dict(adapters)
         base_settings = dataclasses.replace(settings, adapter_path=None)  # adapters are added by name below
         base, self.tokenizer, self.device, self.precision = load_model_and_tokenizer(base_settings)
+        use_row_attention(base)  # fp32 CPU decode steps read each row's own columns only (merged copies inherit it)
         self.adapter_weights = (
             resolve_adapter_weights(
                 settings.adapter_weights, self.precision, self.device, model_bytes(base), len(self.adapters)

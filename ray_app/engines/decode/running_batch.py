@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from ray_app.engines.constrained.constraints import DecodingConstraint
 from ray_app.engines.constrained.row_grammar import RowGrammar, mask_logits
 from ray_app.engines.decode.prefix_cache import PrefixKvCache
+from ray_app.engines.decode.row_attention import uses_row_attention
 from ray_app.engines.slm import GreedyAnswer, stop_token_ids
 
 
@@ -86,6 +87,7 @@ class RunningBatch:
     def __init__(self, model, tokenizer, device):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.stop_ids = stop_token_ids(model, tokenizer)
+        self.row_attention = uses_row_attention(model)  # `row_attention.py` (CPU); else masked SDPA
         self.slots: list[Row | None] = []  # a row per slot of the buffers; None: dead
         self.layers: list = []  # PreallocatedLayer per model layer, [slots, kv_heads, width, head_dim]
         self.attention = None  # [slots, width]: 1 where a slot has a real position
@@ -139,11 +141,16 @@ class RunningBatch:
         with torch.inference_mode():
             self.attention[:, self.filled] = 1
             self.filled += 1
+            if self.row_attention:  # each live row attends over its own columns: no mask, dead slots skipped
+                starts = self.attention[:, : self.filled].argmax(dim=1).tolist()  # a row's first real column
+                rows = {"row_spans": [(slot, starts[slot]) for slot, row in enumerate(self.slots) if row is not None]}
+            else:
+                rows = {"attention_mask": self.attention[:, : self.filled]}
             output = self.model(
                 input_ids=self.next_tokens[:, None],
-                attention_mask=self.attention[:, : self.filled],
                 position_ids=self.positions[:, None],
                 use_cache=True,
+                **rows,
                 **{cache_keyword(self.model): self.cache},
             )
             self.positions = self.positions + 1

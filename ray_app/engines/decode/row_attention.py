@@ -1,0 +1,85 @@
+"""Decode-step attention over each row's own columns (CPU).
+
+A `RunningBatch` keeps every row's keys/values right-aligned in one buffer, so at each step a row
+sits in the columns `[start, filled)` of a `filled`-wide buffer and everything left of `start` is
+padding (rows with shorter prompts, rows that joined later) or, in a dead slot, garbage. Masked
+SDPA over the whole buffer computes all of it: over the 50 toolcall test rows (groups of 32, 16 rows
+decoding together) only 40% of the cells it computed were a live row's own columns. On a CPU
+attention costs what it reads, so:
+
+- each live row attends over exactly its own columns, `keys[row, :, start:filled]`, with no mask;
+- dead slots are not computed (their outputs are zeros: nobody reads their tokens);
+- the key/value heads a group of query heads shares are read once (the query heads of a group are
+  the rows of one small attention, as transformers' `pack_gqa` does).
+
+Measured (fp32, the 50 toolcall test rows, demo SLM, in one process, Intel(R) Xeon(R) Processor,
+2 cores, 2026-12-02): 119 → 100 ms per decode step, 81.7 → 72.4 s for the 50 rows, the same 50
+answers. One small attention per row rather than per pair of adjacent rows or per batch: pairs
+were as fast, groups of four slower, and a row's result then depends on that row alone, never on
+which rows decode beside it. Prefill (one prompt, causal) and every call without row spans go to
+transformers' own SDPA attention unchanged.
+
+fp32 CPU models only (`use_row_attention`). In bf16 torch's CPU SDPA is cheap per cell and dear per
+call: the same 50 rows in bf16 took 92 ms per step with row attention vs 80 ms masked (same machine
+and day), so bf16 keeps masked SDPA over the buffer. On a GPU each per-row call would cost a kernel
+launch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+ROW_ATTENTION = "slm_swap_row_attention"  # the name registered with transformers' AttentionInterface
+
+
+@functools.cache
+def register_row_attention() -> str:
+    """Register the implementation with transformers (once per process); returns its name."""
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.modeling_utils import AttentionInterface
+
+    AttentionInterface.register(ROW_ATTENTION, row_attention_forward)
+    AttentionMaskInterface.register(ROW_ATTENTION, sdpa_mask)  # prefill builds SDPA's masks as before
+    return ROW_ATTENTION
+
+
+def use_row_attention(model) -> bool:
+    """Switch an fp32 CPU model's attention to `row_attention_forward`; returns whether it did (not on
+    GPUs, not in bf16/fp16, nor for a model whose attention is not transformers' SDPA)."""
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if base.device.type != "cpu" or base.dtype != torch.float32 or base.config._attn_implementation != "sdpa":
+        return False
+    base.set_attn_implementation(register_row_attention())
+    return True
+
+
+def uses_row_attention(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config._attn_implementation == ROW_ATTENTION
+
+
+def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' attention signature. With `row_spans` ((slot, first column), one per live row;
+    a decode step: one query position per row), each listed row attends over its own columns only;
+    without, SDPA as transformers computes it."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    row_spans = kwargs.pop("row_spans", None)
+    if row_spans is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)  # fmt: skip
+    import torch
+
+    slots, heads, positions, head_dim = query.shape
+    if positions != 1:
+        raise ValueError(f"row attention answers one query position per row (a decode step), got {positions}")
+    key_heads = key.shape[1]
+    grouped = query.reshape(slots, key_heads, heads // key_heads, head_dim)  # a group's query heads, as rows
+    output = torch.zeros_like(grouped)
+    for slot, start in row_spans:
+        output[slot] = torch.nn.functional.scaled_dot_product_attention(
+            grouped[slot], key[slot, :, start:], value[slot, :, start:], scale=scaling
+        )
+    return output.reshape(slots, 1, heads, head_dim), None
