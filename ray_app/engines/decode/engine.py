@@ -15,7 +15,9 @@ from ray_app.engines.decode.scheduler import DecodeScheduler
 from ray_app.engines.slm import GreedyAnswer, SlmSettings
 
 # What evaluation run keys say about the engine; changed whenever the same settings would give other bytes.
-ENGINE_IDENTITY = "transformers, engines/decode, prefix-cache hits keep the schedule, rows attend over their own columns"
+ENGINE_IDENTITY = (
+    "transformers, engines/decode, prefix-cache hits keep the schedule, fp32 rows attend over their own columns"
+)
 
 
 class SlmEngine:
