@@ -6,6 +6,8 @@ The same toolcall test prompts (the project's chat messages), greedy, the same t
   HF `generate` (`engines.slm.generate_greedy`, now the tests' oracle), in this process, every core;
 - `engine_ray_data`: `slm-swap eval`'s path: `predict_with_ray_data` over fixed groups of rows, one
   actor with every core, running the decode engine (`engines/decode/`);
+- `engine_in_process`: the same engine and groups in this process without Ray, so what Ray's own
+  processes cost on a small machine shows beside it;
 - `llama_server`: llama.cpp's own server on the demo's GGUF (`--gguf q4_1|f16`), one slot per row
   of our batch, the prompts sent by as many concurrent clients (`benchmarks/build_llama_server.py`
   builds it; skipped with `--skip-llama-server` or when it is not built).
@@ -93,13 +95,16 @@ def engine_ray_data(rows, settings: SlmSettings, rows_per_task: int) -> dict:
     return side_result([r["prediction"] for r in records], tokens, generation_s, finished - started)
 
 
-def engine_in_process(rows, settings: SlmSettings) -> dict:
+def engine_in_process(rows, settings: SlmSettings, rows_per_task: int | None = None) -> dict:
+    """The engine in this process, no Ray: the rows as one group, or in evaluation's fixed groups."""
     from ray_app.engines.decode.engine import SlmEngine
 
     started = time.perf_counter()
     engine = SlmEngine(settings)
     generate_started = time.perf_counter()
-    answers = engine.generate([EngineRequest(i, "toolcall", row.prompt) for i, row in enumerate(rows)])
+    answers = []
+    for group in fixed_groups(rows, rows_per_task or len(rows)):
+        answers += engine.generate([EngineRequest(i, "toolcall", rows[i].prompt) for i in group])
     finished = time.perf_counter()
     tokens = sum(answer.completion_tokens for answer in answers)
     return side_result([a.text for a in answers], tokens, finished - generate_started, finished - started)
@@ -183,6 +188,11 @@ def main() -> None:
                                max_new_tokens=args.max_new_tokens, device="cpu", cpu_threads=cpus)  # fmt: skip
         print(f"{choice.precision}: HF generate batch {HF_BATCH} ...", file=sys.stderr)
         hf = hf_generate(rows, settings)
+        print(f"{choice.precision}: the engine in this process, evaluation's groups ...", file=sys.stderr)
+        import ray
+
+        ray_alongside = ray.is_initialized()  # the first precision's runs before Ray starts: none alongside
+        alone = engine_in_process(rows, settings, args.rows_per_task)
         print(f"{choice.precision}: the engine through Ray Data ...", file=sys.stderr)
         ours = engine_ray_data(rows, settings, args.rows_per_task)
         entry = {
@@ -192,6 +202,15 @@ def main() -> None:
             "engine_ray_data": {k: v for k, v in ours.items() if k != "texts"},
             "engine_vs_hf_generate": round(ours["completion_tokens_per_s"] / hf["completion_tokens_per_s"], 2),
             "same_predictions_as_hf_generate": sum(a == b for a, b in zip(ours["texts"], hf["texts"], strict=True)),
+            # the same engine and groups without Ray: what Ray's own processes cost on this machine
+            "engine_in_process": {k: v for k, v in alone.items() if k != "texts"},
+            "engine_in_process_with_ray_running_alongside": ray_alongside,
+            "engine_in_process_vs_hf_generate": round(
+                alone["completion_tokens_per_s"] / hf["completion_tokens_per_s"], 2
+            ),
+            "same_predictions_in_process_as_ray_data": sum(
+                a == b for a, b in zip(alone["texts"], ours["texts"], strict=True)
+            ),
         }
         report[requested] = entry
     if args.adapter is not None:
