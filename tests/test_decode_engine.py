@@ -618,3 +618,14 @@ def test_cpu_decode_steps_read_only_live_rows_columns(host):
         return answers
 
     assert answer(poison=True) == answer(poison=False)
+
+
+def test_row_attention_is_for_fp32_cpu_models_only(tiny_model_dir):
+    """bf16 keeps transformers' masked SDPA (its CPU attention is cheap per cell and dear per call)."""
+    from ray_app.engines.decode.row_attention import ROW_ATTENTION, use_row_attention, uses_row_attention
+    from ray_app.engines.slm import SlmSettings, load_model_and_tokenizer
+
+    for precision, expected in (("bf16", False), ("fp32", True)):
+        model, _, _, _ = load_model_and_tokenizer(SlmSettings(model_path=tiny_model_dir, precision=precision))
+        assert use_row_attention(model) is expected and uses_row_attention(model) is expected
+        assert model.config._attn_implementation == (ROW_ATTENTION if expected else "sdpa")
