@@ -87,7 +87,7 @@ class RunningBatch:
     def __init__(self, model, tokenizer, device):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.stop_ids = stop_token_ids(model, tokenizer)
-        self.row_attention = uses_row_attention(model)  # `row_attention.py` (CPU); else masked SDPA
+        self.row_attention = uses_row_attention(model)  # `row_attention.py` (fp32 CPU); else masked SDPA
         self.slots: list[Row | None] = []  # a row per slot of the buffers; None: dead
         self.layers: list = []  # PreallocatedLayer per model layer, [slots, kv_heads, width, head_dim]
         self.attention = None  # [slots, width]: 1 where a slot has a real position
