@@ -16,8 +16,8 @@ Measured (fp32, the 50 toolcall test rows, demo SLM, in one process, Intel(R) Xe
 2 cores, 2026-12-02): 119 → 104 ms per decode step, 81.7 → 74.0 s for the 50 rows, the same 50
 answers. One small attention per row rather than per pair of adjacent rows or per batch: in a
 prototype pairs were as fast (72.4 s each) and groups of four slower (74.7 s), and a row's result
-then depends on that row alone, never on which rows decode beside it. Prefill (one prompt, causal) and every call without row spans go to
-transformers' own SDPA attention unchanged.
+then depends on that row alone, never on which rows decode beside it. Prefill (one prompt, causal)
+and every call without row spans go to transformers' own SDPA attention unchanged.
 
 fp32 CPU models only (`use_row_attention`). In bf16 torch's CPU SDPA is cheap per cell and dear per
 call: the same 50 rows in bf16 took 92 ms per step with row attention vs 80 ms masked (same machine
