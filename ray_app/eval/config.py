@@ -14,6 +14,7 @@ from ray_app.data.rows import Track
 from ray_app.decide.model_labels import TEACHER_LABEL, slm_label
 from ray_app.engines.adapter_weights import AdapterWeights
 from ray_app.engines.precision import Precision
+from ray_app.engines.slm import SlmSettings
 from ray_app.engines.teacher_settings import ToolcallMode
 from ray_app.paths import DATASET_ROOT, EVAL_ROOT, PROJECT_ROOT
 from ray_app.settings import NonNegativeInt, PositiveFloat, PositiveInt
@@ -35,13 +36,13 @@ class EvalConfigError(ValueError):
 class SlmEvalSettings:
     model_path: str | None = None  # None: SLM_MODEL_PATH, then the seed's default
     adapter_path: Path | None = None
-    precision: Precision = "auto"  # 8-bit on GPU; on CPU bf16 where native, else fp32 (engines.precision)
-    adapter_weights: AdapterWeights = "auto"  # merged into a base copy or beside it (engines.adapter_weights)
+    precision: Precision = SlmSettings.precision  # 8-bit on GPU; on CPU bf16 where native, else fp32
+    adapter_weights: AdapterWeights = SlmSettings.adapter_weights  # merged copies or beside the base (as Serve)
     # rows decoding together in the engine's running batch (16: measured 10% over 8 on CPU)
     batch_size: PositiveInt = 16
     rows_per_task: PositiveInt = 32  # rows an actor answers as one fixed group (the unit of resume and progress)
     max_new_tokens: PositiveInt = 256
-    prefill_chunk_tokens: PositiveInt = 256  # prompt tokens prefilled between two decode steps
+    prefill_chunk_tokens: PositiveInt = SlmSettings.prefill_chunk_tokens  # prompt tokens prefilled per decode step
     num_actors: PositiveInt | None = None  # None: one per GPU, else one CPU actor
     actor_num_cpus: PositiveFloat = 0.5  # fractional, so the Ray Data read task is never starved on 2 cores
     decoding: Decoding = "free"
