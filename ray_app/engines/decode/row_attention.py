@@ -45,19 +45,18 @@ def register_row_attention() -> str:
 
 def use_row_attention(model) -> bool:
     """Switch an fp32 CPU model's attention to `row_attention_forward`; returns whether it did (not on
-    GPUs, not in bf16/fp16, nor for a model whose attention is not transformers' SDPA)."""
+    GPUs, not in bf16/fp16, nor for a model whose attention is not transformers' SDPA). A PEFT model
+    passes these attributes through to the model it wraps, whose config they share."""
     import torch
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if base.device.type != "cpu" or base.dtype != torch.float32 or base.config._attn_implementation != "sdpa":
+    if model.device.type != "cpu" or model.dtype != torch.float32 or model.config._attn_implementation != "sdpa":
         return False
-    base.set_attn_implementation(register_row_attention())
+    model.set_attn_implementation(register_row_attention())
     return True
 
 
 def uses_row_attention(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.config._attn_implementation == ROW_ATTENTION
+    return model.config._attn_implementation == ROW_ATTENTION
 
 
 def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):

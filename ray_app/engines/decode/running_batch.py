@@ -143,14 +143,15 @@ class RunningBatch:
             self.filled += 1
             if self.row_attention:  # each live row attends over its own columns: no mask, dead slots skipped
                 starts = self.attention[:, : self.filled].argmax(dim=1).tolist()  # a row's first real column
-                rows = {"row_spans": [(slot, starts[slot]) for slot, row in enumerate(self.slots) if row is not None]}
+                live_spans = [(slot, starts[slot]) for slot, row in enumerate(self.slots) if row is not None]
+                attention = {"row_spans": live_spans}
             else:
-                rows = {"attention_mask": self.attention[:, : self.filled]}
+                attention = {"attention_mask": self.attention[:, : self.filled]}
             output = self.model(
                 input_ids=self.next_tokens[:, None],
                 position_ids=self.positions[:, None],
                 use_cache=True,
-                **rows,
+                **attention,
                 **{cache_keyword(self.model): self.cache},
             )
             self.positions = self.positions + 1
