@@ -159,6 +159,8 @@ def llama_server_side(rows, max_new_tokens: int, clients: int, gguf_kind: str) -
 
 
 def main() -> None:
+    import ray
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50)
     parser.add_argument("--max-new-tokens", type=int, default=128)
@@ -189,8 +191,6 @@ def main() -> None:
         print(f"{choice.precision}: HF generate batch {HF_BATCH} ...", file=sys.stderr)
         hf = hf_generate(rows, settings)
         print(f"{choice.precision}: the engine in this process, evaluation's groups ...", file=sys.stderr)
-        import ray
-
         ray_alongside = ray.is_initialized()  # the first precision's runs before Ray starts: none alongside
         alone = engine_in_process(rows, settings, args.rows_per_task)
         print(f"{choice.precision}: the engine through Ray Data ...", file=sys.stderr)
