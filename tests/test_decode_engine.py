@@ -374,6 +374,23 @@ def test_evaluation_schedules_a_group_the_same_whatever_the_prefix_cache_holds(h
     assert (warm == cold) is schedule_as_uncached
 
 
+def test_prompts_admitted_together_load_the_shared_prefix_the_first_of_them_prefilled(host):
+    """A cold cache and three prompts with the same tool signature admitted in one iteration: all miss at
+    admission, yet the second and third load the shared prefix the first one prefilled before they
+    reach it (each looks again before each piece), and every answer is the prompt's answer alone."""
+    from ray_app.engines.decode.scheduler import DecodeScheduler
+
+    conversations, limits = batch_of_conversations()
+    conversations, limits = conversations[:3], limits[:3]
+    scheduler = DecodeScheduler(host.slm, max_batch_rows=3, prefill_chunk_tokens=24, prefix_cache_tokens=4096,
+                                schedule_as_uncached=True)  # fmt: skip
+    jobs = [host.job("slm", messages, limit) for messages, limit in zip(conversations, limits, strict=True)]
+    answers = scheduler.run_to_completion(jobs)
+    assert scheduler.prefix_cache.hits >= 2
+    for messages, limit, answer in zip(conversations, limits, answers, strict=True):
+        assert answer.token_ids == oracle(host, messages, limit).token_ids
+
+
 def test_a_row_joining_after_another_finished_takes_its_slot_in_place_and_answers_as_alone(host, monkeypatch):
     """A finished row leaves its slot dead without copying the others; a later row whose prompt and answer
     fit takes that slot in place (the buffers are not rebuilt) and still answers as HF generate alone."""
@@ -620,12 +637,14 @@ def test_cpu_decode_steps_read_only_live_rows_columns(host):
     assert answer(poison=True) == answer(poison=False)
 
 
-def test_row_attention_is_for_fp32_cpu_models_only(tiny_model_dir):
-    """bf16 keeps transformers' masked SDPA (its CPU attention is cheap per cell and dear per call)."""
+def test_row_attention_is_for_cpu_models_in_either_precision(tiny_model_dir):
+    """fp32 and bf16 on a CPU; a model whose attention is not transformers' SDPA is left as it is."""
     from ray_app.engines.decode.row_attention import ROW_ATTENTION, use_row_attention, uses_row_attention
     from ray_app.engines.slm import SlmSettings, load_model_and_tokenizer
 
-    for precision, expected in (("bf16", False), ("fp32", True)):
+    for precision in ("bf16", "fp32"):
         model, _, _, _ = load_model_and_tokenizer(SlmSettings(model_path=tiny_model_dir, precision=precision))
-        assert use_row_attention(model) is expected and uses_row_attention(model) is expected
-        assert model.config._attn_implementation == (ROW_ATTENTION if expected else "sdpa")
+        assert use_row_attention(model) and uses_row_attention(model)
+        assert model.config._attn_implementation == ROW_ATTENTION
+    model.set_attn_implementation("eager")
+    assert not use_row_attention(model) and not uses_row_attention(model)

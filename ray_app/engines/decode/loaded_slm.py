@@ -79,7 +79,7 @@ class LoadedSlm:
         self.adapters = dict(adapters)
         base_settings = dataclasses.replace(settings, adapter_path=None)  # adapters are added by name below
         base, self.tokenizer, self.device, self.precision = load_model_and_tokenizer(base_settings)
-        use_row_attention(base)  # fp32 CPU decode steps read each row's own columns only (merged copies inherit it)
+        use_row_attention(base)  # CPU decode steps read each row's own columns only (merged copies inherit it)
         self.adapter_weights = (
             resolve_adapter_weights(
                 settings.adapter_weights, self.precision, self.device, model_bytes(base), len(self.adapters)

@@ -77,12 +77,13 @@ class PrefixKvCache:
         self.misses = 0
         self.lock = threading.Lock()
 
-    def get(self, model_name: str, prefix: tuple[int, ...]) -> PrefixEntry | None:
+    def get(self, model_name: str, prefix: tuple[int, ...], count_miss: bool = True) -> PrefixEntry | None:
+        """The entry, or None; `count_miss=False` for a second look by a prompt that already missed."""
         key = (model_name, prefix)
         with self.lock:
             entry = self.entries.get(key)
             if entry is None:
-                self.misses += 1
+                self.misses += count_miss
                 return None
             self.entries.move_to_end(key)
             self.hits += 1

@@ -14,15 +14,22 @@ attention costs what it reads, so:
 
 Measured (fp32, the 50 toolcall test rows, demo SLM, in one process, Intel(R) Xeon(R) Processor,
 2 cores, 2026-12-02): 119 → 104 ms per decode step, 81.7 → 74.0 s for the 50 rows, the same 50
-answers. One small attention per row rather than per pair of adjacent rows or per batch: in a
-prototype pairs were as fast (72.4 s each) and groups of four slower (74.7 s), and a row's result
-then depends on that row alone, never on which rows decode beside it. Prefill (one prompt, causal)
-and every call without row spans go to transformers' own SDPA attention unchanged.
+answers. Each call passes 4-D slices: with 3-D inputs torch's SDPA takes its math path (bmm, softmax,
+bmm: 57.6 µs per call for 500 keys), with 4-D its CPU flash kernel (23.8 µs); in the engine that was
+110 → 96 ms per step, 77.8 → 71.0 s for the 50 rows, the same answers (same machine, 2026-12-02,
+eighth session). What is left of a step's attention is reading the keys/values: at 16 rows of ~600
+columns they are ~440 MB per step in fp32, as much as the weights. One small attention per row
+rather than per pair of adjacent rows or per batch: in a prototype pairs were as fast (72.4 s each)
+and groups of four slower (74.7 s), and a row's result then depends on that row alone, never on
+which rows decode beside it. Prefill (one prompt, causal) and every call without row spans go to
+transformers' own SDPA attention unchanged.
 
-fp32 CPU models only (`use_row_attention`). In bf16 torch's CPU SDPA is cheap per cell and dear per
-call: the same 50 rows in bf16 took 92 ms per step with row attention vs 80 ms masked (same machine
-and day), so bf16 keeps masked SDPA over the buffer. On a GPU each per-row call would cost a kernel
-launch.
+CPU models only (`use_row_attention`), fp32 and bf16. bf16 took masked SDPA over the buffer while
+row attention still ran torch's math path (92 ms per step vs 80 ms masked); with the flash kernel the
+same 50 rows in bf16 took 66.6 ms per step vs 80.8 ms masked, 41.8 s vs 48.5 s (same machine and
+day). bf16 answers are not the bytes masked SDPA gave (bf16 CPU kernels round differently with the
+shapes they see), and they now depend less on which rows decode beside them. On a GPU each per-row
+call would cost a kernel launch: GPU models keep transformers' SDPA.
 """
 
 from __future__ import annotations
@@ -44,12 +51,10 @@ def register_row_attention() -> str:
 
 
 def use_row_attention(model) -> bool:
-    """Switch an fp32 CPU model's attention to `row_attention_forward`; returns whether it did (not on
-    GPUs, not in bf16/fp16, nor for a model whose attention is not transformers' SDPA). A PEFT model
-    passes these attributes through to the model it wraps, whose config they share."""
-    import torch
-
-    if model.device.type != "cpu" or model.dtype != torch.float32 or model.config._attn_implementation != "sdpa":
+    """Switch a CPU model's attention to `row_attention_forward`; returns whether it did (not on GPUs,
+    nor for a model whose attention is not transformers' SDPA). A PEFT model passes these attributes
+    through to the model it wraps, whose config they share."""
+    if model.device.type != "cpu" or model.config._attn_implementation != "sdpa":
         return False
     model.set_attn_implementation(register_row_attention())
     return True
@@ -77,8 +82,8 @@ def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     key_heads = key.shape[1]
     grouped = query.reshape(slots, key_heads, heads // key_heads, head_dim)  # a group's query heads, as rows
     output = torch.zeros_like(grouped)
-    for slot, start in row_spans:
-        output[slot] = torch.nn.functional.scaled_dot_product_attention(
-            grouped[slot], key[slot, :, start:], value[slot, :, start:], scale=scaling
+    for slot, start in row_spans:  # 4-D slices: torch's CPU flash kernel (3-D inputs take the math path)
+        output[slot : slot + 1] = torch.nn.functional.scaled_dot_product_attention(
+            grouped[slot : slot + 1], key[slot : slot + 1, :, start:], value[slot : slot + 1, :, start:], scale=scaling
         )
     return output.reshape(slots, 1, heads, head_dim), None

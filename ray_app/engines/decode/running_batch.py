@@ -87,7 +87,7 @@ class RunningBatch:
     def __init__(self, model, tokenizer, device):
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.stop_ids = stop_token_ids(model, tokenizer)
-        self.row_attention = uses_row_attention(model)  # `row_attention.py` (fp32 CPU); else masked SDPA
+        self.row_attention = uses_row_attention(model)  # `row_attention.py` (CPU); else masked SDPA
         self.slots: list[Row | None] = []  # a row per slot of the buffers; None: dead
         self.layers: list = []  # PreallocatedLayer per model layer, [slots, kv_heads, width, head_dim]
         self.attention = None  # [slots, width]: 1 where a slot has a real position
@@ -348,26 +348,43 @@ class PrefillTask:
     it would have spent, so the prompt joins when it would have with a cold cache, whatever the cache
     held — the answers depend on the rows alone, and a hit only saves the computation. Serve leaves
     it off: there arrival times already decide who decodes together, and a hit's earlier start is
-    its latency gain."""
+    its latency gain.
+
+    The cache is looked at when the task is admitted and again before each of its pieces: prompts
+    admitted together (a group of evaluation rows, a burst of requests) all miss at admission, and
+    the first of them to prefill a shared prefix caches it for the others before they reach it."""
 
     def __init__(
         self, row: Row, chunk_tokens: int, prefix_cache: PrefixKvCache | None, schedule_as_uncached: bool = False
     ):
         from transformers import DynamicCache
 
-        self.row, self.prefix_cache = row, prefix_cache
+        self.row, self.prefix_cache, self.schedule_as_uncached = row, prefix_cache, schedule_as_uncached
         job = row.job
         self.shareable = {end for end in job.prefix_ends if 0 < end < len(job.prompt_ids)} if prefix_cache else set()
         self.cache, self.cached_tokens, self.logits = DynamicCache(), 0, None
-        for end in sorted(self.shareable, reverse=True):
-            entry = prefix_cache.get(job.model_name, tuple(job.prompt_ids[:end]))
+        self.scheduled_tokens = 0  # the schedule's progress
+        self.piece_ends = list(prefill_piece_ends(job, chunk_tokens))
+        self.load_cached_prefix(count_miss=True)
+
+    def load_cached_prefix(self, count_miss: bool = False) -> None:
+        """Load the longest cached shareable prefix longer than what this task holds (it replaces the
+        task's own keys/values: an entry is a whole prefix from the first token). Unless the schedule
+        runs as uncached, the pieces it covers leave the schedule."""
+        from transformers import DynamicCache
+
+        job = self.row.job
+        for end in sorted((end for end in self.shareable if end > self.done_tokens), reverse=True):
+            entry = self.prefix_cache.get(job.model_name, tuple(job.prompt_ids[:end]), count_miss=count_miss)
             if entry is not None:
+                self.cache = DynamicCache()
                 for layer, (keys, values) in enumerate(entry.layers):
                     self.cache.update(keys, values, layer)
                 self.cached_tokens = end  # loaded from the prefix cache, not computed
                 break
-        self.scheduled_tokens = 0 if schedule_as_uncached else self.cached_tokens  # the schedule's progress
-        self.piece_ends = [end for end in prefill_piece_ends(job, chunk_tokens) if end > self.scheduled_tokens]
+        if not self.schedule_as_uncached and self.cached_tokens > self.scheduled_tokens:
+            self.scheduled_tokens = self.cached_tokens
+            self.piece_ends = [end for end in self.piece_ends if end > self.scheduled_tokens]
 
     @property
     def finished(self) -> bool:
@@ -388,6 +405,8 @@ class PrefillTask:
         is what the schedule spends: a piece inside the cached prefix computes nothing."""
         import torch
 
+        if self.shareable:
+            self.load_cached_prefix()  # a prompt admitted beside this one may have cached more of it
         ids, start, end = self.row.job.prompt_ids, self.done_tokens, self.piece_ends.pop(0)
         tokens, self.scheduled_tokens = end - self.scheduled_tokens, end
         if end <= self.cached_tokens:
