@@ -391,6 +391,27 @@ def test_prompts_admitted_together_load_the_shared_prefix_the_first_of_them_pref
         assert answer.token_ids == oracle(host, messages, limit).token_ids
 
 
+def test_rows_prefilling_together_join_in_slots_kept_for_them_without_another_rebuild(host, monkeypatch):
+    """The first row of a group to finish its prefill lays the buffers out with a dead slot, wide enough,
+    for each prompt still prefilling: the others join in place (the buffers are laid out once, not once
+    per row, each time copying every running row), and every answer is the prompt's answer alone."""
+    from ray_app.engines.decode.running_batch import RunningBatch
+    from ray_app.engines.decode.scheduler import DecodeScheduler
+
+    rebuilds = []
+    rebuild = RunningBatch._rebuild
+    monkeypatch.setattr(RunningBatch, "_rebuild", lambda self, *args: rebuilds.append(1) or rebuild(self, *args))
+    conversations, limits = batch_of_conversations()
+    conversations, limits = conversations[:4], [40, 40, 40, 40]  # room for every row to join in place
+    scheduler = DecodeScheduler(host.slm, max_batch_rows=4, prefill_chunk_tokens=24, prefix_cache_tokens=0,
+                                schedule_as_uncached=True)  # fmt: skip
+    jobs = [host.job("slm", messages, limit) for messages, limit in zip(conversations, limits, strict=True)]
+    answers = scheduler.run_to_completion(jobs)
+    assert len(rebuilds) == 1
+    for messages, limit, answer in zip(conversations, limits, answers, strict=True):
+        assert answer.token_ids == oracle(host, messages, limit).token_ids
+
+
 def test_a_row_joining_after_another_finished_takes_its_slot_in_place_and_answers_as_alone(host, monkeypatch):
     """A finished row leaves its slot dead without copying the others; a later row whose prompt and answer
     fit takes that slot in place (the buffers are not rebuilt) and still answers as HF generate alone."""

@@ -94,6 +94,7 @@ class RunningBatch:
         self.positions = None  # [slots]: the position of the token each slot feeds next
         self.next_tokens = None  # [slots]: the token each slot feeds next
         self.filled = 0  # columns in use; every slot's next token goes to column `filled`
+        self.upcoming = 0  # rows still prefilling for this batch when rows last joined (their slots stay)
 
     @property
     def rows(self) -> list[Row]:
@@ -106,10 +107,14 @@ class RunningBatch:
     def width(self) -> int:
         return 0 if self.attention is None else self.attention.shape[1]
 
-    def join(self, prefilled: list[PrefillTask]) -> list[StepToken]:
+    def join(self, prefilled: list[PrefillTask], upcoming: list[GenerationJob] = ()) -> list[StepToken]:
         """Add the rows whose prompts were just prefilled; returns each one's first token (a row that
-        is finished with it, end-of-sequence or a limit of one token, does not join)."""
+        is finished with it, end-of-sequence or a limit of one token, does not join). `upcoming`: jobs
+        still prefilling that will join this batch; a rebuild keeps a dead slot, wide enough, for each,
+        so they join in place instead of each rebuilding the buffers again."""
         import torch
+
+        self.upcoming = len(upcoming)
 
         joining, chosen = [], []
         for task in prefilled:
@@ -131,7 +136,7 @@ class RunningBatch:
                     for slot, joiner in zip(dead, joining, strict=False):
                         self._place(slot, *joiner)
                 else:
-                    self._rebuild(joining)
+                    self._rebuild(joining, upcoming)
         return chosen
 
     def step(self) -> list[StepToken]:
@@ -185,7 +190,8 @@ class RunningBatch:
         return dropped
 
     def _tidy(self) -> None:
-        """Free everything when no row is left; copy the live rows together when most slots are dead."""
+        """Free everything when no row is left; copy the live rows together when most slots are dead
+        (not counting those kept for upcoming rows)."""
         live = [slot for slot, row in enumerate(self.slots) if row is not None]
         if not live:
             self.slots, self.layers, self.attention, self.positions, self.next_tokens, self.filled = (
@@ -196,7 +202,7 @@ class RunningBatch:
                 None,
                 0,
             )
-        elif len(self.slots) - len(live) > len(live):
+        elif len(self.slots) - len(live) > len(live) + self.upcoming:
             self._keep(live)
 
     def _keep(self, keep: list[int]) -> None:
@@ -224,31 +230,37 @@ class RunningBatch:
         self.next_tokens[slot] = token
         self.slots[slot] = row
 
-    def _rebuild(self, joining: list[tuple[Row, tuple, int]]) -> None:
+    def _rebuild(self, joining: list[tuple[Row, tuple, int]], upcoming: list[GenerationJob]) -> None:
         """Lay the live rows and the joining ones out in new buffers, all aligned at one column, with
-        room for every answer to finish and as much again for rows that join later in place."""
+        room for every answer to finish and as much again for rows that join later in place, and a
+        dead slot for each upcoming job, its prompt fitting left of that column."""
         import torch
 
         live = [slot for slot, row in enumerate(self.slots) if row is not None]
         if len(live) < len(self.slots):
             self._keep(live)  # dead slots go first, so only live rows are copied below
         running = self.rows
-        filled = max([self.filled] + [len(row.job.prompt_ids) for row, _, _ in joining])
+        filled = max([self.filled] + [len(row.job.prompt_ids) for row, _, _ in joining]
+                     + [len(job.prompt_ids) for job in upcoming])  # fmt: skip
         rows = running + [row for row, _, _ in joining]
         room = max(row.job.max_new_tokens - len(row.tokens) for row in rows)  # steps still to write
-        slack = max(row.job.max_new_tokens for row in rows)  # so a row joining later fits in place
-        width, shift, count = filled + room + slack, filled - self.filled, len(rows)
+        slack = max(job.max_new_tokens for job in [row.job for row in rows] + list(upcoming))  # a later row fits
+        width, shift, count = filled + room + slack, filled - self.filled, len(rows) + len(upcoming)
         attention = torch.zeros(count, width, dtype=torch.long, device=self.device)
         if running:
             attention[: len(running), shift:filled] = self.attention[:, : self.filled]
         for offset, (row, _, _) in enumerate(joining):
             attention[len(running) + offset, filled - len(row.job.prompt_ids) : filled] = 1
+        attention[len(rows) :, filled - 1] = 1  # a kept slot attends somewhere until its row joins
         layers = []
         template_keys = joining[0][1][0][0]
+        # Row attention reads a row's own columns only, all written below or by its steps; masked SDPA
+        # reads every column (a masked one weighs 0, but 0 × NaN is NaN), so it gets zeros.
+        allocate = torch.empty if self.row_attention else torch.zeros
         for layer_index in range(len(joining[0][1])):
-            keys = torch.zeros(count, template_keys.shape[1], width, template_keys.shape[3],
-                               dtype=template_keys.dtype, device=template_keys.device)  # fmt: skip
-            values = torch.zeros_like(keys)
+            keys = allocate(count, template_keys.shape[1], width, template_keys.shape[3],
+                            dtype=template_keys.dtype, device=template_keys.device)  # fmt: skip
+            values = allocate(keys.shape, dtype=keys.dtype, device=keys.device)
             if running:
                 old = self.layers[layer_index]
                 keys[: len(running), :, shift:filled] = old.keys
@@ -259,14 +271,21 @@ class RunningBatch:
                 keys[len(running) + offset, :, start:filled] = prompt_keys[0]
                 values[len(running) + offset, :, start:filled] = prompt_values[0]
             layers.append(preallocated_layer_class()(keys, values, filled))
-        joining_tokens = torch.tensor([token for _, _, token in joining], device=self.device)
-        joining_positions = torch.tensor([len(row.job.prompt_ids) for row, _, _ in joining], device=self.device)
+        kept = [0] * len(upcoming)  # a kept slot decodes token 0 at position 0 until its row takes it
+        joining_tokens = torch.tensor([token for _, _, token in joining] + kept, device=self.device)
+        joining_positions = torch.tensor([len(row.job.prompt_ids) for row, _, _ in joining] + kept,
+                                         device=self.device)  # fmt: skip
         if running:
             self.next_tokens = torch.cat([self.next_tokens, joining_tokens])
             self.positions = torch.cat([self.positions, joining_positions])
         else:
             self.next_tokens, self.positions = joining_tokens, joining_positions
-        self.slots, self.layers, self.attention, self.filled = list(rows), layers, attention, filled
+        self.slots, self.layers, self.attention, self.filled = (
+            [*rows, *[None] * len(upcoming)],
+            layers,
+            attention,
+            filled,
+        )
 
     @property
     def cache(self):

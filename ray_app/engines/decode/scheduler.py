@@ -150,9 +150,12 @@ class DecodeScheduler:
             batch = self.batches.setdefault(
                 model_name, RunningBatch(self.slm.model_for(model_name), self.slm.tokenizer, self.slm.device)
             )
-            if self._guarded(
-                result, model_name, [task.row.key for task in group], lambda batch=batch, group=group: batch.join(group)
-            ):
+            upcoming = [task.row.job for task in self.prefilling if task.row.job.model_name == model_name]
+
+            def join(batch=batch, group=group, upcoming=upcoming) -> list[StepToken]:
+                return batch.join(group, upcoming)
+
+            if self._guarded(result, model_name, [task.row.key for task in group], join):
                 result.joined[model_name] = result.joined.get(model_name, 0) + len(group)
         result.prefill_s = time.perf_counter() - started
 
