@@ -188,6 +188,10 @@ def ensure_ray() -> str | None:
         # 50-row toolcall evaluation (fp32) answered in 95.1 s with them, 90.9 s without (Intel(R) Xeon(R)
         # Processor, 2026-12-02). The job's workers are actors (evaluation, training), started on demand.
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+        # Ray 2.60 turns token authentication on for a new local cluster and announces it on the
+        # console at every start; it stays on, the notice stays off (README's Ray paragraph says so).
+        # (Setting RAY_AUTH_MODE=token here instead would be too late: Ray reads it at import.)
+        hide_token_authentication_notice()
         context = ray.init(address="local", runtime_env={"env_vars": WORKER_ENV}, **quiet)
         where = "embedded local Ray"
         _started_local = True
@@ -229,6 +233,22 @@ def keep_ray_data_progress_in_its_log() -> None:
             handler.setLevel(logging.WARNING)
             if not any(isinstance(existing, NotIssueDetection) for existing in handler.filters):
                 handler.addFilter(NotIssueDetection())
+
+
+def hide_token_authentication_notice() -> None:
+    notice_logger = logging.getLogger(RAY_TOKEN_AUTHENTICATION_LOGGER)
+    if not any(isinstance(existing, NotTokenAuthenticationNotice) for existing in notice_logger.filters):
+        notice_logger.addFilter(NotTokenAuthenticationNotice())
+
+
+class NotTokenAuthenticationNotice(logging.Filter):
+    """Lets through every record but Ray's notice that it turned token authentication on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+RAY_TOKEN_AUTHENTICATION_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 class NotIssueDetection(logging.Filter):

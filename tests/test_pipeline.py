@@ -99,7 +99,8 @@ def test_pipeline_killed_in_training_resumes_without_redoing_evaluations_then_re
 
 
 def test_ctrl_c_stops_the_pipeline_with_a_message_and_exit_130_and_a_rerun_continues(tiny_model_dir, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "RAY_ADDRESS", "AZURE_", "SLM_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LANGFUSE_", "RAY_ADDRESS", "RAY_AUTH_MODE", "AZURE_", "SLM_"))}  # fmt: skip
     command = pipeline_command(tiny_model_dir, tmp_path)
     stderr_path = tmp_path / "stderr.txt"
     with stderr_path.open("w") as stderr:
@@ -119,6 +120,7 @@ def test_ctrl_c_stops_the_pipeline_with_a_message_and_exit_130_and_a_rerun_conti
     assert "Interrupted in step 5/10 (SLM on both tracks" in flat and "Run the same command again to resume" in flat
     assert f"training checkpoints: {tmp_path / 'ray_train'}/" in flat
     assert "Ray logs: /" in flat  # where the workers' output went, printed once at the start
+    assert "Token authentication is enabled" not in flat  # the embedded Ray's token mode is set, not defaulted
     eval_root = tmp_path / "05_eval"
     assert set(json.loads((eval_root / "pipeline_state.json").read_text())) == {"data", "dummy_agent"}
     teacher_metrics = [eval_root / track / "teacher" / "metrics.json" for track in ("structured", "toolcall")]
