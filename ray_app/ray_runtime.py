@@ -190,7 +190,8 @@ def ensure_ray() -> str | None:
         os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
         # Ray 2.60 turns token authentication on for a new local cluster and announces it on the
         # console at every start; it stays on, the notice stays off (README's Ray paragraph says so).
-        # (Setting RAY_AUTH_MODE=token here instead would be too late: Ray reads it at import.)
+        # (RAY_AUTH_MODE=token set here instead: with no token yet, Ray's gcs_server failed to start —
+        # this process had read the mode already, so Ray did not create the token it then required.)
         hide_token_authentication_notice()
         context = ray.init(address="local", runtime_env={"env_vars": WORKER_ENV}, **quiet)
         where = "embedded local Ray"

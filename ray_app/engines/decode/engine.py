@@ -16,8 +16,8 @@ from ray_app.engines.slm import GreedyAnswer, SlmSettings
 
 # What evaluation run keys say about the engine; changed whenever the same settings would give other bytes.
 ENGINE_IDENTITY = (
-    "transformers, engines/decode, prefix-cache hits keep the schedule, fp32 rows attend over their own columns"
-    " (torch's CPU flash kernel, fp32 and bf16)"
+    "transformers, engines/decode, prefix-cache hits keep the schedule, CPU rows (fp32 and bf16) attend over"
+    " their own columns through torch's CPU flash kernel"
 )
 
 
