@@ -64,6 +64,16 @@ def side_result(texts: list[str], completion_tokens: int, generation_s: float, e
     }
 
 
+def figures(side: dict) -> dict:
+    """A side's figures for the report: everything but its texts."""
+    return {key: value for key, value in side.items() if key != "texts"}
+
+
+def same_texts(side: dict, other: dict) -> int:
+    """How many rows the two sides answered with the same text."""
+    return sum(a == b for a, b in zip(side["texts"], other["texts"], strict=True))
+
+
 def hf_generate(rows, settings: SlmSettings) -> dict:
     import torch
 
@@ -198,19 +208,17 @@ def main() -> None:
         entry = {
             "precision": choice.precision,
             "precision_reason": choice.reason,
-            "hf_generate_batch8": {k: v for k, v in hf.items() if k != "texts"},
-            "engine_ray_data": {k: v for k, v in ours.items() if k != "texts"},
+            "hf_generate_batch8": figures(hf),
+            "engine_ray_data": figures(ours),
             "engine_vs_hf_generate": round(ours["completion_tokens_per_s"] / hf["completion_tokens_per_s"], 2),
-            "same_predictions_as_hf_generate": sum(a == b for a, b in zip(ours["texts"], hf["texts"], strict=True)),
+            "same_predictions_as_hf_generate": same_texts(ours, hf),
             # the same engine and groups without Ray: what Ray's own processes cost on this machine
-            "engine_in_process": {k: v for k, v in alone.items() if k != "texts"},
+            "engine_in_process": figures(alone),
             "engine_in_process_with_ray_running_alongside": ray_alongside,
             "engine_in_process_vs_hf_generate": round(
                 alone["completion_tokens_per_s"] / hf["completion_tokens_per_s"], 2
             ),
-            "same_predictions_in_process_as_ray_data": sum(
-                a == b for a, b in zip(alone["texts"], ours["texts"], strict=True)
-            ),
+            "same_predictions_in_process_as_ray_data": same_texts(alone, ours),
         }
         report[requested] = entry
     if args.adapter is not None:
@@ -224,13 +232,11 @@ def main() -> None:
             report[f"adapter_{requested}"] = {
                 "adapter": str(args.adapter),
                 "precision": resolve_precision(requested, "cpu").precision,
-                "base_no_adapter": {k: v for k, v in base.items() if k != "texts"},
-                "unmerged": {k: v for k, v in unmerged.items() if k != "texts"},
-                "merged": {k: v for k, v in merged.items() if k != "texts"},
+                "base_no_adapter": figures(base),
+                "unmerged": figures(unmerged),
+                "merged": figures(merged),
                 "merged_vs_unmerged": round(merged["completion_tokens_per_s"] / unmerged["completion_tokens_per_s"], 2),
-                "same_answers_merged_vs_unmerged": sum(
-                    a == b for a, b in zip(merged["texts"], unmerged["texts"], strict=True)
-                ),
+                "same_answers_merged_vs_unmerged": same_texts(merged, unmerged),
             }
     if not args.skip_llama_server:
         print(f"llama-server {args.gguf}, {args.batch_size} slots ...", file=sys.stderr)
@@ -239,7 +245,7 @@ def main() -> None:
         except Exception as error:  # not built, or failed to start: reported, not fatal
             report["llama_server"] = {"skipped": str(error)}
         else:
-            report["llama_server"] = {k: v for k, v in peer.items() if k != "texts"}
+            report["llama_server"] = figures(peer)
             fp32 = report.get("fp32")
             if fp32:
                 report["llama_server"]["engine_fp32_vs_llama_server"] = round(
