@@ -232,14 +232,17 @@ def keep_ray_data_progress_in_its_log() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if handler.name == "console":  # the handler's name in Ray Data's default logging config
             handler.setLevel(logging.WARNING)
-            if not any(isinstance(existing, NotIssueDetection) for existing in handler.filters):
-                handler.addFilter(NotIssueDetection())
+            add_filter_once(handler, NotIssueDetection)
 
 
 def hide_token_authentication_notice() -> None:
-    notice_logger = logging.getLogger(RAY_TOKEN_AUTHENTICATION_LOGGER)
-    if not any(isinstance(existing, NotTokenAuthenticationNotice) for existing in notice_logger.filters):
-        notice_logger.addFilter(NotTokenAuthenticationNotice())
+    add_filter_once(logging.getLogger(RAY_TOKEN_AUTHENTICATION_LOGGER), NotTokenAuthenticationNotice)
+
+
+def add_filter_once(target: logging.Filterer, filter_type: type[logging.Filter]) -> None:
+    """Every command sets its console up once; a second call adds no second filter."""
+    if not any(isinstance(existing, filter_type) for existing in target.filters):
+        target.addFilter(filter_type())
 
 
 class NotTokenAuthenticationNotice(logging.Filter):
