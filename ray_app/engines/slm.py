@@ -18,6 +18,7 @@ from typing import Literal
 
 from ray_app.engines.adapter_weights import AdapterWeights, merged_into, model_bytes, resolve_adapter_weights
 from ray_app.engines.base import Generation
+from ray_app.engines.cpu_linear import CpuLinear
 from ray_app.engines.determinism import SEED
 from ray_app.engines.precision import Precision, PrecisionChoice, resolve_precision
 
@@ -38,6 +39,7 @@ class SlmSettings:
     adapter_weights: AdapterWeights = "auto"  # merged into a base copy, or beside the base (engines.adapter_weights)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int | None = None  # None: torch's default (all cores of the process)
+    cpu_linear: CpuLinear = "auto"  # fp32 on CPU: torch's or oneDNN's packed kernels (engines.cpu_linear)
     seed: int = SEED
 
     def to_json(self) -> dict[str, object]:

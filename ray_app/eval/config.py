@@ -13,6 +13,7 @@ from typing import Literal
 from ray_app.data.rows import Track
 from ray_app.decide.model_labels import TEACHER_LABEL, slm_label
 from ray_app.engines.adapter_weights import AdapterWeights
+from ray_app.engines.cpu_linear import CpuLinear
 from ray_app.engines.precision import Precision
 from ray_app.engines.slm import SlmSettings
 from ray_app.engines.teacher_settings import ToolcallMode
@@ -38,6 +39,7 @@ class SlmEvalSettings:
     adapter_path: Path | None = None
     precision: Precision = SlmSettings.precision  # 8-bit on GPU; on CPU bf16 where native, else fp32
     adapter_weights: AdapterWeights = SlmSettings.adapter_weights  # merged copies or beside the base (as Serve)
+    cpu_linear: CpuLinear = SlmSettings.cpu_linear  # fp32 on CPU: torch's or oneDNN's packed kernels (as Serve)
     # rows decoding together in the engine's running batch (16: measured 10% over 8 on CPU)
     batch_size: PositiveInt = 16
     rows_per_task: PositiveInt = 32  # rows an actor answers as one fixed group (the unit of resume and progress)

@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import Row, read_split
 from ray_app.engines.base import EngineRequest
+from ray_app.engines.cpu_linear import resolve_cpu_linear
 from ray_app.engines.decode.engine import ENGINE_IDENTITY
 from ray_app.engines.precision import PrecisionChoice
 from ray_app.engines.slm import SlmSettings
@@ -106,6 +107,7 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
         batch_size=config.slm.batch_size,
         max_new_tokens=config.slm.max_new_tokens,
         prefill_chunk_tokens=config.slm.prefill_chunk_tokens,
+        cpu_linear=config.slm.cpu_linear,
         device=device,
         cpu_threads=cpu_threads,
         seed=config.seed,
@@ -121,6 +123,10 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
             config.slm.adapter_weights, precision, device, checkpoint_bytes(model_path), 1
         )
         settings = dataclasses.replace(settings, adapter_weights=weights.name)
+    # Packed oneDNN kernels round differently from torch's: decided here too (a probe on this machine), and
+    # in the run key when they are used, so an fp32 run keeps the key it had before they existed.
+    linear = resolve_cpu_linear(settings.cpu_linear, precision, device, model_path)
+    settings = dataclasses.replace(settings, cpu_linear=linear.kernels)
     identity = {  # everything an answer depends on (the rows decoding together come from the last three)
         "engine": ENGINE_IDENTITY,
         "model_fingerprint": folder_fingerprint(model_path),
@@ -133,6 +139,7 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
         "batch_size": settings.batch_size,
         "rows_per_task": config.slm.rows_per_task,
         "prefill_chunk_tokens": settings.prefill_chunk_tokens,
+        **({"cpu_linear": linear.kernels} if linear.kernels != "torch" else {}),
         # only constrained runs carry these: a free run keeps the key it had before constrained decoding existed
         **(constrained_identity(config.track) if config.slm.decoding == "constrained" else {}),
     }

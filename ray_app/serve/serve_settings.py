@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_app.engines.adapter_weights import ADAPTER_WEIGHTS, AdapterWeights
+from ray_app.engines.cpu_linear import CPU_LINEARS, CpuLinear
 from ray_app.engines.precision import PRECISIONS, Precision
 from ray_app.engines.slm import SlmSettings
 from ray_app.paths import ADAPTER_ROOT
@@ -32,6 +33,7 @@ class ServeSettings:
     adapter_root: Path | None = ADAPTER_ROOT  # every adapter_<name>/ in it is served as slm-<name>
     precision: Precision = "auto"  # 8-bit on GPU; on CPU bf16 where native, else fp32 (decided on the replica)
     adapter_weights: AdapterWeights = SlmSettings.adapter_weights  # merged copies or beside the base (as eval)
+    cpu_linear: CpuLinear = SlmSettings.cpu_linear  # fp32 on CPU: torch's or oneDNN's packed kernels (as eval)
     max_batch_size: PositiveInt = 8  # requests decoding at once (rows of the running batch; @serve.batch groups)
     batch_wait_timeout_s: float = 0.05  # how long the first request of a batch waits for company
     default_max_tokens: PositiveInt = 512  # when a request gives no max_tokens
@@ -67,6 +69,8 @@ class ServeSettings:
             raise ValueError(
                 f"adapter_weights must be one of {', '.join(ADAPTER_WEIGHTS)}, got {self.adapter_weights!r}"
             )
+        if self.cpu_linear not in CPU_LINEARS:
+            raise ValueError(f"cpu_linear must be one of {', '.join(CPU_LINEARS)}, got {self.cpu_linear!r}")
         if self.max_ongoing_requests < self.max_batch_size:
             raise ValueError(
                 f"max_ongoing_requests ({self.max_ongoing_requests}) must be ≥ max_batch_size ({self.max_batch_size})"

@@ -33,6 +33,7 @@ from pathlib import Path
 from ray_app.engines.adapter_weights import AdapterWeightsChoice, merged_copy, model_bytes, resolve_adapter_weights
 from ray_app.engines.constrained.constraints import DecodingConstraint
 from ray_app.engines.constrained.row_grammar import GrammarCompiler
+from ray_app.engines.cpu_linear import pack_linear_weights, resolve_cpu_linear
 from ray_app.engines.decode.prefix_cache import shared_prefix_ends, template_anchors
 from ray_app.engines.decode.row_attention import use_row_attention
 from ray_app.engines.decode.running_batch import GenerationJob
@@ -101,6 +102,11 @@ class LoadedSlm:
             adapters_in_model_dtype(shared, self.precision)
             shared.eval()
             self.models = dict.fromkeys([BASE_MODEL_NAME, *names], shared)
+        # after every copy and merge: a copied module would share its original's packed weights
+        self.cpu_linear = resolve_cpu_linear(settings.cpu_linear, self.precision, self.device, settings.model_path)
+        if self.cpu_linear.kernels == "onednn":
+            for model in {id(model): model for model in self.models.values()}.values():
+                pack_linear_weights(model)
         self._active = next(iter(self.adapters), BASE_MODEL_NAME)  # PeftModel starts with its first adapter on
         self.model_names = [BASE_MODEL_NAME, *self.adapters]
         self.context_limit = max_model_len or int(

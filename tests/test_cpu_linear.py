@@ -1,0 +1,102 @@
+"""fp32 linear layers on CPU: torch's kernels or oneDNN's with the weights packed at load (engines.cpu_linear)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ray_app.engines import cpu_linear
+from ray_app.engines.cpu_linear import pack_linear_weights, resolve_cpu_linear
+
+pytestmark = pytest.mark.skipif(not cpu_linear.onednn_available(), reason="this torch build has no oneDNN")
+
+
+@pytest.fixture
+def probe_says(monkeypatch):
+    def set_timings(torch_us: float, onednn_us: float) -> None:
+        monkeypatch.setattr(cpu_linear, "probe", lambda hidden, width: (torch_us, onednn_us))
+
+    return set_timings
+
+
+def test_packed_layers_compute_what_torch_computes_and_keep_their_weights():
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.ReLU(), torch.nn.Linear(40, 8, bias=False))
+    half = torch.nn.Linear(8, 8).to(torch.bfloat16)
+    inputs = torch.randn(3, 5, 24)  # [batch, positions, width], as a decoder's layers see it
+    with torch.no_grad():
+        expected = model(inputs)
+        weight = model[0].weight.clone()
+        assert pack_linear_weights(model) == 2
+        assert pack_linear_weights(model) == 0  # already packed: nothing done twice
+        assert pack_linear_weights(half) == 0  # bf16 stays on torch's kernels
+        packed = model(inputs)
+        strided = model(inputs.transpose(0, 1).contiguous().transpose(0, 1))  # not row-major: same answer
+    assert packed.shape == expected.shape == (3, 5, 8)
+    assert torch.allclose(packed, expected, atol=1e-5) and torch.allclose(strided, expected, atol=1e-5)
+    assert torch.equal(model[0].weight, weight)  # tied embeddings and state_dict still read it
+
+
+def test_auto_takes_onednn_only_where_the_probe_finds_it_clearly_faster(probe_says, tmp_path):
+    probe_says(620.0, 410.0)
+    choice = resolve_cpu_linear("auto", "fp32", "cpu", tmp_path)
+    assert choice.kernels == "onednn" and "1.51x faster" in choice.reason and "torch 620 us" in choice.reason
+    probe_says(620.0, 560.0)  # 1.1x: within what two runs of the probe can differ by
+    choice = resolve_cpu_linear("auto", "fp32", "cpu", tmp_path)
+    assert choice.kernels == "torch" and "not 1.2x faster" in choice.reason
+
+
+def test_only_an_fp32_model_on_cpu_is_packed_and_explicit_choices_are_kept(probe_says, tmp_path):
+    probe_says(1000.0, 100.0)
+    assert resolve_cpu_linear("auto", "bf16", "cpu", tmp_path).kernels == "torch"
+    assert resolve_cpu_linear("onednn", "8bit", "cuda", tmp_path).kernels == "torch"
+    assert resolve_cpu_linear("torch", "fp32", "cpu", tmp_path).reason == "torch as asked"
+    probe_says(100.0, 1000.0)
+    assert resolve_cpu_linear("onednn", "fp32", "cpu", tmp_path).kernels == "onednn"
+    with pytest.raises(ValueError, match="must be one of auto, torch, onednn"):
+        resolve_cpu_linear("mkl", "fp32", "cpu", tmp_path)
+
+
+def test_the_probe_times_the_models_own_mlp_shape(monkeypatch, tiny_model_dir):
+    shapes = []
+    monkeypatch.setattr(cpu_linear, "probe", lambda hidden, width: shapes.append((hidden, width)) or (2.0, 1.0))
+    choice = resolve_cpu_linear("auto", "fp32", "cpu", tiny_model_dir)
+    assert shapes == [(32, 64)] and "16x32x64" in choice.reason
+    assert cpu_linear.model_mlp_shape(tiny_model_dir / "missing") == (576, 1536)  # the demo SLM's
+
+
+@pytest.mark.parametrize("kernels", ["torch", "onednn"])
+def test_the_engine_answers_as_hf_generate_on_either_kernels_and_says_which(kernels, tiny_model_dir):
+    from ray_app.engines.base import EngineRequest
+    from ray_app.engines.decode.engine import SlmEngine
+    from ray_app.engines.slm import SlmSettings, generate_greedy, load_model_and_tokenizer
+
+    settings = SlmSettings(model_path=tiny_model_dir, precision="fp32", batch_size=2, max_new_tokens=6)
+    engine = SlmEngine(SlmSettings(**{**settings.to_json(), "model_path": tiny_model_dir, "cpu_linear": kernels}))
+    prompts = ["Name a colour.", "Count to three.", "Weather in Oslo?"]
+    requests = [EngineRequest(index, "structured", prompt) for index, prompt in enumerate(prompts)]
+    answers = engine.generate(requests)
+    model, tokenizer, device, _ = load_model_and_tokenizer(settings)  # torch's kernels: the oracle
+    for answer, request in zip(answers, requests, strict=True):
+        [alone] = generate_greedy(model, tokenizer, device, [request.messages], [6])
+        assert answer.token_ids == alone.token_ids
+    facts = engine.describe()
+    assert facts["cpu_linear"] == kernels and facts["cpu_linear_reason"].startswith(kernels)
+
+
+def test_an_evaluation_decides_the_kernels_on_the_driver_and_keys_its_run_by_them(
+    probe_says, tiny_model_dir, tmp_path, monkeypatch
+):
+    from ray_app.engines import precision
+    from ray_app.eval.config import EvalConfig, SlmEvalSettings
+    from ray_app.eval.evaluate import slm_plan
+
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: precision.CpuBf16Support(False, "none", "a test CPU"))
+    config = EvalConfig(track="toolcall", model="slm", eval_root=tmp_path, slm=SlmEvalSettings(str(tiny_model_dir)))
+    probe_says(600.0, 400.0)
+    plan = slm_plan(config, gpus=0, cpus=2.0)
+    assert plan.settings.cpu_linear == plan.identity["cpu_linear"] == "onednn"  # actors load exactly that
+    probe_says(600.0, 590.0)
+    plan = slm_plan(config, gpus=0, cpus=2.0)
+    assert plan.settings.cpu_linear == "torch" and "cpu_linear" not in plan.identity  # the key fp32 runs had
