@@ -6,9 +6,10 @@ call; at a decode step's few rows that packing is most of the work. oneDNN (bund
 `torch.ops.mkldnn._reorder_linear_weight` once per layer, `_linear_pointwise` per call) keeps the
 packed weight. Measured on an AMD EPYC (AVX2 only, 2 cores, 2026-12-02), [rows × 576] × [576 × 1536]
 over 60 distinct weights: 16 rows 820 → 592 µs (1.39×), 32 rows 1301 → 713 µs (1.82×), 256 rows
-5032 → 3593 µs (1.40×); the decode engine on 32 toolcall test rows 112.9 → 100.7 s, the same 32 texts.
+5032 → 3593 µs (1.40×); the decode engine on 32 toolcall test rows 112.9 → 89.6 s (100.7 s in an
+earlier run), the same 32 texts.
 The same numbers on another CPU can go the other way, so `auto` does not assume: it times both on
-the model's own MLP shape (`probe`, under a second, once per process and shape) and takes oneDNN only
+the model's own MLP shape (`probe`, under 2 s, once per process and shape) and takes oneDNN only
 when it is clearly faster (`ONEDNN_MIN_SPEEDUP`). The two differ in the last bits (~1e-4 absolute on
 that shape), so the choice is part of an evaluation's run key, decided on the driver like precision.
 Only fp32 on CPU: bf16 already runs on oneDNN in torch, and GPUs use cuBLAS.
