@@ -41,10 +41,10 @@ def test_packed_layers_compute_what_torch_computes_and_keep_their_weights():
 def test_auto_takes_onednn_only_where_the_probe_finds_it_clearly_faster(probe_says, tmp_path):
     probe_says(620.0, 410.0)
     choice = resolve_cpu_linear("auto", "fp32", "cpu", tmp_path)
-    assert choice.kernels == "onednn" and "1.51x faster" in choice.reason and "torch 620 us" in choice.reason
+    assert choice.kernels == "onednn" and "≥ 1.2x as fast" in choice.reason
     probe_says(620.0, 560.0)  # 1.1x: within what two runs of the probe can differ by
     choice = resolve_cpu_linear("auto", "fp32", "cpu", tmp_path)
-    assert choice.kernels == "torch" and "not 1.2x faster" in choice.reason
+    assert choice.kernels == "torch" and "under 1.2x as fast" in choice.reason
 
 
 def test_only_an_fp32_model_on_cpu_is_packed_and_explicit_choices_are_kept(probe_says, tmp_path):
@@ -96,7 +96,7 @@ def test_an_evaluation_decides_the_kernels_on_the_driver_and_keys_its_run_by_the
     config = EvalConfig(track="toolcall", model="slm", eval_root=tmp_path, slm=SlmEvalSettings(str(tiny_model_dir)))
     probe_says(600.0, 400.0)
     plan = slm_plan(config, gpus=0, cpus=2.0)
-    assert plan.settings.cpu_linear == plan.identity["cpu_linear"] == "onednn"  # actors load exactly that
+    assert plan.settings.cpu_linear == plan.identity["cpu_linear"] == plan.cpu_linear.kernels == "onednn"
     probe_says(600.0, 590.0)
     plan = slm_plan(config, gpus=0, cpus=2.0)
     assert plan.settings.cpu_linear == "torch" and "cpu_linear" not in plan.identity  # the key fp32 runs had

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import Row, read_split
 from ray_app.engines.base import EngineRequest
-from ray_app.engines.cpu_linear import resolve_cpu_linear
+from ray_app.engines.cpu_linear import CpuLinearChoice, resolve_cpu_linear
 from ray_app.engines.decode.engine import ENGINE_IDENTITY
 from ray_app.engines.precision import PrecisionChoice
 from ray_app.engines.slm import SlmSettings
@@ -83,6 +83,7 @@ class SlmPlan:
     num_actors: int
     actor_cpus: float
     actor_gpus: float
+    cpu_linear: CpuLinearChoice | None = None  # the fp32 CPU kernels and why (metrics.json; in the key when oneDNN)
 
 
 def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
@@ -144,7 +145,7 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
         **(constrained_identity(config.track) if config.slm.decoding == "constrained" else {}),
     }
     actor_cpus, actor_gpus = (0, 1) if gpus else (config.slm.actor_num_cpus, 0)
-    return SlmPlan(settings, identity, choice, config.slm.rows_per_task, num_actors, actor_cpus, actor_gpus)
+    return SlmPlan(settings, identity, choice, config.slm.rows_per_task, num_actors, actor_cpus, actor_gpus, linear)
 
 
 def build_teacher_engine(config: EvalConfig):
@@ -346,6 +347,8 @@ def slm_engine_description(entry: PendingEval, loaded: dict[str, Any], together:
         "precision_requested": config.slm.precision,
         "precision_reason": plan.precision.reason,
         **loaded,  # what the actors loaded
+        **({"cpu_linear_reason": plan.cpu_linear.reason} if plan.cpu_linear else {}),  # the driver decided it
+        "cpu_linear_requested": config.slm.cpu_linear,
         "actors": plan.num_actors,
         **(constrained_engine(config.track) if config.slm.decoding == "constrained" else {}),
         # answered group by group with these, on the same actors (a later decoding finds the prompt
