@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ray_app.engines import cpu_linear
@@ -13,7 +15,7 @@ pytestmark = pytest.mark.skipif(not cpu_linear.onednn_available(), reason="this 
 @pytest.fixture
 def probe_says(monkeypatch):
     def set_timings(torch_us: float, onednn_us: float) -> None:
-        monkeypatch.setattr(cpu_linear, "probe", lambda hidden, width: (torch_us, onednn_us))
+        monkeypatch.setattr(cpu_linear, "machine_probe", lambda hidden, width: (torch_us, onednn_us))
 
     return set_timings
 
@@ -60,7 +62,7 @@ def test_only_an_fp32_model_on_cpu_is_packed_and_explicit_choices_are_kept(probe
 
 def test_the_probe_times_the_models_own_mlp_shape(monkeypatch, tiny_model_dir):
     shapes = []
-    monkeypatch.setattr(cpu_linear, "probe", lambda hidden, width: shapes.append((hidden, width)) or (2.0, 1.0))
+    monkeypatch.setattr(cpu_linear, "machine_probe", lambda hidden, width: shapes.append((hidden, width)) or (2.0, 1.0))
     choice = resolve_cpu_linear("auto", "fp32", "cpu", tiny_model_dir)
     assert shapes == [(32, 64)] and "16x32x64" in choice.reason
     assert cpu_linear.model_mlp_shape(tiny_model_dir / "missing") == (576, 1536)  # the demo SLM's
@@ -100,3 +102,19 @@ def test_an_evaluation_decides_the_kernels_on_the_driver_and_keys_its_run_by_the
     probe_says(600.0, 590.0)
     plan = slm_plan(config, gpus=0, cpus=2.0)
     assert plan.settings.cpu_linear == "torch" and "cpu_linear" not in plan.identity  # the key fp32 runs had
+
+
+def test_the_probe_is_measured_once_per_machine_and_kept(monkeypatch, tmp_path):
+    """A second process on the machine reads the kept timings: two runs (or a run and its resume) choose alike."""
+    record = tmp_path / "cpu_linear_probe.json"
+    monkeypatch.setattr(cpu_linear, "PROBE_RECORD", record)
+    measured = []
+    monkeypatch.setattr(cpu_linear, "probe", lambda hidden, width: measured.append((hidden, width)) or (700.0, 500.0))
+    assert cpu_linear.machine_probe(32, 64) == (700.0, 500.0)
+    monkeypatch.setattr(cpu_linear, "probe", lambda hidden, width: measured.append((hidden, width)) or (1.0, 9.0))
+    assert cpu_linear.machine_probe(32, 64) == (700.0, 500.0)  # kept, not measured again
+    assert cpu_linear.machine_probe(48, 96) == (1.0, 9.0)  # another shape is measured
+    assert measured == [(32, 64), (48, 96)] and len(json.loads(record.read_text())) == 2
+    record.write_text("not json")
+    assert cpu_linear.machine_probe(32, 64) == (1.0, 9.0)  # a damaged record is measured again and rewritten
+    assert len(json.loads(record.read_text())) == 1

@@ -9,7 +9,7 @@ over 60 distinct weights: 16 rows 820 → 592 µs (1.39×), 32 rows 1301 → 713
 5032 → 3593 µs (1.40×); the decode engine on 32 toolcall test rows 112.9 → 89.6 s (100.7 s in an
 earlier run), the same 32 texts.
 The same numbers on another CPU can go the other way, so `auto` does not assume: it times both on
-the model's own MLP shape (`probe`, under 2 s, once per process and shape) and takes oneDNN only
+the model's own MLP shape (`probe`, under 2 s, once per machine and shape: `machine_probe`) and takes oneDNN only
 when it is clearly faster (`ONEDNN_MIN_SPEEDUP`). The two differ in the last bits (~1e-4 absolute on
 that shape), so the choice is part of an evaluation's run key, decided on the driver like precision.
 Only fp32 on CPU: bf16 already runs on oneDNN in torch, and GPUs use cuBLAS.
@@ -25,11 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ray_app.paths import PROJECT_ROOT
+
 CpuLinear = Literal["auto", "torch", "onednn"]
 CPU_LINEARS: tuple[str, ...] = ("auto", "torch", "onednn")
 ONEDNN_MIN_SPEEDUP = 1.2  # below this the probe's noise could flip the choice between two runs
 PROBE_ROWS = 16  # a decode step's rows (the engine's default batch)
 PROBE_LAYERS = 30  # distinct weights, so the probe reads them from memory as a forward call does
+PROBE_RECORD = PROJECT_ROOT / "storage" / "cpu_linear_probe.json"  # one probe per machine (`machine_probe`)
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,33 @@ def probe(hidden: int, width: int) -> tuple[float, float]:
     return plain, onednn
 
 
+def machine_probe(hidden: int, width: int) -> tuple[float, float]:
+    """`probe`'s timings, measured once per machine: kept in PROBE_RECORD under this CPU, torch version,
+    thread count and shape. A probe near the threshold could otherwise choose differently in two runs,
+    and a resumed evaluation would not find its own run key (it would start over, correctly but slowly)."""
+    import torch
+
+    from ray_app.atomic_files import atomic_write_json
+    from ray_app.engines.precision import cpu_bf16_support
+
+    key = f"{cpu_bf16_support().cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {hidden}x{width}"
+    try:
+        record = json.loads(PROBE_RECORD.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = {}
+    if not isinstance(record, dict):
+        record = {}
+    kept = record.get(key)
+    if isinstance(kept, list) and len(kept) == 2 and all(isinstance(value, (int, float)) for value in kept):
+        return float(kept[0]), float(kept[1])
+    timings = probe(hidden, width)
+    try:
+        atomic_write_json(PROBE_RECORD, {**record, key: list(timings)})
+    except OSError as error:  # a read-only checkout still runs; the next run probes again
+        logger.warning("could not keep the cpu linear probe in %s: %s", PROBE_RECORD, error)
+    return timings
+
+
 def resolve_cpu_linear(requested: str, precision: str, device: str, model_path: Path | None) -> CpuLinearChoice:
     """What runs an fp32 CPU model's linear layers for `requested`, on this machine, and why."""
     if requested not in CPU_LINEARS:
@@ -96,7 +126,7 @@ def resolve_cpu_linear(requested: str, precision: str, device: str, model_path: 
     if requested == "onednn":
         return CpuLinearChoice("onednn", "onednn as asked")
     hidden, width = model_mlp_shape(model_path)
-    plain, onednn = probe(hidden, width)
+    plain, onednn = machine_probe(hidden, width)
     shape = f"{PROBE_ROWS}x{hidden}x{width}"
     logger.info("cpu linear probe %s: torch %.0f us, oneDNN packed %.0f us", shape, plain, onednn)
     # the reason names the rule, not the timings, so records of two runs that chose alike are alike
