@@ -83,7 +83,7 @@ class SlmPlan:
     num_actors: int
     actor_cpus: float
     actor_gpus: float
-    cpu_linear: CpuLinearChoice | None = None  # the fp32 CPU kernels and why (metrics.json; in the key when oneDNN)
+    cpu_linear: CpuLinearChoice  # the fp32 CPU kernels and why (metrics.json; in the key when oneDNN)
 
 
 def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
@@ -347,7 +347,7 @@ def slm_engine_description(entry: PendingEval, loaded: dict[str, Any], together:
         "precision_requested": config.slm.precision,
         "precision_reason": plan.precision.reason,
         **loaded,  # what the actors loaded
-        **({"cpu_linear_reason": plan.cpu_linear.reason} if plan.cpu_linear else {}),  # the driver decided it
+        "cpu_linear_reason": plan.cpu_linear.reason,  # the driver decided it
         "cpu_linear_requested": config.slm.cpu_linear,
         "actors": plan.num_actors,
         **(constrained_engine(config.track) if config.slm.decoding == "constrained" else {}),
