@@ -339,16 +339,24 @@ def prepare(config: EvalConfig, rows: list[Row], split_identity: dict[str, Any])
     return PendingEval(config, identity, run_key_of({**split_identity, **identity}), teacher_engine=teacher_engine)
 
 
+def slm_choices(config: EvalConfig, plan: SlmPlan) -> dict[str, Any]:
+    """What the SLM's precision and CPU linear kernels were asked to be, and why the driver chose what
+    it did: the entries every saved SLM description (`slm-swap eval`, the live compare) carries."""
+    return {
+        "precision_requested": config.slm.precision,
+        "precision_reason": plan.precision.reason,
+        "cpu_linear_requested": config.slm.cpu_linear,
+        "cpu_linear_reason": plan.cpu_linear.reason,
+    }
+
+
 def slm_engine_description(entry: PendingEval, loaded: dict[str, Any], together: list[PendingEval]) -> dict[str, Any]:
     config, plan = entry.config, entry.plan
     others = [other.config.model_label for other in together if other is not entry]
     return {
         **plan.settings.to_json(),
-        "precision_requested": config.slm.precision,
-        "precision_reason": plan.precision.reason,
         **loaded,  # what the actors loaded
-        "cpu_linear_reason": plan.cpu_linear.reason,  # the driver decided it
-        "cpu_linear_requested": config.slm.cpu_linear,
+        **slm_choices(config, plan),  # the driver decided these
         "actors": plan.num_actors,
         **(constrained_engine(config.track) if config.slm.decoding == "constrained" else {}),
         # answered group by group with these, on the same actors (a later decoding finds the prompt

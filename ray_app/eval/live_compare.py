@@ -29,7 +29,14 @@ from rich.live import Live
 from ray_app.data.rows import Row, Track, read_split
 from ray_app.engines.base import EngineRequest
 from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings
-from ray_app.eval.evaluate import build_teacher_engine, display_path, run_key_of, slm_plan, teacher_identity
+from ray_app.eval.evaluate import (
+    build_teacher_engine,
+    display_path,
+    run_key_of,
+    slm_choices,
+    slm_plan,
+    teacher_identity,
+)
 from ray_app.eval.live_board import LiveBoard, SideTally
 from ray_app.eval.live_save import save_side
 from ray_app.eval.ray_predictor import fixed_groups, prediction_record
@@ -195,9 +202,8 @@ def run_live_compare(config: LiveCompareConfig, output: TextIO | None = None) ->
                 # eval's SLM description, with no Ray actors: the live compare generates in this process
                 "slm": {
                     **settings.to_json(),
-                    "precision_requested": slm_config.slm.precision,
-                    "precision_reason": plan.precision.reason,
                     **slm_engine.describe(),
+                    **slm_choices(slm_config, plan),
                     "actors": None,
                     "runner": "live compare",
                 },
