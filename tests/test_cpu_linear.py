@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not cpu_linear.onednn_available(), reason="this 
 @pytest.fixture
 def probe_says(monkeypatch):
     def set_timings(torch_us: float, onednn_us: float) -> None:
-        monkeypatch.setattr(cpu_linear, "machine_probe", lambda hidden, width: (torch_us, onednn_us))
+        monkeypatch.setattr(cpu_linear, "machine_probe", lambda hidden, width, threads: (torch_us, onednn_us))
 
     return set_timings
 
@@ -60,11 +60,19 @@ def test_only_an_fp32_model_on_cpu_is_packed_and_explicit_choices_are_kept(probe
         resolve_cpu_linear("mkl", "fp32", "cpu", tmp_path)
 
 
-def test_the_probe_times_the_models_own_mlp_shape(monkeypatch, tiny_model_dir):
-    shapes = []
-    monkeypatch.setattr(cpu_linear, "machine_probe", lambda hidden, width: shapes.append((hidden, width)) or (2.0, 1.0))
-    choice = resolve_cpu_linear("auto", "fp32", "cpu", tiny_model_dir)
-    assert shapes == [(32, 64)] and "16x32x64" in choice.reason
+def test_the_probe_times_the_models_own_mlp_shape_on_the_engines_threads(monkeypatch, tiny_model_dir):
+    import torch
+
+    probed = []
+    monkeypatch.setattr(cpu_linear, "machine_probe", lambda *shape_threads: probed.append(shape_threads) or (2.0, 1.0))
+    choice = resolve_cpu_linear("auto", "fp32", "cpu", tiny_model_dir, threads=1)
+    assert probed == [(32, 64, 1)] and "16x32x64" in choice.reason
+    resolve_cpu_linear("auto", "fp32", "cpu", tiny_model_dir)  # no engine threads given: this process's
+    assert probed[1] == (32, 64, torch.get_num_threads())
+    threads = torch.get_num_threads()
+    cpu_linear.probe.cache_clear()
+    assert all(timing > 0 for timing in cpu_linear.probe(8, 16, 1))  # a real probe on one thread
+    assert torch.get_num_threads() == threads  # and this process's threads are as they were
     assert cpu_linear.model_mlp_shape(tiny_model_dir / "missing") == (576, 1536)  # the demo SLM's
 
 
@@ -109,12 +117,14 @@ def test_the_probe_is_measured_once_per_machine_and_kept(monkeypatch, tmp_path):
     record = tmp_path / "cpu_linear_probe.json"
     monkeypatch.setattr(cpu_linear, "PROBE_RECORD", record)
     measured = []
-    monkeypatch.setattr(cpu_linear, "probe", lambda hidden, width: measured.append((hidden, width)) or (700.0, 500.0))
-    assert cpu_linear.machine_probe(32, 64) == (700.0, 500.0)
-    monkeypatch.setattr(cpu_linear, "probe", lambda hidden, width: measured.append((hidden, width)) or (1.0, 9.0))
-    assert cpu_linear.machine_probe(32, 64) == (700.0, 500.0)  # kept, not measured again
-    assert cpu_linear.machine_probe(48, 96) == (1.0, 9.0)  # another shape is measured
-    assert measured == [(32, 64), (48, 96)] and len(json.loads(record.read_text())) == 2
-    record.write_text("not json")
-    assert cpu_linear.machine_probe(32, 64) == (1.0, 9.0)  # a damaged record is measured again and rewritten
-    assert len(json.loads(record.read_text())) == 1
+    monkeypatch.setattr(cpu_linear, "probe", lambda *shape_threads: measured.append(shape_threads) or (700.0, 500.0))
+    assert cpu_linear.machine_probe(32, 64, 2) == (700.0, 500.0)
+    monkeypatch.setattr(cpu_linear, "probe", lambda *shape_threads: measured.append(shape_threads) or (1.0, 9.0))
+    assert cpu_linear.machine_probe(32, 64, 2) == (700.0, 500.0)  # kept, not measured again
+    assert cpu_linear.machine_probe(48, 96, 2) == (1.0, 9.0)  # another shape is measured
+    assert cpu_linear.machine_probe(32, 64, 1) == (1.0, 9.0)  # and another thread count
+    assert measured == [(32, 64, 2), (48, 96, 2), (32, 64, 1)] and len(json.loads(record.read_text())) == 3
+    for damaged in ("not json", '{"a key": [1.0]}', "[1, 2]"):
+        record.write_text(damaged)
+        assert cpu_linear.machine_probe(32, 64, 2) == (1.0, 9.0)  # a damaged record is measured again, rewritten
+        assert len(json.loads(record.read_text())) == 1

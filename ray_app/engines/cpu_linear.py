@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pydantic import TypeAdapter, ValidationError
+
 from ray_app.paths import PROJECT_ROOT
 
 CpuLinear = Literal["auto", "torch", "onednn"]
@@ -42,6 +44,11 @@ class CpuLinearChoice:
     kernels: str  # "torch" or "onednn" (never "auto")
     reason: str
 
+    def run_key_entry(self) -> dict[str, str]:
+        """What an evaluation's run key holds of this choice: the kernels when oneDNN's, else nothing, so an
+        fp32 run keeps the key it had before oneDNN's kernels existed."""
+        return {"cpu_linear": self.kernels} if self.kernels != "torch" else {}
+
 
 def onednn_available() -> bool:
     import torch
@@ -58,10 +65,10 @@ def model_mlp_shape(model_path: Path | None) -> tuple[int, int]:
         return 576, 1536
 
 
-@functools.cache  # once per process and shape: the process stays on its machine
-def probe(hidden: int, width: int) -> tuple[float, float]:
-    """Microseconds per [PROBE_ROWS × hidden] × [hidden × width] product: (torch's F.linear, oneDNN packed),
-    each the best of three passes over PROBE_LAYERS distinct weights."""
+@functools.cache  # once per process, shape and threads: the process stays on its machine
+def probe(hidden: int, width: int, threads: int) -> tuple[float, float]:
+    """Microseconds per [PROBE_ROWS × hidden] × [hidden × width] product on `threads` threads: (torch's
+    F.linear, oneDNN packed), each the best of three passes over PROBE_LAYERS distinct weights."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
@@ -78,32 +85,38 @@ def probe(hidden: int, width: int) -> tuple[float, float]:
             timings.append((time.perf_counter() - started) / PROBE_LAYERS * 1e6)
         return min(timings[1:])
 
-    with torch.no_grad():
-        plain = best(lambda index: torch.nn.functional.linear(rows, weights[index]))
-        onednn = best(lambda index: torch.ops.mkldnn._linear_pointwise(rows, packed[index], None, "none", [], ""))
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the engine's threads (an evaluation actor's), not this process's
+    try:
+        with torch.no_grad():
+            plain = best(lambda index: torch.nn.functional.linear(rows, weights[index]))
+            onednn = best(lambda index: torch.ops.mkldnn._linear_pointwise(rows, packed[index], None, "none", [], ""))
+    finally:
+        torch.set_num_threads(threads_before)
     return plain, onednn
 
 
-def machine_probe(hidden: int, width: int) -> tuple[float, float]:
+PROBE_RECORD_ADAPTER = TypeAdapter(dict[str, tuple[float, float]])
+
+
+def machine_probe(hidden: int, width: int, threads: int) -> tuple[float, float]:
     """`probe`'s timings, measured once per machine: kept in PROBE_RECORD under this CPU, torch version,
     thread count and shape. A probe near the threshold could otherwise choose differently in two runs,
-    and a resumed evaluation would not find its own run key (it would start over, correctly but slowly)."""
+    and a resumed evaluation would not find its own run key (it would start over, correctly but slowly).
+    A record that is not {key: [torch µs, oneDNN µs]} is measured again and replaced."""
     import torch
 
     from ray_app.atomic_files import atomic_write_json
     from ray_app.engines.precision import cpu_bf16_support
 
-    key = f"{cpu_bf16_support().cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {hidden}x{width}"
+    key = f"{cpu_bf16_support().cpu} | torch {torch.__version__} | {threads} threads | {hidden}x{width}"
     try:
-        record = json.loads(PROBE_RECORD.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        record = PROBE_RECORD_ADAPTER.validate_json(PROBE_RECORD.read_bytes())
+    except (OSError, ValidationError):
         record = {}
-    if not isinstance(record, dict):
-        record = {}
-    kept = record.get(key)
-    if isinstance(kept, list) and len(kept) == 2 and all(isinstance(value, (int, float)) for value in kept):
-        return float(kept[0]), float(kept[1])
-    timings = probe(hidden, width)
+    if key in record:
+        return record[key]
+    timings = probe(hidden, width, threads)
     try:
         atomic_write_json(PROBE_RECORD, {**record, key: list(timings)})
     except OSError as error:  # a read-only checkout still runs; the next run probes again
@@ -111,8 +124,11 @@ def machine_probe(hidden: int, width: int) -> tuple[float, float]:
     return timings
 
 
-def resolve_cpu_linear(requested: str, precision: str, device: str, model_path: Path | None) -> CpuLinearChoice:
-    """What runs an fp32 CPU model's linear layers for `requested`, on this machine, and why."""
+def resolve_cpu_linear(
+    requested: str, precision: str, device: str, model_path: Path | None, threads: int | None = None
+) -> CpuLinearChoice:
+    """What runs an fp32 CPU model's linear layers for `requested`, on this machine, and why. `auto` probes
+    on `threads` threads, the engine's (None: this process's torch threads)."""
     if requested not in CPU_LINEARS:
         raise ValueError(f"cpu linear kernels must be one of {', '.join(CPU_LINEARS)}, got {requested!r}")
     if device != "cpu" or precision != "fp32":
@@ -126,7 +142,11 @@ def resolve_cpu_linear(requested: str, precision: str, device: str, model_path: 
     if requested == "onednn":
         return CpuLinearChoice("onednn", "onednn as asked")
     hidden, width = model_mlp_shape(model_path)
-    plain, onednn = machine_probe(hidden, width)
+    if threads is None:
+        import torch
+
+        threads = torch.get_num_threads()
+    plain, onednn = machine_probe(hidden, width, threads)
     shape = f"{PROBE_ROWS}x{hidden}x{width}"
     logger.info("cpu linear probe %s: torch %.0f us, oneDNN packed %.0f us", shape, plain, onednn)
     # the reason names the rule, not the timings, so records of two runs that chose alike are alike

@@ -144,7 +144,7 @@ def engine_plan(config: CodeactEvalConfig) -> EnginePlan:
     # As `slm-swap eval`: decided on the driver, whose CPU a local Ray's actors share.
     choice = precision_choice(settings) if device == "cpu" else resolve_precision(config.precision, device)
     settings = replace(settings, precision=choice.precision)  # type: ignore[arg-type]
-    linear = resolve_cpu_linear(settings.cpu_linear, choice.precision, device, model_path)
+    linear = resolve_cpu_linear(settings.cpu_linear, choice.precision, device, model_path, settings.cpu_threads)
     settings = replace(settings, cpu_linear=linear.kernels)  # type: ignore[arg-type]
     identity = {
         "engine": ENGINE_IDENTITY,
@@ -154,7 +154,7 @@ def engine_plan(config: CodeactEvalConfig) -> EnginePlan:
         "precision": choice.precision,
         "seed": config.seed,
         "prefill_chunk_tokens": settings.prefill_chunk_tokens,
-        **({"cpu_linear": linear.kernels} if linear.kernels != "torch" else {}),  # as `slm-swap eval`
+        **linear.run_key_entry(),  # as `slm-swap eval`
     }
     precision = {"precision": choice.precision, "requested": config.precision, "reason": choice.reason}
     cpus, gpus_each = (0, 1) if gpus else (0.5, 0)  # 0.5: a whole CPU would starve Ray Data's read task on 2 cores

@@ -126,7 +126,7 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
         settings = dataclasses.replace(settings, adapter_weights=weights.name)
     # Packed oneDNN kernels round differently from torch's: decided here too (a probe on this machine), and
     # in the run key when they are used, so an fp32 run keeps the key it had before they existed.
-    linear = resolve_cpu_linear(settings.cpu_linear, precision, device, model_path)
+    linear = resolve_cpu_linear(settings.cpu_linear, precision, device, model_path, cpu_threads)
     settings = dataclasses.replace(settings, cpu_linear=linear.kernels)
     identity = {  # everything an answer depends on (the rows decoding together come from the last three)
         "engine": ENGINE_IDENTITY,
@@ -140,7 +140,7 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
         "batch_size": settings.batch_size,
         "rows_per_task": config.slm.rows_per_task,
         "prefill_chunk_tokens": settings.prefill_chunk_tokens,
-        **({"cpu_linear": linear.kernels} if linear.kernels != "torch" else {}),
+        **linear.run_key_entry(),
         # only constrained runs carry these: a free run keeps the key it had before constrained decoding existed
         **(constrained_identity(config.track) if config.slm.decoding == "constrained" else {}),
     }

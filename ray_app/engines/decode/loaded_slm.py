@@ -103,7 +103,9 @@ class LoadedSlm:
             shared.eval()
             self.models = dict.fromkeys([BASE_MODEL_NAME, *names], shared)
         # after every copy and merge: a copied module would share its original's packed weights
-        self.cpu_linear = resolve_cpu_linear(settings.cpu_linear, self.precision, self.device, settings.model_path)
+        self.cpu_linear = resolve_cpu_linear(
+            settings.cpu_linear, self.precision, self.device, settings.model_path, settings.cpu_threads
+        )
         if self.cpu_linear.kernels == "onednn":
             for model in {id(model): model for model in self.models.values()}.values():
                 pack_linear_weights(model)
