@@ -17,8 +17,9 @@ for every side; end to end is printed too). In fp32 the engine's predictions mus
 generate's (the oracle) row for row; in bf16 they may differ where near-ties flip.
 
 With `--adapter DIR` it also measures an adapter on the engine in each precision asked, unmerged
-(beside the base) vs merged into a copy of it (`--adapter-weights`, `engines.adapter_weights`: `auto`
-merges fp32 only), and how many answers stay the same.
+(beside the base; with the lean LoRA forward, `engines.lora_forward`, and with PEFT's own) vs merged
+into a copy of it (`--adapter-weights`, `engines.adapter_weights`: `auto` merges fp32 only), and how
+many answers stay the same.
 
 Prints one JSON object; names the CPU. Target (issue 11): engine ≥ 2× HF generate's tokens/s.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -103,6 +105,19 @@ def engine_ray_data(rows, settings: SlmSettings, rows_per_task: int) -> dict:
     tokens = sum(r["completion_tokens"] for r in records)
     generation_s = sum(one["elapsed_s"] for one in answered)
     return side_result([r["prediction"] for r in records], tokens, generation_s, finished - started)
+
+
+@contextlib.contextmanager
+def peft_lora_forward():
+    """Unmerged adapters on PEFT's own LoRA forward (the baseline of `engines.lora_forward`'s lean one)."""
+    from ray_app.engines.decode import loaded_slm
+
+    installed = loaded_slm.install_lean_lora_forward
+    loaded_slm.install_lean_lora_forward = lambda model: 0
+    try:
+        yield
+    finally:
+        loaded_slm.install_lean_lora_forward = installed
 
 
 def engine_in_process(rows, settings: SlmSettings, rows_per_task: int | None = None) -> dict:
@@ -228,12 +243,19 @@ def main() -> None:
                                    cpu_threads=cpus)  # fmt: skip
             base = engine_in_process(rows, replace(settings, adapter_path=None))
             unmerged = engine_in_process(rows, replace(settings, adapter_weights="unmerged"))
+            with peft_lora_forward():
+                unmerged_peft = engine_in_process(rows, replace(settings, adapter_weights="unmerged"))
             merged = engine_in_process(rows, replace(settings, adapter_weights="merged"))
             report[f"adapter_{requested}"] = {
                 "adapter": str(args.adapter),
                 "precision": resolve_precision(requested, "cpu").precision,
                 "base_no_adapter": figures(base),
                 "unmerged": figures(unmerged),
+                "unmerged_peft_forward": figures(unmerged_peft),
+                "lean_vs_peft_forward": round(
+                    unmerged["completion_tokens_per_s"] / unmerged_peft["completion_tokens_per_s"], 2
+                ),
+                "same_answers_lean_vs_peft_forward": same_texts(unmerged, unmerged_peft),
                 "merged": figures(merged),
                 "merged_vs_unmerged": round(merged["completion_tokens_per_s"] / unmerged["completion_tokens_per_s"], 2),
                 "same_answers_merged_vs_unmerged": same_texts(merged, unmerged),

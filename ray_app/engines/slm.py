@@ -20,6 +20,7 @@ from ray_app.engines.adapter_weights import AdapterWeights, merged_into, model_b
 from ray_app.engines.base import Generation
 from ray_app.engines.cpu_linear import CpuLinear
 from ray_app.engines.determinism import SEED
+from ray_app.engines.lora_forward import install_lean_lora_forward
 from ray_app.engines.precision import Precision, PrecisionChoice, resolve_precision
 
 
@@ -107,6 +108,7 @@ def load_model_and_tokenizer(settings: SlmSettings):
         else:
             model = PeftModel.from_pretrained(model, settings.adapter_path)
             adapters_in_model_dtype(model, precision)
+            install_lean_lora_forward(model)  # as the decode engine (`LoadedSlm`): the same arithmetic
     model.eval()
     return model, tokenizer, device, precision
 

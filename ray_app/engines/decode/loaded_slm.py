@@ -38,6 +38,7 @@ from ray_app.engines.decode.prefix_cache import shared_prefix_ends, template_anc
 from ray_app.engines.decode.row_attention import use_row_attention
 from ray_app.engines.decode.running_batch import GenerationJob
 from ray_app.engines.determinism import apply_determinism
+from ray_app.engines.lora_forward import install_lean_lora_forward
 from ray_app.engines.slm import (
     SlmSettings,
     adapters_in_model_dtype,
@@ -100,6 +101,7 @@ class LoadedSlm:
             for name in names[1:]:
                 shared.load_adapter(self.adapters[name], adapter_name=name)
             adapters_in_model_dtype(shared, self.precision)
+            install_lean_lora_forward(shared)
             shared.eval()
             self.models = dict.fromkeys([BASE_MODEL_NAME, *names], shared)
         # after every copy and merge: a copied module would share its original's packed weights
