@@ -42,8 +42,11 @@ def lean_lora_forward(self, x, *args, **kwargs):
         or self.disable_adapters
         or self.merged
         or kwargs.get("adapter_names") is not None
-        or any(name in self.lora_A and name not in lean for name in self.active_adapters)
-    ):
+        or any(
+            name in self.lora_A and (name not in lean or self.lora_A[name].weight.dtype != x.dtype)
+            for name in self.active_adapters
+        )
+    ):  # decided before any compute: PEFT's forward would compute the base layer again
         return type(self).forward(self, x, *args, **kwargs)
     import torch.nn.functional as F
 
@@ -51,11 +54,8 @@ def lean_lora_forward(self, x, *args, **kwargs):
     for name in self.active_adapters:
         if name not in self.lora_A:
             continue
-        weight_a = self.lora_A[name].weight
-        if x.dtype != weight_a.dtype:
-            return type(self).forward(self, x, *args, **kwargs)
         weight_b, folded = lean[name]
-        update = F.linear(F.linear(x, weight_a), weight_b)
+        update = F.linear(F.linear(x, self.lora_A[name].weight), weight_b)
         result = result + (update if folded else update * self.scaling[name])
     return result
 
