@@ -531,7 +531,13 @@ def train(
     track: Annotated[str, typer.Option(help="structured, toolcall, all (those two), or codeact (Phase II)")],
     strategy: Annotated[TrainStrategy, typer.Option(help="with --track all: sequential or parallel")] = "sequential",
     workers: Annotated[
-        int, bounded(TrainConfig, "num_workers", help="Ray Train workers per track (0: in this process)")
+        int | None,
+        bounded(
+            TrainConfig,
+            "num_workers",
+            help="Ray Train workers per track (0: Ray Train's local mode, in this process; default: 0 on one "
+            "node without GPUs, else 1)",
+        ),
     ] = TrainConfig.num_workers,
     gpus_per_worker: Annotated[
         float | None, bounded(TrainConfig, "gpus_per_worker", help="default: 1 with GPUs, else 0 (CPU)")

@@ -311,6 +311,16 @@ def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
+def cluster_nodes() -> int:
+    """Alive nodes Ray can schedule on; 1 for a local Ray not started yet (no start just to ask)."""
+    import ray
+
+    if _will_run_locally(ray):
+        return 1
+    ensure_ray()
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
+
+
 def cluster_cpus() -> float:
     import ray
 

@@ -146,7 +146,13 @@ def slm_swap_train(model_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_a_killed_train_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
+# Where each mode keeps its resume points: Ray Train's storage (a worker), or the Trainer's own
+# checkpoints in the run's folder (Ray Train's local mode, the default on one node without GPUs).
+CHECKPOINTS = {"1": "*/checkpoint_*", "0": "*/hf/checkpoint-*"}
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_killed_train_run_resumes_from_its_last_checkpoint(workers, tiny_model_dir, tmp_path):
     command = slm_swap_train(
         tiny_model_dir,
         tmp_path,
@@ -158,12 +164,14 @@ def test_a_killed_train_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp
         "1",
         "--save-steps",
         "2",
+        "--workers",
+        workers,
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "RAY_ADDRESS"))}
     process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        if list((tmp_path / "ray_train").glob("*/checkpoint_*")):
+        if list((tmp_path / "ray_train").glob(CHECKPOINTS[workers])):
             break
         time.sleep(0.2)
     assert process.poll() is None, "training finished before it could be killed"
@@ -180,11 +188,13 @@ def test_a_killed_train_run_resumes_from_its_last_checkpoint(tiny_model_dir, tmp
     training = json.loads((tmp_path / "04_ft" / "adapter_toolcall" / "training.json").read_text())
     assert training["global_step"] == 24
     assert 2 <= training["resumed_from_step"] < 24
+    assert training["settings"]["num_workers"] == int(workers)
 
 
-def test_ctrl_c_stops_training_with_a_message_and_exit_130_and_keeps_the_checkpoints(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_ctrl_c_stops_training_with_a_message_and_exit_130_and_keeps_the_checkpoints(workers, tiny_model_dir, tmp_path):
     budget = ("--max-train-rows", "24", "--batch-size", "1", "--grad-accum", "1", "--save-steps", "2")
-    command = slm_swap_train(tiny_model_dir, tmp_path, *budget)
+    command = slm_swap_train(tiny_model_dir, tmp_path, *budget, "--workers", workers)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "RAY_ADDRESS"))}
     process = subprocess.Popen(
         command, env=env, cwd=PROJECT_ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -192,18 +202,18 @@ def test_ctrl_c_stops_training_with_a_message_and_exit_130_and_keeps_the_checkpo
     )  # fmt: skip
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        if list((tmp_path / "ray_train").glob("*/checkpoint_*")):
+        if list((tmp_path / "ray_train").glob(CHECKPOINTS[workers])):
             break
         time.sleep(0.2)
     assert process.poll() is None, "training finished before it could be interrupted"
-    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: Ray Train aborts the run; the command must not exit 0
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the run stops; the command must not exit 0
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
     flat = " ".join(stderr.split())
     assert f"Interrupted. Kept: training checkpoints in {tmp_path / 'ray_train'}" in flat
     assert "Run the same command again to resume" in flat
-    assert list((tmp_path / "ray_train").glob("*/checkpoint_*"))
+    assert list((tmp_path / "ray_train").glob(CHECKPOINTS[workers]))
     assert not (tmp_path / "04_ft" / "adapter_toolcall").exists()
 
 

@@ -70,7 +70,7 @@ class PipelineConfig:
     max_new_tokens: PositiveInt | None = None  # None: the profile's (demo 128, full 256)
     train: bool = True  # train the tracks whose decision says FINE_TUNE=1
     train_strategy: TrainStrategy = "sequential"  # or parallel (both tracks at once)
-    train_workers: NonNegativeInt = TrainConfig.num_workers  # 0: the training loop runs in the driver
+    train_workers: NonNegativeInt | None = TrainConfig.num_workers  # 0: Ray Train's local mode; None: train.py decides
     max_train_rows: PositiveInt | None = None  # None: the profile's (demo 40 per track, full all)
     # None: the profile's. demo 1 row × 2 accumulated (20 steps of 2 rows, no padding: on CPU a padded pair
     # computes both rows at the longer one's length; 1 × 2 trained 16 toolcall rows in 55 s vs 70 s for 2 × 1);

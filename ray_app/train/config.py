@@ -52,7 +52,9 @@ class TrainConfig:
     # slower without). None: decided on each worker, bf16 where its CPU has avx512_bf16 or AMX.
     cpu_bf16: bool | None = None
     seed: NonNegativeInt = 42
-    num_workers: NonNegativeInt = 1  # Ray Train workers; 0 runs the loop in the driver (tests)
+    # Ray Train workers; 0: Ray Train's local mode, the loop runs in this process. None: 0 on a single
+    # node without GPUs (a worker process costs ~40 s more per track there: train.py), else 1.
+    num_workers: NonNegativeInt | None = None
     gpus_per_worker: NonNegativeFloat | None = None  # None: 1 when the cluster has GPUs, else CPU workers
     cpus_per_worker: PositiveFloat | None = None  # None: 1 with GPUs, else the machine's CPUs split between workers
     checkpoints_to_keep: PositiveInt = 2

@@ -4,7 +4,10 @@ Rows become conversational prompt/completion examples built with `chat_messages`
 messages evaluation and serving send — so TRL computes the loss on completion tokens only. The codeact
 track's examples come pre-tokenized with their labels (`codeact_examples`) and are trained as given.
 Checkpoints go to Ray Train every `save_steps` optimizer steps; a worker that finds one (a restarted
-run) resumes from it with the optimizer, scheduler and data position restored. The final adapter is
+run) resumes from it with the optimizer, scheduler and data position restored. In Ray Train's local
+mode (`num_workers=0`: the loop runs in the driver, with no Ray Train storage) the run's folder under
+the storage path holds the Trainer's own checkpoints (`hf/checkpoint-<step>`) and the final adapter
+(`final/`), and a restarted run resumes from the latest complete one the same way. The final adapter is
 reported as the last checkpoint, with the loss curve and throughput as metrics.
 """
 
@@ -207,14 +210,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     if context.get_world_size() == 1:
         single_process_training()
-    workdir = Path(tempfile.mkdtemp(prefix="slm-swap-train-"))
-    restored = restored_checkpoint(workdir)
+    local_mode = config.get("local_run_dir") is not None  # Ray Train's local mode: no storage, no workers
+    if local_mode:  # the run's own folder holds its checkpoints and its final adapter (see the module doc)
+        workdir = Path(config["local_run_dir"])
+        finished = workdir / "final"
+        restored = finished if (finished / "final_metrics.json").is_file() else last_local_checkpoint(workdir / "hf")
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="slm-swap-train-"))
+        restored = restored_checkpoint(workdir)
     if restored is not None and (restored / FINAL_ADAPTER_DIR).is_dir():
         # The run had finished; report its final checkpoint again instead of training twice.
         metrics = json.loads((restored / "final_metrics.json").read_text())
         ray.train.report(metrics=metrics, checkpoint=ray.train.Checkpoint.from_directory(str(restored)))
         return
-    callbacks = [RayTrainReportCallback()]
+    # In local mode the Trainer's own checkpoints (in the run's folder) are the resume points; reporting
+    # each one to Ray Train would only copy it to a temporary folder that nothing reads.
+    callbacks = [] if local_mode else [RayTrainReportCallback()]
     if context.get_world_rank() == 0 and config.get("progress_steps") is not None:
         from ray_app.train.progress import steps_to_driver_callback
 
@@ -223,10 +234,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         config, device, workdir / "hf", callbacks, show_progress=context.get_world_rank() == 0
     )
     precision = training_precision(config.get("cpu_bf16"), device.type == "cuda")  # what build_sft_trainer chose
-    resume_from = str(restored / HF_CHECKPOINT_DIR) if restored is not None else None
+    resume_from = None if restored is None else str(restored if local_mode else restored / HF_CHECKPOINT_DIR)
     resumed_from_step = 0
-    if restored is not None:
-        resumed_from_step = json.loads((restored / HF_CHECKPOINT_DIR / "trainer_state.json").read_text())["global_step"]
+    if resume_from is not None:
+        resumed_from_step = json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"]
     started = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - started
@@ -253,15 +264,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     }
     final_dir = workdir / "final"
     if context.get_world_rank() == 0:
+        shutil.rmtree(final_dir, ignore_errors=True)  # a run killed while writing it left part of one
         trainer.model.save_pretrained(str(final_dir / FINAL_ADAPTER_DIR))
         tokenizer.save_pretrained(str(final_dir / FINAL_ADAPTER_DIR))
-        (final_dir / "final_metrics.json").write_text(json.dumps(metrics))
+        (final_dir / "final_metrics.json").write_text(json.dumps(metrics))  # last: it marks the folder complete
         ray.train.report(metrics=metrics, checkpoint=ray.train.Checkpoint.from_directory(str(final_dir)))
     else:
         ray.train.report(metrics=metrics, checkpoint=None)
-    # The final folder stays: in local mode (num_workers=0) the reported checkpoint is that folder.
-    shutil.rmtree(workdir / "hf", ignore_errors=True)
-    shutil.rmtree(workdir / "restored", ignore_errors=True)
+    # The final folder stays: in local mode the reported checkpoint is that folder.
+    if not local_mode:  # local mode's checkpoints stay in the run's folder, like Ray Train's storage
+        shutil.rmtree(workdir / "hf", ignore_errors=True)
+        shutil.rmtree(workdir / "restored", ignore_errors=True)
+
+
+def last_local_checkpoint(folder: Path) -> Path | None:
+    """The Trainer's latest complete checkpoint in `folder` (`checkpoint-<step>`), or None. The Trainer
+    writes `trainer_state.json` after the weights, optimizer and RNG states: a checkpoint without a
+    readable one was cut short (the run was killed while saving it) and is passed over."""
+    steps = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else ():
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            steps.append((int(path.name.removeprefix("checkpoint-")), path))
+        except (OSError, ValueError):
+            continue
+    return max(steps)[1] if steps else None
 
 
 def single_process_training() -> None:
