@@ -24,7 +24,7 @@ many answers stay the same.
 Prints one JSON object; names the CPU. Target (issue 11): engine ≥ 2× HF generate's tokens/s.
 
     .venv/bin/python benchmarks/eval_throughput.py [--rows 50] [--max-new-tokens 128] [--precisions fp32,auto]
-        [--rows-per-task 32] [--batch-size 16] [--adapter slm_swap/04_ft/adapter_toolcall] [--skip-llama-server]
+        [--rows-per-task 64] [--batch-size 32] [--adapter slm_swap/04_ft/adapter_toolcall] [--skip-llama-server]
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from ray_app.data.rows import read_split  # noqa: E402
 from ray_app.engines.base import EngineRequest  # noqa: E402
 from ray_app.engines.precision import resolve_precision  # noqa: E402
 from ray_app.engines.slm import SlmSettings, generate_greedy, load_model_and_tokenizer  # noqa: E402
+from ray_app.eval.config import SlmEvalSettings  # noqa: E402
 from ray_app.eval.ray_predictor import fixed_groups, predict_with_ray_data  # noqa: E402
 from ray_app.models.demo_checkpoint import fetch_demo_model  # noqa: E402
 from ray_app.paths import DATASET_ROOT, PROJECT_ROOT  # noqa: E402
@@ -189,8 +190,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=50)
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=16, help="the engine's rows decoding together")
-    parser.add_argument("--rows-per-task", type=int, default=32)
+    parser.add_argument(
+        "--batch-size", type=int, default=SlmEvalSettings.batch_size, help="the engine's rows decoding together"
+    )
+    parser.add_argument("--rows-per-task", type=int, default=SlmEvalSettings.rows_per_task)
     parser.add_argument("--precisions", default="fp32,auto")
     parser.add_argument("--adapter", type=Path, default=None, help="also measure this adapter unmerged vs merged")
     parser.add_argument("--skip-llama-server", action="store_true")

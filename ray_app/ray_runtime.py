@@ -311,6 +311,14 @@ def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
+# Ray Data's actor pools restart a dead actor and retry its task without end by default (`max_restarts`
+# -1), and Ray core then prints an error line on the console at every pool's start ("has constructor
+# arguments in the object store and max_restarts > 0", ray-project/ray#57733): such a restart can fail
+# anyway (ray-project/ray#53727). Our pools run without restarts: an actor that dies (killed for memory,
+# say) fails its step with the reason, and running the step again resumes from what was stored.
+ACTOR_POOL_REMOTE_ARGS = {"max_restarts": 0}
+
+
 def cluster_nodes() -> int:
     """Alive nodes Ray can schedule on; 1 for a local Ray not started yet (no start just to ask)."""
     import ray

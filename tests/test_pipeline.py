@@ -39,7 +39,8 @@ def test_pipeline_killed_in_training_resumes_without_redoing_evaluations_then_re
     process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, start_new_session=True, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
-        if list((tmp_path / "ray_train").glob("*/checkpoint_*")):
+        # One node without GPUs: Ray Train's local mode, the Trainer's checkpoints in the run's folder
+        if list((tmp_path / "ray_train").glob("*/hf/checkpoint-*/trainer_state.json")):
             break
         time.sleep(0.2)
     assert process.poll() is None, "the pipeline finished before it could be killed in training"

@@ -148,7 +148,7 @@ def slm_swap_train(model_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
 
 # Where each mode keeps its resume points: Ray Train's storage (a worker), or the Trainer's own
 # checkpoints in the run's folder (Ray Train's local mode, the default on one node without GPUs).
-CHECKPOINTS = {"1": "*/checkpoint_*", "0": "*/hf/checkpoint-*"}
+CHECKPOINTS = {"1": "*/checkpoint_*", "0": "*/hf/checkpoint-*/trainer_state.json"}
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])

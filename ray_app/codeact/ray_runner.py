@@ -112,7 +112,7 @@ def run_groups_on_ray(
         return
     import ray
 
-    from ray_app.ray_runtime import ensure_ray
+    from ray_app.ray_runtime import ACTOR_POOL_REMOTE_ARGS, ensure_ray
 
     ensure_ray()
     items = [{"payload": json.dumps([task.to_json() for task in group])} for group in groups]
@@ -123,6 +123,7 @@ def run_groups_on_ray(
         compute=ray.data.ActorPoolStrategy(size=max(1, actors)),
         num_cpus=actor_cpus,
         num_gpus=actor_gpus,
+        **ACTOR_POOL_REMOTE_ARGS,
     )
     for row in dataset.iter_rows():
         result = json.loads(row["result"])

@@ -111,6 +111,8 @@ def predict_with_ray_data(
     the group is answered under each of its decodings, in completion order."""
     import ray
 
+    from ray_app.ray_runtime import ACTOR_POOL_REMOTE_ARGS
+
     items = [
         {
             "payload": json.dumps(
@@ -132,6 +134,7 @@ def predict_with_ray_data(
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=actor_num_cpus,
         num_gpus=actor_num_gpus,
+        **ACTOR_POOL_REMOTE_ARGS,
     )
     for result_row in dataset.iter_rows():
         yield json.loads(result_row["result"])
