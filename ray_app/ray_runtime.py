@@ -311,12 +311,22 @@ def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
-# Ray Data's actor pools restart a dead actor and retry its task without end by default (`max_restarts`
-# -1), and Ray core then prints an error line on the console at every pool's start ("has constructor
-# arguments in the object store and max_restarts > 0", ray-project/ray#57733): such a restart can fail
-# anyway (ray-project/ray#53727). Our pools run without restarts: an actor that dies (killed for memory,
-# say) fails its step with the reason, and running the step again resumes from what was stored.
-ACTOR_POOL_REMOTE_ARGS = {"max_restarts": 0}
+def map_batches_without_restarts(dataset, fn, **map_batches_args):
+    """`dataset.map_batches` on an actor pool whose actors are never restarted.
+
+    Ray Data's actor pools restart a dead actor and retry its task without end by default
+    (`max_restarts` -1), and Ray core then prints an error line on the console at every pool's start
+    ("has constructor arguments in the object store and max_restarts > 0", ray-project/ray#57733);
+    such a restart can fail anyway (ray-project/ray#53727). Our pools run without restarts: an actor
+    that dies (killed for memory, say) fails its step with the reason, and running the step again
+    resumes from what was stored. Ray 2.60 takes `max_restarts` only through `ray_remote_args`, which
+    it deprecates (no named parameter yet) with a warning on the console at each call: silenced here,
+    for this call only (Ray is pinned to 2.60.*)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        return dataset.map_batches(fn, max_restarts=0, **map_batches_args)
 
 
 def cluster_nodes() -> int:

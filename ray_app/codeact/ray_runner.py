@@ -112,18 +112,18 @@ def run_groups_on_ray(
         return
     import ray
 
-    from ray_app.ray_runtime import ACTOR_POOL_REMOTE_ARGS, ensure_ray
+    from ray_app.ray_runtime import ensure_ray, map_batches_without_restarts
 
     ensure_ray()
     items = [{"payload": json.dumps([task.to_json() for task in group])} for group in groups]
-    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+    dataset = map_batches_without_restarts(
+        ray.data.from_items(items, override_num_blocks=len(items)),
         CodeactActor,
         fn_constructor_kwargs={"engine": engine, "loop": loop, "step_events": step_events},
         batch_size=1,  # one item = one group
         compute=ray.data.ActorPoolStrategy(size=max(1, actors)),
         num_cpus=actor_cpus,
         num_gpus=actor_gpus,
-        **ACTOR_POOL_REMOTE_ARGS,
     )
     for row in dataset.iter_rows():
         result = json.loads(row["result"])

@@ -111,7 +111,7 @@ def predict_with_ray_data(
     the group is answered under each of its decodings, in completion order."""
     import ray
 
-    from ray_app.ray_runtime import ACTOR_POOL_REMOTE_ARGS
+    from ray_app.ray_runtime import map_batches_without_restarts
 
     items = [
         {
@@ -127,14 +127,14 @@ def predict_with_ray_data(
         for group, decodings in work
     ]
     settings_json = asdict(settings)
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map_batches(
+    dataset = map_batches_without_restarts(
+        ray.data.from_items(items, override_num_blocks=max(1, len(items))),
         SlmPredictor,
         fn_constructor_kwargs={"settings": settings_json, "track": track},
         batch_size=1,  # one item = one fixed group of rows
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_cpus=actor_num_cpus,
         num_gpus=actor_num_gpus,
-        **ACTOR_POOL_REMOTE_ARGS,
     )
     for result_row in dataset.iter_rows():
         yield json.loads(result_row["result"])

@@ -13,10 +13,14 @@ reported as the last checkpoint, with the loss curve and throughput as metrics.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from ray_app.engines.precision import PrecisionChoice, cpu_autocast_bf16
 
 FINAL_ADAPTER_DIR = "final_adapter"
 HF_CHECKPOINT_DIR = "checkpoint"  # RayTrainReportCallback's layout
+LOCAL_MODE_LOG = "train.log"  # in the run's folder: what the libraries print during a local-mode run
 UNSLOTH_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -230,17 +235,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from ray_app.train.progress import steps_to_driver_callback
 
         callbacks.append(steps_to_driver_callback(config["progress_steps"]))  # the driver's progress bar
-    trainer, tokenizer = build_sft_trainer(
-        config, device, workdir / "hf", callbacks, show_progress=context.get_world_rank() == 0
-    )
-    precision = training_precision(config.get("cpu_bf16"), device.type == "cuda")  # what build_sft_trainer chose
-    resume_from = None if restored is None else str(restored if local_mode else restored / HF_CHECKPOINT_DIR)
-    resumed_from_step = 0
-    if resume_from is not None:
-        resumed_from_step = json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"]
-    started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=resume_from)
-    seconds = time.perf_counter() - started
+    # A worker's output goes to Ray's worker logs; in local mode the loop shares the driver's console, where
+    # only the driver's own progress bar belongs: the libraries' bars, warnings and logs go to the run's log.
+    output = output_to_log(workdir / LOCAL_MODE_LOG) if local_mode else contextlib.nullcontext()
+    with output:
+        trainer, tokenizer = build_sft_trainer(
+            config, device, workdir / "hf", callbacks, show_progress=context.get_world_rank() == 0 and not local_mode
+        )
+        if local_mode:
+            from transformers import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)  # what prints each step's logs once tqdm is off
+            trainer.add_callback(logs_to_file_callback(workdir / LOCAL_MODE_LOG))
+        precision = training_precision(config.get("cpu_bf16"), device.type == "cuda")  # as build_sft_trainer chose
+        resume_from = None if restored is None else str(restored if local_mode else restored / HF_CHECKPOINT_DIR)
+        resumed_from_step = 0
+        if resume_from is not None:
+            resumed_from_step = json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"]
+        started = time.perf_counter()
+        train_output = trainer.train(resume_from_checkpoint=resume_from)
+        seconds = time.perf_counter() - started
     eval_loss = None
     if trainer.eval_dataset is not None:
         eval_loss = next((e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
@@ -275,6 +289,65 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if not local_mode:  # local mode's checkpoints stay in the run's folder, like Ray Train's storage
         shutil.rmtree(workdir / "hf", ignore_errors=True)
         shutil.rmtree(workdir / "restored", ignore_errors=True)
+
+
+@contextlib.contextmanager
+def output_to_log(log_path: Path) -> Iterator[None]:
+    """While training in the driver's process: warnings, the libraries' log records (transformers',
+    and those that reach the root logger, e.g. bitsandbytes') and their progress bars (datasets',
+    transformers' weight loading) go to `log_path` instead of the console; all restored on exit."""
+    import datasets
+    import transformers
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    library_logger = transformers.utils.logging.get_logger()  # transformers' root: it does not propagate
+    library_handlers = list(library_logger.handlers)
+    root = logging.getLogger()
+    datasets_bars = datasets.utils.logging.is_progress_bar_enabled()
+    transformers_bars = transformers.utils.logging.is_progress_bar_enabled()
+
+    def log_warning(message, category, filename, lineno, file=None, line=None):
+        handler.handle(logging.makeLogRecord({
+            "name": "py.warnings", "levelno": logging.WARNING, "levelname": "WARNING",
+            "msg": warnings.formatwarning(message, category, filename, lineno, line).rstrip(),
+        }))  # fmt: skip
+
+    with warnings.catch_warnings():
+        warnings.showwarning = log_warning
+        for existing in library_handlers:
+            library_logger.removeHandler(existing)
+        library_logger.addHandler(handler)
+        root.addHandler(handler)
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            library_logger.removeHandler(handler)
+            for existing in library_handlers:
+                library_logger.addHandler(existing)
+            if datasets_bars:
+                datasets.enable_progress_bars()
+            if transformers_bars:
+                transformers.utils.logging.enable_progress_bar()
+            handler.close()
+
+
+def logs_to_file_callback(log_path: Path):
+    """A TrainerCallback that appends each logging step's values (loss, learning rate, ...) to
+    `log_path`, one JSON object per line (what TRL prints when it has the console)."""
+    from transformers import TrainerCallback
+
+    class LogsToFile(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero:
+                with log_path.open("a", encoding="utf-8") as log:
+                    log.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    return LogsToFile()
 
 
 def last_local_checkpoint(folder: Path) -> Path | None:

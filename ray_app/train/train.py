@@ -37,7 +37,7 @@ from ray_app.models.fingerprint import file_sha256, folder_fingerprint
 from ray_app.models.model_path import resolve_slm_model_path
 from ray_app.train.codeact_track import codeact_fine_tune_gate, codeact_worker_data, read_codeact_rows
 from ray_app.train.config import CODEACT_TRACK, TrainConfig
-from ray_app.train.sft_worker import TrainBackendError
+from ray_app.train.sft_worker import LOCAL_MODE_LOG, TrainBackendError
 
 console = Console(stderr=True)
 
@@ -149,6 +149,11 @@ def training_plan(config: TrainConfig) -> dict[str, Any]:
     }
 
 
+def ray_run_name(config, plan: dict[str, Any]) -> str:
+    """The run's name under the storage path: its settings' name and its inputs' key (see Checkpoints)."""
+    return f"{config.run_name}-{plan['run_key'][:12]}"
+
+
 def training_workers(num_workers: int | None, on_gpus: bool, cluster_nodes) -> tuple[int, str]:
     """How many Ray Train workers the run gets, and why. None (the default) picks Ray Train's local mode
     (0: `train_loop_per_worker` runs in this process) on a single node without GPUs, else 1 worker.
@@ -182,7 +187,7 @@ def fit_on_ray_train(config: TrainConfig, plan: dict[str, Any]):
     use_gpu = bool(settings["gpus_per_worker"])
     resources = {"CPU": settings["cpus_per_worker"], **({"GPU": settings["gpus_per_worker"]} if use_gpu else {})}
     progress = TrainingProgress(f"train {config.track} (optimizer steps)")
-    run_name = f"{config.run_name}-{plan['run_key'][:12]}"
+    run_name = ray_run_name(config, plan)
     # Local mode has no Ray Train storage: the loop keeps its checkpoints in the run's folder itself.
     local_run_dir = {"local_run_dir": str(config.storage_path / run_name)} if num_workers == 0 else {}
     trainer = TorchTrainer(
@@ -287,7 +292,12 @@ def run_train(config: TrainConfig) -> TrainOutcome:
         workers = plan["settings"]["num_workers"]
         console.print(
             f"train {config.track}: {len(plan['train_rows'])} rows, backend {plan['settings']['backend']}, "
-            + (f"{workers} worker(s)" if workers else "Ray Train local mode (in this process)")
+            + (
+                f"{workers} worker(s)"
+                if workers
+                else "Ray Train local mode (in this process; the libraries' output goes to "
+                f"{display_path(config.storage_path / ray_run_name(config, plan) / LOCAL_MODE_LOG)})"
+            )
             + f"; {why}",
             highlight=False,
         )
