@@ -197,6 +197,17 @@ def build_sft_trainer(config: dict[str, Any], device, output_dir: Path, callback
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """What Ray Train runs. A worker's output goes to Ray's worker logs; in local mode the loop shares the
+    job's console, where only the job's own progress bar belongs: from its first import on, what the
+    libraries print goes to the run's log instead."""
+    if config.get("local_run_dir") is None:
+        run_training_loop(config)
+        return
+    with output_to_log(Path(config["local_run_dir"]) / LOCAL_MODE_LOG):
+        run_training_loop(config)
+
+
+def run_training_loop(config: dict[str, Any]) -> None:
     import ray.train
 
     if config["backend"] == "unsloth":
@@ -235,26 +246,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from ray_app.train.progress import steps_to_driver_callback
 
         callbacks.append(steps_to_driver_callback(config["progress_steps"]))  # the driver's progress bar
-    # A worker's output goes to Ray's worker logs; in local mode the loop shares the driver's console, where
-    # only the driver's own progress bar belongs: the libraries' bars, warnings and logs go to the run's log.
-    output = output_to_log(workdir / LOCAL_MODE_LOG) if local_mode else contextlib.nullcontext()
-    with output:
-        trainer, tokenizer = build_sft_trainer(
-            config, device, workdir / "hf", callbacks, show_progress=context.get_world_rank() == 0 and not local_mode
-        )
-        if local_mode:
-            from transformers import PrinterCallback
+    trainer, tokenizer = build_sft_trainer(
+        config, device, workdir / "hf", callbacks, show_progress=context.get_world_rank() == 0 and not local_mode
+    )
+    if local_mode:
+        from transformers import PrinterCallback
 
-            trainer.remove_callback(PrinterCallback)  # what prints each step's logs once tqdm is off
-            trainer.add_callback(logs_to_file_callback(workdir / LOCAL_MODE_LOG))
-        precision = training_precision(config.get("cpu_bf16"), device.type == "cuda")  # as build_sft_trainer chose
-        resume_from = None if restored is None else str(restored if local_mode else restored / HF_CHECKPOINT_DIR)
-        resumed_from_step = 0
-        if resume_from is not None:
-            resumed_from_step = json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"]
-        started = time.perf_counter()
-        train_output = trainer.train(resume_from_checkpoint=resume_from)
-        seconds = time.perf_counter() - started
+        trainer.remove_callback(PrinterCallback)  # what prints each step's logs once tqdm is off
+        trainer.add_callback(logs_to_file_callback(workdir / LOCAL_MODE_LOG))
+    precision = training_precision(config.get("cpu_bf16"), device.type == "cuda")  # as build_sft_trainer chose
+    resume_from = None if restored is None else str(restored if local_mode else restored / HF_CHECKPOINT_DIR)
+    resumed_from_step = 0
+    if resume_from is not None:
+        resumed_from_step = json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"]
+    started = time.perf_counter()
+    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    seconds = time.perf_counter() - started
     eval_loss = None
     if trainer.eval_dataset is not None:
         eval_loss = next((e["eval_loss"] for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
