@@ -669,3 +669,112 @@ def test_row_attention_is_for_cpu_models_in_either_precision(tiny_model_dir):
         assert model.config._attn_implementation == ROW_ATTENTION
     model.set_attn_implementation("eager")
     assert not use_row_attention(model) and not uses_row_attention(model)
+
+
+def test_rows_sharing_a_prefix_read_one_copy_of_it_and_answer_as_over_their_own_columns():
+    """`shared_prefixes`: rows whose first columns hold the same prefix attend over the source row's copy
+    of it and their own columns after it, merged: equal to masked SDPA over each row's own columns; the
+    other rows' copies are never read (NaN there changes nothing)."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from ray_app.engines.decode.row_attention import SharedPrefix, row_attention_forward
+
+    torch.manual_seed(0)
+    slots, heads, key_heads, width, head_dim, length = 5, 6, 2, 20, 8, 7
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = heads // key_heads, True
+    query = torch.randn(slots, heads, 1, head_dim)
+    key, value = torch.randn(slots, key_heads, width, head_dim), torch.randn(slots, key_heads, width, head_dim)
+    starts = [2, 0, 5, 9, 1]  # slots 0, 2 and 4 share a 7-token prefix; 1 and 3 do not
+    for slot in (2, 4):
+        key[slot, :, starts[slot] : starts[slot] + length] = key[0, :, starts[0] : starts[0] + length]
+        value[slot, :, starts[slot] : starts[slot] + length] = value[0, :, starts[0] : starts[0] + length]
+    mask = torch.zeros(slots, 1, 1, width, dtype=torch.bool)
+    for slot, start in enumerate(starts):
+        mask[slot, ..., start:] = True
+    masked, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    poisoned_key, poisoned_value = key.clone(), value.clone()
+    for slot in (2, 4):  # only the source's copy (slot 0) is read
+        poisoned_key[slot, :, : starts[slot] + length] = float("nan")
+        poisoned_value[slot, :, : starts[slot] + length] = float("nan")
+    spans = [(slot, start + (length if slot in (0, 2, 4) else 0)) for slot, start in enumerate(starts)]
+    shared = [SharedPrefix((0, 2, 4), source=0, start=starts[0], length=length)]
+    rows, _ = row_attention_forward(module, query, poisoned_key, poisoned_value, None, scaling=0.3,
+                                    row_spans=spans, shared_prefixes=shared)  # fmt: skip
+    torch.testing.assert_close(rows, masked, rtol=1e-5, atol=1e-6)
+
+
+def test_rows_decoding_together_group_by_the_longest_prefix_another_row_holds_too(host):
+    """One agent's requests share the prompt up to its tool block; a prompt with other tools shares the
+    instruction only, with the rows it shares that with; a prompt without template text shares nothing."""
+    from ray_app.engines.decode.running_batch import Row, shared_prefix_groups
+
+    same_tools = [chat_messages(toolcall_prompt([WEATHER], query)) for query in ("Paris?", "Oslo, in Celsius?")]
+    other_tools = [chat_messages(toolcall_prompt([FLIGHTS, WEATHER], query)) for query in ("Rome", "Lima")]
+    prompts = [same_tools[0], [{"role": "user", "content": "hi"}], *other_tools, same_tools[1]]
+    jobs = [host.job("slm", messages, 4) for messages in prompts]
+    slots = [Row(job, key, 0.0) for key, job in enumerate(jobs)]
+    slots.insert(2, None)  # a dead slot
+    groups = shared_prefix_groups(slots, min_columns=0)
+    tools_end, flights_tools_end = jobs[0].prefix_ends[-1], jobs[2].prefix_ends[-1]
+    assert jobs[0].prompt_ids[:tools_end] == jobs[4].prompt_ids[:tools_end]
+    assert groups == {0: (0, tools_end), 5: (0, tools_end), 3: (3, flights_tools_end), 4: (3, flights_tools_end)}
+    # A group sparing fewer columns than a call and a merge cost reads its own copies
+    assert shared_prefix_groups(slots, min_columns=tools_end + 1) == {3: (3, flights_tools_end),
+                                                                      4: (3, flights_tools_end)}  # fmt: skip
+    assert shared_prefix_groups(slots, min_columns=flights_tools_end + 1) == {}
+
+
+def test_an_engine_step_reads_the_shared_prefix_from_one_row_and_answers_as_alone(host, monkeypatch):
+    """Requests with the same tools decode together: the step passes their shared prefix to row attention,
+    NaN in every copy of it but the source row's changes no token, and each answer is HF generate's,
+    as rows leave the group too."""
+    import torch
+
+    from ray_app.engines.decode import row_attention
+    from ray_app.engines.decode.running_batch import RunningBatch
+    from ray_app.engines.decode.scheduler import DecodeScheduler
+
+    queries = ["Weather in Paris?", "And in Oslo, for the whole weekend, in Celsius please?", "Rome tomorrow"]
+    conversations = [chat_messages(toolcall_prompt([WEATHER], query)) for query in queries]
+    seen = []
+    original = row_attention.shared_prefix_attention
+
+    def spy(grouped, key, value, scaling, row_spans, shared_prefixes, output):
+        seen.append([prefix.slots for prefix in shared_prefixes])
+        return original(grouped, key, value, scaling, row_spans, shared_prefixes, output)
+
+    monkeypatch.setattr(row_attention, "shared_prefix_attention", spy)
+
+    monkeypatch.setattr(RunningBatch, "min_shared_columns", 0)  # the tiny model's prompts are short
+
+    def answer(limits: list[int], share: bool = True, poison: bool = False) -> dict:
+        monkeypatch.setattr(RunningBatch, "share_prefix_reads", share)
+        scheduler = DecodeScheduler(host.slm, max_batch_rows=3, prefill_chunk_tokens=4096, prefix_cache_tokens=4096)
+        for key, (messages, limit) in enumerate(zip(conversations, limits, strict=True)):
+            scheduler.add(key, host.job("slm", messages, limit))
+        answers = {}
+        while scheduler.has_work:
+            result = scheduler.iteration()
+            answers.update({token.job: token.answer.token_ids for token in result.tokens if token.answer})
+            batch = scheduler.batches.get("slm")
+            if poison and batch is not None and batch._sharing:  # every row in until the last step: sources stay
+                with torch.inference_mode():
+                    for slot, (source, length) in batch._sharing.items():
+                        start = int(batch.attention[slot].argmax())
+                        for layer in batch.layers if slot != source else ():
+                            layer.buffer_keys[slot, :, start : start + length] = float("nan")
+                            layer.buffer_values[slot, :, start : start + length] = float("nan")
+        return answers
+
+    poisoned = answer([10, 10, 10], poison=True)
+    assert seen and max(len(slots) for step in seen for slots in step) == 3
+    assert poisoned == answer([10, 10, 10], share=False)
+    calls, limits = len(seen), [9, 12, 6]
+    unshared = answer(limits, share=False)
+    assert len(seen) == calls  # switched off: every row over its own columns
+    shared = answer(limits)
+    assert len(seen) > calls and shared == unshared
+    for key, (messages, limit) in enumerate(zip(conversations, limits, strict=True)):
+        assert shared[key] == oracle(host, messages, limit).token_ids

@@ -15,6 +15,7 @@ import pytest
 from ray_app.decide.decision_record import Decision
 from ray_app.paths import PROJECT_ROOT
 from ray_app.pipeline import PipelineConfigError, build_config
+from tests.train_checkpoints import wait_for_checkpoint
 
 
 def pipeline_command(model_dir: Path, root: Path) -> list[str]:
@@ -37,13 +38,7 @@ def test_pipeline_killed_in_training_resumes_without_redoing_evaluations_then_re
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "RAY_ADDRESS", "AZURE_", "SLM_"))}
     command = pipeline_command(tiny_model_dir, tmp_path)
     process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, start_new_session=True, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and process.poll() is None:
-        # One node without GPUs: Ray Train's local mode, the Trainer's checkpoints in the run's folder
-        if list((tmp_path / "ray_train").glob("*/hf/checkpoint-*/trainer_state.json")):
-            break
-        time.sleep(0.2)
-    assert process.poll() is None, "the pipeline finished before it could be killed in training"
+    wait_for_checkpoint(process, tmp_path / "ray_train", timeout_s=600)
     time.sleep(1.0)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

@@ -29,6 +29,7 @@ from ray_app.metrics.metrics_record import EvalMetrics
 from ray_app.paths import DATASET_ROOT, PROJECT_ROOT, WORKSPACE
 from ray_app.train.config import TrainConfig
 from ray_app.train.train import fine_tune_gate, run_train
+from tests.train_checkpoints import LOCAL_MODE_CHECKPOINT, RAY_TRAIN_CHECKPOINT, wait_for_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -146,9 +147,7 @@ def slm_swap_train(model_dir: Path, tmp_path: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-# Where each mode keeps its resume points: Ray Train's storage (a worker), or the Trainer's own
-# checkpoints in the run's folder (Ray Train's local mode, the default on one node without GPUs).
-CHECKPOINTS = {"1": "*/checkpoint_*", "0": "*/hf/checkpoint-*/trainer_state.json"}
+CHECKPOINTS = {"1": RAY_TRAIN_CHECKPOINT, "0": LOCAL_MODE_CHECKPOINT}  # where each mode keeps its resume points
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
@@ -169,12 +168,7 @@ def test_a_killed_train_run_resumes_from_its_last_checkpoint(workers, tiny_model
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "RAY_ADDRESS"))}
     process = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if list((tmp_path / "ray_train").glob(CHECKPOINTS[workers])):
-            break
-        time.sleep(0.2)
-    assert process.poll() is None, "training finished before it could be killed"
+    wait_for_checkpoint(process, tmp_path / "ray_train", CHECKPOINTS[workers])
     time.sleep(1.0)  # let the first checkpoint's upload finish
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -208,12 +202,7 @@ def test_ctrl_c_stops_training_with_a_message_and_exit_130_and_keeps_the_checkpo
         command, env=env, cwd=PROJECT_ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if list((tmp_path / "ray_train").glob(CHECKPOINTS[workers])):
-            break
-        time.sleep(0.2)
-    assert process.poll() is None, "training finished before it could be interrupted"
+    wait_for_checkpoint(process, tmp_path / "ray_train", CHECKPOINTS[workers])
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the run stops; the command must not exit 0
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]

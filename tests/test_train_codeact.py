@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from ray_app.train.codeact_examples import IGNORE_INDEX, codeact_examples, codea
 from ray_app.train.config import TrainConfig
 from ray_app.train.train import fine_tune_gate, run_train
 from tests.tiny_model import TOKENIZER_DIR  # SmolLM2-135M-Instruct's own tokenizer files and chat template
+from tests.train_checkpoints import wait_for_checkpoint
 
 SYSTEM = "Solve the task by writing Python. SYSTEM-TEXT"
 TASK = "Return the order as JSON. TASK-TEXT\n\nRequest: a medium order from Chicago."
@@ -246,13 +246,7 @@ def test_a_killed_codeact_run_resumes_from_its_last_checkpoint(tiny_model_dir, t
     process = subprocess.Popen(
         command, env=env, cwd=PROJECT_ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        # One node without GPUs: Ray Train's local mode, the Trainer's checkpoints in the run's folder
-        if list((tmp_path / "ray_train").glob("*/hf/checkpoint-*/trainer_state.json")):
-            break
-        time.sleep(0.2)
-    assert process.poll() is None, "training finished before it could be killed"
+    wait_for_checkpoint(process, tmp_path / "ray_train")
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "04_ft" / "adapter_codeact").exists()

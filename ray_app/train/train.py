@@ -154,6 +154,11 @@ def ray_run_name(config, plan: dict[str, Any]) -> str:
     return f"{config.run_name}-{plan['run_key'][:12]}"
 
 
+def run_folder(config, plan: dict[str, Any]) -> Path:
+    """The run's folder under the storage path (in local mode: the Trainer's checkpoints and train.log)."""
+    return config.storage_path / ray_run_name(config, plan)
+
+
 def training_workers(num_workers: int | None, on_gpus: bool, cluster_nodes) -> tuple[int, str]:
     """How many Ray Train workers the run gets, and why. None (the default) picks Ray Train's local mode
     (0: `train_loop_per_worker` runs in this process) on a single node without GPUs, else 1 worker.
@@ -187,9 +192,8 @@ def fit_on_ray_train(config: TrainConfig, plan: dict[str, Any]):
     use_gpu = bool(settings["gpus_per_worker"])
     resources = {"CPU": settings["cpus_per_worker"], **({"GPU": settings["gpus_per_worker"]} if use_gpu else {})}
     progress = TrainingProgress(f"train {config.track} (optimizer steps)")
-    run_name = ray_run_name(config, plan)
     # Local mode has no Ray Train storage: the loop keeps its checkpoints in the run's folder itself.
-    local_run_dir = {"local_run_dir": str(config.storage_path / run_name)} if num_workers == 0 else {}
+    local_run_dir = {"local_run_dir": str(run_folder(config, plan))} if num_workers == 0 else {}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -201,7 +205,7 @@ def fit_on_ray_train(config: TrainConfig, plan: dict[str, Any]):
         },
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=run_name,
+            name=ray_run_name(config, plan),
             storage_path=str(config.storage_path),
             checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoints_to_keep),
         ),
@@ -296,7 +300,7 @@ def run_train(config: TrainConfig) -> TrainOutcome:
                 f"{workers} worker(s)"
                 if workers
                 else "Ray Train local mode (in this process; the libraries' output goes to "
-                f"{display_path(config.storage_path / ray_run_name(config, plan) / LOCAL_MODE_LOG)})"
+                f"{display_path(run_folder(config, plan) / LOCAL_MODE_LOG)})"
             )
             + f"; {why}",
             highlight=False,

@@ -21,8 +21,14 @@ eighth session). What is left of a step's attention is reading the keys/values: 
 columns they are ~440 MB per step in fp32, as much as the weights. One small attention per row
 rather than per pair of adjacent rows or per batch: in a prototype pairs were as fast (72.4 s each)
 and groups of four slower (74.7 s), and a row's result then depends on that row alone, never on
-which rows decode beside it. Prefill (one prompt, causal) and every call without row spans go to
+which rows decode beside it (but for the last bits of rows that share a prefix, below). Prefill (one prompt, causal) and every call without row spans go to
 transformers' own SDPA attention unchanged.
+
+Rows that hold the same prompt prefix (one agent's tool signatures on every request) each keep a copy
+of it; with `shared_prefixes` a group reads one copy per step instead (`shared_prefix_attention`):
+the group's queries go through the flash kernel together over that copy, whose blocking then depends
+on how many rows the group has, so those rows' outputs can differ in their last bits (1e-7) from
+what the row alone would give; measured on the agent load, the same 64 answers in fp32.
 
 CPU models only (`use_row_attention`), fp32 and bf16. bf16 took masked SDPA over the buffer while
 row attention still ran torch's math path (92 ms per step vs 80 ms masked); with the flash kernel the
@@ -35,6 +41,7 @@ call would cost a kernel launch: GPU models keep transformers' SDPA.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 ROW_ATTENTION = "slm_swap_row_attention"  # the name registered with transformers' AttentionInterface
 
@@ -64,13 +71,34 @@ def uses_row_attention(model) -> bool:
     return model.config._attn_implementation == ROW_ATTENTION
 
 
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Live rows whose first `length` columns hold the same keys/values (one prompt prefix, prefilled
+    the same way for each: `running_batch.shared_prefix_groups`). Their queries attend over one copy of
+    it, the `source` slot's from column `start`, in one call; each row's own call covers the rest."""
+
+    slots: tuple[int, ...]
+    source: int
+    start: int
+    length: int
+
+    @functools.cached_property
+    def index(self):
+        """`slots` as an index tensor (built once per step, read by every layer)."""
+        import torch
+
+        return torch.tensor(self.slots)
+
+
 def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers' attention signature. With `row_spans` ((slot, first column), one per live row;
     a decode step: one query position per row), each listed row attends over its own columns only;
-    without, SDPA as transformers computes it."""
+    with `shared_prefixes` too (`SharedPrefix`; a listed row's span then starts after the prefix), the
+    rows of each share the prefix's part; without spans, SDPA as transformers computes it."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     row_spans = kwargs.pop("row_spans", None)
+    shared_prefixes = kwargs.pop("shared_prefixes", ())
     if row_spans is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)  # fmt: skip
@@ -82,8 +110,40 @@ def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     key_heads = key.shape[1]
     grouped = query.reshape(slots, key_heads, heads // key_heads, head_dim)  # a group's query heads, as rows
     output = torch.zeros_like(grouped)
-    for slot, start in row_spans:  # 4-D slices: torch's CPU flash kernel (3-D inputs take the math path)
-        output[slot : slot + 1] = torch.nn.functional.scaled_dot_product_attention(
-            grouped[slot : slot + 1], key[slot : slot + 1, :, start:], value[slot : slot + 1, :, start:], scale=scaling
-        )
+    if shared_prefixes:
+        shared_prefix_attention(grouped, key, value, scaling, row_spans, shared_prefixes, output)
+    else:
+        for slot, start in row_spans:  # 4-D slices: torch's CPU flash kernel (3-D inputs take the math path)
+            output[slot : slot + 1] = torch.nn.functional.scaled_dot_product_attention(
+                grouped[slot : slot + 1], key[slot : slot + 1, :, start:], value[slot : slot + 1, :, start:],
+                scale=scaling,
+            )  # fmt: skip
     return output.reshape(slots, 1, heads, head_dim), None
+
+
+def shared_prefix_attention(grouped, key, value, scaling, row_spans, shared_prefixes, output) -> None:
+    """Attention in two parts for rows that share a prefix: every row over its own span (for a sharing
+    row the columns after the prefix), then each group's queries together over the one copy of its
+    prefix; the two parts are merged by their log-sum-exps (as FlashInfer's cascade attention, or the
+    flash kernel itself between blocks of keys). A decode step of rows that share a long prefix (one
+    agent's tool signatures) reads that prefix's keys/values once instead of once per row."""
+    import torch
+
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # returns the log-sum-exp too
+    log_sum_exp = torch.zeros(grouped.shape[:3], dtype=torch.float32, device=grouped.device)
+    for slot, start in row_spans:
+        rows = slice(slot, slot + 1)
+        output[rows], log_sum_exp[rows] = flash(grouped[rows], key[rows, :, start:], value[rows, :, start:],
+                                                scale=scaling)  # fmt: skip
+    key_heads, per_key_head, head_dim = grouped.shape[1:]
+    for prefix in shared_prefixes:
+        index, count = prefix.index, len(prefix.slots)
+        queries = grouped[index].transpose(0, 1).reshape(1, key_heads, count * per_key_head, head_dim)
+        columns = slice(prefix.start, prefix.start + prefix.length)
+        source = slice(prefix.source, prefix.source + 1)
+        prefix_output, prefix_lse = flash(queries, key[source, :, columns], value[source, :, columns], scale=scaling)
+        prefix_output = prefix_output.reshape(key_heads, count, per_key_head, head_dim).transpose(0, 1)
+        prefix_lse = prefix_lse.reshape(key_heads, count, per_key_head).transpose(0, 1)
+        # softmax over both parts = own + (prefix - own) · e^prefix_lse / (e^prefix_lse + e^own_lse)
+        prefix_share = torch.sigmoid(prefix_lse - log_sum_exp[index])[..., None]
+        output[index] = torch.lerp(output[index].float(), prefix_output.float(), prefix_share).to(output.dtype)
