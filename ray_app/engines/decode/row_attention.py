@@ -21,8 +21,8 @@ eighth session). What is left of a step's attention is reading the keys/values: 
 columns they are ~440 MB per step in fp32, as much as the weights. One small attention per row
 rather than per pair of adjacent rows or per batch: in a prototype pairs were as fast (72.4 s each)
 and groups of four slower (74.7 s), and a row's result then depends on that row alone, never on
-which rows decode beside it (but for the last bits of rows that share a prefix, below). Prefill (one prompt, causal) and every call without row spans go to
-transformers' own SDPA attention unchanged.
+which rows decode beside it (but for the last bits of rows that share a prefix, below). Prefill (one
+prompt, causal) and every call without row spans go to transformers' own SDPA attention unchanged.
 
 Rows that hold the same prompt prefix (one agent's tool signatures on every request) each keep a copy
 of it; with `shared_prefixes` a group reads one copy per step instead (`shared_prefix_attention`):
