@@ -81,7 +81,17 @@ class Row:
     started: float  # when the job was admitted, its prefill began (its answer's latency counts from here)
     tokens: list[int] = field(default_factory=list)
     grammar: RowGrammar | None = None  # the job's constraint, as this row advances through it
-    prefix_keys: tuple | None = None  # its shareable prefixes, shortest first (`prefix_keys`)
+
+    @functools.cached_property
+    def prefix_keys(self) -> tuple:
+        """(length, model, the prompt's first `length` token ids) for each shareable prefix end of the
+        prompt, shortest first. Rows with an equal key hold equal keys/values in those columns: a prompt's
+        prefill pieces up to a shareable end depend on the tokens before it alone (`prefill_piece_ends`),
+        and each piece is computed alone, so the same tokens give the same bytes (or were loaded from the
+        cache)."""
+        ids = self.job.prompt_ids
+        return tuple((end, self.job.model_name, tuple(ids[:end]))
+                     for end in self.job.prefix_ends if 0 < end < len(ids))  # fmt: skip
 
 
 class RunningBatch:
@@ -328,24 +338,12 @@ class RunningBatch:
         return cache
 
 
-def prefix_keys(row: Row) -> tuple:
-    """(length, model, the prompt's first `length` token ids) for each shareable prefix end of the row's
-    prompt, shortest first. Rows with an equal key hold equal keys/values in those columns: a prompt's
-    prefill pieces up to a shareable end depend on the tokens before it alone (`prefill_piece_ends`), and
-    each piece is computed alone, so the same tokens give the same bytes (or were loaded from the cache)."""
-    if row.prefix_keys is None:
-        ids = row.job.prompt_ids
-        row.prefix_keys = tuple((end, row.job.model_name, tuple(ids[:end]))
-                                for end in row.job.prefix_ends if 0 < end < len(ids))  # fmt: skip
-    return row.prefix_keys
-
-
 def shared_prefix_groups(slots: list[Row | None], min_columns: int) -> dict[int, tuple[int, int]]:
     """slot → (source slot, prefix length) for the live rows that share a prompt prefix with another live
     row: each row joins the longest of its prefixes that another row holds too; the source is the first
     slot of a group (whose copy of the prefix every row of the group reads). A group that spares reading
     fewer than `min_columns` columns is left out (its rows read their own)."""
-    live = {slot: prefix_keys(row) for slot, row in enumerate(slots) if row is not None}
+    live = {slot: row.prefix_keys for slot, row in enumerate(slots) if row is not None}
     holders: dict[tuple, int] = {}
     for keys in live.values():
         for key in keys:
