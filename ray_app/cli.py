@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -1111,6 +1112,10 @@ def models_check_path(
 def main() -> None:
     from ray_app.ray_runtime import LeftoverRayError
 
+    # Ctrl-C (or kill -INT) stops any command with its "Interrupted. Kept: ..." message, also where it
+    # started with SIGINT ignored, as `cmd &` in a script starts it: Python then leaves SIGINT ignored and
+    # a long command would run on to its end and exit 0 (as the pipeline's entry point and serve do).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         app()
     except LeftoverRayError as error:  # any command that would start Ray beside one left running

@@ -193,6 +193,12 @@ def test_a_killed_train_run_resumes_from_its_last_checkpoint(workers, tiny_model
         assert f"{log.parent.name}/train.log" in "".join(restarted.stderr.split())  # the console says where
 
 
+def background_shell() -> None:
+    """Start the command as `cmd &` in a script does (and as a test runner started that way passes on):
+    SIGINT ignored, which Python keeps unless the command takes it back."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_ctrl_c_stops_training_with_a_message_and_exit_130_and_keeps_the_checkpoints(workers, tiny_model_dir, tmp_path):
     budget = ("--max-train-rows", "24", "--batch-size", "1", "--grad-accum", "1", "--save-steps", "2")
@@ -200,10 +206,10 @@ def test_ctrl_c_stops_training_with_a_message_and_exit_130_and_keeps_the_checkpo
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "RAY_ADDRESS"))}
     process = subprocess.Popen(
         command, env=env, cwd=PROJECT_ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True,
+        text=True, preexec_fn=background_shell,
     )  # fmt: skip
     wait_for_checkpoint(process, tmp_path / "ray_train", CHECKPOINTS[workers])
-    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the run stops; the command must not exit 0
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C (kill -INT): the run stops; the command must not exit 0
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
