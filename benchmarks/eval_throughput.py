@@ -253,6 +253,8 @@ def main() -> None:
             "same_predictions_in_process_as_ray_data": same_texts(alone, ours),
         }
         report[requested] = entry
+        # each precision's figures as they land: a run stopped by a time limit keeps what it measured
+        print(json.dumps({requested: entry}), file=sys.stderr, flush=True)
     if args.adapter is not None:
         for requested in args.precisions.split(","):
             settings = SlmSettings(model_path=model_dir, adapter_path=args.adapter.resolve(), precision=requested,
