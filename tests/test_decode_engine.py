@@ -588,6 +588,55 @@ def test_the_eval_actor_loads_its_engine_on_the_thread_that_answers_its_batches(
     assert predictor.engine.slm.loading_thread == calls.submit(threading.get_ident).result()
 
 
+def test_the_eval_actor_sends_a_groups_rows_as_they_finish_with_the_answers_of_one_result(tiny_model_dir, monkeypatch):
+    """A group's answered rows go to the driver as they finish (here: one result per row), so its progress
+    bar and store move during a group; the rows and their answers are those of one result per group."""
+    import json
+    from dataclasses import asdict
+
+    from ray_app.engines.slm import SlmSettings
+    from ray_app.eval import ray_predictor
+    from ray_app.eval.ray_predictor import SlmPredictor
+
+    settings = asdict(SlmSettings(model_path=tiny_model_dir, precision="fp32", max_new_tokens=12, batch_size=2))
+    prompts = [toolcall_prompt([WEATHER], f"Weather in {city}?") for city in ("Oslo", "Lima", "Pune", "Kyiv", "Rome")]
+    payload = json.dumps({"indices": [10, 11, 12, 13, 14], "prompts": prompts, "completions": [""] * 5,
+                          "decodings": ["free", "constrained"]})  # fmt: skip
+
+    def results(every_s: float) -> list[dict]:
+        monkeypatch.setattr(ray_predictor, "RESULT_EVERY_S", every_s)
+        return [json.loads(out["result"][0]) for out in SlmPredictor(settings, "toolcall")({"payload": [payload]})]
+
+    whole = results(3600.0)
+    assert [result["decoding"] for result in whole] == ["free", "constrained"]
+    as_finished = results(0.0)
+    assert [result["decoding"] for result in as_finished] == ["free"] * 5 + ["constrained"] * 5
+    assert all(len(result["records"]) == 1 and result["elapsed_s"] > 0 for result in as_finished)
+    for decoding, result in zip(("free", "constrained"), whole, strict=True):
+        rows = sorted((r for one in as_finished if one["decoding"] == decoding for r in one["records"]),
+                      key=lambda record: record["index"])  # fmt: skip
+        drop_latency = lambda records: [{k: v for k, v in r.items() if k != "latency_s"} for r in records]  # noqa: E731
+        assert drop_latency(rows) == drop_latency(sorted(result["records"], key=lambda record: record["index"]))
+
+
+def test_a_caller_that_stops_taking_answers_early_leaves_the_scheduler_idle(host):
+    """`answers_as_finished` abandoned after the first answer drops the rest: the next group is answered
+    as it would be on a fresh scheduler."""
+    from ray_app.engines.decode.scheduler import DecodeScheduler
+
+    conversations, limits = batch_of_conversations()
+    scheduler = DecodeScheduler(host.slm, max_batch_rows=2, prefill_chunk_tokens=24, prefix_cache_tokens=0,
+                                schedule_as_uncached=True)  # fmt: skip
+    jobs = [host.job("slm", messages, limit) for messages, limit in zip(conversations, limits, strict=True)]
+    answers = scheduler.answers_as_finished(jobs)
+    next(answers)
+    answers.close()
+    assert not scheduler.has_work
+    again = scheduler.run_to_completion(jobs[:2])
+    for messages, limit, answer in zip(conversations[:2], limits[:2], again, strict=True):
+        assert answer.token_ids == oracle(host, messages, limit).token_ids
+
+
 def test_row_attention_reads_each_live_rows_own_columns_as_masked_sdpa_would():
     """`row_attention_forward` with row spans: each live row equals masked SDPA over the whole buffer
     (grouped query heads included); a dead slot is not computed; without spans it is transformers' SDPA."""

@@ -81,6 +81,27 @@ def test_resume_keeps_finished_batches_and_cuts_a_torn_line(ray_session, tiny_mo
     assert resumed.metrics.wall_time_s >= 1.5
 
 
+def test_resume_answers_a_partly_stored_group_again_and_keeps_the_same_bytes(ray_session, tiny_model_dir, tmp_path):
+    """An actor sends a group's rows as they finish, so a kill can leave some rows of a group stored (in
+    the order they finished): the group is answered again whole and the predictions are the same bytes."""
+    reference = run_eval(slm_config(tiny_model_dir, tmp_path / "reference"))
+    timings = [
+        json.loads(line) for line in (reference.predictions_path.parent / "timings.jsonl").read_text().splitlines()
+    ]
+    lines = [
+        json.dumps({**json.loads(line), "latency_s": timing["latency_s"]}) + "\n"
+        for line, timing in zip(reference.predictions_path.read_text().splitlines(), timings, strict=True)
+    ]
+    interrupted = tmp_path / "interrupted" / "toolcall" / "slm"
+    interrupted.mkdir(parents=True)
+    assert SlmEvalSettings.rows_per_task >= 50  # the 50 rows are one group
+    stored = [7, 2, 5, 31]  # some of its rows, in the order they finished
+    (interrupted / "predictions.partial.jsonl").write_text("".join(lines[index] for index in stored))
+    (interrupted / "run_state.json").write_text(json.dumps({"run_key": reference.metrics.run_key, "elapsed_s": 2.0}))
+    resumed = run_eval(slm_config(tiny_model_dir, tmp_path / "interrupted"))
+    assert resumed.predictions_path.read_bytes() == reference.predictions_path.read_bytes()
+
+
 def test_killed_eval_restarted_finishes_with_the_same_predictions(tiny_model_dir, tmp_path):
     """A real SIGKILL of `slm-swap eval` mid-run, then the same command again."""
     command = [

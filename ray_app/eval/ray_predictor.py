@@ -32,6 +32,9 @@ from ray_app.engines.slm import SlmSettings
 from ray_app.eval.config import Decoding
 from ray_app.eval.row_constraints import row_constraint
 
+# How often an actor sends what it has answered of a group (as Ray Data output rows to the driver).
+RESULT_EVERY_S = 5.0
+
 
 def fixed_groups(rows: list[Row], group_size: int) -> list[list[int]]:
     return [list(range(start, min(start + group_size, len(rows)))) for start in range(0, len(rows), group_size)]
@@ -64,8 +67,11 @@ class SlmPredictor:
         self.track = track
 
     def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, list[str]]]:
-        """Yields one result per group and decoding, as each is answered: the free answers reach the
-        driver's store before the constrained pass starts."""
+        """Yields the group's answered rows under each decoding as they finish, at most one result every
+        `RESULT_EVERY_S` and one when the decoding is done: the driver's progress bar and its store
+        move during a group, and the free answers are stored before the constrained pass starts.
+        What a result holds depends on the clock; what a row's answer is does not (the schedule is
+        step-driven), so a resumed run that answers a partly stored group again gets the same bytes."""
         if self.engine is None:
             self.engine = SlmEngine(self.settings)  # on the thread every call runs on
         for payload in batch["payload"]:
@@ -83,19 +89,25 @@ class SlmPredictor:
                     )
                     for index, row in zip(work["indices"], rows, strict=True)
                 ]
-                started = time.perf_counter()
-                generations = self.engine.generate(requests)
-                records = [
-                    prediction_record(index, row, generation)
-                    for index, row, generation in zip(work["indices"], rows, generations, strict=True)
-                ]
-                result = {
-                    "decoding": decoding,
-                    "records": records,
-                    "elapsed_s": time.perf_counter() - started,
-                    "engine": self.engine.describe(),
-                }
-                yield {"result": [json.dumps(result)]}
+                since = time.perf_counter()
+                records = []
+                for position, generation in self.engine.generate_as_finished(requests):
+                    records.append(prediction_record(work["indices"][position], rows[position], generation))
+                    if time.perf_counter() - since >= RESULT_EVERY_S:
+                        yield self.result(decoding, records, since)
+                        since, records = time.perf_counter(), []
+                if records:
+                    yield self.result(decoding, records, since)
+
+    def result(self, decoding: Decoding, records: list[dict[str, Any]], since: float) -> dict[str, list[str]]:
+        """One Ray Data output row: answered rows and the generation time since the previous result."""
+        result = {
+            "decoding": decoding,
+            "records": records,
+            "elapsed_s": time.perf_counter() - since,
+            "engine": self.engine.describe(),
+        }
+        return {"result": [json.dumps(result)]}
 
 
 def predict_with_ray_data(
@@ -108,7 +120,8 @@ def predict_with_ray_data(
     actor_num_gpus: float,
 ) -> Iterator[dict[str, Any]]:
     """For each (group, decodings) in `work`, yield `{"decoding", "records", "elapsed_s", "engine"}` as
-    the group is answered under each of its decodings, in completion order."""
+    the group's rows are answered under each of its decodings (a group's rows may come in several
+    results, `SlmPredictor`), in completion order."""
     import ray
 
     from ray_app.ray_runtime import map_batches_without_restarts

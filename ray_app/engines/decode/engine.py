@@ -9,8 +9,11 @@ Latency of a row = from its admission (prefill start) until its answer is comple
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from ray_app.engines.base import ChatRequest, EngineRequest
 from ray_app.engines.decode.loaded_slm import BASE_MODEL_NAME, LoadedSlm, adapter_model_name
+from ray_app.engines.decode.running_batch import GenerationJob
 from ray_app.engines.decode.scheduler import DecodeScheduler
 from ray_app.engines.slm import GreedyAnswer, SlmSettings
 
@@ -69,11 +72,17 @@ class SlmEngine:
 
     def generate(self, requests: list[EngineRequest]) -> list[GreedyAnswer]:
         """Answers in request order; rows are admitted in that order as the running batch has room."""
-        jobs = [
+        return self.scheduler.run_to_completion(self.generation_jobs(requests))
+
+    def generate_as_finished(self, requests: list[EngineRequest]) -> Iterator[tuple[int, GreedyAnswer]]:
+        """`(position in requests, answer)` as each row finishes; the same schedule and bytes as `generate`."""
+        return self.scheduler.answers_as_finished(self.generation_jobs(requests))
+
+    def generation_jobs(self, requests: list[EngineRequest]) -> list[GenerationJob]:
+        return [
             self.slm.job(self.model_name, request.messages, self.settings.max_new_tokens, constraint=request.constraint)
             for request in requests
         ]
-        return self.scheduler.run_to_completion(jobs)
 
     def chat(self, requests: list[ChatRequest]) -> list[GreedyAnswer]:
         """Conversations continued in request order (the CodeAct loop's batched step)."""

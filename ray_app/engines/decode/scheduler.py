@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ray_app.engines.decode.loaded_slm import LoadedSlm
@@ -179,20 +180,28 @@ class DecodeScheduler:
         for model_name in [name for name, batch in self.batches.items() if not batch]:
             del self.batches[model_name]
 
-    def run_to_completion(self, jobs: list[GenerationJob]) -> list[GreedyAnswer]:
-        """Answer `jobs` (admitted in this order) and return their answers in the same order: how
-        evaluation uses the engine. Nothing else may be queued on this scheduler meanwhile."""
+    def answers_as_finished(self, jobs: list[GenerationJob]) -> Iterator[tuple[int, GreedyAnswer]]:
+        """Answer `jobs` (admitted in this order), yielding `(position in jobs, answer)` as each finishes:
+        how evaluation uses the engine. The schedule is the same however fast the caller takes them.
+        Nothing else may be queued on this scheduler meanwhile; a caller that stops early leaves it idle."""
         if self.has_work:
-            raise RuntimeError("run_to_completion needs an idle scheduler")
+            raise RuntimeError("answers_as_finished needs an idle scheduler")
         for key, job in enumerate(jobs):
             self.add(key, job)
+        try:
+            while self.has_work:
+                result = self.iteration()
+                if result.failed:
+                    raise result.failed[0][1]
+                for token in result.tokens:
+                    if token.answer is not None:
+                        yield token.job, token.answer
+        finally:
+            self.clear()  # nothing left over for the next caller, whether it stopped early or a job failed
+
+    def run_to_completion(self, jobs: list[GenerationJob]) -> list[GreedyAnswer]:
+        """Answer `jobs` (admitted in this order) and return their answers in the same order."""
         answers: list[GreedyAnswer | None] = [None] * len(jobs)
-        while self.has_work:
-            result = self.iteration()
-            if result.failed:
-                self.clear()
-                raise result.failed[0][1]
-            for token in result.tokens:
-                if token.answer is not None:
-                    answers[token.job] = token.answer
+        for position, answer in self.answers_as_finished(jobs):
+            answers[position] = answer
         return answers  # type: ignore[return-value]
