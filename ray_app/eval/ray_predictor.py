@@ -140,14 +140,22 @@ def predict_with_ray_data(
         for group, decodings in work
     ]
     settings_json = asdict(settings)
-    dataset = map_batches_without_restarts(
-        ray.data.from_items(items, override_num_blocks=max(1, len(items))),
-        SlmPredictor,
-        fn_constructor_kwargs={"settings": settings_json, "track": track},
-        batch_size=1,  # one item = one fixed group of rows
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        num_cpus=actor_num_cpus,
-        num_gpus=actor_num_gpus,
-    )
+    # Every result an actor yields is its own output block, sent on at once: by default Ray Data gathers
+    # a task's outputs until 128 MiB and a group's results would all arrive when the group is done. A
+    # dataset keeps the DataContext it was created under; the process's goes back as it was.
+    context = ray.data.DataContext.get_current()
+    target_max_block_size, context.target_max_block_size = context.target_max_block_size, 1
+    try:
+        dataset = map_batches_without_restarts(
+            ray.data.from_items(items, override_num_blocks=max(1, len(items))),
+            SlmPredictor,
+            fn_constructor_kwargs={"settings": settings_json, "track": track},
+            batch_size=1,  # one item = one fixed group of rows
+            compute=ray.data.ActorPoolStrategy(size=num_actors),
+            num_cpus=actor_num_cpus,
+            num_gpus=actor_num_gpus,
+        )
+    finally:
+        context.target_max_block_size = target_max_block_size
     for result_row in dataset.iter_rows():
         yield json.loads(result_row["result"])
