@@ -62,15 +62,20 @@ def test_finished_eval_is_reused_and_force_recomputes(ray_session, tiny_model_di
     assert not forced.reused
 
 
+def partial_lines(finished) -> list[str]:
+    """A finished run's rows as the resume file holds them (each prediction with its latency), in split order."""
+    timings = [
+        json.loads(line) for line in (finished.predictions_path.parent / "timings.jsonl").read_text().splitlines()
+    ]
+    return [
+        json.dumps({**json.loads(line), "latency_s": timing["latency_s"]}) + "\n"
+        for line, timing in zip(finished.predictions_path.read_text().splitlines(), timings, strict=True)
+    ]
+
+
 def test_resume_keeps_finished_batches_and_cuts_a_torn_line(ray_session, tiny_model_dir, tmp_path):
     reference = run_eval(slm_config(tiny_model_dir, tmp_path / "reference"))
-    timings = [
-        json.loads(line) for line in (reference.predictions_path.parent / "timings.jsonl").read_text().splitlines()
-    ]
-    lines = [
-        json.dumps({**json.loads(line), "latency_s": timing["latency_s"]}) + "\n"
-        for line, timing in zip(reference.predictions_path.read_text().splitlines(), timings, strict=True)
-    ]
+    lines = partial_lines(reference)
     interrupted = tmp_path / "interrupted" / "toolcall" / "slm"
     interrupted.mkdir(parents=True)
     # What a kill during the third batch leaves: two finished batches and half of a line.
@@ -85,13 +90,7 @@ def test_resume_answers_a_partly_stored_group_again_and_keeps_the_same_bytes(ray
     """An actor sends a group's rows as they finish, so a kill can leave some rows of a group stored (in
     the order they finished): the group is answered again whole and the predictions are the same bytes."""
     reference = run_eval(slm_config(tiny_model_dir, tmp_path / "reference"))
-    timings = [
-        json.loads(line) for line in (reference.predictions_path.parent / "timings.jsonl").read_text().splitlines()
-    ]
-    lines = [
-        json.dumps({**json.loads(line), "latency_s": timing["latency_s"]}) + "\n"
-        for line, timing in zip(reference.predictions_path.read_text().splitlines(), timings, strict=True)
-    ]
+    lines = partial_lines(reference)
     interrupted = tmp_path / "interrupted" / "toolcall" / "slm"
     interrupted.mkdir(parents=True)
     assert SlmEvalSettings.rows_per_task >= 50  # the 50 rows are one group
