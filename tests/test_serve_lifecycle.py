@@ -28,6 +28,7 @@ import pytest
 
 from ray_app.paths import PROJECT_ROOT
 from tests.local_ports import free_port
+from tests.shell_signals import background_shell
 
 pytestmark = pytest.mark.slow
 SLM_SWAP = [sys.executable, "-m", "ray_app.cli"]
@@ -47,9 +48,6 @@ class ServeProcess:
         self.log_path = root / f"serve-{self.port}.log"
         command = [*SLM_SWAP, "serve", "--model-path", str(model_dir), "--adapter-root", str(root / "no-adapters"),
                    "--precision", "fp32", "--port", str(self.port), "--max-tokens", "16", *extra]  # fmt: skip
-
-        def background_shell() -> None:  # what `cmd &` in a script does: SIGINT starts ignored
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
         with self.log_path.open("w") as log:
             self.process = subprocess.Popen(

@@ -29,6 +29,7 @@ from ray_app.metrics.metrics_record import EvalMetrics
 from ray_app.paths import DATASET_ROOT, PROJECT_ROOT, WORKSPACE
 from ray_app.train.config import TrainConfig
 from ray_app.train.train import fine_tune_gate, run_train
+from tests.shell_signals import background_shell
 from tests.train_checkpoints import LOCAL_MODE_CHECKPOINT, RAY_TRAIN_CHECKPOINT, wait_for_checkpoint
 
 
@@ -191,12 +192,6 @@ def test_a_killed_train_run_resumes_from_its_last_checkpoint(workers, tiny_model
         [log] = (tmp_path / "ray_train").glob("*/train.log")
         assert '"loss"' in log.read_text() and "FutureWarning" in log.read_text()
         assert f"{log.parent.name}/train.log" in "".join(restarted.stderr.split())  # the console says where
-
-
-def background_shell() -> None:
-    """Start the command as `cmd &` in a script does (and as a test runner started that way passes on):
-    SIGINT ignored, which Python keeps unless the command takes it back."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
