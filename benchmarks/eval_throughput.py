@@ -227,7 +227,7 @@ def main() -> None:
 
         report["gpu"] = torch.cuda.get_device_name(0)
     for requested in args.precisions.split(","):
-        choice = resolve_precision(requested, args.device)
+        choice = resolve_precision(requested, args.device, model_dir)
         settings = SlmSettings(model_path=model_dir, precision=choice.precision, batch_size=args.batch_size,
                                max_new_tokens=args.max_new_tokens, device=args.device, cpu_threads=cpus)  # fmt: skip
         print(f"{choice.precision}: HF generate batch {HF_BATCH} ...", file=sys.stderr)
@@ -267,7 +267,7 @@ def main() -> None:
             merged = engine_in_process(rows, replace(settings, adapter_weights="merged"))
             report[f"adapter_{requested}"] = {
                 "adapter": str(args.adapter),
-                "precision": resolve_precision(requested, args.device).precision,
+                "precision": resolve_precision(requested, args.device, model_dir).precision,
                 "base_no_adapter": figures(base),
                 "unmerged": figures(unmerged),
                 "unmerged_peft_forward": figures(unmerged_peft),

@@ -46,7 +46,10 @@ console = Console(stderr=True)
 TrainSize = Annotated[int, typer.Option("--train", min=0, help="rows in train.jsonl per track")]
 ValSize = Annotated[int, typer.Option("--val", min=0, help="rows in val.jsonl per track")]
 TestSize = Annotated[int, typer.Option("--test", min=0, help="rows in test.jsonl per track")]
-PRECISION_HELP = "auto (8bit on GPU; on CPU bf16 where the CPU has native bf16, else fp32), fp32, bf16, 8bit, 4bit"
+PRECISION_HELP = (
+    "auto (on a GPU bf16 when the weights take at most half its memory, else 8bit; on CPU bf16 where the CPU "
+    "has native bf16, else fp32), fp32, bf16, 8bit, 4bit"
+)
 CPU_LINEAR_HELP = "fp32 on CPU: auto (oneDNN's packed kernels where a probe finds them 1.2x faster), torch, onednn"
 ADAPTER_WEIGHTS_HELP = (
     "auto (merged into a copy of an fp32 base when the copies fit in memory, else beside the base), merged, unmerged"

@@ -22,6 +22,10 @@ console = Console(stderr=True)
 # sends to the job's log (~1,200 lines per worker). Workers keep Python's own print.
 WORKER_ENV = {**DETERMINISM_ENV, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 _dashboard_url: str | None = None  # remembered from ray.init, for the job's closing summary
+_gpu_facts: tuple | None = None  # (GpuFacts or None,) once asked: cluster_gpu_facts
+GPU_PROBE_TIMEOUT_S = 300.0  # a probe task waits for a GPU the job's other actors may hold
+
+logger = logging.getLogger(__name__)
 _logs_dir: Path | None = None
 _started_local = False  # this process started its own local Ray (ray.shutdown stops it)
 _interrupt_handler = None  # the active signals_interrupt()'s handler
@@ -309,6 +313,30 @@ def cluster_gpus() -> int:
         return torch.cuda.device_count()
     ensure_ray()
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+def cluster_gpu_facts():
+    """The GPU a model loads on (`engines.precision.GpuFacts`), for a decision the driver makes: this
+    machine's when Ray runs here, else what a one-GPU probe task finds on the cluster (the GPU nodes of
+    a cluster are taken to be alike); None when none answers. Asked once per process."""
+    global _gpu_facts
+    if _gpu_facts is None:
+        import ray
+
+        from ray_app.engines.precision import local_gpu_facts
+
+        if _will_run_locally(ray) or _started_local:
+            facts = local_gpu_facts()
+        else:
+            ensure_ray()
+            try:
+                probe = ray.remote(num_gpus=1, num_cpus=0)(local_gpu_facts)
+                facts = ray.get(probe.remote(), timeout=GPU_PROBE_TIMEOUT_S)
+            except Exception as error:  # no GPU free for the probe in time: the rule then says what it saw
+                logger.warning("no GPU answered the precision probe (%r): auto falls back to 8-bit", error)
+                facts = None
+        _gpu_facts = (facts,)
+    return _gpu_facts[0]
 
 
 def map_batches_without_restarts(dataset, fn, **map_batches_args):

@@ -1,4 +1,4 @@
-"""GPU-only paths: 8-bit evaluation, the 8-bit peft backend and the unsloth backend.
+"""GPU-only paths: 8-bit evaluation, `auto` on a GPU, the 8-bit peft backend and the unsloth backend.
 
 Marked `gpu` and skipped where torch sees no CUDA device (the project's own machines); on a GPU
 machine they run for real with the demo SLM, or with the checkpoint SLM_MODEL_PATH names (a GPU machine
@@ -37,6 +37,21 @@ def test_eight_bit_slm_generates(demo_model_dir):
 
     engine = SlmEngine(SlmSettings(model_path=demo_model_dir, precision="8bit", max_new_tokens=16))
     assert engine.describe()["precision"] == "8bit" and engine.describe()["device"] == "cuda"
+    (generation,) = engine.generate([EngineRequest(0, "structured", 'Return {"a": 1} as JSON.')])
+    assert generation.completion_tokens > 0
+
+
+def test_auto_loads_a_small_model_in_bf16_on_a_gpu_with_room(demo_model_dir):
+    from ray_app.engines.base import EngineRequest
+    from ray_app.engines.decode.engine import SlmEngine
+    from ray_app.engines.precision import bf16_weight_bytes, local_gpu_facts
+    from ray_app.engines.slm import SlmSettings
+
+    gpu = local_gpu_facts()
+    if not gpu.bf16 or bf16_weight_bytes(demo_model_dir) > gpu.total_bytes / 2:
+        pytest.skip(f"{gpu.name}: no bf16, or the model takes over half of it: auto is 8-bit there")
+    engine = SlmEngine(SlmSettings(model_path=demo_model_dir, precision="auto", max_new_tokens=16))
+    assert engine.describe()["precision"] == "bf16" and engine.describe()["device"] == "cuda"
     (generation,) = engine.generate([EngineRequest(0, "structured", 'Return {"a": 1} as JSON.')])
     assert generation.completion_tokens > 0
 

@@ -1,5 +1,6 @@
-"""The precision rule of eval, training and serving: auto = 8-bit on a GPU; on CPU bf16 only where the
-CPU computes bf16 natively (avx512_bf16 or AMX), else fp32. No model is loaded."""
+"""The precision rule of eval, training and serving: auto on a GPU = bf16 when the weights take at most
+half its memory, else 8-bit; on CPU bf16 only where the CPU computes bf16 natively (avx512_bf16 or AMX),
+else fp32. No model is loaded."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import pytest
 
 from ray_app.engines import precision as precision_module
 from ray_app.engines.precision import (
+    GIB,
     CpuBf16Support,
+    GpuFacts,
+    bf16_weight_bytes,
     cpu_autocast_bf16,
     cpu_bf16_support,
     cpu_model_name,
@@ -66,12 +70,66 @@ def test_auto_on_cpu_is_bf16_only_where_the_cpu_has_native_bf16(cpu_has):
     assert emulated.summary() == f"fp32: {emulated.reason}"
 
 
-def test_auto_on_a_gpu_is_the_seeds_8bit_whatever_the_cpu(cpu_has):
-    for support in (NATIVE, EMULATED):
+H200 = GpuFacts("NVIDIA H200", 140 * GIB, bf16=True)
+T4 = GpuFacts("Tesla T4", 15 * GIB, bf16=False)
+
+
+def checkpoint(folder: Path, shards: dict[str, dict[str, tuple[int, ...]]]) -> Path:
+    """A model folder whose safetensors shards hold zero tensors of these shapes (fp32, as the demo SLM's)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for file_name, shapes in shards.items():
+        save_file({name: torch.zeros(shape) for name, shape in shapes.items()}, str(folder / file_name))
+    return folder
+
+
+def test_the_weights_size_in_bf16_comes_from_the_safetensors_headers(tmp_path):
+    model = checkpoint(tmp_path / "model", {"model-00001-of-00002.safetensors": {"embed": (100, 64), "norm": (64,)},
+                                            "model-00002-of-00002.safetensors": {"head": (64, 100)}})  # fmt: skip
+    assert bf16_weight_bytes(model) == 2 * (100 * 64 + 64 + 64 * 100)  # parameters × 2 bytes, fp32 on disk
+    assert bf16_weight_bytes(tmp_path) is None  # no safetensors files: unknown
+
+
+def test_auto_on_a_gpu_is_bf16_when_the_weights_take_at_most_half_of_its_memory(cpu_has, tmp_path):
+    model = checkpoint(tmp_path / "model", {"model.safetensors": {"layer": (1000, 500)}})  # 1,000,000 bytes in bf16
+    for support in (NATIVE, EMULATED):  # the CPU has no say on a GPU
         cpu_has(support)
-        choice = resolve_precision("auto", "cuda")
-        assert (choice.precision, choice.device, choice.cpu) == ("8bit", "cuda", None)
-    assert resolve_precision("bf16", "cuda").precision == "bf16"
+        choice = resolve_precision("auto", "cuda", model, H200)
+        assert (choice.precision, choice.device, choice.cpu) == ("bf16", "cuda", None)
+    assert choice.reason.startswith("auto on NVIDIA H200: bf16: the weights in bf16 (0.00 GiB) take 0% of its 140 GiB")
+    fits = resolve_precision("auto", "cuda", model, GpuFacts("small", 2_000_000, bf16=True))  # exactly half
+    assert fits.precision == "bf16" and "take 50% of" in fits.reason
+    too_big = resolve_precision("auto", "cuda", model, GpuFacts("smaller", 1_999_999, bf16=True))
+    assert too_big.precision == "8bit" and "over 50%; 8-bit halves them" in too_big.reason
+    no_bf16 = resolve_precision("auto", "cuda", model, T4)
+    assert no_bf16.precision == "8bit" and "Tesla T4" in no_bf16.reason and "does not compute bf16" in no_bf16.reason
+    unknown = resolve_precision("auto", "cuda", tmp_path / "no-such-model", H200)
+    assert unknown.precision == "8bit" and "the model's size is unknown" in unknown.reason
+    assert "no model chosen yet" in resolve_precision("auto", "cuda", None, H200).reason
+    assert resolve_precision("bf16", "cuda", model, T4).precision == "bf16"  # explicit choices are kept
+    assert resolve_precision("8bit", "cuda", model, H200).precision == "8bit"
+
+
+def test_auto_on_a_gpu_asks_this_process_for_its_gpu_when_given_none(monkeypatch, tmp_path):
+    model = checkpoint(tmp_path / "model", {"model.safetensors": {"layer": (10, 10)}})
+    monkeypatch.setattr(precision_module, "local_gpu_facts", lambda: H200)
+    assert resolve_precision("auto", "cuda", model).precision == "bf16"
+    monkeypatch.setattr(precision_module, "local_gpu_facts", lambda: None)
+    unseen = resolve_precision("auto", "cuda", model)
+    assert unseen.precision == "8bit" and "no GPU seen where this was decided" in unseen.reason
+
+
+def test_a_driver_with_ray_on_this_machine_sizes_against_this_machines_gpu(monkeypatch):
+    from ray_app import ray_runtime
+
+    monkeypatch.setattr(ray_runtime, "_gpu_facts", None)
+    monkeypatch.setattr(ray_runtime, "_will_run_locally", lambda ray: True)
+    monkeypatch.setattr(precision_module, "local_gpu_facts", lambda: H200)
+    assert ray_runtime.cluster_gpu_facts() == H200
+    monkeypatch.setattr(precision_module, "local_gpu_facts", lambda: T4)
+    assert ray_runtime.cluster_gpu_facts() == H200  # asked once per process
 
 
 def test_explicit_choices_are_kept_and_emulated_bf16_is_warned_about(cpu_has, caplog):
@@ -120,7 +178,8 @@ def test_the_slm_loader_resolves_device_then_the_rule(cpu_has, monkeypatch):
     cpu_has(EMULATED)
     settings = SlmSettings(model_path=Path("unused"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert resolve_device_and_precision(settings) == ("cuda", "8bit")
+    monkeypatch.setattr(precision_module, "local_gpu_facts", lambda: H200)
+    assert resolve_device_and_precision(settings) == ("cuda", "8bit")  # no weights to size at that path
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device_and_precision(settings) == ("cpu", "fp32")
     cpu_has(NATIVE)

@@ -3,10 +3,11 @@
 Generation itself is the decode engine's (`engines/decode/`: `SlmEngine` for evaluation, the same
 scheduler in Serve); `generate_greedy` here (left-padded HF `generate`) stays as the tests' oracle.
 
-Precision (`engines.precision`'s rule): `auto` loads 8-bit (bitsandbytes) on a GPU, as the seed does,
-and on CPU bf16 where the CPU computes it natively (avx512_bf16 or AMX), else fp32; `bf16`, `fp32`,
-`4bit` and `8bit` are explicit choices (4/8-bit need a CUDA GPU). `precision_choice` says what is
-loaded and why, decided on the machine that loads it; the run's metadata records both.
+Precision (`engines.precision`'s rule): `auto` loads bf16 on a GPU when the weights take at most half
+of its memory, else 8-bit (bitsandbytes), as the seed does, and on CPU bf16 where the CPU computes it
+natively (avx512_bf16 or AMX), else fp32; `bf16`, `fp32`, `4bit` and `8bit` are explicit choices
+(4/8-bit need a CUDA GPU). `precision_choice` says what is loaded and why, decided on the machine that
+loads it; the run's metadata records both.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def precision_choice(settings: SlmSettings) -> PrecisionChoice:
     device = settings.device if settings.device != "auto" else ("cuda" if has_cuda else "cpu")
     if device == "cuda" and not has_cuda:
         raise SlmEngineError("device cuda requested but torch sees no CUDA GPU; use --device cpu")
-    choice = resolve_precision(settings.precision, device)
+    choice = resolve_precision(settings.precision, device, settings.model_path)  # a GPU: this process's
     if choice.precision in ("8bit", "4bit") and device != "cuda":
         raise SlmEngineError(
             f"{choice.precision} loading needs a CUDA GPU (bitsandbytes); on CPU use --precision fp32 or bf16"

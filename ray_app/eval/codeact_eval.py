@@ -58,7 +58,7 @@ class CodeactEvalConfig:
     seed: int = 42  # the simulated teacher's plan; the SLM's seed
     model_path: str | None = None  # None: SLM_MODEL_PATH, else the demo SLM when fetched
     adapter_path: Path | None = None
-    precision: Precision = "auto"  # 8-bit on GPU; on CPU bf16 where native, else fp32 (engines.precision)
+    precision: Precision = "auto"  # engines.precision: GPU bf16 if it fits in half, else 8-bit; CPU bf16 where native
     trajectories_per_call: int = 8  # a fixed group: trajectories an actor steps (and the SLM decodes) together
     actors: int | None = None  # None: one per GPU for the SLM, else 1
     loop: LoopSettings = field(default_factory=LoopSettings)  # the teacher's capture defaults: same loop
@@ -122,7 +122,7 @@ def engine_plan(config: CodeactEvalConfig) -> EnginePlan:
     from ray_app.engines.cpu_linear import resolve_cpu_linear
     from ray_app.engines.precision import resolve_precision
     from ray_app.engines.slm import SlmSettings, precision_choice
-    from ray_app.ray_runtime import cluster_cpus, cluster_gpus
+    from ray_app.ray_runtime import cluster_cpus, cluster_gpu_facts, cluster_gpus
 
     model_path = agent_model_path(config.model_path)
     adapter = Path(config.adapter_path).resolve() if config.adapter_path else None
@@ -142,7 +142,13 @@ def engine_plan(config: CodeactEvalConfig) -> EnginePlan:
         seed=config.seed,
     )
     # As `slm-swap eval`: decided on the driver, whose CPU a local Ray's actors share.
-    choice = precision_choice(settings) if device == "cpu" else resolve_precision(config.precision, device)
+    choice = (
+        precision_choice(settings)
+        if device == "cpu"
+        else resolve_precision(
+            config.precision, device, model_path, cluster_gpu_facts() if config.precision == "auto" else None
+        )
+    )
     settings = replace(settings, precision=choice.precision)  # type: ignore[arg-type]
     linear = resolve_cpu_linear(settings.cpu_linear, choice.precision, device, model_path, settings.cpu_threads)
     settings = replace(settings, cpu_linear=linear.kernels)  # type: ignore[arg-type]

@@ -37,7 +37,9 @@ class EvalConfigError(ValueError):
 class SlmEvalSettings:
     model_path: str | None = None  # None: SLM_MODEL_PATH, then the seed's default
     adapter_path: Path | None = None
-    precision: Precision = SlmSettings.precision  # 8-bit on GPU; on CPU bf16 where native, else fp32
+    precision: Precision = (
+        SlmSettings.precision
+    )  # auto: GPU bf16 if it fits in half, else 8-bit; CPU bf16 where native, else fp32
     adapter_weights: AdapterWeights = SlmSettings.adapter_weights  # merged copies or beside the base (as Serve)
     cpu_linear: CpuLinear = SlmSettings.cpu_linear  # fp32 on CPU: torch's or oneDNN's packed kernels (as Serve)
     # Rows decoding together in the engine's running batch, and rows an actor answers as one fixed group

@@ -93,6 +93,7 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
     from ray_app.engines.adapter_weights import checkpoint_bytes, resolve_adapter_weights
     from ray_app.engines.precision import resolve_precision
     from ray_app.engines.slm import precision_choice
+    from ray_app.ray_runtime import cluster_gpu_facts
 
     model_path = resolve_slm_model_path(config.slm.model_path)
     adapter = Path(config.slm.adapter_path).resolve() if config.slm.adapter_path else None
@@ -115,8 +116,15 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
     )
     # The precision is decided here, on the driver, because the run key holds it; the actors load
     # exactly that. With a local Ray the actors share this machine's CPU, so `auto` follows their CPU;
-    # on a cluster it follows the driver's. A GPU need not be on the driver: no CUDA check for one.
-    choice = precision_choice(settings) if device == "cpu" else resolve_precision(config.slm.precision, device)
+    # on a cluster it follows the driver's. A GPU need not be on the driver: `auto` sizes the model
+    # against the GPU the actors get (`cluster_gpu_facts`: this machine's, or a probe task's).
+    choice = (
+        precision_choice(settings)
+        if device == "cpu"
+        else resolve_precision(
+            config.slm.precision, device, model_path, cluster_gpu_facts() if config.slm.precision == "auto" else None
+        )
+    )
     precision = choice.precision
     settings = dataclasses.replace(settings, precision=precision)
     if adapter is not None:  # merged or not changes the arithmetic: decided here too, and in the run key

@@ -34,7 +34,8 @@ def add_slm_flags(parser: argparse.ArgumentParser, max_new_tokens: int, model_pa
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="auto (8bit on GPU; on CPU bf16 where the CPU has native bf16, else fp32)",
+        help="auto (on a GPU bf16 when the weights take at most half its memory, else 8bit; "
+        "on CPU bf16 where native, else fp32)",
     )
     group.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens)
     group.add_argument("--batch-size", type=positive_int, default=SlmEvalSettings().batch_size)

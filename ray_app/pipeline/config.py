@@ -13,9 +13,10 @@ per step, 16 validation rows, no gradient checkpointing) so the whole job stays 
 seed's run — the whole train split, effective batch 8, gradient checkpointing. `auto` picks `full`
 when a model path is given (flag, config file or SLM_MODEL_PATH) and `demo` otherwise.
 
-Precision is not a profile value: `slm_precision` auto (8-bit on GPU; on CPU bf16 where the CPU has
-native bf16, else fp32) and `train_cpu_bf16` None (bf16 autocast by the same rule) are decided by
-`engines.precision` on the machine that runs, so a demo on an AVX2-only CPU runs fp32, not emulated bf16.
+Precision is not a profile value: `slm_precision` auto (on a GPU bf16 when the weights take at most
+half its memory, else 8-bit; on CPU bf16 where the CPU has native bf16, else fp32) and `train_cpu_bf16`
+None (bf16 autocast by the same rule) are decided by `engines.precision` on the machine that runs, so a
+demo on an AVX2-only CPU runs fp32, not emulated bf16.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class PipelineConfig:
     model_path: str | None = None  # None: SLM_MODEL_PATH; with neither, the demo SLM (fetched)
     # auto: azure with AZURE_ENDPOINT, openai-compatible with a base URL, else replay
     teacher_mode: TeacherMode = TeacherEvalSettings.mode
-    slm_precision: Precision = SlmEvalSettings.precision  # auto: 8-bit on GPU; on CPU bf16 where native, else fp32
+    slm_precision: Precision = SlmEvalSettings.precision  # auto: engines.precision (GPU: bf16 if it fits, else 8-bit)
     # also evaluate the SLM (and each adapter) under constrained decoding: slm-constrained, slm-adapter-constrained
     constrained_eval: bool = True
     max_new_tokens: PositiveInt | None = None  # None: the profile's (demo 128, full 256)

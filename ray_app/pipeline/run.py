@@ -154,9 +154,7 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineOutcome:
     teacher_mode = teacher_mode_from_env(config.teacher_mode)  # type: ignore[arg-type]
     console.rule(f"[bold]slm-swap main job[/bold] ({config.profile} profile, teacher: {teacher_mode})")
     outcome.dashboard_url = ensure_ray()
-    precision = chosen_precision(config)  # needs Ray up: a GPU in the cluster changes the choice
-    resolved = {**config.to_json(), "precision_chosen": {step: asdict(choice) for step, choice in precision.items()}}
-    atomic_write_json(config.eval_root / "pipeline_config.json", resolved)
+    record_resolved_config(config)  # needs Ray up: a GPU in the cluster changes the precision
     detail(f"resolved config: {config.eval_root / 'pipeline_config.json'}")
 
     with start_run_trace(
@@ -167,6 +165,7 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineOutcome:
             seed_phase = config.phase in ("seed", "all")
             dataset_root = prepare_data(config, ledger, teacher_mode, pipeline_run) if seed_phase else None
             model_path = prepare_model(config)
+            record_resolved_config(config, model_path)  # on a GPU `auto` sizes the model, now known
             if seed_phase:
                 evaluate_base_models(config, dataset_root, model_path, teacher_mode)
                 say(6, "decide: teacher vs base SLM per track")
@@ -300,12 +299,20 @@ def prepare_model(config: PipelineConfig) -> str:
     return str(model_dir)
 
 
-def chosen_precision(config: PipelineConfig) -> dict[str, PrecisionChoice]:
+def record_resolved_config(config: PipelineConfig, model_path: str | None = None) -> None:
+    """`<eval_root>/pipeline_config.json`: the settings as resolved, with the precision chosen and why."""
+    precision = chosen_precision(config, model_path)
+    resolved = {**config.to_json(), "precision_chosen": {step: asdict(choice) for step, choice in precision.items()}}
+    atomic_write_json(config.eval_root / "pipeline_config.json", resolved)
+
+
+def chosen_precision(config: PipelineConfig, model_path: str | None = None) -> dict[str, PrecisionChoice]:
     """What evaluation (`slm_precision`) and CPU training (`train_cpu_bf16`) resolve to on this Ray
     cluster, and why. Each actor and train worker decides again where it runs; with a local Ray
-    that is this machine, so these are the choices they make."""
+    that is this machine, so these are the choices they make. On a GPU `auto` sizes the model: before
+    its path is known (the demo SLM not fetched yet) that part of the choice is 8-bit, said so."""
     from ray_app.engines.precision import cpu_autocast_bf16, resolve_precision
-    from ray_app.ray_runtime import cluster_gpus
+    from ray_app.ray_runtime import cluster_gpu_facts, cluster_gpus
 
     device = "cuda" if cluster_gpus() else "cpu"
     train = (
@@ -313,7 +320,9 @@ def chosen_precision(config: PipelineConfig) -> dict[str, PrecisionChoice]:
         if device == "cpu"
         else PrecisionChoice("bf16", "decided on each GPU worker: bf16 where the GPU supports it", device)
     )
-    return {"eval": resolve_precision(config.slm_precision, device), "train": train}
+    gpu = cluster_gpu_facts() if device == "cuda" and config.slm_precision == "auto" else None
+    evaluation = resolve_precision(config.slm_precision, device, model_path or config.model_path, gpu)
+    return {"eval": evaluation, "train": train}
 
 
 def slm_settings(
@@ -359,7 +368,7 @@ def evaluate_base_models(config: PipelineConfig, dataset_root: Path, model_path:
                        seed=config.seed, teacher=teacher)
         )  # fmt: skip
         detail(f"{track}/teacher: {eval_reused_note(result)}")
-    precision = chosen_precision(config)["eval"]
+    precision = chosen_precision(config, model_path)["eval"]
     decoded = " and ".join(decodings(config))
     say(
         5, f"SLM on both tracks through Ray Data, {decoded} ({precision.summary()}; {config.max_new_tokens} new tokens)"

@@ -31,7 +31,7 @@ from ray_app.settings import (
 class ServeSettings:
     model_path: str | None = None  # None: SLM_MODEL_PATH, the seed's default checkpoint, else the demo SLM
     adapter_root: Path | None = ADAPTER_ROOT  # every adapter_<name>/ in it is served as slm-<name>
-    precision: Precision = "auto"  # 8-bit on GPU; on CPU bf16 where native, else fp32 (decided on the replica)
+    precision: Precision = "auto"  # engines.precision, decided on the replica (GPU: bf16 if it fits, else 8-bit)
     adapter_weights: AdapterWeights = SlmSettings.adapter_weights  # merged copies or beside the base (as eval)
     cpu_linear: CpuLinear = SlmSettings.cpu_linear  # fp32 on CPU: torch's or oneDNN's packed kernels (as eval)
     max_batch_size: PositiveInt = 8  # requests decoding at once (rows of the running batch; @serve.batch groups)
