@@ -24,11 +24,11 @@ WORKER_ENV = {**DETERMINISM_ENV, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 _dashboard_url: str | None = None  # remembered from ray.init, for the job's closing summary
 _gpu_facts: tuple | None = None  # (GpuFacts or None,) once asked: cluster_gpu_facts
 GPU_PROBE_TIMEOUT_S = 300.0  # a probe task waits for a GPU the job's other actors may hold
-
-logger = logging.getLogger(__name__)
 _logs_dir: Path | None = None
 _started_local = False  # this process started its own local Ray (ray.shutdown stops it)
 _interrupt_handler = None  # the active signals_interrupt()'s handler
+
+logger = logging.getLogger(__name__)
 
 
 class LeftoverRayError(RuntimeError):
