@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ray_app.codeact.capture import CaptureConfig, TeacherKind
 from ray_app.codeact.loop import LoopSettings
+from ray_app.data.splits import SplitSizes
 from ray_app.decide.non_inferiority import DEFAULT_MARGIN
 from ray_app.engines.adapter_weights import AdapterWeights
 from ray_app.engines.cpu_linear import CpuLinear
@@ -142,12 +143,11 @@ def data_xlam(
         DATASET_ROOT
     ),
     input_path: Annotated[Path | None, typer.Option("--input", help="xLAM JSONL (default: the project's copy)")] = None,
-    train: TrainSize = 300,
-    val: ValSize = 50,
-    test: TestSize = 50,
+    train: TrainSize = SplitSizes.train,
+    val: ValSize = SplitSizes.val,
+    test: TestSize = SplitSizes.test,
 ) -> None:
     """xLAM function-calling rows with exactly one answer → both tracks' deterministic splits."""
-    from ray_app.data.splits import SplitSizes
     from ray_app.data.xlam import DEFAULT_XLAM_PATH, XlamFormatError, build_xlam_splits
 
     try:
@@ -166,9 +166,9 @@ def data_traces(
     trace_json: Annotated[Path | None, typer.Option(help="JSONL export, one trace per line; else pull")] = None,
     since: Annotated[dt.datetime | None, typer.Option(help="pull only observations that start at/after this")] = None,
     until: Annotated[dt.datetime | None, typer.Option(help="pull only observations that start before this")] = None,
-    train: TrainSize = 300,
-    val: ValSize = 50,
-    test: TestSize = 50,
+    train: TrainSize = SplitSizes.train,
+    val: ValSize = SplitSizes.val,
+    test: TestSize = SplitSizes.test,
 ) -> None:
     """An agent's LLM generations (Langfuse, or an export file) → structured and toolcall splits."""
     from ray_app.data.langfuse_pull import (
@@ -177,7 +177,6 @@ def data_traces(
         pull_observations,
         traces_from_observations,
     )
-    from ray_app.data.splits import SplitSizes
     from ray_app.data.trace_splits import TraceFileError, build_trace_splits, read_trace_jsonl
 
     try:
