@@ -8,7 +8,7 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -17,21 +17,19 @@ from rich.table import Table
 from ray_app.codeact.capture import CaptureConfig, TeacherKind
 from ray_app.codeact.loop import LoopSettings
 from ray_app.data.splits import SplitSizes
+from ray_app.decide.decide import DecideConfig
 from ray_app.decide.non_inferiority import DEFAULT_MARGIN
 from ray_app.engines.adapter_weights import AdapterWeights
 from ray_app.engines.cpu_linear import CpuLinear
 from ray_app.engines.precision import Precision
 from ray_app.engines.teacher_settings import ToolcallMode
 from ray_app.eval.codeact_eval import CodeactEvalConfig
-from ray_app.eval.config import Decoding, ModelSide, SlmEvalSettings, TeacherEvalSettings
+from ray_app.eval.config import Decoding, EvalConfig, ModelSide, SlmEvalSettings, TeacherEvalSettings
 from ray_app.paths import DATASET_ROOT
 from ray_app.serve.request_constraint import ConstrainedMode
 from ray_app.serve.serve_settings import ServeSettings
 from ray_app.settings import COMMAND_LINE, SettingsError, describe, field_types, number_bound, parse_value
 from ray_app.train.config import Backend, LossOn, Quantization, TrainConfig, TrainStrategy
-
-if TYPE_CHECKING:
-    from ray_app.decide.decide import DecideConfig
 
 app = typer.Typer(
     help="Prove, from an agent's traces, whether a small local model can replace its hosted LLM.",
@@ -396,7 +394,7 @@ def evaluate(
     track: Annotated[str, typer.Option(help="structured, toolcall, or codeact (the CodeAct loop on the test tasks)")],
     model: Annotated[ModelSide, typer.Option(help="slm (local, Ray Data actors) or teacher (hosted LLM or replay)")],
     adapter: Annotated[Path | None, typer.Option(help="PEFT adapter folder for the SLM")] = None,
-    split: Annotated[str, typer.Option(help="split file name under <dataset-root>/<track>/")] = "test",
+    split: Annotated[str, typer.Option(help="split file name under <dataset-root>/<track>/")] = EvalConfig.split,
     label: Annotated[
         str | None, typer.Option(help="output folder name (default teacher / slm / slm-adapter, + -constrained)")
     ] = None,
@@ -664,8 +662,6 @@ def train(
         console.print("codeact: evaluate the adapter on the CodeAct tasks (not a step of `slm-swap train`)")
     if not eval_after or not adapters:
         return
-    from ray_app.decide.decide import DecideConfig
-
     evaluate_adapters(
         adapters, model_path, dataset_root, results_root, eval_precision, eval_max_new_tokens, require_langfuse
     )
@@ -779,7 +775,7 @@ def decide(
         Path | None,
         typer.Option(help="price table JSON (default $SLM_SWAP_PRICE_TABLE, then slm_swap/price_table.json)"),
     ] = None,
-    slm_hardware: Annotated[str, typer.Option(help="price-table entry the SLM runs on")] = "cpu-2core",
+    slm_hardware: Annotated[str, typer.Option(help="price-table entry the SLM runs on")] = DecideConfig.slm_hardware,
     teacher_price_model: Annotated[str | None, typer.Option(help="price-table entry of the teacher")] = None,
     require_langfuse: Annotated[bool, typer.Option(help="fail when LANGFUSE_* keys are missing")] = False,
     track: Annotated[
@@ -798,7 +794,6 @@ def decide(
 ) -> None:
     """Teacher vs SLM (and adapted SLMs) per track → decision.json, with intervals, p-values, parity verdicts,
     latency and cost."""
-    from ray_app.decide.decide import DecideConfig
     from ray_app.paths import EVAL_ROOT
 
     if track == "codeact":
