@@ -1,10 +1,11 @@
-"""SLM_MODEL_PATH resolution and the demo SLM checkpoint."""
+"""SLM_MODEL_PATH resolution, the demo SLM checkpoint, and what makes a folder a PEFT adapter."""
 
 import subprocess
 import sys
 
 import pytest
 
+from ray_app.models.adapter_folder import is_adapter_folder, missing_adapter_files, not_an_adapter_message
 from ray_app.models.model_path import ModelPathError, resolve_slm_model_path
 
 
@@ -78,3 +79,18 @@ def test_cli_check_path_prints_the_resolved_folder(tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "no SLM checkpoint" in bad.stderr
+
+
+def test_an_adapter_folder_needs_its_config_and_its_weights(tmp_path):
+    adapter = tmp_path / "adapter_toolcall"
+    adapter.mkdir()
+    (adapter / "training.json").write_text("{}")  # what a clone carries: the record, not the adapter
+    assert missing_adapter_files(adapter) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert not_an_adapter_message(adapter) == (
+        f"{adapter}: not a PEFT adapter folder (no adapter_config.json and no adapter_model.safetensors)"
+    )
+    (adapter / "adapter_config.json").write_text("{}")
+    assert not is_adapter_folder(adapter) and missing_adapter_files(adapter) == ["adapter_model.safetensors"]
+    (adapter / "adapter_model.bin").write_bytes(b"")  # older PEFT's weights file counts too
+    assert is_adapter_folder(adapter) and missing_adapter_files(adapter) == []
+    assert not is_adapter_folder(tmp_path / "missing")

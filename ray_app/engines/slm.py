@@ -101,8 +101,10 @@ def load_model_and_tokenizer(settings: SlmSettings):
     if settings.adapter_path is not None:
         from peft import PeftModel
 
-        if not (Path(settings.adapter_path) / "adapter_config.json").is_file():
-            raise SlmEngineError(f"{settings.adapter_path} is not a PEFT adapter (no adapter_config.json)")
+        from ray_app.models.adapter_folder import is_adapter_folder, not_an_adapter_message
+
+        if not is_adapter_folder(settings.adapter_path):
+            raise SlmEngineError(not_an_adapter_message(settings.adapter_path))
         choice = resolve_adapter_weights(settings.adapter_weights, precision, device, model_bytes(model), 1)
         if choice.merged:  # as evaluation and Serve apply it (`LoadedSlm`), by the same rule
             model = merged_into(model, settings.adapter_path)

@@ -35,6 +35,7 @@ from ray_app.eval.codeact_store import TrajectoryStore
 from ray_app.eval.evaluate import console, display_path, progress_bar, run_key_of
 from ray_app.eval.run_facts import run_facts
 from ray_app.metrics.codeact import CODEACT_TRACK, CodeactEvalMetrics, codeact_breakdown, codeact_metrics
+from ray_app.models.adapter_folder import is_adapter_folder, not_an_adapter_message
 from ray_app.models.fingerprint import adapter_fingerprint, file_sha256, folder_fingerprint
 from ray_app.paths import DATASET_ROOT, EVAL_ROOT
 from ray_app.record_fields import RecordError
@@ -126,8 +127,8 @@ def engine_plan(config: CodeactEvalConfig) -> EnginePlan:
 
     model_path = agent_model_path(config.model_path)
     adapter = Path(config.adapter_path).resolve() if config.adapter_path else None
-    if adapter is not None and not (adapter / "adapter_config.json").is_file():
-        raise CodeactEvalError(f"--adapter {adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    if adapter is not None and not is_adapter_folder(adapter):
+        raise CodeactEvalError(f"--adapter {not_an_adapter_message(adapter)}")
     gpus = cluster_gpus()
     actors = config.actors or (gpus or 1)
     device = "cuda" if gpus else "cpu"

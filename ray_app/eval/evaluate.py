@@ -36,6 +36,7 @@ from ray_app.eval.run_facts import latency_summary, run_facts
 from ray_app.json_text import canonical_json
 from ray_app.metrics import score_rows
 from ray_app.metrics.metrics_record import METRICS_FILE, EvalMetrics, Latency, TokenCounts
+from ray_app.models.adapter_folder import is_adapter_folder, not_an_adapter_message
 from ray_app.models.fingerprint import adapter_fingerprint, file_sha256, folder_fingerprint
 from ray_app.models.model_path import resolve_slm_model_path
 from ray_app.paths import PROJECT_ROOT
@@ -97,8 +98,8 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
 
     model_path = resolve_slm_model_path(config.slm.model_path)
     adapter = Path(config.slm.adapter_path).resolve() if config.slm.adapter_path else None
-    if adapter is not None and not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"--adapter {adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    if adapter is not None and not is_adapter_folder(adapter):
+        raise FileNotFoundError(f"--adapter {not_an_adapter_message(adapter)}")
     num_actors = config.slm.num_actors or (gpus if gpus else 1)
     device = "cuda" if gpus else "cpu"
     cpu_threads = None if gpus else max(1, int(cpus) // num_actors)

@@ -29,6 +29,7 @@ from ray_app.codeact.loop import LoopSettings
 from ray_app.codeact.tasks import kinds_in_turn, read_tasks, write_tasks
 from ray_app.decide.codeact_decide import CodeactDecideConfig, run_codeact_decide
 from ray_app.eval.codeact_eval import CodeactEvalConfig, run_codeact_eval
+from ray_app.models.adapter_folder import is_adapter_folder
 from ray_app.pipeline.config import PipelineConfig
 from ray_app.pipeline.ledger import StepLedger, file_hash, inputs_hash
 
@@ -194,7 +195,7 @@ def run_codeact_steps(config: PipelineConfig, ledger: StepLedger, model_path: st
     decision = decide(config, 5, "decide: success rate, teacher vs base SLM")
     trained = train_codeact(config, model_path, decision.fine_tune)
     adapter = config.adapter_root / "adapter_codeact"
-    if (adapter / "adapter_config.json").is_file():
+    if is_adapter_folder(adapter):
         evaluate(config, 7, "slm", tasks_path, teacher, model_path, adapter)
     else:
         say(7, f"SLM + codeact adapter: no adapter in {adapter}")

@@ -47,6 +47,7 @@ from ray_app.decide.model_labels import SLM_LABEL, TEACHER_LABEL, slm_label
 from ray_app.engines.precision import PrecisionChoice
 from ray_app.eval.config import Decoding, EvalConfig, SlmEvalSettings, TeacherEvalSettings, teacher_mode_from_env
 from ray_app.eval.evaluate import EvalOutcome, run_eval, run_evals
+from ray_app.models.adapter_folder import is_adapter_folder
 from ray_app.pipeline.config import PipelineConfig
 from ray_app.pipeline.ledger import StepLedger, file_hash, inputs_hash
 from ray_app.prompts import TEMPLATES_PATH
@@ -220,7 +221,7 @@ def handover_commands(config: PipelineConfig, model_path: str) -> list[str]:
         serve += ["--model-path", model_path]  # the job was given a path; serve falls back to the demo SLM only
     if config.adapter_root.resolve() != ADAPTER_ROOT.resolve():
         serve += ["--adapter-root", str(config.adapter_root)]
-    adapted = (config.adapter_root / "adapter_toolcall" / "adapter_config.json").is_file()
+    adapted = is_adapter_folder(config.adapter_root / "adapter_toolcall")
     model, mastra = ("slm-toolcall", "cd mastra && npm run demo") if adapted else (
         "slm, the base SLM: no toolcall adapter was trained", "cd mastra && SLM_SWAP_MODEL=slm npm run demo"
     )  # fmt: skip
@@ -452,7 +453,7 @@ def evaluate_adapters(config: PipelineConfig, dataset_root: Path, model_path: st
     say(8, f"SLM + adapter on the tracks that have one, {' and '.join(decodings(config))}")
     for track in TRACKS:
         adapter = config.adapter_root / f"adapter_{track}"
-        if not (adapter / "adapter_config.json").is_file() or not any(adapter.glob("adapter_model.*")):
+        if not is_adapter_folder(adapter):
             detail(f"{track}: no adapter in {adapter}")
             continue
         evaluate_slm(config, track, dataset_root, model_path, adapter)

@@ -33,6 +33,7 @@ from ray_app.data.rows import DatasetError, read_split
 from ray_app.decide.decision_record import Decision
 from ray_app.eval.evaluate import display_path, run_key_of
 from ray_app.eval.run_facts import jsonable, run_facts
+from ray_app.models.adapter_folder import is_adapter_folder, not_an_adapter_message
 from ray_app.models.fingerprint import file_sha256, folder_fingerprint
 from ray_app.models.model_path import resolve_slm_model_path
 from ray_app.train.codeact_track import codeact_fine_tune_gate, codeact_worker_data, read_codeact_rows
@@ -243,8 +244,8 @@ def install_adapter(result, adapter_dir: Path) -> None:
     try:
         with result.checkpoint.as_directory() as checkpoint_dir:
             source = Path(checkpoint_dir) / FINAL_ADAPTER_DIR
-            if not (source / "adapter_config.json").is_file():
-                raise RuntimeError(f"the last checkpoint holds no adapter ({source})")
+            if not is_adapter_folder(source):
+                raise RuntimeError(f"the last checkpoint holds no adapter: {not_an_adapter_message(source)}")
             shutil.copytree(source, staging, dirs_exist_ok=True)
         staging.chmod(0o755)
         previous = adapter_dir.with_name(adapter_dir.name + ".previous")
@@ -268,9 +269,7 @@ def run_train(config: TrainConfig) -> TrainOutcome:
         return TrainOutcome(config.track, False, why)
     plan = training_plan(config)
     training_json = config.adapter_dir / "training.json"
-    adapter_complete = (config.adapter_dir / "adapter_config.json").is_file() and any(
-        config.adapter_dir.glob("adapter_model.*")
-    )  # a clone carries training.json (the record) but not the weights
+    adapter_complete = is_adapter_folder(config.adapter_dir)  # a clone carries training.json, not the weights
     if (
         adapter_complete
         and training_json.is_file()

@@ -46,6 +46,7 @@ from ray_app.engines.slm import (
     load_model_and_tokenizer,
     stop_token_ids,
 )
+from ray_app.models.adapter_folder import is_adapter_folder
 
 BASE_MODEL_NAME = "slm"
 
@@ -58,12 +59,12 @@ def adapter_model_name(adapter_folder: Path) -> str:
 
 
 def discover_adapters(adapter_root: Path | None) -> dict[str, Path]:
-    """`{"slm-toolcall": <root>/adapter_toolcall, ...}` for every folder with an adapter_config.json."""
+    """`{"slm-toolcall": <root>/adapter_toolcall, ...}` for every adapter folder (config and weights) in it."""
     if adapter_root is None or not Path(adapter_root).is_dir():
         return {}
     found = {}
     for folder in sorted(Path(adapter_root).glob("adapter_*")):
-        if (folder / "adapter_config.json").is_file() and any(folder.glob("adapter_model.*")):
+        if is_adapter_folder(folder):
             found[adapter_model_name(folder)] = folder
     return found
 
