@@ -9,10 +9,9 @@ safetensors headers (parameters × 2 bytes), the GPU's from torch on the machine
 task on the cluster when the deciding process has none: `ray_runtime.cluster_gpu_facts`). QLoRA
 training quantizes its base by its own setting (`train --quantization`), not by this rule.
 
-`auto` on CPU is bf16 where the
-CPU computes bf16 natively (the avx512_bf16 or AMX instructions), else fp32: without them torch
-emulates bf16 and a matmul is ~50x slower (64x576x1536 on an AVX2-only EPYC: 146.8 ms bf16, 2.7 ms
-fp32). Training's CPU autocast (`cpu_autocast_bf16`) follows the same rule.
+`auto` on CPU is bf16 where the CPU computes bf16 natively (the avx512_bf16 or AMX instructions),
+else fp32: without them torch emulates bf16 and a matmul is ~50x slower (64x576x1536 on an AVX2-only
+EPYC: 146.8 ms bf16, 2.7 ms fp32). Training's CPU autocast (`cpu_autocast_bf16`) follows the same rule.
 
 Detection asks torch (`torch.cpu._is_avx512_bf16_supported`, `torch.cpu._is_amx_tile_supported`),
 else /proc/cpuinfo's flags. It runs on the machine that loads the model (the Ray actor, the train
