@@ -47,9 +47,9 @@ def test_auto_loads_a_small_model_in_bf16_on_a_gpu_with_room(demo_model_dir):
     from ray_app.engines.precision import bf16_weight_bytes, local_gpu_facts
     from ray_app.engines.slm import SlmSettings
 
-    gpu = local_gpu_facts()
-    if not gpu.bf16 or bf16_weight_bytes(demo_model_dir) > gpu.total_bytes / 2:
-        pytest.skip(f"{gpu.name}: no bf16, or the model takes over half of it: auto is 8-bit there")
+    gpu, weights = local_gpu_facts(), bf16_weight_bytes(demo_model_dir)
+    if not gpu.bf16 or weights is None or weights > gpu.total_bytes / 2:
+        pytest.skip(f"{gpu.name}: no bf16, or the model unsized or over half of it: auto is 8-bit there")
     engine = SlmEngine(SlmSettings(model_path=demo_model_dir, precision="auto", max_new_tokens=16))
     assert engine.describe()["precision"] == "bf16" and engine.describe()["device"] == "cuda"
     (generation,) = engine.generate([EngineRequest(0, "structured", 'Return {"a": 1} as JSON.')])
