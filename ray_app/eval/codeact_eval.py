@@ -121,9 +121,9 @@ def engine_plan(config: CodeactEvalConfig) -> EnginePlan:
         return EnginePlan(EngineSpec(mode, config.seed), identity, None, mode, actors, 0.5, 0)  # type: ignore[arg-type]
 
     from ray_app.engines.cpu_linear import resolve_cpu_linear
-    from ray_app.engines.precision import resolve_precision
-    from ray_app.engines.slm import SlmSettings, precision_choice
-    from ray_app.ray_runtime import cluster_cpus, cluster_gpu_facts, cluster_gpus
+    from ray_app.engines.slm import SlmSettings
+    from ray_app.eval.evaluate import driver_precision_choice
+    from ray_app.ray_runtime import cluster_cpus, cluster_gpus
 
     model_path = agent_model_path(config.model_path)
     adapter = Path(config.adapter_path).resolve() if config.adapter_path else None
@@ -143,13 +143,7 @@ def engine_plan(config: CodeactEvalConfig) -> EnginePlan:
         seed=config.seed,
     )
     # As `slm-swap eval`: decided on the driver, whose CPU a local Ray's actors share.
-    choice = (
-        precision_choice(settings)
-        if device == "cpu"
-        else resolve_precision(
-            config.precision, device, model_path, cluster_gpu_facts() if config.precision == "auto" else None
-        )
-    )
+    choice = driver_precision_choice(settings)
     settings = replace(settings, precision=choice.precision)  # type: ignore[arg-type]
     linear = resolve_cpu_linear(settings.cpu_linear, choice.precision, device, model_path, settings.cpu_threads)
     settings = replace(settings, cpu_linear=linear.kernels)  # type: ignore[arg-type]

@@ -87,14 +87,25 @@ class SlmPlan:
     cpu_linear: CpuLinearChoice  # the fp32 CPU kernels and why (metrics.json; in the key when oneDNN)
 
 
+def driver_precision_choice(settings: SlmSettings) -> PrecisionChoice:
+    """The precision the actors load, decided on the driver (the run key holds it): on CPU this machine's
+    rule (a local Ray's actors share its CPU); on a GPU `auto` sizes the model against the GPU the actors
+    get (`cluster_gpu_facts`: this machine's, or a probe task's), with no CUDA check on the driver."""
+    from ray_app.engines.precision import resolve_precision
+    from ray_app.engines.slm import precision_choice
+    from ray_app.ray_runtime import cluster_gpu_facts
+
+    if settings.device == "cpu":
+        return precision_choice(settings)
+    gpu = cluster_gpu_facts() if settings.precision == "auto" else None
+    return resolve_precision(settings.precision, settings.device, settings.model_path, gpu)
+
+
 def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
     """Resolved SLM settings, their identity, and the actor pool (count, CPUs and GPUs per actor), for
     where the SLM runs: `gpus` and `cpus` of the Ray cluster (`slm-swap eval`) or of this machine
     (the live compare, which runs the SLM in its own process)."""
     from ray_app.engines.adapter_weights import checkpoint_bytes, resolve_adapter_weights
-    from ray_app.engines.precision import resolve_precision
-    from ray_app.engines.slm import precision_choice
-    from ray_app.ray_runtime import cluster_gpu_facts
 
     model_path = resolve_slm_model_path(config.slm.model_path)
     adapter = Path(config.slm.adapter_path).resolve() if config.slm.adapter_path else None
@@ -119,13 +130,7 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
     # exactly that. With a local Ray the actors share this machine's CPU, so `auto` follows their CPU;
     # on a cluster it follows the driver's. A GPU need not be on the driver: `auto` sizes the model
     # against the GPU the actors get (`cluster_gpu_facts`: this machine's, or a probe task's).
-    choice = (
-        precision_choice(settings)
-        if device == "cpu"
-        else resolve_precision(
-            config.slm.precision, device, model_path, cluster_gpu_facts() if config.slm.precision == "auto" else None
-        )
-    )
+    choice = driver_precision_choice(settings)
     precision = choice.precision
     settings = dataclasses.replace(settings, precision=precision)
     if adapter is not None:  # merged or not changes the arithmetic: decided here too, and in the run key
