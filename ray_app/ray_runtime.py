@@ -22,6 +22,7 @@ console = Console(stderr=True)
 # sends to the job's log (~1,200 lines per worker). Workers keep Python's own print.
 WORKER_ENV = {**DETERMINISM_ENV, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 _dashboard_url: str | None = None  # remembered from ray.init, for the job's closing summary
+_dashboard_reason = ""  # why the embedded local Ray has a dashboard or not (dashboard_choice)
 _gpu_facts: tuple | None = None  # (GpuFacts or None,) once asked: cluster_gpu_facts
 GPU_PROBE_TIMEOUT_S = 300.0  # a probe task waits for a GPU the job's other actors may hold
 _logs_dir: Path | None = None
@@ -29,6 +30,49 @@ _started_local = False  # this process started its own local Ray (ray.shutdown s
 _interrupt_handler = None  # the active signals_interrupt()'s handler
 
 logger = logging.getLogger(__name__)
+
+
+DASHBOARD_ENV = "SLM_SWAP_RAY_DASHBOARD"  # auto (default) | on | off: the embedded local Ray's dashboard
+# Idle, the dashboard's ten processes wake ~300 times a second, and every wakeup on a machine whose cores
+# all run the model's OpenMP team preempts one of its threads and stalls the rest at the next barrier: the
+# 50-row toolcall evaluation (fp32, through Ray Data) took 87.1 and 86.8 s with it and 82.6 and 83.0 s
+# without (Intel(R) Xeon(R) Processor, 2 cores, 2026-12-04). That share shrinks with more cores.
+DASHBOARD_MIN_CPUS = 4
+
+
+class DashboardSettingError(ValueError):
+    """SLM_SWAP_RAY_DASHBOARD holds something other than auto, on or off."""
+
+
+@dataclass(frozen=True)
+class DashboardChoice:
+    """Whether the embedded local Ray starts its dashboard, and why (printed when Ray starts)."""
+
+    include: bool
+    reason: str
+
+
+def dashboard_choice(setting: str | None, cpus: int) -> DashboardChoice:
+    """`auto` starts the dashboard on machines with at least DASHBOARD_MIN_CPUS CPUs, not on smaller ones,
+    where its idle wakeups cost the model ~5% (see DASHBOARD_ENV); `on` and `off` are kept as asked."""
+    value = (setting or "auto").strip().lower()
+    if value == "on":
+        return DashboardChoice(True, f"{DASHBOARD_ENV}=on")
+    if value == "off":
+        return DashboardChoice(False, f"{DASHBOARD_ENV}=off")
+    if value != "auto":
+        raise DashboardSettingError(f"{DASHBOARD_ENV}={setting!r}: expected auto, on or off")
+    if cpus >= DASHBOARD_MIN_CPUS:
+        return DashboardChoice(True, f"auto: {cpus} CPUs")
+    return DashboardChoice(
+        False,
+        f"auto: off on {cpus} CPUs, where its idle wakeups slow the model ~5%; {DASHBOARD_ENV}=on starts it",
+    )
+
+
+def machine_cpus() -> int:
+    """CPUs this process may run on (its affinity, as a container's cpuset limits it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class LeftoverRayError(RuntimeError):
@@ -168,7 +212,7 @@ def ensure_ray() -> str | None:
     """
     import ray
 
-    global _dashboard_url, _logs_dir, _started_local
+    global _dashboard_url, _dashboard_reason, _logs_dir, _started_local
     if ray.is_initialized():
         return _dashboard_url
     address = os.environ.get("RAY_ADDRESS")
@@ -179,6 +223,7 @@ def ensure_ray() -> str | None:
     if address:
         context = ray.init(address=address, **quiet)
         where = f"cluster at {address}"
+        _dashboard_reason = "the cluster's setting"
     else:
         check_no_leftover_ray()
         # address="local": always a new embedded Ray, never a stale cluster named in
@@ -197,8 +242,12 @@ def ensure_ray() -> str | None:
         # (RAY_AUTH_MODE=token set here instead: with no token yet, Ray's gcs_server failed to start —
         # this process had read the mode already, so Ray did not create the token it then required.)
         hide_token_authentication_notice()
-        context = ray.init(address="local", runtime_env={"env_vars": WORKER_ENV}, **quiet)
+        dashboard = dashboard_choice(os.environ.get(DASHBOARD_ENV), machine_cpus())
+        context = ray.init(
+            address="local", runtime_env={"env_vars": WORKER_ENV}, include_dashboard=dashboard.include, **quiet
+        )
         where = "embedded local Ray"
+        _dashboard_reason = dashboard.reason
         _started_local = True
     take_back_signals()
     keep_ray_data_progress_in_its_log()
@@ -206,7 +255,8 @@ def ensure_ray() -> str | None:
     url = f"http://{url}" if url and not url.startswith("http") else url
     session_dir = context.address_info.get("session_dir")
     _logs_dir = Path(session_dir) / "logs" if session_dir else None
-    console.print(f"Ray: {where}; dashboard: {url or 'not running'}", highlight=False)
+    dashboard = url or f"not running ({_dashboard_reason})"
+    console.print(f"Ray: {where}; dashboard: {dashboard}", highlight=False, soft_wrap=True)
     if _logs_dir is not None:  # soft_wrap: a path stays on one line, to copy
         console.print(
             f"Ray logs: {_logs_dir} (workers' output: worker-*.out/.err; Ray Data: ray-data/; Ray Train: train/)"
@@ -290,6 +340,11 @@ def quiet_half_built_ray_objects_at_exit() -> None:
 def ray_logs_dir() -> Path | None:
     """The log folder of the Ray session this process started or joined (None before that)."""
     return _logs_dir
+
+
+def dashboard_reason() -> str:
+    """Why this process's Ray has its dashboard or not ("" before Ray starts): dashboard_choice."""
+    return _dashboard_reason
 
 
 def dashboard_url_if_running() -> str | None:

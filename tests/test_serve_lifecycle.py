@@ -27,6 +27,7 @@ import psutil
 import pytest
 
 from ray_app.paths import PROJECT_ROOT
+from ray_app.ray_runtime import dashboard_choice, machine_cpus
 from tests.local_ports import free_port
 from tests.shell_signals import background_shell
 
@@ -178,6 +179,9 @@ def test_sigterm_in_the_background_lets_a_running_stream_finish_refuses_new_requ
 def test_sigint_to_a_background_server_during_start_up_stops_everything(serve_process):
     server = serve_process(ignore_sigint=True)  # `slm-swap serve &`: Python would ignore SIGINT
     server.wait_for_log("Ray: embedded local Ray")
+    # The dashboard as this machine's size decides it, and the console says why (ray_runtime.dashboard_choice).
+    choice = dashboard_choice(None, machine_cpus())
+    assert ("dashboard: http" if choice.include else f"dashboard: not running ({choice.reason})") in server.log()
     server.process.send_signal(signal.SIGINT)
     assert_all_stopped(server)
     assert "serving slm" not in server.log()

@@ -144,7 +144,7 @@ def eval_reused_note(outcome: EvalOutcome) -> str:
 
 
 def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineOutcome:
-    from ray_app.ray_runtime import ensure_ray
+    from ray_app.ray_runtime import dashboard_reason, ensure_ray
     from ray_app.tracing import runs_nest_under, start_run_trace
 
     config = config.resolved()
@@ -204,7 +204,7 @@ def run_pipeline(config: PipelineConfig = PipelineConfig()) -> PipelineOutcome:
         detail(f"codeact decision: {outcome.codeact['codeact_decision']}")
     detail(f"report: {outcome.report_path or 'not written (--no-report)'}")
     detail(f"trace: {outcome.trace_location}")
-    detail(f"Ray dashboard: {outcome.dashboard_url or 'not running (Ray was started without it)'}")
+    detail(f"Ray dashboard: {outcome.dashboard_url or f'not running ({dashboard_reason()})'}")
     detail(f"wall time: {outcome.seconds:.0f} s")
     for line in handover_commands(config, model_path):
         console.print(line, highlight=False, soft_wrap=True)
