@@ -55,6 +55,7 @@ from ray_app.eval.ray_predictor import fixed_groups, predict_with_ray_data  # no
 from ray_app.models.demo_checkpoint import fetch_demo_model  # noqa: E402
 from ray_app.paths import DATASET_ROOT, PROJECT_ROOT  # noqa: E402
 from ray_app.prompts import chat_messages  # noqa: E402
+from ray_app.ray_runtime import dashboard_reason, dashboard_url_if_running  # noqa: E402
 
 TARGET_ENGINE_VS_HF_GENERATE = 2.0
 HF_BATCH = 8
@@ -251,6 +252,8 @@ def main() -> None:
                 alone["completion_tokens_per_s"] / hf["completion_tokens_per_s"], 2
             ),
             "same_predictions_in_process_as_ray_data": same_texts(alone, ours),
+            # Ray's dashboard costs the model a share of 2 cores (README's Ray paragraph)
+            "ray_dashboard": dashboard_url_if_running() or f"not running ({dashboard_reason()})",
         }
         report[requested] = entry
         # each precision's figures as they land: a run stopped by a time limit keeps what it measured
