@@ -1107,7 +1107,7 @@ def models_check_path(
 
 
 def main() -> None:
-    from ray_app.ray_runtime import LeftoverRayError
+    from ray_app.ray_runtime import DashboardSettingError, LeftoverRayError
 
     # Ctrl-C (or kill -INT) stops any command with its "Interrupted. Kept: ..." message, also where it
     # started with SIGINT ignored, as `cmd &` in a script starts it: Python then leaves SIGINT ignored and
@@ -1115,7 +1115,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         app()
-    except LeftoverRayError as error:  # any command that would start Ray beside one left running
+    except (LeftoverRayError, DashboardSettingError) as error:  # any command that starts Ray, refused
         console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(2)
 

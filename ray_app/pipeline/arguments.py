@@ -80,7 +80,7 @@ def config_from_argv(argv: list[str]) -> PipelineConfig:
 
 def main(argv: list[str] | None = None) -> None:
     from ray_app.pipeline.run import PipelineError, interrupted_message, run_pipeline
-    from ray_app.ray_runtime import LeftoverRayError, quiet_half_built_ray_objects_at_exit
+    from ray_app.ray_runtime import DashboardSettingError, LeftoverRayError, quiet_half_built_ray_objects_at_exit
 
     config = config_from_argv(sys.argv[1:] if argv is None else argv)
     # Ctrl-C (or kill -INT) stops the job even where it started with SIGINT ignored, as `cmd &` in a
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run_pipeline(config)
-    except (PipelineError, LeftoverRayError) as error:
+    except (PipelineError, LeftoverRayError, DashboardSettingError) as error:
         console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C: what was done stays, a re-run resumes; no traceback
