@@ -71,8 +71,8 @@ def dashboard_choice(setting: str | None, cpus: int) -> DashboardChoice:
 
 
 def machine_cpus() -> int:
-    """CPUs this process may run on (its affinity, as a container's cpuset limits it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """This machine's CPUs: what a local Ray's actors share (cluster_cpus) and what sizes its dashboard."""
+    return os.cpu_count() or 1
 
 
 class LeftoverRayError(RuntimeError):
@@ -426,6 +426,6 @@ def cluster_cpus() -> float:
     import ray
 
     if _will_run_locally(ray):
-        return float(os.cpu_count() or 1)
+        return float(machine_cpus())
     ensure_ray()
     return float(ray.cluster_resources().get("CPU", 1))

@@ -180,7 +180,7 @@ def test_sigint_to_a_background_server_during_start_up_stops_everything(serve_pr
     server = serve_process(ignore_sigint=True)  # `slm-swap serve &`: Python would ignore SIGINT
     server.wait_for_log("Ray: embedded local Ray")
     # The dashboard as this machine's size decides it, and the console says why (ray_runtime.dashboard_choice).
-    choice = dashboard_choice(None, machine_cpus())
+    choice = dashboard_choice(None, machine_cpus())  # clean_env drops SLM_SWAP_RAY_DASHBOARD: auto
     assert ("dashboard: http" if choice.include else f"dashboard: not running ({choice.reason})") in server.log()
     server.process.send_signal(signal.SIGINT)
     assert_all_stopped(server)
