@@ -65,8 +65,16 @@ def demo_ggufs(kinds: list[str]) -> dict[str, Path]:
     return {kind: q4_1 if kind == "q4_1" else f16_gguf(q4_1) for kind in kinds}
 
 
-def llama_server_command(binary: Path, gguf_path: Path, port: int, slots: int, threads: int | None = None) -> list[str]:
-    """llama-server on 127.0.0.1 with `slots` parallel slots, continuous batching and its prompt cache."""
+def llama_server_command(
+    binary: Path,
+    gguf_path: Path,
+    port: int,
+    slots: int,
+    threads: int | None = None,
+    slot_context_tokens: int = SLOT_CONTEXT_TOKENS,
+) -> list[str]:
+    """llama-server on 127.0.0.1 with `slots` parallel slots of `slot_context_tokens` each, continuous
+    batching and its prompt cache."""
     threads = threads or os.cpu_count() or 1
     return [
         str(binary),
@@ -75,7 +83,7 @@ def llama_server_command(binary: Path, gguf_path: Path, port: int, slots: int, t
         "--host", "127.0.0.1",
         "--port", str(port),
         "--parallel", str(slots),
-        "--ctx-size", str(slots * SLOT_CONTEXT_TOKENS),  # split evenly over the slots
+        "--ctx-size", str(slots * slot_context_tokens),  # split evenly over the slots
         "--cont-batching",
         "--cache-prompt",
         "--threads", str(threads),
