@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo-codeact demo test install lint unit mastra-test data clean-venv llama-server bench-serve
+.PHONY: demo-codeact demo test install lint unit mastra-test mastra-demo data clean-venv llama-server bench-serve
 
 # Torch is pinned and installed first: 2.13.0 has a CPU build on this machine's disk, and
 # installing it before the rest stops pip from pulling a multi-GB CUDA build.
@@ -41,6 +41,10 @@ $(MASTRA_STAMP): mastra/package.json mastra/package-lock.json
 
 mastra-test: $(STAMP) $(MASTRA_STAMP)
 	cd mastra && npm run typecheck && npm test
+
+# The Mastra example agent against a running `slm-swap serve` (the hand-over at the end of make demo).
+mastra-demo: $(MASTRA_STAMP)
+	cd mastra && npm run demo
 
 test: lint unit mastra-test
 

@@ -7,7 +7,9 @@ An `agents.Agent` whose model is the Serve endpoint through the SDK's Chat Compl
 data (`greatest_common_divisor`). The run stops at the tool's result (`tool_use_behavior=
 "stop_on_first_tool"`), so what it prints is the call the SLM made and what the tool returned.
 Environment, as the Mastra demo reads it: SLM_SWAP_BASE_URL (default http://127.0.0.1:8000/v1),
-SLM_SWAP_MODEL (default slm-toolcall), SLM_SWAP_API_KEY, SLM_SWAP_TOOL_CHOICE (auto or required).
+SLM_SWAP_MODEL (default slm-toolcall), SLM_SWAP_API_KEY, SLM_SWAP_TOOL_CHOICE (required, the default:
+the configuration the report measures as `slm-adapter-constrained`; or auto, where the model may
+answer in words).
 Exits 1 when the model answered without a tool call.
 """
 
@@ -40,9 +42,9 @@ async def run_demo(request: str) -> int:
 
     base_url = os.environ.get("SLM_SWAP_BASE_URL", DEFAULT_BASE_URL)
     model = os.environ.get("SLM_SWAP_MODEL", "slm-toolcall")
-    tool_choice = os.environ.get("SLM_SWAP_TOOL_CHOICE", "auto")
-    if tool_choice not in ("auto", "required"):
-        print(f"SLM_SWAP_TOOL_CHOICE must be auto or required, got {tool_choice!r}", file=sys.stderr)
+    tool_choice = os.environ.get("SLM_SWAP_TOOL_CHOICE", "required")
+    if tool_choice not in ("required", "auto"):
+        print(f"SLM_SWAP_TOOL_CHOICE must be required or auto, got {tool_choice!r}", file=sys.stderr)
         return 2
     set_tracing_disabled(True)  # the SDK's own tracing posts to OpenAI's servers; this endpoint is local
     client = AsyncOpenAI(base_url=base_url, api_key=os.environ.get("SLM_SWAP_API_KEY", "not-needed"))

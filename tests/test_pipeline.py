@@ -53,7 +53,7 @@ def test_pipeline_killed_in_training_resumes_without_redoing_evaluations_then_re
     assert log.endswith(
         f"Next: serve the SLM and its adapters at http://127.0.0.1:8000/v1 (OpenAI-compatible): slm-swap serve "
         f"--model-path {tiny_model_dir} --adapter-root {tmp_path / '04_ft'} then, in a second terminal, the Mastra "
-        "example agent makes a tool call through it (model slm-toolcall): cd mastra && npm run demo"
+        "example agent makes a tool call through it (model slm-toolcall): make mastra-demo"
     )
     assert {name: (eval_root / name).read_bytes() for name in BASE_RESULTS} == before
     for track in ("structured", "toolcall"):

@@ -222,8 +222,8 @@ def handover_commands(config: PipelineConfig, model_path: str) -> list[str]:
     if config.adapter_root.resolve() != ADAPTER_ROOT.resolve():
         serve += ["--adapter-root", str(config.adapter_root)]
     adapted = is_adapter_folder(config.adapter_root / "adapter_toolcall")
-    model, mastra = ("slm-toolcall", "cd mastra && npm run demo") if adapted else (
-        "slm, the base SLM: no toolcall adapter was trained", "cd mastra && SLM_SWAP_MODEL=slm npm run demo"
+    model, mastra = ("slm-toolcall", "make mastra-demo") if adapted else (
+        "slm, the base SLM: no toolcall adapter was trained", "SLM_SWAP_MODEL=slm make mastra-demo"
     )  # fmt: skip
     return [
         "Next: serve the SLM and its adapters at http://127.0.0.1:8000/v1 (OpenAI-compatible):",
