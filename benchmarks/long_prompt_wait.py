@@ -44,11 +44,12 @@ if __package__ in (None, ""):  # run as `python benchmarks/long_prompt_wait.py`:
 from benchmarks import llama_server  # noqa: E402
 from benchmarks.llama_cpp_server import LlamaCppUnavailable  # noqa: E402
 from benchmarks.machine_limits import cpu_description  # noqa: E402
-from benchmarks.serve_load_servers import Configuration, our_server_command  # noqa: E402
+from benchmarks.serve_load_servers import Configuration, llama_server_configurations, our_server_command  # noqa: E402
 from benchmarks.server_process import ServerProcess, free_port, say  # noqa: E402
 from ray_app.atomic_files import atomic_write_json  # noqa: E402
 from ray_app.data.rows import read_split  # noqa: E402
 from ray_app.eval.run_facts import package_versions  # noqa: E402
+from ray_app.models.demo_checkpoint import fetch_demo_model  # noqa: E402
 from ray_app.paths import DATASET_ROOT, PROJECT_ROOT  # noqa: E402
 from ray_app.prompts import chat_messages, parse_toolcall_prompt, toolcall_prompt  # noqa: E402
 from ray_app.serve.serve_settings import ServeSettings  # noqa: E402
@@ -173,27 +174,8 @@ def configurations(
         for name, tokens in (("ours_chunked", chunk), ("ours_one_piece", context_tokens))
     ]
     if server_binary is not None:
-        binary = server_binary
-        gguf = llama_server.demo_ggufs(["q4_1"])["q4_1"]
-        found.append(
-            Configuration(
-                name="llama_server_q4_1",
-                command_for_port=lambda port: llama_server.llama_server_command(
-                    binary, gguf, port, slots=2, slot_context_tokens=context_tokens
-                ),
-                ready_path="/health",
-                model=llama_server.LLAMA_SERVER_MODEL_ALIAS,
-                side="peer",
-                facts={
-                    "server": "llama-server",
-                    "gguf": "Q4_1",
-                    "parallel_slots": 2,
-                    "slot_context_tokens": context_tokens,
-                },  # fmt: skip
-                weight_bytes=None,
-                extra_body=llama_server.REQUEST_EXTRAS,
-            )
-        )
+        q4_1 = llama_server.demo_ggufs(["q4_1"])
+        found += llama_server_configurations(server_binary, q4_1, ["q4_1"], 2, slot_context_tokens=context_tokens)
     return found
 
 
@@ -250,12 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except LlamaCppUnavailable as error:
         say(str(error))
         return 2
-    if args.model_path is None:
-        from ray_app.models.demo_checkpoint import fetch_demo_model
-
-        model_path, _ = fetch_demo_model()
-    else:
-        model_path = args.model_path.resolve()
+    model_path = args.model_path.resolve() if args.model_path else fetch_demo_model()[0]
     model_config = json.loads((model_path / "config.json").read_text(encoding="utf-8"))
     context_tokens = int(model_config["max_position_embeddings"])
     if args.long_prompt_tokens + args.long_max_tokens > context_tokens:

@@ -75,14 +75,19 @@ def our_configurations(
 
 
 def llama_server_configurations(
-    binary: Path, ggufs: dict[str, Path], kinds: list[str], clients: int
+    binary: Path,
+    ggufs: dict[str, Path],
+    kinds: list[str],
+    clients: int,
+    slot_context_tokens: int = llama_server.SLOT_CONTEXT_TOKENS,
 ) -> list[Configuration]:
+    """llama-server on each GGUF kind, one slot per client of `slot_context_tokens` each."""
     threads = os.cpu_count() or 1
     return [
         Configuration(
             name=f"llama_server_{kind}",
             command_for_port=lambda port, kind=kind: llama_server.llama_server_command(
-                binary, ggufs[kind], port, slots=clients, threads=threads
+                binary, ggufs[kind], port, slots=clients, threads=threads, slot_context_tokens=slot_context_tokens
             ),
             ready_path="/health",
             model=llama_server.LLAMA_SERVER_MODEL_ALIAS,
@@ -91,6 +96,7 @@ def llama_server_configurations(
                 "server": "llama-server",
                 "gguf": kind.upper(),
                 "parallel_slots": clients,
+                "slot_context_tokens": slot_context_tokens,
                 "threads": threads,
                 "request_extras": llama_server.REQUEST_EXTRAS,
             },

@@ -115,3 +115,15 @@ def test_whole_run_on_a_tiny_model_with_the_real_serve_cli(tiny_model_dir, tmp_p
     assert report["configurations"]["ours_one_piece"]["prefill_chunk_tokens"] == 4096
     assert report["short_wait_chunked_vs_one_piece"] > 0
     assert report["machine"]["cpu"]["model_name"]
+
+
+def test_llama_server_as_peer_gets_two_slots_each_as_long_as_the_models_context(tiny_model_dir, tmp_path, monkeypatch):
+    (tmp_path / "q4_1.gguf").write_bytes(b"GGUF")
+    monkeypatch.setattr(llama_server, "demo_ggufs", lambda kinds: {kind: tmp_path / f"{kind}.gguf" for kind in kinds})
+    args = benchmark.parse_args(["--peers", "llama-server"])
+    found = benchmark.configurations(args, tiny_model_dir, 4096, tmp_path, tmp_path / "llama-server")
+    assert [configuration.name for configuration in found] == ["ours_chunked", "ours_one_piece", "llama_server_q4_1"]
+    command = found[-1].command_for_port(8124)
+    assert command[0] == str(tmp_path / "llama-server") and str(tmp_path / "q4_1.gguf") in command
+    assert command[command.index("--parallel") + 1] == "2" and command[command.index("--ctx-size") + 1] == "8192"
+    assert found[-1].facts["slot_context_tokens"] == 4096 and found[-1].side == "peer"
