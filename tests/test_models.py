@@ -106,10 +106,13 @@ def test_the_demo_conversion_prints_no_progress_bars_and_restores_them(tmp_path,
 
     gguf_path = download_demo_gguf(tmp_path / "download")
     capfd.readouterr()
+    from transformers import modeling_gguf_pytorch_utils
+
+    gguf_bar = modeling_gguf_pytorch_utils.tqdm
     assert transformers_logging.is_progress_bar_enabled()
     materialise_checkpoint(gguf_path, tmp_path / "checkpoint")
     output = capfd.readouterr()
     assert demo_checkpoint_complete(tmp_path / "checkpoint")
     for bar in ("Converting and de-quantizing", "Loading weights", "Writing model shards", "it/s"):
         assert bar not in output.err + output.out
-    assert transformers_logging.is_progress_bar_enabled()
+    assert transformers_logging.is_progress_bar_enabled() and modeling_gguf_pytorch_utils.tqdm is gguf_bar

@@ -65,22 +65,19 @@ def download_demo_gguf(workdir: Path) -> Path:
 def without_conversion_progress_bars():
     """transformers' progress bars off, restored on exit. Its GGUF de-quantising bar is tqdm's own, not
     one of transformers' switchable bars, so it is turned off where transformers' GGUF module looks it up."""
-    from unittest import mock
-
     from transformers import modeling_gguf_pytorch_utils
     from transformers.utils import logging as transformers_logging
 
     enabled = transformers_logging.is_progress_bar_enabled()
+    gguf_bar = getattr(modeling_gguf_pytorch_utils, "tqdm", None)
     transformers_logging.disable_progress_bar()
+    if gguf_bar is not None:
+        modeling_gguf_pytorch_utils.tqdm = functools.partial(gguf_bar, disable=True)
     try:
-        with contextlib.ExitStack() as stack:
-            gguf_bar = getattr(modeling_gguf_pytorch_utils, "tqdm", None)
-            if gguf_bar is not None:
-                stack.enter_context(
-                    mock.patch.object(modeling_gguf_pytorch_utils, "tqdm", functools.partial(gguf_bar, disable=True))
-                )
-            yield
+        yield
     finally:
+        if gguf_bar is not None:
+            modeling_gguf_pytorch_utils.tqdm = gguf_bar
         if enabled:
             transformers_logging.enable_progress_bar()
 
