@@ -44,6 +44,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/long_prompt_wait.py`:
 from benchmarks import llama_server  # noqa: E402
 from benchmarks.llama_cpp_server import LlamaCppUnavailable  # noqa: E402
 from benchmarks.machine_limits import cpu_description  # noqa: E402
+from benchmarks.serve_load import positive_int  # noqa: E402
 from benchmarks.serve_load_servers import Configuration, llama_server_configurations, our_server_command  # noqa: E402
 from benchmarks.server_process import ServerProcess, free_port, say  # noqa: E402
 from ray_app.atomic_files import atomic_write_json  # noqa: E402
@@ -199,12 +200,6 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
-
-
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return int(text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
