@@ -450,6 +450,77 @@ def test_a_row_joining_after_another_finished_takes_its_slot_in_place_and_answer
         assert answers[key].token_ids == oracle(host, messages, limit).token_ids
 
 
+def counted_batch_methods(monkeypatch, names):
+    """Count calls of these `RunningBatch` methods (the calls still run)."""
+    from ray_app.engines.decode.running_batch import RunningBatch
+
+    calls = dict.fromkeys(names, 0)
+
+    def counted(name):
+        real = getattr(RunningBatch, name)
+
+        def call(self, *args):
+            calls[name] += 1
+            return real(self, *args)
+
+        return call
+
+    for name in names:
+        monkeypatch.setattr(RunningBatch, name, counted(name))
+    return calls
+
+
+def run_watching_buffers(scheduler, jobs):
+    """Run the jobs; the answers by key and, after each iteration, the storage the batch's first key buffer
+    lives in (None when there is no batch)."""
+    for key, job in enumerate(jobs):
+        scheduler.add(key, job)
+    answers, storages = {}, []
+    while scheduler.has_work:
+        result = scheduler.iteration()
+        answers.update({token.job: token.answer for token in result.tokens if token.answer is not None})
+        batch = scheduler.batches.get("slm")
+        storages.append(batch.layers[0].buffer_keys.untyped_storage().data_ptr() if batch and batch.layers else None)
+    return answers, storages
+
+
+def test_a_longer_prompt_joins_a_dead_slot_by_moving_the_rows_right_in_their_buffers(host, monkeypatch):
+    """A row whose prompt is longer than the running rows' columns takes a dead slot after the running rows
+    move right within the same buffers (no new buffers: on a VM fresh memory costs a page fault on the host
+    too; a rebuild measured ~3 s for 2 GB), and every answer is still the prompt's answer alone."""
+    from ray_app.engines.decode.scheduler import DecodeScheduler
+
+    calls = counted_batch_methods(monkeypatch, ["_rebuild", "_shift_right", "_place"])
+    scheduler = DecodeScheduler(host.slm, max_batch_rows=2, prefill_chunk_tokens=4096, prefix_cache_tokens=0)
+    cases = [
+        (chat_messages("Name a colour."), 30),  # decodes on while the others come and go
+        (chat_messages("Hi"), 2),  # finishes at once: its slot is dead
+        (chat_messages("Name a colour, then another, then one more, and say which you like."), 4),  # longer
+    ]
+    # longer than the first row's prompt and the tokens it wrote before the third one joins
+    assert len(host.job("slm", *cases[2]).prompt_ids) > len(host.job("slm", *cases[0]).prompt_ids) + 4
+    answers, storages = run_watching_buffers(scheduler, [host.job("slm", *case) for case in cases])
+    assert calls == {"_rebuild": 1, "_shift_right": 1, "_place": 1}
+    assert len({storage for storage in storages if storage is not None}) == 1  # one buffer all along
+    for key, (messages, limit) in enumerate(cases):
+        assert answers[key].token_ids == oracle(host, messages, limit).token_ids
+
+
+def test_when_most_slots_are_dead_the_live_rows_move_down_within_their_buffers(host, monkeypatch):
+    """Rows finishing leave most slots dead: the live rows are copied to the first slots of the same buffers
+    (no new buffers), and they answer as alone."""
+    from ray_app.engines.decode.scheduler import DecodeScheduler
+
+    calls = counted_batch_methods(monkeypatch, ["_rebuild", "_keep"])
+    scheduler = DecodeScheduler(host.slm, max_batch_rows=3, prefill_chunk_tokens=4096, prefix_cache_tokens=0)
+    cases = [(chat_messages("Hi"), 2), (chat_messages("Count to three."), 3), (chat_messages("Name a colour."), 20)]
+    answers, storages = run_watching_buffers(scheduler, [host.job("slm", *case) for case in cases])
+    assert calls["_rebuild"] == 1 and calls["_keep"] >= 1
+    assert len({storage for storage in storages if storage is not None}) == 1
+    for key, (messages, limit) in enumerate(cases):
+        assert answers[key].token_ids == oracle(host, messages, limit).token_ids
+
+
 def test_a_stop_text_ends_the_answer_where_it_first_appears_and_is_left_out(tiny_model_dir):
     """OpenAI's `stop` (the CodeAct loop stops at `</code>`): the answer is HF generate's alone, cut
     before the first stop text, with the tokens up to the one that completed it; rows without stop

@@ -154,9 +154,15 @@ class RunningBatch:
         if joining:
             with torch.inference_mode():
                 dead = [slot for slot, row in enumerate(self.slots) if row is None]
-                fits = all(len(row.job.prompt_ids) <= self.filled
-                           and row.job.max_new_tokens <= self.width - self.filled for row, _, _ in joining)  # fmt: skip
-                if fits and len(dead) >= len(joining):
+                # a prompt longer than the running rows' columns moves them right within their buffers
+                shift = max(0, max(len(row.job.prompt_ids) for row, _, _ in joining) - self.filled)
+                room = self.width - self.filled - shift  # columns right of `filled` once shifted
+                fits = (len(dead) >= len(joining)
+                        and all(row.job.max_new_tokens <= room for row, _, _ in joining)
+                        and all(row.job.max_new_tokens - len(row.tokens) <= room for row in self.rows))  # fmt: skip
+                if fits:
+                    if shift:
+                        self._shift_right(shift)
                     for slot, joiner in zip(dead, joining, strict=False):
                         self._place(slot, *joiner)
                 else:
@@ -248,7 +254,8 @@ class RunningBatch:
             self._keep(live)
 
     def _keep(self, keep: list[int]) -> None:
-        """Keep the slots at `keep`; drop leading columns that are padding for every kept row."""
+        """Keep the slots at `keep` (ascending), moved to the first slots of the same buffers; drop leading
+        columns that are padding for every kept row (the buffers become views that start after them)."""
         import torch
 
         self.slots, self._sharing = [self.slots[index] for index in keep], None
@@ -258,7 +265,22 @@ class RunningBatch:
         padding = int((attention[:, : self.filled].cumsum(dim=1) == 0).sum(dim=1).min())
         self.attention, self.filled = attention[:, padding:], self.filled - padding
         for layer in self.layers:
-            layer.select(index, padding)
+            layer.keep_slots(keep, padding)
+
+    def _shift_right(self, shift: int) -> None:
+        """Move every slot's columns `shift` to the right within the buffers (a longer prompt then fits left
+        of `filled`); the caller checked that the rows' remaining tokens still fit on the right."""
+        import torch
+
+        scratch = None  # one copy of a layer's written columns, reused for every key and value buffer
+        for layer in self.layers:
+            if scratch is None:
+                scratch = torch.empty_like(layer.keys)
+            layer.shift_right(shift, scratch)
+        written = self.attention[:, : self.filled].clone()
+        self.attention[:, shift : self.filled + shift] = written
+        self.attention[:, :shift] = 0
+        self.filled += shift
 
     def _place(self, slot: int, row: Row, prompt_layers: tuple, token: int) -> None:
         """Put a joining row into a dead slot: its prompt right-aligned at `filled`, the rest masked."""
@@ -547,11 +569,25 @@ def preallocated_layer_class():
             self._expose()
             return self.keys, self.values
 
-        def select(self, index, padding: int) -> None:
-            """Keep the batch rows in `index` and drop the first `padding` columns (padding no kept row uses)."""
-            self.buffer_keys = self.buffer_keys[index, :, padding:]
-            self.buffer_values = self.buffer_values[index, :, padding:]
+        def keep_slots(self, keep: list[int], padding: int) -> None:
+            """Keep the batch rows at `keep` (ascending), copied down to the first slots of the same buffers,
+            and drop the first `padding` columns (padding no kept row uses): no new buffers, so no memory
+            that was never touched (on a VM a first touch costs the host's page fault too)."""
+            for buffer in (self.buffer_keys, self.buffer_values):
+                for slot, kept in enumerate(keep):
+                    if slot != kept:  # kept ≥ slot: a row is copied down before its own slot is written
+                        buffer[slot, :, : self.filled] = buffer[kept, :, : self.filled]
+            self.buffer_keys = self.buffer_keys[: len(keep), :, padding:]
+            self.buffer_values = self.buffer_values[: len(keep), :, padding:]
             self.filled -= padding
+            self._expose()
+
+        def shift_right(self, shift: int, scratch) -> None:
+            """Move the written columns `shift` to the right (`scratch`: a tensor shaped like them)."""
+            for buffer in (self.buffer_keys, self.buffer_values):
+                scratch.copy_(buffer[:, :, : self.filled])  # the two ranges overlap: copy through scratch
+                buffer[:, :, shift : self.filled + shift] = scratch
+            self.filled += shift
             self._expose()
 
     return PreallocatedLayer
