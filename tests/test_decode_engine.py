@@ -506,6 +506,22 @@ def test_a_longer_prompt_joins_a_dead_slot_by_moving_the_rows_right_in_their_buf
         assert answers[key].token_ids == oracle(host, messages, limit).token_ids
 
 
+def test_a_layout_leaves_room_for_rows_that_come_later_with_longer_answers(host, monkeypatch):
+    """The first layout leaves twice the longest answer's columns beside the running rows' (LATER_ROWS_SLACK):
+    a row admitted later, when another finished, joins its slot in place though its answer may run longer
+    than any row's in the layout; each answer is the prompt's alone."""
+    from ray_app.engines.decode.scheduler import DecodeScheduler
+
+    calls = counted_batch_methods(monkeypatch, ["_rebuild", "_place"])
+    scheduler = DecodeScheduler(host.slm, max_batch_rows=2, prefill_chunk_tokens=4096, prefix_cache_tokens=0)
+    cases = [(chat_messages("Name a colour."), 20), (chat_messages("Hi"), 15), (chat_messages("Count to three."), 30)]
+    answers, storages = run_watching_buffers(scheduler, [host.job("slm", *case) for case in cases])
+    assert [len(answers[key].token_ids) for key in range(3)] == [20, 15, 30]  # the tiny model writes to its limits
+    assert calls == {"_rebuild": 1, "_place": 1}
+    for key, (messages, limit) in enumerate(cases):
+        assert answers[key].token_ids == oracle(host, messages, limit).token_ids
+
+
 def test_when_most_slots_are_dead_the_live_rows_move_down_within_their_buffers(host, monkeypatch):
     """Rows finishing leave most slots dead: the live rows are copied to the first slots of the same buffers
     (no new buffers), and they answer as alone."""
