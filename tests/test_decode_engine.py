@@ -412,44 +412,6 @@ def test_rows_prefilling_together_join_in_slots_kept_for_them_without_another_re
         assert answer.token_ids == oracle(host, messages, limit).token_ids
 
 
-def test_a_row_joining_after_another_finished_takes_its_slot_in_place_and_answers_as_alone(host, monkeypatch):
-    """A finished row leaves its slot dead without copying the others; a later row whose prompt and answer
-    fit takes that slot in place (the buffers are not rebuilt) and still answers as HF generate alone."""
-    from ray_app.engines.decode.running_batch import RunningBatch
-    from ray_app.engines.decode.scheduler import DecodeScheduler
-
-    calls = {"_place": 0, "_rebuild": 0}
-
-    def counted(name):
-        real = getattr(RunningBatch, name)
-
-        def call(self, *args):
-            calls[name] += 1
-            return real(self, *args)
-
-        return call
-
-    for name in calls:
-        monkeypatch.setattr(RunningBatch, name, counted(name))
-    scheduler = DecodeScheduler(host.slm, max_batch_rows=2, prefill_chunk_tokens=4096, prefix_cache_tokens=0)
-    long_messages = chat_messages(toolcall_prompt([FLIGHTS, WEATHER], "Fly to Rome " * 10))
-    short_messages = chat_messages("Name a colour.")
-    late_messages = chat_messages("Count to three.")
-    for key, (messages, limit) in enumerate(((long_messages, 12), (short_messages, 2), (late_messages, 4))):
-        scheduler.add(key, host.job("slm", messages, limit))
-    answers, buffers_seen = {}, []
-    while scheduler.has_work:
-        result = scheduler.iteration()
-        answers.update({token.job: token.answer for token in result.tokens if token.answer is not None})
-        batch = scheduler.batches.get("slm")
-        if batch is not None:
-            buffers_seen.append((id(batch.layers[0].buffer_keys), len(batch.slots), len(batch)))
-    # the short row finished, the late one took its slot: two slots all along, one buffer after the first join
-    assert calls == {"_place": 1, "_rebuild": 1} and {slots for _, slots, _ in buffers_seen} == {2}
-    for key, (messages, limit) in enumerate(((long_messages, 12), (short_messages, 2), (late_messages, 4))):
-        assert answers[key].token_ids == oracle(host, messages, limit).token_ids
-
-
 def counted_batch_methods(monkeypatch, names):
     """Count calls of these `RunningBatch` methods (the calls still run)."""
     from ray_app.engines.decode.running_batch import RunningBatch
@@ -468,6 +430,31 @@ def counted_batch_methods(monkeypatch, names):
     for name in names:
         monkeypatch.setattr(RunningBatch, name, counted(name))
     return calls
+
+
+def test_a_row_joining_after_another_finished_takes_its_slot_in_place_and_answers_as_alone(host, monkeypatch):
+    """A finished row leaves its slot dead without copying the others; a later row whose prompt and answer
+    fit takes that slot in place (the buffers are not rebuilt) and still answers as HF generate alone."""
+    from ray_app.engines.decode.scheduler import DecodeScheduler
+
+    calls = counted_batch_methods(monkeypatch, ["_place", "_rebuild"])
+    scheduler = DecodeScheduler(host.slm, max_batch_rows=2, prefill_chunk_tokens=4096, prefix_cache_tokens=0)
+    long_messages = chat_messages(toolcall_prompt([FLIGHTS, WEATHER], "Fly to Rome " * 10))
+    short_messages = chat_messages("Name a colour.")
+    late_messages = chat_messages("Count to three.")
+    for key, (messages, limit) in enumerate(((long_messages, 12), (short_messages, 2), (late_messages, 4))):
+        scheduler.add(key, host.job("slm", messages, limit))
+    answers, buffers_seen = {}, []
+    while scheduler.has_work:
+        result = scheduler.iteration()
+        answers.update({token.job: token.answer for token in result.tokens if token.answer is not None})
+        batch = scheduler.batches.get("slm")
+        if batch is not None:
+            buffers_seen.append((id(batch.layers[0].buffer_keys), len(batch.slots), len(batch)))
+    # the short row finished, the late one took its slot: two slots all along, one buffer after the first join
+    assert calls == {"_place": 1, "_rebuild": 1} and {slots for _, slots, _ in buffers_seen} == {2}
+    for key, (messages, limit) in enumerate(((long_messages, 12), (short_messages, 2), (late_messages, 4))):
+        assert answers[key].token_ids == oracle(host, messages, limit).token_ids
 
 
 def run_watching_buffers(scheduler, jobs):
