@@ -278,10 +278,8 @@ class RunningBatch:
         of `filled`); the caller checked that the rows' remaining tokens still fit on the right."""
         import torch
 
-        scratch = None  # one copy of a layer's written columns, reused for every key and value buffer
+        scratch = torch.empty_like(self.layers[0].keys)  # a layer's written columns, reused for every buffer
         for layer in self.layers:
-            if scratch is None:
-                scratch = torch.empty_like(layer.keys)
             layer.shift_right(shift, scratch)
         written = self.attention[:, : self.filled].clone()
         self.attention[:, shift : self.filled + shift] = written
