@@ -21,6 +21,7 @@ from ray_app.decide.decide import DecideConfig
 from ray_app.decide.non_inferiority import DEFAULT_MARGIN
 from ray_app.engines.adapter_weights import AdapterWeights
 from ray_app.engines.cpu_linear import CpuLinear
+from ray_app.engines.decode.attention_kernel import DecodeAttention
 from ray_app.engines.precision import Precision
 from ray_app.engines.teacher_settings import ToolcallMode
 from ray_app.eval.codeact_eval import CodeactEvalConfig
@@ -48,6 +49,9 @@ TestSize = Annotated[int, typer.Option("--test", min=0, help="rows in test.jsonl
 PRECISION_HELP = (
     "auto (on a GPU bf16 when the weights take at most half its memory, else 8bit; on CPU bf16 where the CPU "
     "has native bf16, else fp32), fp32, bf16, 8bit, 4bit"
+)
+DECODE_ATTENTION_HELP = (
+    "CPU decode steps' attention: auto (our kernel compiled for this CPU; torch's where no C compiler), compiled, torch"
 )
 CPU_LINEAR_HELP = "fp32 on CPU: auto (oneDNN's packed kernels where a probe finds them 1.2x faster), torch, onednn"
 ADAPTER_WEIGHTS_HELP = (
@@ -406,6 +410,9 @@ def evaluate(
         AdapterWeights, typer.Option(help=ADAPTER_WEIGHTS_HELP)
     ] = SlmEvalSettings.adapter_weights,
     cpu_linear: Annotated[CpuLinear, typer.Option(help=CPU_LINEAR_HELP)] = SlmEvalSettings.cpu_linear,
+    decode_attention: Annotated[
+        DecodeAttention, typer.Option(help=DECODE_ATTENTION_HELP)
+    ] = SlmEvalSettings.decode_attention,
     batch_size: Annotated[
         int, bounded(SlmEvalSettings, "batch_size", help="rows decoding together (continuous batching)")
     ] = SlmEvalSettings.batch_size,
@@ -491,6 +498,7 @@ def evaluate(
             precision=precision,
             adapter_weights=adapter_weights,
             cpu_linear=cpu_linear,
+            decode_attention=decode_attention,
             batch_size=batch_size,
             rows_per_task=rows_per_task,
             max_new_tokens=max_new_tokens,
@@ -915,6 +923,9 @@ def serve_command(
     precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = ServeSettings.precision,
     adapter_weights: Annotated[AdapterWeights, typer.Option(help=ADAPTER_WEIGHTS_HELP)] = ServeSettings.adapter_weights,
     cpu_linear: Annotated[CpuLinear, typer.Option(help=CPU_LINEAR_HELP)] = ServeSettings.cpu_linear,
+    decode_attention: Annotated[
+        DecodeAttention, typer.Option(help=DECODE_ATTENTION_HELP)
+    ] = ServeSettings.decode_attention,
     max_batch_size: Annotated[
         int, bounded(ServeSettings, "max_batch_size", help="requests decoding at once (continuous batching)")
     ] = ServeSettings.max_batch_size,
@@ -992,6 +1003,7 @@ def serve_command(
                 precision=precision,
                 adapter_weights=adapter_weights,
                 cpu_linear=cpu_linear,
+                decode_attention=decode_attention,
                 max_batch_size=max_batch_size,
                 batch_wait_timeout_s=batch_wait_ms / 1000,
                 default_max_tokens=max_tokens,

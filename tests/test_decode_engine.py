@@ -860,9 +860,9 @@ def test_an_engine_step_reads_the_shared_prefix_from_one_row_and_answers_as_alon
     seen = []
     original = row_attention.shared_prefix_attention
 
-    def spy(grouped, key, value, scaling, row_spans, shared_prefixes, output):
+    def spy(grouped, key, value, scaling, row_spans, shared_prefixes, output, row_kernel=None):
         seen.append([prefix.slots for prefix in shared_prefixes])
-        return original(grouped, key, value, scaling, row_spans, shared_prefixes, output)
+        return original(grouped, key, value, scaling, row_spans, shared_prefixes, output, row_kernel)
 
     monkeypatch.setattr(row_attention, "shared_prefix_attention", spy)
 

@@ -22,6 +22,7 @@ from ray_app.data.rows import Row
 from ray_app.decide.decision_record import Decision
 from ray_app.engines.constrained import ToolCallConstraint
 from ray_app.engines.constrained.grammar import closed_schema
+from ray_app.engines.decode.attention_kernel import compiler
 from ray_app.eval.config import EvalConfig, EvalConfigError, SlmEvalSettings
 from ray_app.eval.evaluate import run_eval, run_evals
 from ray_app.eval.row_constraints import (
@@ -72,9 +73,17 @@ ALARM = {
 }
 ROWS = 6
 FREE_IDENTITY_KEYS = {  # a free run's identity as it was before constrained decoding: its run key is unchanged
-    "engine", "model_fingerprint", "adapter_fingerprint", "device", "precision", "max_new_tokens", "seed",
-    "batch_size", "rows_per_task", "prefill_chunk_tokens",
-}  # fmt: skip
+    "engine",
+    "model_fingerprint",
+    "adapter_fingerprint",
+    "device",
+    "precision",
+    "max_new_tokens",
+    "seed",
+    "batch_size",
+    "rows_per_task",
+    "prefill_chunk_tokens",
+} | ({"decode_attention"} if compiler() else set())  # with a C compiler the CPU decode attention is ours: in the key
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ from typing import Literal
 from ray_app.engines.adapter_weights import AdapterWeights, merged_into, model_bytes, resolve_adapter_weights
 from ray_app.engines.base import Generation
 from ray_app.engines.cpu_linear import CpuLinear
+from ray_app.engines.decode.attention_kernel import DecodeAttention
 from ray_app.engines.determinism import SEED
 from ray_app.engines.lora_forward import install_lean_lora_forward
 from ray_app.engines.precision import Precision, PrecisionChoice, resolve_precision
@@ -42,6 +43,7 @@ class SlmSettings:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int | None = None  # None: torch's default (all cores of the process)
     cpu_linear: CpuLinear = "auto"  # fp32 on CPU: torch's or oneDNN's packed kernels (engines.cpu_linear)
+    decode_attention: DecodeAttention = "auto"  # CPU decode steps: compiled or torch (decode.attention_kernel)
     seed: int = SEED
 
     def to_json(self) -> dict[str, object]:

@@ -14,6 +14,7 @@ from ray_app.data.rows import Track
 from ray_app.decide.model_labels import TEACHER_LABEL, slm_label
 from ray_app.engines.adapter_weights import AdapterWeights
 from ray_app.engines.cpu_linear import CpuLinear
+from ray_app.engines.decode.attention_kernel import DecodeAttention
 from ray_app.engines.precision import Precision
 from ray_app.engines.slm import SlmSettings
 from ray_app.engines.teacher_settings import ToolcallMode
@@ -42,6 +43,7 @@ class SlmEvalSettings:
     )  # auto: GPU bf16 if it fits in half, else 8-bit; CPU bf16 where native, else fp32
     adapter_weights: AdapterWeights = SlmSettings.adapter_weights  # merged copies or beside the base (as Serve)
     cpu_linear: CpuLinear = SlmSettings.cpu_linear  # fp32 on CPU: torch's or oneDNN's packed kernels (as Serve)
+    decode_attention: DecodeAttention = SlmSettings.decode_attention  # CPU decode steps: compiled or torch (as Serve)
     # Rows decoding together in the engine's running batch, and rows an actor answers as one fixed group
     # (the unit of resume and progress). 32 and 64 over 16 and 32, demo SLM, 50 test rows, 128 new tokens,
     # same predictions (2026-12-03, AMD EPYC with avx512_bf16, 2 cores): bf16 structured 54.8 -> 40.6 s,

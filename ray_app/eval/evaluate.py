@@ -25,6 +25,7 @@ from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import Row, read_split
 from ray_app.engines.base import EngineRequest
 from ray_app.engines.cpu_linear import CpuLinearChoice, resolve_cpu_linear
+from ray_app.engines.decode.attention_kernel import DecodeAttentionChoice, resolve_decode_attention
 from ray_app.engines.decode.engine import ENGINE_IDENTITY
 from ray_app.engines.precision import PrecisionChoice
 from ray_app.engines.slm import SlmSettings
@@ -85,6 +86,7 @@ class SlmPlan:
     actor_cpus: float
     actor_gpus: float
     cpu_linear: CpuLinearChoice  # the fp32 CPU kernels and why (metrics.json; in the key when oneDNN)
+    decode_attention: DecodeAttentionChoice  # CPU decode-step attention and why (metrics.json; in the key: compiled)
 
 
 def driver_precision_choice(settings: SlmSettings) -> PrecisionChoice:
@@ -122,6 +124,7 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
         max_new_tokens=config.slm.max_new_tokens,
         prefill_chunk_tokens=config.slm.prefill_chunk_tokens,
         cpu_linear=config.slm.cpu_linear,
+        decode_attention=config.slm.decode_attention,
         device=device,
         cpu_threads=cpu_threads,
         seed=config.seed,
@@ -142,6 +145,10 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
     # in the run key when they are used, so an fp32 run keeps the key it had before they existed.
     linear = resolve_cpu_linear(settings.cpu_linear, precision, device, model_path, cpu_threads)
     settings = dataclasses.replace(settings, cpu_linear=linear.kernels)
+    # So does the compiled decode-step attention (~1e-7 from torch's flash kernel): built here too, and in
+    # the key when used. The actors load exactly this choice (`compiled` fails where it cannot be built).
+    attention = resolve_decode_attention(settings.decode_attention, device)
+    settings = dataclasses.replace(settings, decode_attention=attention.kernel)
     identity = {  # everything an answer depends on (the rows decoding together come from the last three)
         "engine": ENGINE_IDENTITY,
         "model_fingerprint": folder_fingerprint(model_path),
@@ -155,11 +162,14 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
         "rows_per_task": config.slm.rows_per_task,
         "prefill_chunk_tokens": settings.prefill_chunk_tokens,
         **linear.run_key_entry(),
+        **({"decode_attention": attention.kernel} if attention.kernel == "compiled" else {}),
         # only constrained runs carry these: a free run keeps the key it had before constrained decoding existed
         **(constrained_identity(config.track) if config.slm.decoding == "constrained" else {}),
     }
     actor_cpus, actor_gpus = (0, 1) if gpus else (config.slm.actor_num_cpus, 0)
-    return SlmPlan(settings, identity, choice, config.slm.rows_per_task, num_actors, actor_cpus, actor_gpus, linear)
+    return SlmPlan(
+        settings, identity, choice, config.slm.rows_per_task, num_actors, actor_cpus, actor_gpus, linear, attention
+    )
 
 
 def build_teacher_engine(config: EvalConfig):
@@ -361,6 +371,8 @@ def slm_choices(config: EvalConfig, plan: SlmPlan) -> dict[str, Any]:
         "precision_reason": plan.precision.reason,
         "cpu_linear_requested": config.slm.cpu_linear,
         "cpu_linear_reason": plan.cpu_linear.reason,
+        "decode_attention_requested": config.slm.decode_attention,
+        "decode_attention_reason": plan.decode_attention.reason,
     }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from ray_app.engines.adapter_weights import ADAPTER_WEIGHTS, AdapterWeights
 from ray_app.engines.cpu_linear import CPU_LINEARS, CpuLinear
+from ray_app.engines.decode.attention_kernel import DECODE_ATTENTIONS, DecodeAttention
 from ray_app.engines.precision import PRECISIONS, Precision
 from ray_app.engines.slm import SlmSettings
 from ray_app.paths import ADAPTER_ROOT
@@ -34,6 +35,7 @@ class ServeSettings:
     precision: Precision = "auto"  # engines.precision, decided on the replica (GPU: bf16 if it fits, else 8-bit)
     adapter_weights: AdapterWeights = SlmSettings.adapter_weights  # merged copies or beside the base (as eval)
     cpu_linear: CpuLinear = SlmSettings.cpu_linear  # fp32 on CPU: torch's or oneDNN's packed kernels (as eval)
+    decode_attention: DecodeAttention = SlmSettings.decode_attention  # CPU decode steps: compiled or torch (as eval)
     max_batch_size: PositiveInt = 8  # requests decoding at once (rows of the running batch; @serve.batch groups)
     batch_wait_timeout_s: float = 0.05  # how long the first request of a batch waits for company
     default_max_tokens: PositiveInt = 512  # when a request gives no max_tokens
@@ -71,6 +73,10 @@ class ServeSettings:
             )
         if self.cpu_linear not in CPU_LINEARS:
             raise ValueError(f"cpu_linear must be one of {', '.join(CPU_LINEARS)}, got {self.cpu_linear!r}")
+        if self.decode_attention not in DECODE_ATTENTIONS:
+            raise ValueError(
+                f"decode_attention must be one of {', '.join(DECODE_ATTENTIONS)}, got {self.decode_attention!r}"
+            )
         if self.max_ongoing_requests < self.max_batch_size:
             raise ValueError(
                 f"max_ongoing_requests ({self.max_ongoing_requests}) must be ≥ max_batch_size ({self.max_batch_size})"

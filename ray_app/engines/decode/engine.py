@@ -59,6 +59,8 @@ class SlmEngine:
             **(self.adapter_weights_facts() if self.settings.adapter_path else {}),
             "cpu_linear": self.slm.cpu_linear.kernels,
             "cpu_linear_reason": self.slm.cpu_linear.reason,
+            "decode_attention": self.slm.decode_attention.kernel,
+            "decode_attention_reason": self.slm.decode_attention.reason,
             "batch_size": self.settings.batch_size,
             "max_new_tokens": self.settings.max_new_tokens,
             "prefill_chunk_tokens": self.settings.prefill_chunk_tokens,

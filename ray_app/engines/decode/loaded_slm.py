@@ -34,6 +34,7 @@ from ray_app.engines.adapter_weights import AdapterWeightsChoice, merged_copy, m
 from ray_app.engines.constrained.constraints import DecodingConstraint
 from ray_app.engines.constrained.row_grammar import GrammarCompiler
 from ray_app.engines.cpu_linear import pack_linear_weights, resolve_cpu_linear
+from ray_app.engines.decode.attention_kernel import resolve_decode_attention
 from ray_app.engines.decode.prefix_cache import shared_prefix_ends, template_anchors
 from ray_app.engines.decode.row_attention import use_row_attention
 from ray_app.engines.decode.running_batch import GenerationJob
@@ -112,6 +113,7 @@ class LoadedSlm:
         if self.cpu_linear.kernels == "onednn":
             for model in {id(model): model for model in self.models.values()}.values():
                 pack_linear_weights(model)
+        self.decode_attention = resolve_decode_attention(settings.decode_attention, self.device)
         self._active = next(iter(self.adapters), BASE_MODEL_NAME)  # PeftModel starts with its first adapter on
         self.model_names = [BASE_MODEL_NAME, *self.adapters]
         self.context_limit = max_model_len or int(

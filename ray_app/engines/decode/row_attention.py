@@ -90,15 +90,35 @@ class SharedPrefix:
         return torch.tensor(self.slots)
 
 
+@dataclass(frozen=True)
+class RowSpans:
+    """(slot, first column) of each live row in a decode step; iterates as those pairs."""
+
+    pairs: tuple[tuple[int, int], ...]
+
+    def __iter__(self):
+        return iter(self.pairs)
+
+    @functools.cached_property
+    def tensor(self):
+        """[rows, 2] int64, as the compiled kernel reads them (built once per step, read by every layer)."""
+        import torch
+
+        return torch.tensor(self.pairs, dtype=torch.int64).reshape(-1, 2)
+
+
 def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers' attention signature. With `row_spans` ((slot, first column), one per live row;
     a decode step: one query position per row), each listed row attends over its own columns only;
     with `shared_prefixes` too (`SharedPrefix`; a listed row's span then starts after the prefix), the
-    rows of each share the prefix's part; without spans, SDPA as transformers computes it."""
+    rows of each share the prefix's part; without spans, SDPA as transformers computes it. With
+    `row_kernel` (`attention_kernel.CompiledRowAttention`) the rows' own columns go through it, all
+    rows in one call, instead of torch's flash kernel once per row."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     row_spans = kwargs.pop("row_spans", None)
     shared_prefixes = kwargs.pop("shared_prefixes", ())
+    row_kernel = kwargs.pop("row_kernel", None)
     if row_spans is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)  # fmt: skip
@@ -109,9 +129,15 @@ def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0
         raise ValueError(f"row attention answers one query position per row (a decode step), got {positions}")
     key_heads = key.shape[1]
     grouped = query.reshape(slots, key_heads, heads // key_heads, head_dim)  # a group's query heads, as rows
-    output = torch.zeros_like(grouped)
+    output = torch.zeros(grouped.shape, dtype=grouped.dtype, device=grouped.device)  # contiguous
+    if row_kernel is not None and not row_kernel.supports(key):
+        row_kernel = None
+    if row_kernel is not None and not isinstance(row_spans, RowSpans):
+        row_spans = RowSpans(tuple(row_spans))
     if shared_prefixes:
-        shared_prefix_attention(grouped, key, value, scaling, row_spans, shared_prefixes, output)
+        shared_prefix_attention(grouped, key, value, scaling, row_spans, shared_prefixes, output, row_kernel)
+    elif row_kernel is not None:
+        row_kernel(grouped, key, value, scaling, row_spans.tensor, output)
     else:
         for slot, start in row_spans:  # 4-D slices: torch's CPU flash kernel (3-D inputs take the math path)
             output[slot : slot + 1] = torch.nn.functional.scaled_dot_product_attention(
@@ -121,7 +147,7 @@ def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     return output.reshape(slots, 1, heads, head_dim), None
 
 
-def shared_prefix_attention(grouped, key, value, scaling, row_spans, shared_prefixes, output) -> None:
+def shared_prefix_attention(grouped, key, value, scaling, row_spans, shared_prefixes, output, row_kernel=None) -> None:
     """Attention in two parts for rows that share a prefix: every row over its own span (for a sharing
     row the columns after the prefix), then each group's queries together over the one copy of its
     prefix; the two parts are merged by their log-sum-exps (as FlashInfer's cascade attention, or the
@@ -131,7 +157,9 @@ def shared_prefix_attention(grouped, key, value, scaling, row_spans, shared_pref
 
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # returns the log-sum-exp too
     log_sum_exp = torch.zeros(grouped.shape[:3], dtype=torch.float32, device=grouped.device)
-    for slot, start in row_spans:
+    if row_kernel is not None:
+        row_kernel(grouped, key, value, scaling, row_spans.tensor, output, log_sum_exp)
+    for slot, start in row_spans if row_kernel is None else ():
         rows = slice(slot, slot + 1)
         output[rows], log_sum_exp[rows] = flash(grouped[rows], key[rows, :, start:], value[rows, :, start:],
                                                 scale=scaling)  # fmt: skip

@@ -113,8 +113,9 @@ class RunningBatch:
     share_prefix_reads = True  # rows sharing a prompt prefix read its keys/values once per step (row attention)
     min_shared_columns = MIN_SHARED_COLUMNS
 
-    def __init__(self, model, tokenizer, device):
+    def __init__(self, model, tokenizer, device, row_kernel=None):
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.row_kernel = row_kernel  # attention_kernel.CompiledRowAttention, or None: torch's flash per row
         self.stop_ids = stop_token_ids(model, tokenizer)
         self.row_attention = uses_row_attention(model)  # `row_attention.py` (CPU); else masked SDPA
         self.slots: list[Row | None] = []  # a row per slot of the buffers; None: dead
@@ -218,7 +219,7 @@ class RunningBatch:
 
     def _row_spans(self, starts: list[int]) -> dict:
         """Row attention's arguments for this step: each live row's span, and the prefixes rows share."""
-        from ray_app.engines.decode.row_attention import SharedPrefix
+        from ray_app.engines.decode.row_attention import RowSpans, SharedPrefix
 
         if self._sharing is None:
             self._sharing = shared_prefix_groups(self.slots, self.min_shared_columns) if self.share_prefix_reads else {}
@@ -232,7 +233,12 @@ class RunningBatch:
                 groups.setdefault((source, length), []).append(slot)
         shared = [SharedPrefix(tuple(slots), source, starts[source], length)
                   for (source, length), slots in groups.items()]  # fmt: skip
-        return {"row_spans": spans, "shared_prefixes": shared} if shared else {"row_spans": spans}
+        arguments = {"row_spans": RowSpans(tuple(spans))}
+        if shared:
+            arguments["shared_prefixes"] = shared
+        if self.row_kernel is not None:
+            arguments["row_kernel"] = self.row_kernel
+        return arguments
 
     def drop(self, keys: set[int]) -> list[Row]:
         """Take the rows with these keys out of the batch (their jobs were cancelled); returns them."""

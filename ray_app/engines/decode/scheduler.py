@@ -149,7 +149,13 @@ class DecodeScheduler:
         for model_name in dict.fromkeys(task.row.job.model_name for task in done):
             group = [task for task in done if task.row.job.model_name == model_name]
             batch = self.batches.setdefault(
-                model_name, RunningBatch(self.slm.model_for(model_name), self.slm.tokenizer, self.slm.device)
+                model_name,
+                RunningBatch(
+                    self.slm.model_for(model_name),
+                    self.slm.tokenizer,
+                    self.slm.device,
+                    self.slm.decode_attention.compiled,
+                ),
             )
             upcoming = [task.row.job for task in self.prefilling if task.row.job.model_name == model_name]
 

@@ -1,0 +1,175 @@
+"""Which kernel runs a CPU decode step's row attention: torch's flash kernel once per row, or our compiled
+kernel (`decode_attention.c`) once per layer for all rows.
+
+A decode step's attention reads every live row's keys and values: at 32 rows of ~600 columns that is
+~880 MB per step in fp32, more than the weights. torch's CPU flash kernel, called once per row (one
+query position, `per` query heads per key head), splits its work over (batch × key heads) = 3 items
+for the demo SLM, so on 2 threads one thread idles a third of the time, and each of the ~1,000 calls
+per step costs its own dispatch, slices and scratch. Measured (Intel(R) Xeon(R) Processor with
+avx512_bf16 and AMX, 2 cores, fp32, 30 layers × 32 rows × 3 key heads of 420-720 columns, out of
+cache, 2026-12-04): torch's flash per row 126-137 ms per step (6.1-6.7 GB/s), the compiled kernel
+79-80 ms (10.5-10.6 GB/s; `torch.sum` over the same bytes reads 19-20 GB/s); outputs within 7e-7 of
+flash's. In the engine, the 50 toolcall test rows (fp32, 32 rows at a time, ~18 decoding per step,
+same machine and day): a step's attention 61 → 45 ms, a step 145 → 136 ms, 66.6 → 63.8 s in all, the
+same 50 answers. No library we can install does this on CPU for torch tensors (intel-extension-for-pytorch's
+paged-attention kernels stop at torch 2.8; vLLM's CPU backend is a whole server), so it is ours, and
+small: one C file, a pass over the keys and a pass over the values per (row, key head), fp32 sums.
+
+fp32 only. In bf16 it saved less (a step 105 → 98 ms, 39.2 → 38.3 s for the same 50 rows) and changed
+25 of the 50 answers (it sums in fp32 where torch's bf16 kernel rounds), so bf16 keeps torch's kernel
+and the answers it gave.
+
+`auto` compiles it with the machine's C compiler (`CC`, else `cc`, `gcc` or `clang`) for this CPU
+(`-march=native`) the first time a process needs it (~1 s), keeps the library under
+storage/kernels/ keyed by the source, compiler and CPU, and takes torch's kernel when there is no
+compiler or the build fails (the reason is recorded). `compiled` fails instead; `torch` never builds.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ray_app.paths import PROJECT_ROOT
+
+DecodeAttention = Literal["auto", "torch", "compiled"]
+DECODE_ATTENTIONS: tuple[str, ...] = ("auto", "torch", "compiled")
+SOURCE = Path(__file__).with_name("decode_attention.c")
+KERNEL_ROOT = PROJECT_ROOT / "storage" / "kernels"
+COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+COMPILE_TIMEOUT_S = 120
+
+logger = logging.getLogger(__name__)
+
+
+class DecodeAttentionError(RuntimeError):
+    pass
+
+
+class CompiledRowAttention:
+    """The compiled kernel (fp32); `supports` says whether it takes these tensors."""
+
+    def __init__(self, library: ctypes.CDLL, path: Path):
+        self.path = path
+        pointer, integer = ctypes.c_void_p, ctypes.c_int64
+        self._function = library.decode_attention_f32
+        self._function.argtypes = [pointer, pointer, pointer, integer, integer, pointer, integer, integer, integer,
+                                   integer, integer, ctypes.c_float, pointer, pointer]  # fmt: skip
+        self._function.restype = None
+
+    def supports(self, key) -> bool:
+        import torch
+
+        return (key.device.type == "cpu" and key.dtype == torch.float32
+                and key.stride(-1) == 1 and key.stride(-2) == key.shape[-1])  # fmt: skip
+
+    def __call__(self, grouped, key, value, scaling: float, spans, output, log_sum_exp=None) -> None:
+        """Row attention for the rows in `spans` ([rows, 2] int64: slot, first column) into `output`
+        ([slots, key heads, query heads per key head, head dim], contiguous, like `grouped`), and each
+        row's log-sum-exp into `log_sum_exp` (fp32 [slots, key heads, per]) when given. Slots not in
+        `spans` are left as they are."""
+        if key.stride() != value.stride():
+            raise ValueError("keys and values must share one layout")
+        slots, key_heads, per, head_dim = grouped.shape
+        grouped = grouped.contiguous()
+        self._function(grouped.data_ptr(), key.data_ptr(), value.data_ptr(), key.stride(0), key.stride(1),
+                 spans.data_ptr(), spans.shape[0], key.shape[2], key_heads, per, head_dim, float(scaling),
+                 output.data_ptr(), None if log_sum_exp is None else log_sum_exp.data_ptr())  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DecodeAttentionChoice:
+    kernel: str  # "compiled" or "torch" (never "auto")
+    reason: str
+    compiled: CompiledRowAttention | None = None
+
+
+def compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def cpu_identity() -> str:
+    """The CPU's model name and flags (the library is built for them: -march=native)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("flags")), "")
+    return f"{model} | {flags}"
+
+
+def library_path(compiler_path: str, root: Path = KERNEL_ROOT) -> Path:
+    version = subprocess.run([compiler_path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), version.encode(), " ".join(COMPILE_FLAGS).encode(), cpu_identity().encode(),
+                 platform.machine().encode()):  # fmt: skip
+        digest.update(part + b"\0")
+    return root / f"decode_attention-{digest.hexdigest()[:16]}.so"
+
+
+def build(compiler_path: str, target: Path) -> Path:
+    """Compile `SOURCE` into `target` (written whole, then renamed: processes building at once each write
+    their own file, and a reader never sees half a library)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as partial:
+        partial_path = Path(partial.name)
+    try:
+        command = [compiler_path, *COMPILE_FLAGS, str(SOURCE), "-o", str(partial_path), "-lm"]
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+        if finished.returncode != 0:
+            raise DecodeAttentionError(f"{' '.join(command)} failed: {finished.stderr.strip()[-800:]}")
+        os.replace(partial_path, target)
+    finally:
+        partial_path.unlink(missing_ok=True)
+    return target
+
+
+@functools.cache  # once per process: the process stays on its machine
+def load_compiled(root: Path = KERNEL_ROOT) -> CompiledRowAttention:
+    """The kernel for this machine, built the first time (kept in `root`, else in a temporary folder
+    when `root` cannot be written). Raises DecodeAttentionError with the reason when it cannot be."""
+    compiler_path = compiler()
+    if compiler_path is None:
+        raise DecodeAttentionError("no C compiler (set CC, or install cc, gcc or clang)")
+    try:
+        target = library_path(compiler_path, root)
+        if not target.exists():
+            try:
+                build(compiler_path, target)
+            except OSError:  # a read-only checkout
+                target = build(compiler_path, Path(tempfile.mkdtemp(prefix="slm-swap-kernels-")) / target.name)
+        return CompiledRowAttention(ctypes.CDLL(str(target)), target)
+    except (OSError, subprocess.SubprocessError, AttributeError) as error:
+        raise DecodeAttentionError(f"could not build or load {SOURCE.name}: {error}") from error
+
+
+def resolve_decode_attention(requested: str, device: str) -> DecodeAttentionChoice:
+    """Which kernel runs a CPU model's decode-step row attention, on this machine, and why."""
+    if requested not in DECODE_ATTENTIONS:
+        raise ValueError(f"decode attention must be one of {', '.join(DECODE_ATTENTIONS)}, got {requested!r}")
+    if device != "cpu":
+        return DecodeAttentionChoice("torch", f"torch: row attention is for CPU models (this one: {device})")
+    if requested == "torch":
+        return DecodeAttentionChoice("torch", "torch as asked")
+    try:
+        kernel = load_compiled()
+    except DecodeAttentionError as error:
+        if requested == "compiled":
+            raise
+        logger.warning("decode attention: torch's flash kernel per row (%s)", error)
+        return DecodeAttentionChoice("torch", f"auto: {error}")
+    return DecodeAttentionChoice("compiled", f"{requested}: {SOURCE.name} built for this CPU", kernel)

@@ -1,0 +1,142 @@
+"""The compiled decode-step attention (`engines/decode/attention_kernel.py`, `decode_attention.c`): it
+answers as torch's flash kernel does per row, reads only each live row's columns, and `auto` falls back
+to torch's kernel, saying why, where it cannot be built."""
+
+from __future__ import annotations
+
+import pytest
+
+from ray_app.engines.decode import attention_kernel
+from ray_app.engines.decode.attention_kernel import (
+    DecodeAttentionError,
+    load_compiled,
+    resolve_decode_attention,
+)
+
+pytestmark = pytest.mark.skipif(attention_kernel.compiler() is None, reason="needs a C compiler")
+
+
+@pytest.fixture(scope="module")
+def slm(tiny_model_dir):
+    from ray_app.engines.decode.loaded_slm import LoadedSlm
+    from ray_app.engines.slm import SlmSettings
+
+    return LoadedSlm(SlmSettings(model_path=tiny_model_dir, precision="fp32"), adapters={})
+
+
+def flash_rows(grouped, key, value, scaling, spans):
+    """torch's CPU flash kernel once per row: (output, log-sum-exp), zeros for the slots not in `spans`."""
+    import torch
+
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    output = torch.zeros(grouped.shape, dtype=grouped.dtype)
+    log_sum_exp = torch.zeros(grouped.shape[:3], dtype=torch.float32)
+    for slot, start in spans:
+        rows = slice(slot, slot + 1)
+        output[rows], log_sum_exp[rows] = flash(grouped[rows], key[rows, :, start:], value[rows, :, start:],
+                                                scale=scaling)[:2]  # fmt: skip
+    return output, log_sum_exp
+
+
+@pytest.mark.parametrize("head_dim", [8, 24, 64])  # below, between and at whole blocks of 16 lanes
+def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim):
+    """Random rows of different lengths (1 to the whole buffer; padding and dead slots NaN, never read):
+    outputs and log-sum-exps equal torch's flash kernel's to rounding; dead slots are left untouched."""
+    import torch
+
+    dtype = torch.float32
+    generator = torch.Generator().manual_seed(head_dim)
+    slots, key_heads, per, width = 6, 3, 3, 53
+    grouped = torch.randn(slots, key_heads, per, head_dim, generator=generator).to(dtype)
+    key = torch.randn(slots, key_heads, width + 7, head_dim, generator=generator).to(dtype)[:, :, :width]
+    value = torch.randn(slots, key_heads, width + 7, head_dim, generator=generator).to(dtype)[:, :, :width]
+    spans = [(0, 0), (1, 17), (3, width - 1), (4, 40), (5, 3)]  # slot 2 is dead
+    for slot, start in spans:
+        key[slot, :, :start], value[slot, :, :start] = float("nan"), float("nan")
+    key[2], value[2] = float("nan"), float("nan")
+    expected, expected_lse = flash_rows(grouped, key.nan_to_num(), value.nan_to_num(), 0.3, spans)
+    output = torch.full(grouped.shape, 7.0, dtype=dtype)
+    log_sum_exp = torch.zeros(slots, key_heads, per)
+    load_compiled()(grouped, key, value, 0.3, torch.tensor(spans), output, log_sum_exp)
+    live = [slot for slot, _ in spans]
+    torch.testing.assert_close(output[live], expected[live], rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(log_sum_exp[live], expected_lse[live], rtol=1e-5, atol=1e-5)
+    assert torch.equal(output[2], torch.full_like(output[2], 7.0))
+
+
+def test_row_attention_with_the_kernel_equals_it_without():
+    """`row_attention_forward` given the compiled kernel (as the engine's running batch passes it) equals
+    the per-row flash loop, with and without a shared prefix; the kernel reports the tensors it takes."""
+    import torch
+
+    from ray_app.engines.decode.row_attention import RowSpans, SharedPrefix, row_attention_forward
+
+    torch.manual_seed(0)
+    slots, heads, key_heads, width, head_dim, length = 5, 6, 2, 30, 16, 9
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = heads // key_heads, True
+    query = torch.randn(slots, heads, 1, head_dim)
+    key, value = torch.randn(slots, key_heads, width, head_dim), torch.randn(slots, key_heads, width, head_dim)
+    starts = [2, 0, 5, 9, 1]
+    for slot in (2, 4):
+        key[slot, :, starts[slot] : starts[slot] + length] = key[0, :, starts[0] : starts[0] + length]
+        value[slot, :, starts[slot] : starts[slot] + length] = value[0, :, starts[0] : starts[0] + length]
+    kernel = load_compiled()
+    assert kernel.supports(key) and not kernel.supports(key.transpose(2, 3))
+    assert not kernel.supports(key.bfloat16())  # bf16 keeps torch's kernel (and its answers)
+    spans = RowSpans(tuple(enumerate(starts)))
+    with_kernel, _ = row_attention_forward(module, query, key, value, None, scaling=0.3, row_spans=spans,
+                                           row_kernel=kernel)  # fmt: skip
+    without, _ = row_attention_forward(module, query, key, value, None, scaling=0.3, row_spans=list(spans))
+    torch.testing.assert_close(with_kernel, without, rtol=1e-5, atol=1e-6)
+    half = [tensor.bfloat16() for tensor in (query, key, value)]
+    with_kernel, _ = row_attention_forward(module, *half, None, scaling=0.3, row_spans=spans, row_kernel=kernel)
+    without, _ = row_attention_forward(module, *half, None, scaling=0.3, row_spans=list(spans))
+    assert torch.equal(with_kernel, without)  # bf16 went through torch's kernel
+    without, _ = row_attention_forward(module, query, key, value, None, scaling=0.3, row_spans=list(spans))
+    shared = [SharedPrefix((0, 2, 4), source=0, start=starts[0], length=length)]
+    after_prefix = RowSpans(tuple((slot, start + (length if slot in (0, 2, 4) else 0))
+                                  for slot, start in enumerate(starts)))  # fmt: skip
+    with_kernel, _ = row_attention_forward(module, query, key, value, None, scaling=0.3, row_spans=after_prefix,
+                                           shared_prefixes=shared, row_kernel=kernel)  # fmt: skip
+    torch.testing.assert_close(with_kernel, without, rtol=1e-5, atol=1e-6)
+
+
+def test_the_engine_decodes_with_the_compiled_kernel_and_says_so(slm):
+    """The test engine (CPU, `auto`) runs its decode steps through the compiled kernel and its description
+    names it; the library is kept under the kernel root, named by source, compiler and CPU."""
+    description = slm.decode_attention
+    assert description.kernel == "compiled" and description.compiled is not None
+    assert "built for this CPU" in description.reason
+    assert description.compiled.path.exists() and description.compiled.path.name.startswith("decode_attention-")
+
+
+def test_auto_takes_torchs_kernel_without_a_compiler_and_compiled_fails(monkeypatch):
+    monkeypatch.setattr(attention_kernel, "compiler", lambda: None)
+    load_compiled.cache_clear()
+    try:
+        choice = resolve_decode_attention("auto", "cpu")
+        assert choice.kernel == "torch" and choice.compiled is None
+        assert "no C compiler" in choice.reason
+        with pytest.raises(DecodeAttentionError, match="no C compiler"):
+            resolve_decode_attention("compiled", "cpu")
+    finally:
+        load_compiled.cache_clear()
+    assert resolve_decode_attention("torch", "cpu").reason == "torch as asked"
+    assert resolve_decode_attention("auto", "cuda").kernel == "torch"
+    with pytest.raises(ValueError, match="must be one of auto, torch, compiled"):
+        resolve_decode_attention("fast", "cpu")
+
+
+def test_a_failed_build_names_the_compiler_error_and_leaves_no_partial_library(monkeypatch, tmp_path):
+    broken = tmp_path / "decode_attention.c"
+    broken.write_text("this is not C\n", encoding="utf-8")
+    monkeypatch.setattr(attention_kernel, "SOURCE", broken)
+    load_compiled.cache_clear()
+    try:
+        with pytest.raises(DecodeAttentionError, match="failed: .*error"):
+            load_compiled(tmp_path / "kernels")
+        assert resolve_decode_attention("auto", "cpu").kernel == "torch"
+    finally:
+        load_compiled.cache_clear()
+    assert list((tmp_path / "kernels").iterdir()) == []
