@@ -27,7 +27,7 @@ HF generate's tokens/s. `--device cuda` runs both sides on the GPU (the Ray Data
 
     .venv/bin/python benchmarks/eval_throughput.py [--rows 50] [--max-new-tokens 128] [--precisions fp32,auto]
         [--rows-per-task 64] [--batch-size 32] [--adapter slm_swap/04_ft/adapter_toolcall] [--skip-llama-server]
-        [--device cpu|cuda] [--model-path DIR]
+        [--device cpu|cuda] [--model-path DIR] [--decode-attention auto|torch|compiled]
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/eval_throughput.py`: 
 from benchmarks.machine_limits import cpu_description  # noqa: E402
 from ray_app.data.rows import read_split  # noqa: E402
 from ray_app.engines.base import EngineRequest  # noqa: E402
+from ray_app.engines.decode.attention_kernel import DECODE_ATTENTIONS, resolve_decode_attention  # noqa: E402
 from ray_app.engines.precision import resolve_precision  # noqa: E402
 from ray_app.engines.slm import SlmSettings, generate_greedy, load_model_and_tokenizer  # noqa: E402
 from ray_app.eval.config import SlmEvalSettings  # noqa: E402
@@ -207,6 +208,8 @@ def main() -> None:
     parser.add_argument("--gguf", default="q4_1", choices=("q4_1", "f16"))
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--model-path", type=Path, default=None, help="default: the demo SLM")
+    parser.add_argument("--decode-attention", default="auto", choices=DECODE_ATTENTIONS,
+                        help="the engine's CPU decode-step attention (attention_kernel.py)")  # fmt: skip
     args = parser.parse_args()
     model_dir = args.model_path.resolve() if args.model_path else fetch_demo_model()[0]
     rows = read_split(DATASET_ROOT / "toolcall" / "test.jsonl", "toolcall")[: args.rows]
@@ -222,6 +225,8 @@ def main() -> None:
         "target_engine_vs_hf_generate": TARGET_ENGINE_VS_HF_GENERATE,
         "device": args.device,
         "model_path": str(model_dir),
+        # the CPU decode step's row attention the engine runs (fp32: our compiled kernel where it builds)
+        "decode_attention": resolve_decode_attention(args.decode_attention, args.device).reason,
     }
     if args.device == "cuda":
         import torch
@@ -230,7 +235,8 @@ def main() -> None:
     for requested in args.precisions.split(","):
         choice = resolve_precision(requested, args.device, model_dir)
         settings = SlmSettings(model_path=model_dir, precision=choice.precision, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, device=args.device, cpu_threads=cpus)  # fmt: skip
+                               max_new_tokens=args.max_new_tokens, device=args.device, cpu_threads=cpus,
+                               decode_attention=args.decode_attention)  # fmt: skip
         print(f"{choice.precision}: HF generate batch {HF_BATCH} ...", file=sys.stderr)
         hf = hf_generate(rows, settings)
         print(f"{choice.precision}: the engine in this process, evaluation's groups ...", file=sys.stderr)
