@@ -111,6 +111,20 @@ def test_the_engine_decodes_with_the_compiled_kernel_and_says_so(slm):
     assert description.compiled.path.exists() and description.compiled.path.name.startswith("decode_attention-")
 
 
+def test_the_kernel_runs_on_torchs_own_openmp_runtime_and_refuses_a_second(monkeypatch):
+    """Loaded, the process maps one OpenMP runtime (torch's libgomp: one team of threads on the cores); a
+    process that maps two (a torch built on Intel's libiomp) keeps torch's kernel, saying why."""
+    load_compiled()
+    assert len(attention_kernel.openmp_runtimes()) == 1
+    monkeypatch.setattr(attention_kernel, "openmp_runtimes", lambda: {"libgomp.so.1", "libiomp5.so"})
+    load_compiled.cache_clear()
+    try:
+        choice = resolve_decode_attention("auto", "cpu")
+        assert choice.kernel == "torch" and "two OpenMP runtimes (libgomp.so.1, libiomp5.so)" in choice.reason
+    finally:
+        load_compiled.cache_clear()
+
+
 def test_auto_takes_torchs_kernel_without_a_compiler_and_compiled_fails(monkeypatch):
     monkeypatch.setattr(attention_kernel, "compiler", lambda: None)
     load_compiled.cache_clear()

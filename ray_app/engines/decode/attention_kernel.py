@@ -138,10 +138,25 @@ def build(compiler_path: str, target: Path) -> Path:
     return target
 
 
+def openmp_runtimes() -> set[str]:
+    """The OpenMP runtimes mapped into this process (file names), from /proc/self/maps (empty where none)."""
+    try:
+        maps = Path("/proc/self/maps").read_text(encoding="utf-8")
+    except OSError:
+        return set()
+    names = {line.rsplit("/", 1)[-1] for line in maps.splitlines() if "/" in line}
+    return {name for name in names if name.startswith(("libgomp", "libiomp", "libomp"))}
+
+
 @functools.cache  # once per process: the process stays on its machine
 def load_compiled(root: Path = KERNEL_ROOT) -> CompiledRowAttention:
     """The kernel for this machine, built the first time (kept in `root`, else in a temporary folder
-    when `root` cannot be written). Raises DecodeAttentionError with the reason when it cannot be."""
+    when `root` cannot be written). Raises DecodeAttentionError with the reason when it cannot be.
+    It must share torch's OpenMP runtime (torch loads its own libgomp first, and the library's
+    libgomp.so.1 resolves to it): a second runtime would start a second team of threads on the same
+    cores, so a torch built on another runtime (Intel's libiomp) keeps torch's kernel."""
+    import torch  # noqa: F401  (loads torch's OpenMP runtime before the library asks for one)
+
     compiler_path = compiler()
     if compiler_path is None:
         raise DecodeAttentionError("no C compiler (set CC, or install cc, gcc or clang)")
@@ -152,9 +167,15 @@ def load_compiled(root: Path = KERNEL_ROOT) -> CompiledRowAttention:
                 build(compiler_path, target)
             except OSError:  # a read-only checkout
                 target = build(compiler_path, Path(tempfile.mkdtemp(prefix="slm-swap-kernels-")) / target.name)
-        return CompiledRowAttention(ctypes.CDLL(str(target)), target)
+        library = ctypes.CDLL(str(target))
     except (OSError, subprocess.SubprocessError, AttributeError) as error:
         raise DecodeAttentionError(f"could not build or load {SOURCE.name}: {error}") from error
+    runtimes = openmp_runtimes()
+    if len(runtimes) > 1:
+        raise DecodeAttentionError(
+            f"torch and {SOURCE.name} would run two OpenMP runtimes ({', '.join(sorted(runtimes))})"
+        )
+    return CompiledRowAttention(library, target)
 
 
 def resolve_decode_attention(requested: str, device: str) -> DecodeAttentionChoice:
