@@ -70,17 +70,11 @@ def test_row_attention_with_the_kernel_equals_it_without():
     import torch
 
     from ray_app.engines.decode.row_attention import RowSpans, SharedPrefix, row_attention_forward
+    from tests.attention_rows import STARTS, rows_sharing_a_prefix
 
-    torch.manual_seed(0)
-    slots, heads, key_heads, width, head_dim, length = 5, 6, 2, 30, 16, 9
-    module = torch.nn.Module()
-    module.num_key_value_groups, module.is_causal = heads // key_heads, True
-    query = torch.randn(slots, heads, 1, head_dim)
-    key, value = torch.randn(slots, key_heads, width, head_dim), torch.randn(slots, key_heads, width, head_dim)
-    starts = [2, 0, 5, 9, 1]
-    for slot in (2, 4):
-        key[slot, :, starts[slot] : starts[slot] + length] = key[0, :, starts[0] : starts[0] + length]
-        value[slot, :, starts[slot] : starts[slot] + length] = value[0, :, starts[0] : starts[0] + length]
+    length = 9
+    module, query, key, value = rows_sharing_a_prefix(width=30, head_dim=16, length=length)
+    starts = STARTS
     kernel = load_compiled()
     assert kernel.supports(key) and not kernel.supports(key.transpose(2, 3))
     assert not kernel.supports(key.bfloat16())  # bf16 keeps torch's kernel (and its answers)

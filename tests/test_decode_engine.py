@@ -798,17 +798,11 @@ def test_rows_sharing_a_prefix_read_one_copy_of_it_and_answer_as_over_their_own_
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from ray_app.engines.decode.row_attention import SharedPrefix, row_attention_forward
+    from tests.attention_rows import STARTS, rows_sharing_a_prefix
 
-    torch.manual_seed(0)
-    slots, heads, key_heads, width, head_dim, length = 5, 6, 2, 20, 8, 7
-    module = torch.nn.Module()
-    module.num_key_value_groups, module.is_causal = heads // key_heads, True
-    query = torch.randn(slots, heads, 1, head_dim)
-    key, value = torch.randn(slots, key_heads, width, head_dim), torch.randn(slots, key_heads, width, head_dim)
-    starts = [2, 0, 5, 9, 1]  # slots 0, 2 and 4 share a 7-token prefix; 1 and 3 do not
-    for slot in (2, 4):
-        key[slot, :, starts[slot] : starts[slot] + length] = key[0, :, starts[0] : starts[0] + length]
-        value[slot, :, starts[slot] : starts[slot] + length] = value[0, :, starts[0] : starts[0] + length]
+    width, length = 20, 7
+    module, query, key, value = rows_sharing_a_prefix(width, head_dim=8, length=length)
+    slots, starts = len(STARTS), STARTS  # slots 0, 2 and 4 share a 7-token prefix; 1 and 3 do not
     mask = torch.zeros(slots, 1, 1, width, dtype=torch.bool)
     for slot, start in enumerate(starts):
         mask[slot, ..., start:] = True
