@@ -78,8 +78,12 @@ class CompiledRowAttention:
         ([slots, key heads, query heads per key head, head dim], contiguous, like `grouped`), and each
         row's log-sum-exp into `log_sum_exp` (fp32 [slots, key heads, per]) when given. Slots not in
         `spans` are left as they are."""
+        import torch
+
         if key.stride() != value.stride():
             raise ValueError("keys and values must share one layout")
+        if not output.is_contiguous() or spans.dtype != torch.int64 or not spans.is_contiguous():
+            raise ValueError("the kernel writes a contiguous output and reads contiguous int64 spans")
         slots, key_heads, per, head_dim = grouped.shape
         grouped = grouped.contiguous()
         self._function(grouped.data_ptr(), key.data_ptr(), value.data_ptr(), key.stride(0), key.stride(1),
@@ -167,7 +171,7 @@ def load_compiled(root: Path = KERNEL_ROOT) -> CompiledRowAttention:
                 build(compiler_path, target)
             except OSError:  # a read-only checkout
                 target = build(compiler_path, Path(tempfile.mkdtemp(prefix="slm-swap-kernels-")) / target.name)
-        library = ctypes.CDLL(str(target))
+        kernel = CompiledRowAttention(ctypes.CDLL(str(target)), target)
     except (OSError, subprocess.SubprocessError, AttributeError) as error:
         raise DecodeAttentionError(f"could not build or load {SOURCE.name}: {error}") from error
     runtimes = openmp_runtimes()
@@ -175,7 +179,7 @@ def load_compiled(root: Path = KERNEL_ROOT) -> CompiledRowAttention:
         raise DecodeAttentionError(
             f"torch and {SOURCE.name} would run two OpenMP runtimes ({', '.join(sorted(runtimes))})"
         )
-    return CompiledRowAttention(library, target)
+    return kernel
 
 
 def resolve_decode_attention(requested: str, device: str) -> DecodeAttentionChoice:
