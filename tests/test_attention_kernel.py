@@ -62,6 +62,9 @@ def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim):
     torch.testing.assert_close(output[live], expected[live], rtol=1e-5, atol=2e-6)
     torch.testing.assert_close(log_sum_exp[live], expected_lse[live], rtol=1e-5, atol=1e-5)
     assert torch.equal(output[2], torch.full_like(output[2], 7.0))
+    # a row with no columns of its own (all in a shared prefix) adds nothing: zeros, log-sum-exp -inf
+    load_compiled()(grouped, key.nan_to_num(), value.nan_to_num(), 0.3, torch.tensor([(2, width)]), output, log_sum_exp)
+    assert not output[2].any() and torch.equal(log_sum_exp[2], torch.full_like(log_sum_exp[2], float("-inf")))
 
 
 def test_row_attention_with_the_kernel_equals_it_without():

@@ -77,6 +77,11 @@ static float sum_of(const float *s, int64_t length) {
                 const T *keys = k + slot * slot_stride + head * head_stride + start * head_dim;            \
                 const T *values = v + slot * slot_stride + head * head_stride + start * head_dim;          \
                 int64_t first = (slot * kv_heads + head) * per;                                            \
+                if (length <= 0) { /* no columns of its own (all in a shared prefix): nothing to attend */ \
+                    for (int64_t i = 0; i < per * head_dim; ++i) out[first * head_dim + i] = STORE(0.0f);  \
+                    for (int64_t h = 0; h < per && lse; ++h) lse[first + h] = -INFINITY;                   \
+                    continue;                                                                              \
+                }                                                                                          \
                 for (int64_t i = 0; i < per * head_dim; ++i) query[i] = LOAD(q[first * head_dim + i]);    \
                 if (capacity < per * length) {                                                             \
                     free(scores);                                                                          \
