@@ -225,8 +225,6 @@ def main() -> None:
         "target_engine_vs_hf_generate": TARGET_ENGINE_VS_HF_GENERATE,
         "device": args.device,
         "model_path": str(model_dir),
-        # the CPU decode step's row attention the engine runs (fp32: our compiled kernel where it builds)
-        "decode_attention": resolve_decode_attention(args.decode_attention, args.device).reason,
     }
     if args.device == "cuda":
         import torch
@@ -247,6 +245,8 @@ def main() -> None:
         entry = {
             "precision": choice.precision,
             "precision_reason": choice.reason,
+            # the decode step's row attention the engine runs (fp32 on CPU: our compiled kernel where it builds)
+            "decode_attention": resolve_decode_attention(args.decode_attention, choice.precision, args.device).reason,
             "hf_generate_batch8": figures(hf),
             "engine_ray_data": figures(ours),
             "engine_vs_hf_generate": round(ours["completion_tokens_per_s"] / hf["completion_tokens_per_s"], 2),

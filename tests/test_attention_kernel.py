@@ -116,7 +116,7 @@ def test_the_kernel_runs_on_torchs_own_openmp_runtime_and_refuses_a_second(monke
     monkeypatch.setattr(attention_kernel, "openmp_runtimes", lambda: {"libgomp.so.1", "libiomp5.so"})
     load_compiled.cache_clear()
     try:
-        choice = resolve_decode_attention("auto", "cpu")
+        choice = resolve_decode_attention("auto", "fp32", "cpu")
         assert choice.kernel == "torch" and "two OpenMP runtimes (libgomp.so.1, libiomp5.so)" in choice.reason
     finally:
         load_compiled.cache_clear()
@@ -126,17 +126,19 @@ def test_auto_takes_torchs_kernel_without_a_compiler_and_compiled_fails(monkeypa
     monkeypatch.setattr(attention_kernel, "compiler", lambda: None)
     load_compiled.cache_clear()
     try:
-        choice = resolve_decode_attention("auto", "cpu")
+        choice = resolve_decode_attention("auto", "fp32", "cpu")
         assert choice.kernel == "torch" and choice.compiled is None
         assert "no C compiler" in choice.reason
         with pytest.raises(DecodeAttentionError, match="no C compiler"):
-            resolve_decode_attention("compiled", "cpu")
+            resolve_decode_attention("compiled", "fp32", "cpu")
     finally:
         load_compiled.cache_clear()
-    assert resolve_decode_attention("torch", "cpu").reason == "torch as asked"
-    assert resolve_decode_attention("auto", "cuda").kernel == "torch"
+    assert resolve_decode_attention("torch", "fp32", "cpu").reason == "torch as asked"
+    assert resolve_decode_attention("auto", "fp32", "cuda").kernel == "torch"
+    in_bf16 = resolve_decode_attention("compiled", "bf16", "cpu")  # bf16 keeps torch's kernel, and says so
+    assert in_bf16.kernel == "torch" and in_bf16.compiled is None and "for fp32 models" in in_bf16.reason
     with pytest.raises(ValueError, match="must be one of auto, torch, compiled"):
-        resolve_decode_attention("fast", "cpu")
+        resolve_decode_attention("fast", "fp32", "cpu")
 
 
 def test_a_failed_build_names_the_compiler_error_and_leaves_no_partial_library(monkeypatch, tmp_path):
@@ -147,7 +149,7 @@ def test_a_failed_build_names_the_compiler_error_and_leaves_no_partial_library(m
     try:
         with pytest.raises(DecodeAttentionError, match="failed: .*error"):
             load_compiled(tmp_path / "kernels")
-        assert resolve_decode_attention("auto", "cpu").kernel == "torch"
+        assert resolve_decode_attention("auto", "fp32", "cpu").kernel == "torch"
     finally:
         load_compiled.cache_clear()
     assert list((tmp_path / "kernels").iterdir()) == []

@@ -147,7 +147,7 @@ def slm_plan(config: EvalConfig, gpus: int, cpus: float) -> SlmPlan:
     settings = dataclasses.replace(settings, cpu_linear=linear.kernels)
     # So does the compiled decode-step attention (~1e-7 from torch's flash kernel): built here too, and in
     # the key when used. The actors load exactly this choice (`compiled` fails where it cannot be built).
-    attention = resolve_decode_attention(settings.decode_attention, device)
+    attention = resolve_decode_attention(settings.decode_attention, precision, device)
     settings = dataclasses.replace(settings, decode_attention=attention.kernel)
     identity = {  # everything an answer depends on (the rows decoding together come from the last three)
         "engine": ENGINE_IDENTITY,

@@ -100,8 +100,8 @@ class DecodeAttentionChoice:
 
 def compiler() -> str | None:
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        if name and (path := shutil.which(name)):
+            return path
     return None
 
 
@@ -182,12 +182,15 @@ def load_compiled(root: Path = KERNEL_ROOT) -> CompiledRowAttention:
     return kernel
 
 
-def resolve_decode_attention(requested: str, device: str) -> DecodeAttentionChoice:
-    """Which kernel runs a CPU model's decode-step row attention, on this machine, and why."""
+def resolve_decode_attention(requested: str, precision: str, device: str) -> DecodeAttentionChoice:
+    """Which kernel runs a model's decode-step row attention, on this machine, and why: the compiled one
+    only for an fp32 model on CPU (bf16 keeps torch's kernel and its answers), as the run records say."""
     if requested not in DECODE_ATTENTIONS:
         raise ValueError(f"decode attention must be one of {', '.join(DECODE_ATTENTIONS)}, got {requested!r}")
     if device != "cpu":
         return DecodeAttentionChoice("torch", f"torch: row attention is for CPU models (this one: {device})")
+    if precision != "fp32":
+        return DecodeAttentionChoice("torch", f"torch: the compiled kernel is for fp32 models (this one: {precision})")
     if requested == "torch":
         return DecodeAttentionChoice("torch", "torch as asked")
     try:

@@ -113,7 +113,7 @@ class LoadedSlm:
         if self.cpu_linear.kernels == "onednn":
             for model in {id(model): model for model in self.models.values()}.values():
                 pack_linear_weights(model)
-        self.decode_attention = resolve_decode_attention(settings.decode_attention, self.device)
+        self.decode_attention = resolve_decode_attention(settings.decode_attention, self.precision, self.device)
         self._active = next(iter(self.adapters), BASE_MODEL_NAME)  # PeftModel starts with its first adapter on
         self.model_names = [BASE_MODEL_NAME, *self.adapters]
         self.context_limit = max_model_len or int(
