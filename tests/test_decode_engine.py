@@ -865,6 +865,9 @@ def test_an_engine_step_reads_the_shared_prefix_from_one_row_and_answers_as_alon
     def answer(limits: list[int], share: bool = True, poison: bool = False) -> dict:
         monkeypatch.setattr(RunningBatch, "share_prefix_reads", share)
         scheduler = DecodeScheduler(host.slm, max_batch_rows=3, prefill_chunk_tokens=4096, prefix_cache_tokens=4096)
+        # the tools cached first: the three rows then prefill in one step and join together (on a cold cache
+        # the second and third wait a step for the prefix the first computes)
+        scheduler.run_to_completion([host.job("slm", conversations[0], 1)])
         for key, (messages, limit) in enumerate(zip(conversations, limits, strict=True)):
             scheduler.add(key, host.job("slm", messages, limit))
         answers = {}
@@ -891,3 +894,116 @@ def test_an_engine_step_reads_the_shared_prefix_from_one_row_and_answers_as_alon
     assert len(seen) > calls and shared == unshared
     for key, (messages, limit) in enumerate(zip(conversations, limits, strict=True)):
         assert shared[key] == oracle(host, messages, limit).token_ids
+
+
+def counted_prefill_calls(monkeypatch):
+    """The pieces of every `run_prefill_pieces` call the scheduler makes, as (key, start, end) tuples."""
+    from ray_app.engines.decode import scheduler as scheduler_module
+
+    calls: list[tuple[tuple[int, int, int], ...]] = []
+    run = scheduler_module.run_prefill_pieces
+
+    def counted(model, device, pieces):
+        calls.append(tuple((piece.task.row.key, piece.start, piece.end) for piece in pieces))
+        return run(model, device, pieces)
+
+    monkeypatch.setattr(scheduler_module, "run_prefill_pieces", counted)
+    return calls
+
+
+def test_pieces_of_several_prompts_run_as_one_forward_call_and_fill_each_cache_as_alone(host):
+    """Packed prefill: pieces of three prompts (two consecutive pieces of one of them) in one forward
+    call leave each prompt's cache and last logits as prefilling each piece on its own does."""
+    import torch
+
+    from ray_app.engines.decode.running_batch import PrefillTask, Row, packs_prefill, run_prefill_pieces
+
+    conversations, limits = batch_of_conversations()
+    jobs = [host.job("slm", messages, limit) for messages, limit in zip(conversations[2:], limits[2:], strict=True)]
+    model = host.slm.model_for("slm")
+    assert packs_prefill(model)
+
+    def tasks():
+        return [PrefillTask(Row(job, key, 0.0), 16, None) for key, job in enumerate(jobs)]
+
+    packed, alone = tasks(), tasks()
+    pieces = [packed[0].take_piece()[1], packed[0].take_piece()[1], packed[1].take_piece()[1]]
+    while not packed[2].finished:  # the short prompt whole: its last piece gives logits
+        pieces.append(packed[2].take_piece()[1])
+    forward_calls = []
+    hook = model.register_forward_pre_hook(lambda *args: forward_calls.append(1))
+    try:
+        run_prefill_pieces(model, host.slm.device, pieces)
+    finally:
+        hook.remove()
+    assert len(forward_calls) == 1 and len(pieces) >= 4
+    for task, count in zip(alone, (2, 1, len(pieces) - 3), strict=True):
+        for _ in range(count):
+            task.run_piece(model, host.slm.device)  # one forward call per piece
+    for ours, reference in zip(packed, alone, strict=True):
+        assert ours.done_tokens == reference.done_tokens
+        for ours_layer, reference_layer in zip(ours.cache.layers, reference.cache.layers, strict=True):
+            torch.testing.assert_close(ours_layer.keys, reference_layer.keys, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(ours_layer.values, reference_layer.values, rtol=1e-5, atol=1e-5)
+    assert packed[0].logits is None and packed[2].logits is not None
+    torch.testing.assert_close(packed[2].logits, alone[2].logits, rtol=1e-4, atol=1e-4)
+
+
+def test_serve_prefills_each_steps_pieces_in_one_call_and_answers_as_alone(host, monkeypatch):
+    """Serve's scheduler packs every piece an iteration computes into one forward call per model; each
+    answer is still the prompt's answer alone."""
+    from ray_app.engines.decode.scheduler import DecodeScheduler
+
+    calls = counted_prefill_calls(monkeypatch)
+    conversations, limits = batch_of_conversations()
+    scheduler = DecodeScheduler(host.slm, max_batch_rows=5, prefill_chunk_tokens=64, prefix_cache_tokens=0)
+    jobs = [host.job("slm", messages, limit) for messages, limit in zip(conversations, limits, strict=True)]
+    answers = scheduler.run_to_completion(jobs)
+    assert max(len(call) for call in calls) >= 3  # several prompts' pieces in one call
+    assert len({key for call in calls for key, _, _ in call if len(call) > 1}) >= 3
+    for messages, limit, answer in zip(conversations, limits, answers, strict=True):
+        assert answer.token_ids == oracle(host, messages, limit).token_ids
+
+
+def test_serve_computes_a_prefix_prompts_prefilling_together_share_once(host, monkeypatch):
+    """Three prompts with the same tool signature admitted together on a cold cache: the first computes
+    the shared prefix, the others wait a step for it instead of computing it beside it in the same call,
+    then load it from the cache; every answer is the prompt's answer alone."""
+    from ray_app.engines.decode.scheduler import DecodeScheduler
+
+    calls = counted_prefill_calls(monkeypatch)
+    conversations, limits = batch_of_conversations()
+    conversations, limits = conversations[:3], limits[:3]
+    scheduler = DecodeScheduler(host.slm, max_batch_rows=3, prefill_chunk_tokens=512, prefix_cache_tokens=4096)
+    jobs = [host.job("slm", messages, limit) for messages, limit in zip(conversations, limits, strict=True)]
+    shared_end = max(set(jobs[0].prefix_ends) & set(jobs[1].prefix_ends) & set(jobs[2].prefix_ends))
+    answers = scheduler.run_to_completion(jobs)
+    computed_shared_prefix = {key for call in calls for key, start, _ in call if start < shared_end}
+    assert len(computed_shared_prefix) == 1 and scheduler.prefix_cache.hits >= 2
+    for messages, limit, answer in zip(conversations, limits, answers, strict=True):
+        assert answer.token_ids == oracle(host, messages, limit).token_ids
+
+
+def test_evaluation_packs_only_pieces_no_cache_hit_could_skip_so_its_calls_do_not_depend_on_the_cache(
+    host, monkeypatch
+):
+    """Evaluation packs the pieces past each prompt's last shareable prefix (always computed) and runs a
+    piece a hit could skip on its own: the packed calls are the same on a cold and a warm cache."""
+    from ray_app.engines.decode.scheduler import DecodeScheduler
+
+    calls = counted_prefill_calls(monkeypatch)
+    conversations, limits = batch_of_conversations()
+
+    def fresh():
+        return DecodeScheduler(host.slm, max_batch_rows=5, prefill_chunk_tokens=1024, prefix_cache_tokens=4096,
+                               schedule_as_uncached=True)  # fmt: skip
+
+    cold = fresh()
+    run_schedule(cold, host, conversations, limits)
+    cold_packs = [call for call in calls if len(call) > 1]
+    warm = fresh()
+    run_schedule(warm, host, conversations[:2], limits[:2])
+    calls.clear()
+    run_schedule(warm, host, conversations, limits)
+    assert warm.prefix_cache.hits > 0 and len(cold_packs) >= 1
+    assert [call for call in calls if len(call) > 1] == cold_packs

@@ -130,6 +130,21 @@ def test_plain_chat_answers_with_text_and_usage(client):
     assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
 
 
+def test_usage_reports_the_prompt_tokens_the_prefix_cache_held(client):
+    """A second request with the same tools: its tool signatures come from the prefix cache, and its usage
+    says how many prompt tokens did (OpenAI's `prompt_tokens_details.cached_tokens`)."""
+
+    def ask(city: str):
+        messages = [{"role": "user", "content": f"What's the weather in {city}?"}]
+        return client.chat.completions.create(
+            model="slm", messages=messages, tools=[WEATHER_TOOL], tool_choice="auto", max_tokens=4
+        ).usage
+
+    ask("Lisbon")
+    again = ask("Porto")
+    assert 0 < again.prompt_tokens_details.cached_tokens < again.prompt_tokens
+
+
 def test_tool_call_comes_back_as_openai_tool_calls(client):
     response = client.chat.completions.create(
         model="slm", messages=AGENT_MESSAGES, tools=[WEATHER_TOOL], tool_choice="auto", max_tokens=40

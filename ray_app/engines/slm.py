@@ -191,6 +191,7 @@ class GreedyAnswer(Generation):
     token_ids: tuple[int, ...] = ()  # the answer's tokens (end-of-sequence included when it stopped)
     stopped: bool = True  # False when it ran into its token limit
     stop_text: str | None = None  # the stop text that ended it (cut from `text`), if one did
+    cached_prompt_tokens: int = 0  # prompt tokens loaded from the prefix cache instead of computed
 
 
 def generate_greedy(model, tokenizer, device, conversations, max_new_tokens: list[int]) -> list[GreedyAnswer]:

@@ -309,7 +309,12 @@ class SlmChatDeployment:
                 raise
             message = assistant_answer(answer.text, answer.stopped)
             return completion_response(
-                chat.model, message, answer.prompt_tokens, answer.completion_tokens, host.fingerprint
+                chat.model,
+                message,
+                answer.prompt_tokens,
+                answer.completion_tokens,
+                host.fingerprint,
+                answer.cached_prompt_tokens,
             )
         stream = AnswerStream(chat.model, host.fingerprint, chat.include_usage, host.decode_text, chat.stop)
 
@@ -337,7 +342,11 @@ class SlmChatDeployment:
                     if token.answer is not None:
                         answered, answer = True, token.answer
                         chunks += stream.finish(
-                            answer.text, answer.stopped, answer.prompt_tokens, answer.completion_tokens
+                            answer.text,
+                            answer.stopped,
+                            answer.prompt_tokens,
+                            answer.completion_tokens,
+                            answer.cached_prompt_tokens,
                         )
                     for chunk in chunks:
                         yield server_sent_event(chunk)

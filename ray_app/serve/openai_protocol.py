@@ -198,11 +198,14 @@ def assistant_answer(text: str, stopped: bool) -> AssistantAnswer:
     return AssistantAnswer(content=text, tool_calls=[], finish_reason="stop" if stopped else "length")
 
 
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage_body(prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object; `prompt_tokens_details.cached_tokens`: the prompt tokens the prefix cache
+    held (prefilled for an earlier request and not computed again), as OpenAI and llama-server report."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_prompt_tokens},
     }
 
 
@@ -211,7 +214,12 @@ def completion_id() -> str:
 
 
 def completion_response(
-    model: str, answer: AssistantAnswer, prompt_tokens: int, completion_tokens: int, fingerprint: str
+    model: str,
+    answer: AssistantAnswer,
+    prompt_tokens: int,
+    completion_tokens: int,
+    fingerprint: str,
+    cached_prompt_tokens: int = 0,
 ) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": answer.content}
     if answer.tool_calls:
@@ -223,7 +231,7 @@ def completion_response(
         "model": model,
         "system_fingerprint": fingerprint,
         "choices": [{"index": 0, "message": message, "finish_reason": answer.finish_reason, "logprobs": None}],
-        "usage": usage_body(prompt_tokens, completion_tokens),
+        "usage": usage_body(prompt_tokens, completion_tokens, cached_prompt_tokens),
     }
 
 
@@ -297,7 +305,9 @@ class AnswerStream:
         piece, self.sent = text[self.sent : end], end
         return [self.chunk({"content": piece})]
 
-    def finish(self, text: str, stopped: bool, prompt_tokens: int, completion_tokens: int) -> list[dict[str, Any]]:
+    def finish(
+        self, text: str, stopped: bool, prompt_tokens: int, completion_tokens: int, cached_prompt_tokens: int = 0
+    ) -> list[dict[str, Any]]:
         answer = assistant_answer(text, stopped)
         chunks = []
         content = answer.content or ""
@@ -311,7 +321,8 @@ class AnswerStream:
             chunks.append(self.chunk({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]}))
         chunks.append(self.chunk({}, answer.finish_reason))
         if self.include_usage:
-            chunks.append({**self.chunk({}), "choices": [], "usage": usage_body(prompt_tokens, completion_tokens)})
+            chunks.append({**self.chunk({}), "choices": [], "usage": usage_body(prompt_tokens, completion_tokens,
+                                                                              cached_prompt_tokens)})  # fmt: skip
         return chunks
 
 

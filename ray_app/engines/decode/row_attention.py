@@ -111,6 +111,39 @@ class RowSpans:
         return torch.tensor(self.pairs, dtype=torch.int64).reshape(-1, 2)
 
 
+@dataclass(frozen=True)
+class PackedPrefill:
+    """Prefill pieces of several prompts packed side by side in one forward call's sequence: each
+    piece's (cache, token count), in the sequence's order (`running_batch.run_prefill_pieces`)."""
+
+    pieces: tuple[tuple[object, int], ...]
+
+
+def packed_prefill_attention(module, query, key, value, packed: PackedPrefill, dropout, scaling, **kwargs):
+    """Each piece appends its keys/values to its own prompt's cache and attends over that cache
+    alone, causally, through transformers' SDPA attention with the mask transformers builds for
+    that piece computed on its own: what a piece's attention computes does not depend on the pieces
+    packed beside it."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    outputs, at = [], 0
+    for cache, length in packed.pieces:
+        piece = slice(at, at + length)
+        piece_keys, piece_values = cache.update(key[:, :, piece], value[:, :, piece], module.layer_idx)
+        past = piece_keys.shape[-2] - length
+        mask = None  # no past (SDPA's causal mask) or one query (no mask), as transformers leaves it
+        if past and length > 1:
+            mask = torch.ones(length, past + length, dtype=torch.bool, device=query.device).tril(past)[None, None]
+        output, _ = sdpa_attention_forward(module, query[:, :, piece], piece_keys, piece_values, mask,
+                                           dropout=dropout, scaling=scaling, **kwargs)  # fmt: skip
+        outputs.append(output)
+        at += length
+    if at != query.shape[2]:
+        raise ValueError(f"packed prefill pieces cover {at} positions of {query.shape[2]}")
+    return torch.cat(outputs, dim=1), None
+
+
 def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers' attention signature. With `row_spans` ((slot, first column), one per live row;
     a decode step: one query position per row), each listed row attends over its own columns only;
@@ -123,6 +156,9 @@ def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     row_spans = kwargs.pop("row_spans", None)
     shared_prefixes = kwargs.pop("shared_prefixes", ())
     row_kernel = kwargs.pop("row_kernel", None)
+    packed_prefill = kwargs.pop("packed_prefill", None)
+    if packed_prefill is not None:
+        return packed_prefill_attention(module, query, key, value, packed_prefill, dropout, scaling, **kwargs)
     if row_spans is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)  # fmt: skip

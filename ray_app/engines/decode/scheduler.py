@@ -26,7 +26,16 @@ from dataclasses import dataclass, field
 
 from ray_app.engines.decode.loaded_slm import LoadedSlm
 from ray_app.engines.decode.prefix_cache import PrefixKvCache
-from ray_app.engines.decode.running_batch import GenerationJob, PrefillTask, Row, RunningBatch, StepToken
+from ray_app.engines.decode.running_batch import (
+    GenerationJob,
+    PrefillPiece,
+    PrefillTask,
+    Row,
+    RunningBatch,
+    StepToken,
+    packs_prefill,
+    run_prefill_pieces,
+)
 from ray_app.engines.slm import GreedyAnswer
 
 
@@ -129,22 +138,57 @@ class DecodeScheduler:
 
     def _prefill(self, result: IterationResult) -> None:
         """Spend up to `prefill_chunk_tokens` prompt tokens, shortest remaining prompt first (a piece
-        starts while the budget is not spent); prompts done join their model's batch."""
+        starts while the budget is not spent); the pieces to compute run packed, one forward call per
+        model (`running_batch.run_prefill_pieces`); prompts done join their model's batch.
+
+        Evaluation (`schedule_as_uncached`) packs only pieces no cache hit could skip (past a prompt's
+        last shareable prefix), so what runs in one call depends on the schedule alone; a piece a hit
+        could skip runs on its own, as it would have with any cache. Serve packs every piece it
+        computes, and a prompt whose next piece computes a shareable prefix another prompt computes in
+        this call waits a step and takes it from the cache instead."""
         started = time.perf_counter()
         order = sorted(self.prefilling, key=lambda task: task.remaining_tokens)  # stable
-        done: list[PrefillTask] = []
+        packs: dict[str, list[PrefillPiece]] = {}
+        in_progress: dict[tuple[int, ...], PrefillTask] = {}  # shareable prefix → the prompt computing it
         for task in order:
             if result.prefill_tokens >= self.prefill_chunk_tokens:
                 break
             model_name = task.row.job.model_name
+            pack = packs.setdefault(model_name, [])
 
-            def run_pieces(task=task, model=self.slm.model_for(model_name)) -> list[StepToken]:
+            def plan(task=task, pack=pack, model=self.slm.model_for(model_name)) -> list[StepToken]:
+                packs_model = packs_prefill(model)
                 while not task.finished and result.prefill_tokens < self.prefill_chunk_tokens:
-                    result.prefill_tokens += task.run_piece(model, self.slm.device)
+                    packed_before = any(piece.task is task for piece in pack)
+                    if task.shareable and not packed_before:
+                        task.load_cached_prefix()  # a prompt admitted beside this one may have cached more of it
+                    prefix = task.prefix_in_progress() if task.piece_ends[0] > task.cached_tokens else None
+                    if not self.schedule_as_uncached and in_progress.get(prefix, task) is not task:
+                        break  # another prompt computes this prefix in this call
+                    tokens, piece = task.take_piece()
+                    result.prefill_tokens += tokens
+                    if piece is None:
+                        continue
+                    if prefix is not None:
+                        in_progress[prefix] = task
+                    if packs_model and not (self.schedule_as_uncached and task.may_be_cached(piece.end)):
+                        pack.append(piece)
+                    else:
+                        run_prefill_pieces(model, self.slm.device, [piece])
                 return []
 
-            if self._guarded(result, model_name, [task.row.key], run_pieces, prefill_task=task) and task.finished:
-                done.append(task)
+            if not self._guarded(result, model_name, [task.row.key], plan, prefill_tasks=[task]):
+                pack[:] = [piece for piece in pack if piece.task is not task]
+        for model_name, pack in packs.items():
+            tasks = list(dict.fromkeys(piece.task for piece in pack))
+            if tasks:
+
+                def run(pack=pack, model=self.slm.model_for(model_name)) -> list[StepToken]:
+                    run_prefill_pieces(model, self.slm.device, pack)
+                    return []
+
+                self._guarded(result, model_name, [task.row.key for task in tasks], run, prefill_tasks=tasks)
+        done = [task for task in order if task.finished and task in self.prefilling]
         self.prefilling = [task for task in self.prefilling if task not in done]
         for model_name in dict.fromkeys(task.row.job.model_name for task in done):
             group = [task for task in done if task.row.job.model_name == model_name]
@@ -166,7 +210,7 @@ class DecodeScheduler:
                 result.joined[model_name] = result.joined.get(model_name, 0) + len(group)
         result.prefill_s = time.perf_counter() - started
 
-    def _guarded(self, result: IterationResult, model_name: str, keys: list[int], work, prefill_task=None) -> bool:
+    def _guarded(self, result: IterationResult, model_name: str, keys: list[int], work, prefill_tasks=()) -> bool:
         """Run `work` with the model's adapter active and collect its tokens. A failure fails only the
         jobs it touched (a prefill its own, a step or a join its whole batch); the others go on."""
         try:
@@ -174,8 +218,8 @@ class DecodeScheduler:
             result.tokens.extend(work())
             return True
         except Exception as error:
-            if prefill_task is not None:
-                self.prefilling.remove(prefill_task)
+            if prefill_tasks:
+                self.prefilling = [task for task in self.prefilling if task not in prefill_tasks]
             else:
                 batch = self.batches.pop(model_name, None)
                 keys = list(dict.fromkeys(keys + ([row.key for row in batch.rows] if batch else [])))
