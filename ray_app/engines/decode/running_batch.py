@@ -520,15 +520,10 @@ class PrefillTask:
         """Prompt tokens the schedule still counts for this prefill (what `run_piece` calls will return)."""
         return len(self.row.job.prompt_ids) - self.scheduled_tokens
 
-    def may_be_cached(self, end: int) -> bool:
-        """Whether a cache hit could skip the piece ending at `end` (it lies within a shareable prefix)."""
-        return any(shareable >= end for shareable in self.shareable)
-
-    def prefix_in_progress(self) -> tuple[int, ...] | None:
-        """The token ids of the shareable prefix the next piece computes toward (None past the last one)."""
-        end = self.piece_ends[0]
-        covering = [shareable for shareable in self.shareable if shareable >= end]
-        return tuple(self.row.job.prompt_ids[: min(covering)]) if covering else None
+    def covering_prefix_end(self) -> int | None:
+        """Where the shareable prefix the next piece computes toward ends: a cache hit on it would skip
+        the piece (None past the last shareable prefix: the piece is always computed)."""
+        return min((end for end in self.shareable if end >= self.piece_ends[0]), default=None)
 
     def take_piece(self) -> tuple[int, PrefillPiece | None]:
         """Move the schedule past the next piece: returns its token count, which is what the schedule

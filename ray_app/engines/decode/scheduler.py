@@ -157,22 +157,23 @@ class DecodeScheduler:
             pack = packs.setdefault(model_name, [])
 
             def plan(task=task, pack=pack, model=self.slm.model_for(model_name)) -> list[StepToken]:
-                packs_model = packs_prefill(model)
+                packs_model, packed = packs_prefill(model), False
                 while not task.finished and result.prefill_tokens < self.prefill_chunk_tokens:
-                    packed_before = any(piece.task is task for piece in pack)
-                    if task.shareable and not packed_before:
+                    if task.shareable and not packed:  # (a load replaces the cache its packed pieces will fill)
                         task.load_cached_prefix()  # a prompt admitted beside this one may have cached more of it
-                    prefix = task.prefix_in_progress() if task.piece_ends[0] > task.cached_tokens else None
-                    if not self.schedule_as_uncached and in_progress.get(prefix, task) is not task:
-                        break  # another prompt computes this prefix in this call
+                    prefix_end = task.covering_prefix_end()
+                    prefix = None
+                    if not self.schedule_as_uncached and prefix_end is not None and prefix_end > task.cached_tokens:
+                        prefix = tuple(task.row.job.prompt_ids[:prefix_end])
+                        if in_progress.setdefault(prefix, task) is not task:
+                            break  # another prompt computes this prefix in this call
                     tokens, piece = task.take_piece()
                     result.prefill_tokens += tokens
                     if piece is None:
                         continue
-                    if prefix is not None:
-                        in_progress[prefix] = task
-                    if packs_model and not (self.schedule_as_uncached and task.may_be_cached(piece.end)):
+                    if packs_model and not (self.schedule_as_uncached and prefix_end is not None):
                         pack.append(piece)
+                        packed = True
                     else:
                         run_prefill_pieces(model, self.slm.device, [piece])
                 return []
