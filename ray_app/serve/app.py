@@ -34,6 +34,7 @@ from ray_app import ray_runtime
 from ray_app.engines.constrained import ConstraintError
 from ray_app.engines.decode.running_batch import GenerationJob, StepToken
 from ray_app.engines.slm import GreedyAnswer, SlmSettings, precision_choice
+from ray_app.memory_allocator import allocator_in_use
 from ray_app.models.model_path import resolve_served_model_path, resolve_slm_model_path
 from ray_app.serve.guard import (
     AdmissionBound,
@@ -253,6 +254,7 @@ class SlmChatDeployment:
             "cpu_linear_reason": self.host.slm.cpu_linear.reason,
             "decode_attention": self.host.slm.decode_attention.kernel,
             "decode_attention_reason": self.host.slm.decode_attention.reason,
+            **allocator_in_use(),
             "constrained": self.settings.constrained,
             "prefix_cache": prefix_cache,
             "decode": self.host.decode_stats(),

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ray_app.engines.precision import PrecisionChoice, cpu_autocast_bf16
+from ray_app.memory_allocator import allocator_in_use
 
 FINAL_ADAPTER_DIR = "final_adapter"
 HF_CHECKPOINT_DIR = "checkpoint"  # RayTrainReportCallback's layout
@@ -281,6 +282,7 @@ def run_training_loop(config: dict[str, Any]) -> None:
         "device": str(device.type),
         "precision": precision.precision,
         "precision_reason": precision.reason,
+        **allocator_in_use(),
         "world_size": context.get_world_size(),
     }
     final_dir = workdir / "final"

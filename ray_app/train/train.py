@@ -328,6 +328,8 @@ def run_train(config: TrainConfig) -> TrainOutcome:
             "tokens_per_s": metrics.get("tokens_per_s"),
             "precision": metrics.get("precision"),  # decided on the worker, with its reason
             "precision_reason": metrics.get("precision_reason"),
+            "allocator": metrics.get("allocator"),  # the worker's, with its reason
+            "allocator_reason": metrics.get("allocator_reason"),
             "train_seconds_last_attempt": metrics.get("train_seconds_this_attempt"),
             "wall_time_s": round(time.perf_counter() - started, 3),
             "ray_train_run": str(result.path) if getattr(result, "path", None) else None,

@@ -16,6 +16,7 @@ from ray_app.engines.decode.loaded_slm import BASE_MODEL_NAME, LoadedSlm, adapte
 from ray_app.engines.decode.running_batch import GenerationJob
 from ray_app.engines.decode.scheduler import DecodeScheduler
 from ray_app.engines.slm import GreedyAnswer, SlmSettings
+from ray_app.memory_allocator import allocator_in_use
 
 # What evaluation run keys say about the engine; changed whenever the same settings would give other bytes.
 ENGINE_IDENTITY = (
@@ -61,6 +62,7 @@ class SlmEngine:
             "cpu_linear_reason": self.slm.cpu_linear.reason,
             "decode_attention": self.slm.decode_attention.kernel,
             "decode_attention_reason": self.slm.decode_attention.reason,
+            **allocator_in_use(),
             "batch_size": self.settings.batch_size,
             "max_new_tokens": self.settings.max_new_tokens,
             "prefill_chunk_tokens": self.settings.prefill_chunk_tokens,
