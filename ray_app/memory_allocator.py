@@ -6,15 +6,14 @@ demo's toolcall adapter on 2 cores spent ~25% of its cycles in the kernel's `cle
 (`perf`). An allocator that keeps and reuses freed memory removes most of that:
 
     demo SLM, LoRA r=64, fp32, 8 toolcall rows (batch 1 x 2), ISA held to AVX2, Intel Xeon, 2 cores:
-    glibc 115-121 tok/s, Ray's jemalloc (decay off) 134-138, tcmalloc 152-159, same losses
-    (`benchmarks/cpu_allocator.py` measures it on the machine at hand)
+    glibc 115-121 tok/s, tcmalloc 152-159, the same losses (`benchmarks/cpu_allocator.py` measures
+    it on the machine at hand; README, "Memory allocator")
 
 Evaluation's decode engine reuses its own buffers and gains little (~3%).
 
 `auto` picks tcmalloc where the system has it (Debian/Ubuntu: `libtcmalloc-minimal4`), else the
-jemalloc that Ray's wheel ships (`ray/core/libjemalloc.so`, so every install has one) with its
-decay off (freed pages stay with the process and are reused: its resident memory stays near its
-peak), else glibc's malloc. An allocator can only be chosen before a process starts (`LD_PRELOAD`),
+jemalloc that Ray's wheel ships (`ray/core/libjemalloc.so`, so every install has one) with one
+arena, else glibc's malloc. An allocator can only be chosen before a process starts (`LD_PRELOAD`),
 so a command's entry point calls `run_with_allocator()` first: it re-executes the same command once
 with the library preloaded, and records the choice and its reason in `SLM_SWAP_ALLOCATOR_CHOICE`,
 which the run records read back (`allocator_in_use`). `SLM_SWAP_ALLOCATOR=tcmalloc|jemalloc|glibc`
@@ -35,9 +34,11 @@ from typing import Literal
 ALLOCATOR_ENV = "SLM_SWAP_ALLOCATOR"
 CHOICE_ENV = "SLM_SWAP_ALLOCATOR_CHOICE"  # "<name>|<library or ->|<reason>", set once per command
 ALLOCATOR_NAMES = ("auto", "tcmalloc", "jemalloc", "glibc")
-# Freed memory stays with the process (no decay), and large blocks share the arenas instead of an
-# eagerly purged one of their own (jemalloc's default above 8 MiB).
-JEMALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+# One arena for every thread, freed pages given back after jemalloc's usual delay. Inside the main job
+# (training beside Ray's own threads) this trained the demo's structured adapter at 130 tok/s vs glibc's
+# 125, while keeping freed pages for good (decay off, with or without one arena) fell to 98-109
+# (README, "Memory allocator").
+JEMALLOC_CONF = "narenas:1"
 TCMALLOC_NAMES = ("libtcmalloc_minimal.so", "libtcmalloc.so")
 LDCONFIG_ARCH = {"x86_64": "x86-64", "aarch64": "AArch64"}  # how `ldconfig -p` tags this machine's libraries
 
@@ -113,12 +114,12 @@ def choose_allocator(requested: str, tcmalloc: str | None, jemalloc: str | None)
     if requested == "jemalloc":
         if jemalloc is None:
             raise AllocatorSettingError(f"{ALLOCATOR_ENV}=jemalloc, but Ray's wheel has no core/libjemalloc.so")
-        return AllocatorChoice("jemalloc", jemalloc, "Ray's jemalloc as asked, decay off")
+        return AllocatorChoice("jemalloc", jemalloc, "Ray's jemalloc as asked, one arena")
     if tcmalloc is not None:
         return AllocatorChoice("tcmalloc", tcmalloc, "auto: the system's tcmalloc")
     if jemalloc is not None:
         return AllocatorChoice(
-            "jemalloc", jemalloc, "auto: no system tcmalloc (libtcmalloc-minimal4); Ray's jemalloc, decay off"
+            "jemalloc", jemalloc, "auto: no system tcmalloc (libtcmalloc-minimal4); Ray's jemalloc, one arena"
         )
     return AllocatorChoice("glibc", None, "auto: neither a system tcmalloc nor Ray's jemalloc found")
 

@@ -44,6 +44,8 @@ def test_eval_writes_predictions_and_metrics_byte_identical_twice(ray_session, t
     assert metrics["engine"]["precision"] == rule.precision and metrics["engine"]["device"] == "cpu"
     assert metrics["engine"]["precision_reason"] == rule.reason and metrics["engine"]["precision_requested"] == "auto"
     assert "precision_reason" not in metrics["identity"]  # the run key holds the choice, not its wording
+    assert metrics["engine"]["allocator"] in ("glibc", "jemalloc", "tcmalloc") and metrics["engine"]["allocator_reason"]
+    assert "allocator" not in metrics["identity"]  # memory, not arithmetic: the same answers under any of them
     assert metrics["identity"]["batch_size"] == 8 and len(metrics["identity"]["model_fingerprint"]) == 64
     assert set(metrics["metrics"]) >= {"valid_call_rate", "name_match_rate", "args_exact_rate"}
     assert metrics["tokens"]["completion"] == sum(line["completion_tokens"] for line in lines)

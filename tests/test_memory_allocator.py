@@ -133,7 +133,7 @@ def test_a_command_re_executes_once_with_the_chosen_allocator_loaded_and_its_arg
 def test_rays_jemalloc_when_asked_and_a_parents_choice_is_inherited_not_redone():
     done = run_command({"SLM_SWAP_ALLOCATOR": "jemalloc"})
     record = json.loads(done.stdout.splitlines()[-1])
-    assert (record["allocator"], record["allocator_reason"]) == ("jemalloc", "Ray's jemalloc as asked, decay off")
+    assert (record["allocator"], record["allocator_reason"]) == ("jemalloc", "Ray's jemalloc as asked, one arena")
     # A child of a chosen command (a Ray worker, say) inherits the variable and runs as it is.
     inherited = run_command({CHOICE_ENV: "glibc|-|glibc as asked"})
     assert inherited.stdout.splitlines()[0] == "started" and len(inherited.stdout.splitlines()) == 2

@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from ray_app.memory_allocator import system_tcmalloc
 from ray_app.paths import PROJECT_ROOT
 from ray_app.ray_runtime import dashboard_choice, machine_cpus
 from tests.local_ports import free_port
@@ -200,6 +201,12 @@ def test_a_killed_replica_fails_its_requests_at_once_and_serve_brings_it_back(se
     server = serve_process()
     server.wait_for_log("Ctrl-C or SIGTERM stops it")
     [replica] = server.replica_pids()
+    # The command re-executed itself with the allocator `auto` chose, and the replica Ray started inherited it.
+    with urllib.request.urlopen(f"{server.url}/health", timeout=30) as response:
+        health = json.loads(response.read())
+    expected = "tcmalloc" if system_tcmalloc() else "jemalloc"
+    assert (health["allocator"], health["allocator_reason"][:6]) == (expected, "auto: "), health
+    assert any(expected in region.path for region in psutil.Process(replica).memory_maps())
     outcomes: dict[int, tuple[int, float]] = {}
 
     def ask(index: int) -> None:

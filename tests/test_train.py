@@ -80,6 +80,7 @@ def test_slm_swap_train_writes_an_adapter_then_evaluates_it_and_decides(ray_sess
     assert training["val_loss"] > 0 and training["tokens_per_s"] > 0
     rule = cpu_autocast_bf16(None)  # cpu_bf16 None: the worker's CPU decides, by evaluation's rule
     assert (training["precision"], training["precision_reason"]) == (rule.precision, rule.reason)
+    assert training["allocator"] in ("glibc", "jemalloc", "tcmalloc") and training["allocator_reason"]
     assert training["identity"]["train_sha256"] and training["rows"] == {"train": 6, "val": 2}
     adapter_config = json.loads((adapter / "adapter_config.json").read_text())
     assert adapter_config["r"] == 64 and adapter_config["lora_alpha"] == 16 and adapter_config["lora_dropout"] == 0.1
