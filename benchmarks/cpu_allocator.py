@@ -7,8 +7,8 @@ Each measurement runs in a fresh process started the way a command starts (`run_
   accumulated, no gradient checkpointing, seed 42) on the first `--rows` train rows of `--track`; tokens/s
   is TRL's count of trained tokens over `trainer.train()`'s wall time; the final loss must not depend
   on the allocator;
-- evaluation: the decode engine (`SlmEngine`, 32 rows together) on the first `--eval-rows` toolcall
-  test prompts; seconds and a hash of the answers, which must not depend on the allocator either.
+- evaluation: the decode engine (`SlmEngine`, 32 rows together) on the first `--eval-rows` test
+  prompts of `--track`; seconds and a hash of the answers, which must not depend on the allocator either.
 
 Rounds alternate the order (A B C, C B A, ...) and medians are compared with glibc's. Prints one JSON
 object naming the CPU. `--precision fp32` (default; what an AVX2-only CPU runs) or `auto` (what the
