@@ -36,7 +36,12 @@ if __package__ in (None, ""):  # run as `python benchmarks/cpu_allocator.py`: ma
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.machine_limits import cpu_description  # noqa: E402
-from ray_app.memory_allocator import ALLOCATOR_ENV, CHOICE_ENV, ray_jemalloc, system_tcmalloc  # noqa: E402
+from ray_app.memory_allocator import (  # noqa: E402
+    ALLOCATOR_ENV,
+    environment_to_choose_afresh,
+    ray_jemalloc,
+    system_tcmalloc,
+)
 
 
 def measure(track: str, rows: int, eval_rows: int, precision: str) -> dict:
@@ -103,7 +108,7 @@ def measure(track: str, rows: int, eval_rows: int, precision: str) -> dict:
 
 
 def run_one(allocator: str, args: argparse.Namespace) -> dict:
-    environ = {key: value for key, value in os.environ.items() if key not in (CHOICE_ENV, "LD_PRELOAD", "MALLOC_CONF")}
+    environ = environment_to_choose_afresh(dict(os.environ))
     environ[ALLOCATOR_ENV] = allocator
     command = [
         sys.executable,

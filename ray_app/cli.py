@@ -1119,10 +1119,9 @@ def models_check_path(
 
 
 def main() -> None:
-    from ray_app.memory_allocator import run_with_allocator
+    """Runs the command line; the `slm-swap` command reaches it through ray_app/__main__.py, which chose
+    the allocator first."""
     from ray_app.ray_runtime import DashboardSettingError, LeftoverRayError
-
-    run_with_allocator()  # before torch loads: this command re-executes once with tcmalloc or jemalloc preloaded
 
     # Ctrl-C (or kill -INT) stops any command with its "Interrupted. Kept: ..." message, also where it
     # started with SIGINT ignored, as `cmd &` in a script starts it: Python then leaves SIGINT ignored and

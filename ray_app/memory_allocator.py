@@ -128,6 +128,12 @@ def preloaded(library: str, environ: dict[str, str]) -> bool:
     return library in environ.get("LD_PRELOAD", "").replace(":", " ").split()
 
 
+def environment_to_choose_afresh(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` without a choice already made (the choice, the preload and jemalloc's settings), so a
+    command started with it chooses its allocator itself, as a command started from a shell does."""
+    return {key: value for key, value in environ.items() if key not in (CHOICE_ENV, "LD_PRELOAD", "MALLOC_CONF")}
+
+
 def run_with_allocator() -> None:
     """At a command's start (before torch is imported): re-execute this command once with the chosen
     allocator preloaded. Does nothing where a parent already chose (the variable is inherited), off

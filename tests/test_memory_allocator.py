@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from ray_app.memory_allocator import (
     AllocatorChoice,
     AllocatorSettingError,
     choose_allocator,
+    environment_to_choose_afresh,
     loaded_allocator,
     ray_jemalloc,
     system_tcmalloc,
@@ -91,7 +93,7 @@ COMMAND = textwrap.dedent(
 
 
 def run_command(environ_changes: dict[str, str | None]) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items() if k not in (CHOICE_ENV, "LD_PRELOAD", "MALLOC_CONF")}
+    environ = environment_to_choose_afresh(dict(os.environ))
     for key, value in environ_changes.items():
         if value is None:
             environ.pop(key, None)
@@ -138,3 +140,25 @@ def test_rays_jemalloc_when_asked_and_a_parents_choice_is_inherited_not_redone()
     inherited = run_command({CHOICE_ENV: "glibc|-|glibc as asked"})
     assert inherited.stdout.splitlines()[0] == "started" and len(inherited.stdout.splitlines()) == 2
     assert json.loads(inherited.stdout.splitlines()[-1])["allocator_reason"] == "glibc as asked"
+
+
+@pytest.mark.skipif(sys.platform != "linux" or ray_jemalloc() is None, reason="needs Linux and Ray's jemalloc")
+def test_the_slm_swap_command_chooses_the_allocator_before_it_imports_the_cli():
+    # The command `make install` puts beside this interpreter; its re-execution imports the CLI once.
+    command = Path(sys.executable).parent / "slm-swap"
+    if not command.is_file():
+        pytest.skip(f"{command} is not installed (`make install`)")
+    environ = environment_to_choose_afresh(dict(os.environ))
+    environ.update(SLM_SWAP_ALLOCATOR="jemalloc", PYTHONPROFILEIMPORTTIME="1")
+    done = subprocess.run(
+        [str(command), "models", "check-path", "nowhere"],
+        cwd=PROJECT_ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "nowhere" in done.stderr  # the command ran, with its own error
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert imported.count("ray_app.memory_allocator") == 2  # once per process: before and after re-executing
+    assert imported.count("ray_app.cli") == 1
