@@ -1134,5 +1134,8 @@ def main() -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `python -m ray_app.cli`, as `slm-swap` (ray_app/__main__.py) runs it
+    from ray_app.memory_allocator import run_with_allocator
+
+    run_with_allocator()
     main()

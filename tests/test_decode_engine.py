@@ -280,7 +280,8 @@ def test_a_fault_in_the_loop_itself_fails_its_requests_and_the_loop_keeps_servin
 
 
 def test_prefill_pieces_end_at_shared_prefixes_and_every_chunk_between_them():
-    from ray_app.engines.decode.running_batch import GenerationJob, prefill_piece_ends
+    from ray_app.engines.decode.prefill import prefill_piece_ends
+    from ray_app.engines.decode.running_batch import GenerationJob
 
     job = GenerationJob("slm", list(range(100)), 4, prefix_ends=(30, 70))
     assert prefill_piece_ends(job, 1000) == (30, 70, 100)
@@ -916,7 +917,8 @@ def test_pieces_of_several_prompts_run_as_one_forward_call_and_fill_each_cache_a
     call leave each prompt's cache and last logits as prefilling each piece on its own does."""
     import torch
 
-    from ray_app.engines.decode.running_batch import PrefillTask, Row, packs_prefill, run_prefill_pieces
+    from ray_app.engines.decode.prefill import PrefillTask, packs_prefill, run_prefill_pieces
+    from ray_app.engines.decode.running_batch import Row
 
     conversations, limits = batch_of_conversations()
     jobs = [host.job("slm", messages, limit) for messages, limit in zip(conversations[2:], limits[2:], strict=True)]

@@ -33,7 +33,7 @@ from tests.local_ports import free_port
 from tests.shell_signals import background_shell
 
 pytestmark = pytest.mark.slow
-SLM_SWAP = [sys.executable, "-m", "ray_app.cli"]
+SLM_SWAP = [sys.executable, "-m", "ray_app"]
 USER = [{"role": "user", "content": "Say hello."}]
 
 

@@ -13,7 +13,7 @@ constrained configuration of one model in one pass (`evaluate.run_evals`): one a
 load, and each group answered free, then constrained, by the same actor. Under constrained decoding
 the actor builds every row's constraint from the row's prompt (`row_constraints.py`, the same pure
 function the driver checked them with); free decoding sends none. The engine schedules a group the
-same whatever its prefix cache holds (`engines/decode/running_batch.PrefillTask`), so the bytes of a
+same whatever its prefix cache holds (`engines/decode/prefill.PrefillTask`), so the bytes of a
 decoding's answers do not depend on whether another decoding ran first.
 """
 

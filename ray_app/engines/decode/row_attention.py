@@ -114,7 +114,7 @@ class RowSpans:
 @dataclass(frozen=True)
 class PackedPrefill:
     """Prefill pieces of several prompts packed side by side in one forward call's sequence: each
-    piece's (cache, token count), in the sequence's order (`running_batch.run_prefill_pieces`)."""
+    piece's (cache, token count), in the sequence's order (`prefill.run_prefill_pieces`)."""
 
     pieces: tuple[tuple[object, int], ...]
 

@@ -3,7 +3,7 @@
 Jobs wait in arrival order. Each `iteration()`:
 1. admits waiting jobs while the rows decoding plus the prompts prefilling are fewer than
    `max_batch_rows`;
-2. prefills: a prompt runs in pieces (`running_batch.PrefillTask`, at most `prefill_chunk_tokens`
+2. prefills: a prompt runs in pieces (`prefill.PrefillTask`, at most `prefill_chunk_tokens`
    each); the iteration spends up to that many prompt tokens, shortest remaining prompt first, so a
    6,900-token prompt is spread over many iterations while short requests join and every running
    row keeps decoding in between (as vLLM's and llama.cpp's chunked prefill do);
@@ -25,17 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ray_app.engines.decode.loaded_slm import LoadedSlm
+from ray_app.engines.decode.prefill import PrefillPiece, PrefillTask, packs_prefill, run_prefill_pieces
 from ray_app.engines.decode.prefix_cache import PrefixKvCache
-from ray_app.engines.decode.running_batch import (
-    GenerationJob,
-    PrefillPiece,
-    PrefillTask,
-    Row,
-    RunningBatch,
-    StepToken,
-    packs_prefill,
-    run_prefill_pieces,
-)
+from ray_app.engines.decode.running_batch import GenerationJob, Row, RunningBatch, StepToken
 from ray_app.engines.slm import GreedyAnswer
 
 
@@ -139,7 +131,7 @@ class DecodeScheduler:
     def _prefill(self, result: IterationResult) -> None:
         """Spend up to `prefill_chunk_tokens` prompt tokens, shortest remaining prompt first (a piece
         starts while the budget is not spent); the pieces to compute run packed, one forward call per
-        model (`running_batch.run_prefill_pieces`); prompts done join their model's batch.
+        model (`prefill.run_prefill_pieces`); prompts done join their model's batch.
 
         Evaluation (`schedule_as_uncached`) packs only pieces no cache hit could skip (past a prompt's
         last shareable prefix), so what runs in one call depends on the schedule alone; a piece a hit
