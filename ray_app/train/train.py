@@ -12,7 +12,7 @@
    `training.json` beside it (config, loss curve, val loss, tokens/s, wall time, data hash, backend).
 One trace covers the run (start/end, data paths, config, loss curve, adapter path). Evaluating the
 SLM with the new adapter and deciding again are the next steps, composed by the pipeline
-(`ray_app/pipeline/run.py`) and `slm-swap train` (`ray_app/cli.py`).
+(`ray_app/pipeline/run.py`) and `slm-swap train` (`ray_app/cli/train_commands.py`).
 """
 
 from __future__ import annotations
