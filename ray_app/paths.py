@@ -22,3 +22,10 @@ ADAPTER_ROOT = _root("SLM_SWAP_ADAPTER_ROOT", WORKSPACE / "04_ft")
 EVAL_ROOT = _root("SLM_SWAP_EVAL_ROOT", WORKSPACE / "05_eval")
 MODELS_ROOT = WORKSPACE / "models"
 RAY_TRAIN_STORAGE = _root("SLM_SWAP_STORAGE_PATH", PROJECT_ROOT / "storage" / "ray_train")
+
+
+def project_relative(path: Path) -> str:
+    """`path` as records, traces and messages show it: relative to the project (with `/`) where it lies
+    inside it, so results moved with the project still name their files; else absolute."""
+    resolved = Path(path).resolve()
+    return resolved.relative_to(PROJECT_ROOT).as_posix() if resolved.is_relative_to(PROJECT_ROOT) else str(resolved)

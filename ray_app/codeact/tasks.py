@@ -24,7 +24,7 @@ from ray_app.atomic_files import atomic_write_jsonl
 from ray_app.codeact.records import TASK_KINDS, CodeactTask, ToolSpec
 from ray_app.data.rows import read_split
 from ray_app.json_text import canonical_json, strict_json_loads
-from ray_app.paths import PROJECT_ROOT
+from ray_app.paths import project_relative
 from ray_app.prompts import parse_gold_tool_call, parse_toolcall_prompt
 from ray_app.prompts.templates import template_parts
 
@@ -36,11 +36,6 @@ MAX_PROBLEMS = 20
 
 class TaskFileError(ValueError):
     """One or more tasks are bad; the message lists `file:line: reason` for each."""
-
-
-def _project_relative(path: Path) -> str:
-    resolved = path.resolve()
-    return resolved.relative_to(PROJECT_ROOT).as_posix() if resolved.is_relative_to(PROJECT_ROOT) else str(resolved)
 
 
 def toolcall_tasks(split_path: str | Path) -> list[CodeactTask]:
@@ -65,7 +60,7 @@ def toolcall_tasks(split_path: str | Path) -> list[CodeactTask]:
                 request=prompt.query,
                 tools=tools,
                 gold={"name": call.name, "arguments": call.arguments},
-                source=f"{_project_relative(path)}:{line}",
+                source=f"{project_relative(path)}:{line}",
             )
         )
     return tasks
@@ -127,7 +122,7 @@ def structured_tasks(split_path: str | Path) -> list[CodeactTask]:
                 tools=(),
                 gold=strict_json_loads(row.completion.strip()),
                 instruction=instruction,
-                source=f"{_project_relative(path)}:{line}",
+                source=f"{project_relative(path)}:{line}",
             )
         )
     return tasks

@@ -75,7 +75,7 @@ from ray_app.metrics import (
     score_toolcall_row,
 )
 from ray_app.metrics.metrics_record import METRICS_FILE, EvalMetrics, Latency
-from ray_app.paths import EVAL_ROOT, PROJECT_ROOT
+from ray_app.paths import EVAL_ROOT, project_relative
 from ray_app.record_fields import RecordError
 from ray_app.settings import PositiveFloat
 
@@ -132,11 +132,6 @@ class ModelResults:
 
 def r6(value: float) -> float:
     return round(float(value), 6)
-
-
-def project_relative(path: Path) -> str:
-    resolved = path.resolve()
-    return resolved.relative_to(PROJECT_ROOT).as_posix() if resolved.is_relative_to(PROJECT_ROOT) else str(resolved)
 
 
 def eval_command(track: str, label: str, config: DecideConfig) -> str:

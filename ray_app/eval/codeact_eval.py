@@ -32,12 +32,12 @@ from ray_app.codeact.records import CodeactTask, Trajectory
 from ray_app.engines.decode.engine import ENGINE_IDENTITY
 from ray_app.engines.precision import Precision
 from ray_app.eval.codeact_store import TrajectoryStore
-from ray_app.eval.evaluate import console, display_path, progress_bar, run_key_of
+from ray_app.eval.evaluate import console, progress_bar, run_key_of
 from ray_app.eval.run_facts import run_facts
 from ray_app.metrics.codeact import CODEACT_TRACK, CodeactEvalMetrics, codeact_breakdown, codeact_metrics
 from ray_app.models.adapter_folder import is_adapter_folder, not_an_adapter_message
 from ray_app.models.fingerprint import adapter_fingerprint, file_sha256, folder_fingerprint
-from ray_app.paths import DATASET_ROOT, EVAL_ROOT
+from ray_app.paths import DATASET_ROOT, EVAL_ROOT, project_relative
 from ray_app.record_fields import RecordError
 
 DEFAULT_TASKS = DATASET_ROOT / "codeact" / "tasks" / "test.jsonl"
@@ -243,7 +243,7 @@ def run_codeact_eval(config: CodeactEvalConfig) -> CodeactEvalOutcome:
     groups = [tasks[start : start + size] for start in range(0, len(tasks), size)]
     todo = [group for group in groups if not store.has_all(group)]  # a group runs again whole
     facts = run_facts(config)
-    trace_input = {"tasks": display_path(config.tasks_path), "output_dir": display_path(config.output_dir),
+    trace_input = {"tasks": project_relative(config.tasks_path), "output_dir": project_relative(config.output_dir),
                    "identity": identity, "already_done": len(store.done), "config": facts["config"]}  # fmt: skip
     with start_run_trace(
         name=f"eval codeact/{label}",
@@ -275,7 +275,7 @@ def run_codeact_eval(config: CodeactEvalConfig) -> CodeactEvalOutcome:
         record = CodeactEvalMetrics(
             model_label=label,
             model=trajectories[0].model,
-            tasks_file=display_path(config.tasks_path),
+            tasks_file=project_relative(config.tasks_path),
             metrics=codeact_metrics(trajectories),
             breakdown=codeact_breakdown(trajectories),
             wall_time_s=round(store.elapsed_s, 3),
@@ -284,14 +284,14 @@ def run_codeact_eval(config: CodeactEvalConfig) -> CodeactEvalOutcome:
             teacher_mode=plan.teacher_mode,
             run_key=run_key,
             identity=identity,
-            trajectories=display_path(store.trajectories_path),
-            timings=display_path(store.timings_path),
+            trajectories=project_relative(store.trajectories_path),
+            timings=project_relative(store.timings_path),
             **facts,
         )
         metrics_path = atomic_write_json(config.output_dir / METRICS_FILE, record.to_json())
-        run.end(output={"metrics": record.metrics, "ran_now": ran_now, "metrics_path": display_path(metrics_path)})
+        run.end(output={"metrics": record.metrics, "ran_now": ran_now, "metrics_path": project_relative(metrics_path)})
     rates = ", ".join(
         f"{name}={value:.3f}" for name, value in record.metrics.items() if name.endswith("_rate") and value is not None
     )
-    console.print(f"eval codeact/{label}: {rates} → {display_path(metrics_path)}", highlight=False)
+    console.print(f"eval codeact/{label}: {rates} → {project_relative(metrics_path)}", highlight=False)
     return CodeactEvalOutcome(config.output_dir, record, ran_now, False)

@@ -40,7 +40,7 @@ from ray_app.metrics.metrics_record import METRICS_FILE, EvalMetrics, Latency, T
 from ray_app.models.adapter_folder import is_adapter_folder, not_an_adapter_message
 from ray_app.models.fingerprint import adapter_fingerprint, file_sha256, folder_fingerprint
 from ray_app.models.model_path import resolve_slm_model_path
-from ray_app.paths import PROJECT_ROOT
+from ray_app.paths import project_relative
 from ray_app.record_fields import RecordError
 
 console = Console(stderr=True)
@@ -52,13 +52,6 @@ class EvalOutcome:
     predictions_path: Path
     metrics: EvalMetrics
     reused: bool
-
-
-def display_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(PROJECT_ROOT))
-    except ValueError:
-        return str(path)
 
 
 def run_key_of(identity: dict[str, Any]) -> str:
@@ -320,7 +313,7 @@ def eval_metrics_record(
         teacher_mode=engine_description.get("kind") if is_teacher else None,
         run_key=run_key,
         identity=identity,
-        predictions=display_path(predictions_path),
+        predictions=project_relative(predictions_path),
         **run_facts(config),
     )
 
@@ -355,7 +348,7 @@ def prepare(config: EvalConfig, rows: list[Row], split_identity: dict[str, Any])
         from ray_app.ray_runtime import cluster_cpus, cluster_gpus
 
         if config.slm.decoding == "constrained":
-            split_constraints(config.track, rows, display_path(config.split_path))  # each row's, before compute
+            split_constraints(config.track, rows, project_relative(config.split_path))  # each row's, before compute
         plan = slm_plan(config, cluster_gpus(), cluster_cpus())
         return PendingEval(config, plan.identity, run_key_of({**split_identity, **plan.identity}), plan=plan)
     teacher_engine = build_teacher_engine(config)
@@ -422,8 +415,8 @@ def run_evals(configs: list[EvalConfig]) -> list[EvalOutcome]:
                     kind="eval",
                     local_dir=config.eval_root / "traces",
                     input={
-                        "split": display_path(config.split_path),
-                        "output_dir": display_path(config.output_dir),
+                        "split": project_relative(config.split_path),
+                        "output_dir": project_relative(config.output_dir),
                         "rows": len(rows),
                         "identity": entry.identity,
                         "config": run_facts(config)["config"],
@@ -485,11 +478,11 @@ def finish_eval(entry: PendingEval, rows: list[Row], engine_description: dict[st
     )
     metrics = result.metrics
     metrics_path = atomic_write_json(config.output_dir / METRICS_FILE, result.to_json())
-    entry.trace.end(output={"metrics": metrics, "metrics_path": display_path(metrics_path)})
+    entry.trace.end(output={"metrics": metrics, "metrics_path": project_relative(metrics_path)})
     console.print(
         f"eval {config.track}/{config.model_label}: "
         + ", ".join(f"{name}={value:.3f}" for name, value in metrics.items() if name.endswith("_rate"))
-        + f" → {display_path(metrics_path)}",
+        + f" → {project_relative(metrics_path)}",
         highlight=False,
     )
     return EvalOutcome(metrics_path, store.predictions_path, result, False)

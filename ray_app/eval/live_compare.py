@@ -31,7 +31,6 @@ from ray_app.engines.base import EngineRequest
 from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings
 from ray_app.eval.evaluate import (
     build_teacher_engine,
-    display_path,
     run_key_of,
     slm_choices,
     slm_plan,
@@ -42,7 +41,7 @@ from ray_app.eval.live_save import save_side
 from ray_app.eval.ray_predictor import fixed_groups, prediction_record
 from ray_app.eval.run_facts import jsonable
 from ray_app.models.fingerprint import file_sha256
-from ray_app.paths import DATASET_ROOT, EVAL_ROOT
+from ray_app.paths import DATASET_ROOT, EVAL_ROOT, project_relative
 
 console = Console(stderr=True)
 
@@ -68,7 +67,7 @@ class LiveCompareConfig:
     @property
     def split_name(self) -> str:
         """What metrics.json calls the rows: the split's name, or the rows file's path."""
-        return self.split if self.rows_file is None else display_path(self.rows_file)
+        return self.split if self.rows_file is None else project_relative(self.rows_file)
 
     def eval_config(self, model: str) -> EvalConfig:
         """The `slm-swap eval` config of one side (its label, output folder and SLM plan)."""
@@ -180,7 +179,7 @@ def run_live_compare(config: LiveCompareConfig, output: TextIO | None = None) ->
         kind="eval",
         local_dir=config.eval_root / "traces",
         input={
-            "rows_file": display_path(config.rows_path),
+            "rows_file": project_relative(config.rows_path),
             "rows": len(rows),
             "identity": identities,
             "config": jsonable(config),
@@ -224,9 +223,11 @@ def run_live_compare(config: LiveCompareConfig, output: TextIO | None = None) ->
                     identity=identities[side],
                     config=config,
                 )
-        trace.end(output={"metrics": metrics, "saved": {label: display_path(path) for label, path in saved.items()}})
+        trace.end(
+            output={"metrics": metrics, "saved": {label: project_relative(path) for label, path in saved.items()}}
+        )
     for tally in board.tallies.values():
         output.write(f"final {tally.line()}\n")
     for label, path in saved.items():
-        console.print(f"live {config.track}/{label}: saved → {display_path(path.parent)}", highlight=False)
+        console.print(f"live {config.track}/{label}: saved → {project_relative(path.parent)}", highlight=False)
     return LiveOutcome(metrics=metrics, saved=saved, trace_location=trace.location)

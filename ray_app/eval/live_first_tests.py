@@ -20,9 +20,9 @@ from typing import TextIO
 from ray_app.atomic_files import atomic_write_jsonl
 from ray_app.data.rows import TRACKS, Row, Track, read_split
 from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings
-from ray_app.eval.evaluate import build_teacher_engine, display_path
+from ray_app.eval.evaluate import build_teacher_engine
 from ray_app.eval.live_compare import LiveCompareConfig, LiveOutcome, run_live_compare
-from ray_app.paths import DATASET_ROOT, EVAL_ROOT
+from ray_app.paths import DATASET_ROOT, EVAL_ROOT, project_relative
 
 FIRST_TESTS_ROOT = EVAL_ROOT / "first_tests"
 
@@ -84,7 +84,7 @@ def write_sample(config: FirstTestsConfig, track: Track, teacher_engine, log: Te
     )
     log.write(
         f"{track}: {pool} of {len(rows)} {config.split} rows are answerable by {teacher}; {taken} "
-        f"→ {display_path(path)}\n"
+        f"→ {project_relative(path)}\n"
     )
     log.flush()
     return path

@@ -27,13 +27,13 @@ from ray_app.codeact.answer_check import AnswerCheck, check_answer
 from ray_app.codeact.records import TASK_KINDS, Trajectory
 from ray_app.codeact.trajectory_dataset import FILTER_REPORT_FILE, MANIFEST_FILE
 from ray_app.decide.codeact_decide import DECISION_FILE, METRIC, CodeactDecideConfig, CodeactDecision, eval_command
-from ray_app.decide.decide import project_relative
 from ray_app.decide.decision_record import ModelComparison
 from ray_app.decide.non_inferiority import points
 from ray_app.eval.codeact_store import TRAJECTORIES_NAME
 from ray_app.json_text import canonical_json
 from ray_app.metrics.codeact import CODEACT_TRACK, CodeactEvalMetrics
 from ray_app.metrics.metrics_record import METRICS_FILE
+from ray_app.paths import project_relative
 from ray_app.record_fields import RecordError, RecordFields, is_number, read_json_file
 from ray_app.report import markdown as md
 from ray_app.report.inputs import ReportError

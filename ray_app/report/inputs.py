@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray_app.data.rows import DatasetError, Row, Track, read_split
-from ray_app.decide.decide import DecideConfig, eval_command, project_relative
+from ray_app.decide.decide import DecideConfig, eval_command
 from ray_app.decide.decision_record import DECISION_FILE, Decision
 from ray_app.eval.prediction_store import PREDICTIONS_NAME, TIMINGS_NAME
 from ray_app.metrics import PredictionRecord, PredictionsFileError, read_predictions
 from ray_app.metrics.metrics_record import METRICS_FILE, EvalMetrics
+from ray_app.paths import project_relative
 from ray_app.record_fields import RecordError, is_number
 
 RERUN_DECIDE = "re-run `slm-swap decide`"

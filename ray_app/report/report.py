@@ -30,11 +30,11 @@ from typing import Literal
 
 from ray_app.atomic_files import atomic_write_text
 from ray_app.data.rows import TRACKS, Track
-from ray_app.decide.decide import DecideConfig, project_relative
+from ray_app.decide.decide import DecideConfig
 from ray_app.decide.decision_record import DECISION_FILE, Decision
 from ray_app.eval.codeact_store import TRAJECTORIES_NAME
 from ray_app.metrics.codeact import CODEACT_TRACK
-from ray_app.paths import DATASET_ROOT, EVAL_ROOT
+from ray_app.paths import DATASET_ROOT, EVAL_ROOT, project_relative
 from ray_app.report import markdown as md
 from ray_app.report.codeact_section import render_codeact_section
 from ray_app.report.html import write_html_report

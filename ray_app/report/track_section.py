@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ray_app.decide.decide import eval_command, project_relative
+from ray_app.decide.decide import eval_command
 from ray_app.decide.decision_record import ModelComparison
 from ray_app.decide.non_inferiority import Parity, points
 from ray_app.metrics import CORE_METRICS
+from ray_app.paths import project_relative
 from ray_app.report import markdown as md
 from ray_app.report.charts import Gap, core_metrics_chart, latency_cost_chart
 from ray_app.report.failing_rows import first_failing_rows, render_failing_row, split_mismatch

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray_app.data.rows import Track
-from ray_app.decide.decide import DecideConfig, decide_fine_tune, eval_command, project_relative
+from ray_app.decide.decide import DecideConfig, decide_fine_tune, eval_command
 from ray_app.decide.decision_record import DECISION_FILE, Decision, TrackDecision
 from ray_app.decide.model_labels import ADAPTER_LABEL, configuration_order, is_constrained
 from ray_app.metrics import CORE_METRICS
+from ray_app.paths import project_relative
 from ray_app.report import markdown as md
 from ray_app.report.inputs import RERUN_DECIDE, ModelEvaluation, TrackEvaluations, changed_since_decision
 

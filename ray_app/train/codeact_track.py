@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 
 from ray_app.data.rows import DatasetError
-from ray_app.eval.evaluate import display_path
+from ray_app.paths import project_relative
 from ray_app.record_fields import RecordFields, read_json_file
 from ray_app.train.codeact_examples import TokenCounts, codeact_examples
 from ray_app.train.codeact_rows import read_codeact_split
@@ -29,7 +29,10 @@ def codeact_fine_tune_gate(config: TrainConfig) -> tuple[bool, str]:
     """(train?, why) from the CodeAct decision's `fine_tune` (0/1); --force is handled by the caller."""
     path = config.decision_file
     if not path.is_file():
-        return False, f"no decision at {display_path(path)}: evaluate the student on CodeAct tasks first, or --force"
+        return (
+            False,
+            f"no decision at {project_relative(path)}: evaluate the student on CodeAct tasks first, or --force",
+        )
     fields = RecordFields(read_json_file(path), path)
     fine_tune = fields.integer("fine_tune")
     if fine_tune not in (0, 1):

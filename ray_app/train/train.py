@@ -31,11 +31,12 @@ from rich.console import Console
 from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import DatasetError, read_split
 from ray_app.decide.decision_record import Decision
-from ray_app.eval.evaluate import display_path, run_key_of
+from ray_app.eval.evaluate import run_key_of
 from ray_app.eval.run_facts import jsonable, run_facts
 from ray_app.models.adapter_folder import is_adapter_folder, not_an_adapter_message
 from ray_app.models.fingerprint import file_sha256, folder_fingerprint
 from ray_app.models.model_path import resolve_slm_model_path
+from ray_app.paths import project_relative
 from ray_app.train.codeact_track import codeact_fine_tune_gate, codeact_worker_data, read_codeact_rows
 from ray_app.train.config import CODEACT_TRACK, TrainConfig
 from ray_app.train.sft_worker import LOCAL_MODE_LOG, TrainBackendError
@@ -59,7 +60,10 @@ def fine_tune_gate(config: TrainConfig) -> tuple[bool, str]:
     if config.track == CODEACT_TRACK:
         return codeact_fine_tune_gate(config)
     if not config.decision_file.is_file():
-        return False, f"no decision at {display_path(config.decision_file)}: run `slm-swap decide` first, or --force"
+        return (
+            False,
+            f"no decision at {project_relative(config.decision_file)}: run `slm-swap decide` first, or --force",
+        )
     decision = Decision.read(config.decision_file)
     track_result = decision.tracks.get(config.track)
     if track_result is None:
@@ -282,8 +286,8 @@ def run_train(config: TrainConfig) -> TrainOutcome:
         name=f"train {config.track}",
         kind="train",
         input={
-            "train": display_path(plan["train_path"]),
-            "val": display_path(plan["val_path"]),
+            "train": project_relative(plan["train_path"]),
+            "val": project_relative(plan["val_path"]),
             "rows": {"train": len(plan["train_rows"]), "val": len(plan["val_rows"])},
             "config": jsonable(config),
             "settings": plan["settings"],
@@ -299,7 +303,7 @@ def run_train(config: TrainConfig) -> TrainOutcome:
                 f"{workers} worker(s)"
                 if workers
                 else "Ray Train local mode (in this process; the libraries' output goes to "
-                f"{display_path(run_folder(config, plan) / LOCAL_MODE_LOG)})"
+                f"{project_relative(run_folder(config, plan) / LOCAL_MODE_LOG)})"
             )
             + f"; {why}",
             highlight=False,
@@ -312,7 +316,7 @@ def run_train(config: TrainConfig) -> TrainOutcome:
         metrics = result.metrics
         training = {
             "track": config.track,
-            "adapter": display_path(config.adapter_dir),
+            "adapter": project_relative(config.adapter_dir),
             "backend": plan["settings"]["backend"],
             "run_key": plan["run_key"],
             "identity": plan["identity"],
@@ -338,7 +342,8 @@ def run_train(config: TrainConfig) -> TrainOutcome:
         }
         atomic_write_json(training_json, training)
         console.print(
-            f"train {config.track}: adapter → {display_path(config.adapter_dir)} (train loss {training['train_loss']}, "
+            f"train {config.track}: adapter → {project_relative(config.adapter_dir)} "
+            f"(train loss {training['train_loss']}, "
             f"val loss {training['val_loss']}, {training['tokens_per_s']} tokens/s)",
             highlight=False,
         )
