@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ray_app.cli.typer_app import (
-    PRECISION_HELP,
+    PrecisionOption,
     app,
     console,
     data_app,
@@ -21,7 +21,6 @@ from ray_app.cli.typer_app import (
 from ray_app.codeact.capture import CaptureConfig, TeacherKind
 from ray_app.codeact.loop import LoopSettings
 from ray_app.data.splits import SplitSizes
-from ray_app.engines.precision import Precision
 from ray_app.paths import DATASET_ROOT
 
 TrainSize = Annotated[int, typer.Option("--train", min=0, help="rows in train.jsonl per track")]
@@ -255,7 +254,7 @@ def capture(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens per model turn")] = LoopSettings.max_new_tokens,
     model_path: Annotated[str | None, typer.Option(help="--teacher slm: checkpoint (default $SLM_MODEL_PATH)")] = None,
     adapter: Annotated[Path | None, typer.Option(help="--teacher slm: PEFT adapter folder")] = None,
-    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = CaptureConfig.precision,
+    precision: PrecisionOption = CaptureConfig.precision,
     seed: Annotated[int, typer.Option(min=0, help="the simulated teacher's plan of mistakes")] = CaptureConfig.seed,
 ) -> None:
     """Run the teacher as a CodeAct agent over the tasks on Ray: one trace per trajectory (resumable)."""

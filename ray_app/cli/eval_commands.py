@@ -10,10 +10,10 @@ from typing import Annotated
 import typer
 
 from ray_app.cli.typer_app import (
-    ADAPTER_WEIGHTS_HELP,
-    CPU_LINEAR_HELP,
-    DECODE_ATTENTION_HELP,
-    PRECISION_HELP,
+    AdapterWeightsOption,
+    CpuLinearOption,
+    DecodeAttentionOption,
+    PrecisionOption,
     app,
     bounded,
     evaluate_or_exit,
@@ -21,10 +21,6 @@ from ray_app.cli.typer_app import (
     interrupted,
 )
 from ray_app.codeact.loop import LoopSettings
-from ray_app.engines.adapter_weights import AdapterWeights
-from ray_app.engines.cpu_linear import CpuLinear
-from ray_app.engines.decode.attention_kernel import DecodeAttention
-from ray_app.engines.precision import Precision
 from ray_app.engines.teacher_settings import ToolcallMode
 from ray_app.eval.codeact_eval import CodeactEvalConfig
 from ray_app.eval.config import Decoding, EvalConfig, ModelSide, SlmEvalSettings, TeacherEvalSettings
@@ -61,14 +57,10 @@ def evaluate(
     dataset_root: Annotated[Path, typer.Option(help="holds <track>/<split>.jsonl")] = DATASET_ROOT,
     eval_root: Annotated[Path | None, typer.Option(help="where results go (default slm_swap/05_eval)")] = None,
     model_path: Annotated[str | None, typer.Option(help="SLM checkpoint (default $SLM_MODEL_PATH)")] = None,
-    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = SlmEvalSettings.precision,
-    adapter_weights: Annotated[
-        AdapterWeights, typer.Option(help=ADAPTER_WEIGHTS_HELP)
-    ] = SlmEvalSettings.adapter_weights,
-    cpu_linear: Annotated[CpuLinear, typer.Option(help=CPU_LINEAR_HELP)] = SlmEvalSettings.cpu_linear,
-    decode_attention: Annotated[
-        DecodeAttention, typer.Option(help=DECODE_ATTENTION_HELP)
-    ] = SlmEvalSettings.decode_attention,
+    precision: PrecisionOption = SlmEvalSettings.precision,
+    adapter_weights: AdapterWeightsOption = SlmEvalSettings.adapter_weights,
+    cpu_linear: CpuLinearOption = SlmEvalSettings.cpu_linear,
+    decode_attention: DecodeAttentionOption = SlmEvalSettings.decode_attention,
     batch_size: Annotated[
         int, bounded(SlmEvalSettings, "batch_size", help="rows decoding together (continuous batching)")
     ] = SlmEvalSettings.batch_size,

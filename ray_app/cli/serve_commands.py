@@ -9,19 +9,15 @@ from typing import Annotated
 import typer
 
 from ray_app.cli.typer_app import (
-    ADAPTER_WEIGHTS_HELP,
-    CPU_LINEAR_HELP,
-    DECODE_ATTENTION_HELP,
-    PRECISION_HELP,
+    AdapterWeightsOption,
+    CpuLinearOption,
+    DecodeAttentionOption,
+    PrecisionOption,
     app,
     bounded,
     console,
     fail,
 )
-from ray_app.engines.adapter_weights import AdapterWeights
-from ray_app.engines.cpu_linear import CpuLinear
-from ray_app.engines.decode.attention_kernel import DecodeAttention
-from ray_app.engines.precision import Precision
 from ray_app.serve.request_constraint import ConstrainedMode
 from ray_app.serve.serve_settings import ServeSettings
 
@@ -46,12 +42,10 @@ def serve_command(
         str, typer.Option(help="bind address; anything but 127.0.0.1 exposes the endpoint")
     ] = ServeSettings.host,
     port: Annotated[int, bounded(ServeSettings, "port")] = ServeSettings.port,
-    precision: Annotated[Precision, typer.Option(help=PRECISION_HELP)] = ServeSettings.precision,
-    adapter_weights: Annotated[AdapterWeights, typer.Option(help=ADAPTER_WEIGHTS_HELP)] = ServeSettings.adapter_weights,
-    cpu_linear: Annotated[CpuLinear, typer.Option(help=CPU_LINEAR_HELP)] = ServeSettings.cpu_linear,
-    decode_attention: Annotated[
-        DecodeAttention, typer.Option(help=DECODE_ATTENTION_HELP)
-    ] = ServeSettings.decode_attention,
+    precision: PrecisionOption = ServeSettings.precision,
+    adapter_weights: AdapterWeightsOption = ServeSettings.adapter_weights,
+    cpu_linear: CpuLinearOption = ServeSettings.cpu_linear,
+    decode_attention: DecodeAttentionOption = ServeSettings.decode_attention,
     max_batch_size: Annotated[
         int, bounded(ServeSettings, "max_batch_size", help="requests decoding at once (continuous batching)")
     ] = ServeSettings.max_batch_size,

@@ -3,9 +3,15 @@ used by several commands, options bound by a config dataclass field, the error e
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 from rich.console import Console
 
+from ray_app.engines.adapter_weights import AdapterWeights
+from ray_app.engines.cpu_linear import CpuLinear
+from ray_app.engines.decode.attention_kernel import DecodeAttention
+from ray_app.engines.precision import Precision
 from ray_app.settings import COMMAND_LINE, SettingsError, describe, field_types, number_bound, parse_value
 
 app = typer.Typer(
@@ -30,6 +36,14 @@ CPU_LINEAR_HELP = "fp32 on CPU: auto (oneDNN's packed kernels where a probe find
 ADAPTER_WEIGHTS_HELP = (
     "auto (merged into a copy of an fp32 base when the copies fit in memory, else beside the base), merged, unmerged"
 )
+
+
+# The SLM engine's options, the same in every command that loads the SLM (each takes its default from its
+# own settings dataclass).
+PrecisionOption = Annotated[Precision, typer.Option(help=PRECISION_HELP)]
+AdapterWeightsOption = Annotated[AdapterWeights, typer.Option(help=ADAPTER_WEIGHTS_HELP)]
+CpuLinearOption = Annotated[CpuLinear, typer.Option(help=CPU_LINEAR_HELP)]
+DecodeAttentionOption = Annotated[DecodeAttention, typer.Option(help=DECODE_ATTENTION_HELP)]
 
 
 def bounded(cls: type, name: str, *flags: str, help: str | None = None) -> typer.models.OptionInfo:
