@@ -20,7 +20,7 @@ from ray_app.codeact.records import CodeactTask, Execution, Step, ToolCallRecord
 from ray_app.codeact.simulated_teacher import planned_mistake
 from ray_app.codeact.tasks import write_tasks
 from ray_app.decide.codeact_decide import CodeactDecideConfig, CodeactDecision, run_codeact_decide
-from ray_app.decide.decide import DecideError
+from ray_app.decide.decide_config import DecideError
 from ray_app.eval.codeact_eval import CodeactEvalConfig, run_codeact_eval
 from ray_app.metrics.codeact import CodeactEvalMetrics, codeact_breakdown, codeact_metrics
 from tests.test_cli import slm_swap

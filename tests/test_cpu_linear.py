@@ -100,7 +100,7 @@ def test_an_evaluation_decides_the_kernels_on_the_driver_and_keys_its_run_by_the
 ):
     from ray_app.engines import precision
     from ray_app.eval.config import EvalConfig, SlmEvalSettings
-    from ray_app.eval.evaluate import slm_plan
+    from ray_app.eval.slm_plan import slm_plan
 
     monkeypatch.setattr(precision, "cpu_bf16_support", lambda: precision.CpuBf16Support(False, "none", "a test CPU"))
     config = EvalConfig(track="toolcall", model="slm", eval_root=tmp_path, slm=SlmEvalSettings(str(tiny_model_dir)))

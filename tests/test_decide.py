@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from ray_app.decide.decide import DecideConfig, DecideError, decide_fine_tune, metric_verdict, run_decide
+from ray_app.decide.decide import decide_fine_tune, metric_verdict, run_decide
+from ray_app.decide.decide_config import DecideConfig, DecideError
 from ray_app.decide.decision_record import Decision
 from ray_app.decide.price_table import PriceTableError, load_price_table, resolve_price_table_path
 from ray_app.metrics import score_rows

@@ -136,7 +136,7 @@ def test_killed_eval_restarted_finishes_with_the_same_predictions(tiny_model_dir
 
 
 def test_slm_plan_sizes_the_actor_pool_from_the_resources_it_is_given(tiny_model_dir, tmp_path):
-    from ray_app.eval.evaluate import slm_plan
+    from ray_app.eval.slm_plan import slm_plan
 
     on_cpus = slm_config(tiny_model_dir, tmp_path)
     plan = slm_plan(on_cpus, gpus=0, cpus=8.0)
@@ -155,7 +155,7 @@ def test_slm_plan_puts_the_cpus_precision_in_the_run_key_and_its_reason_beside_i
     native, tiny_model_dir, tmp_path, monkeypatch
 ):
     from ray_app.engines import precision
-    from ray_app.eval.evaluate import slm_plan
+    from ray_app.eval.slm_plan import slm_plan
 
     support = precision.CpuBf16Support(native, "avx512_bf16" if native else "no avx512_bf16 or AMX", "a test CPU")
     monkeypatch.setattr(precision, "cpu_bf16_support", lambda: support)

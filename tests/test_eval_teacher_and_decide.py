@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from ray_app.data.rows import read_split
-from ray_app.decide.decide import DecideConfig, run_decide
+from ray_app.decide.decide import run_decide
+from ray_app.decide.decide_config import DecideConfig
 from ray_app.decide.decision_record import Decision
 from ray_app.dummy_agent import DummyAgentConfig, write_dummy_traces
 from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings

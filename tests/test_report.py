@@ -23,7 +23,8 @@ import pytest
 from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import Row, read_split
 from ray_app.data.splits import write_track_splits
-from ray_app.decide.decide import DecideConfig, run_decide
+from ray_app.decide.decide import run_decide
+from ray_app.decide.decide_config import DecideConfig
 from ray_app.decide.decision_record import Decision
 from ray_app.engines.base import Generation
 from ray_app.eval.config import EvalConfig

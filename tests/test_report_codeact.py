@@ -26,7 +26,8 @@ from ray_app.decide.codeact_decide import CodeactDecideConfig, run_codeact_decid
 from ray_app.eval.codeact_store import without_timings
 from ray_app.metrics.codeact import CodeactEvalMetrics, codeact_breakdown, codeact_metrics
 from ray_app.report import ReportError, write_report
-from ray_app.report.codeact_section import pick_task, render_codeact_section
+from ray_app.report.codeact_section import render_codeact_section
+from ray_app.report.codeact_task_view import pick_task
 from tests.test_report import Table, near, parse_tables, same_significant
 
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

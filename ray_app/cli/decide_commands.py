@@ -14,13 +14,14 @@ from ray_app.cli.typer_app import (
     console,
     fail,
 )
-from ray_app.decide.decide import DecideConfig
+from ray_app.decide.decide_config import DecideConfig
 from ray_app.decide.non_inferiority import DEFAULT_MARGIN
 
 
 def decide_and_print(config: DecideConfig) -> None:
     """Run the decide step and print its table: per track and core metric, teacher vs base SLM."""
-    from ray_app.decide.decide import DecideError, run_decide
+    from ray_app.decide.decide import run_decide
+    from ray_app.decide.decide_config import DecideError
     from ray_app.decide.decision_record import DECISION_FILE
     from ray_app.decide.price_table import PriceTableError
     from ray_app.metrics import PredictionsFileError
@@ -57,7 +58,7 @@ def decide_and_print(config: DecideConfig) -> None:
 def decide_codeact_and_print(eval_root: Path, require_langfuse: bool | None, parity_margin: float) -> None:
     """The CodeAct decision (`run_codeact_decide`): teacher vs each student on success rate."""
     from ray_app.decide.codeact_decide import DECISION_FILE, CodeactDecideConfig, run_codeact_decide
-    from ray_app.decide.decide import DecideError
+    from ray_app.decide.decide_config import DecideError
     from ray_app.tracing import LangfuseRequiredError
 
     config = CodeactDecideConfig(eval_root=eval_root, require_langfuse=require_langfuse, parity_margin=parity_margin)

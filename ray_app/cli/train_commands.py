@@ -16,7 +16,7 @@ from ray_app.cli.typer_app import (
     fail,
     interrupted,
 )
-from ray_app.decide.decide import DecideConfig
+from ray_app.decide.decide_config import DecideConfig
 from ray_app.engines.precision import Precision
 from ray_app.eval.config import SlmEvalSettings
 from ray_app.paths import DATASET_ROOT

@@ -26,7 +26,8 @@ from typing import Any
 
 from ray_app.atomic_files import atomic_write_json
 from ray_app.codeact.records import Trajectory
-from ray_app.decide.decide import CONFIDENCE, DecideError, compare_core, decide_fine_tune, r6
+from ray_app.decide.decide import CONFIDENCE, compare_core, decide_fine_tune, r6
+from ray_app.decide.decide_config import DecideError
 from ray_app.decide.decision_record import AdaptedComparison, FileRead, ModelComparison, RateGap
 from ray_app.decide.non_inferiority import DEFAULT_MARGIN, Parity, check_margin, parity_metadata
 from ray_app.metrics.codeact import CODEACT_TRACK, CodeactEvalMetrics, trajectory_facts

@@ -18,7 +18,8 @@ them. For each track with both teacher and base-SLM results it:
    They are candidates beside the decision, never inputs of FINE_TUNE, which reads `teacher` and `slm` only.
 Tracks without results are listed with the command that produces them. decision.json (the
 `Decision` record, `decision_record.py`) also records the resolved config, the price table, the
-files read with their sha256, and when it was written.
+files read with their sha256, and when it was written. Settings: `decide_config.py`; reading and
+re-scoring one label's results: `model_results.py`.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import TRACKS, Track
+from ray_app.decide.decide_config import DecideConfig, DecideError, eval_command
 from ray_app.decide.decision_record import (
     DECISION_FILE,
     AdaptedComparison,
@@ -45,9 +46,9 @@ from ray_app.decide.decision_record import (
     TokenUse,
     TrackDecision,
 )
-from ray_app.decide.model_labels import configuration_order, is_constrained, slm_label
+from ray_app.decide.model_labels import configuration_order
+from ray_app.decide.model_results import ModelResults, PairedHits, check_same_rows, load_model_results
 from ray_app.decide.non_inferiority import (
-    DEFAULT_MARGIN,
     Parity,
     check_margin,
     metric_parity,
@@ -66,18 +67,9 @@ from ray_app.decide.price_table import (
     slm_cost_per_1k_calls,
     teacher_cost_per_1k_calls,
 )
-from ray_app.metrics import (
-    CORE_METRICS,
-    PredictionRecord,
-    read_predictions,
-    score_rows,
-    score_structured_row,
-    score_toolcall_row,
-)
-from ray_app.metrics.metrics_record import METRICS_FILE, EvalMetrics, Latency
-from ray_app.paths import EVAL_ROOT, project_relative
-from ray_app.record_fields import RecordError
-from ray_app.settings import PositiveFloat
+from ray_app.metrics import CORE_METRICS
+from ray_app.metrics.metrics_record import Latency
+from ray_app.paths import project_relative
 
 CONFIDENCE = 0.95
 RULE = (
@@ -86,64 +78,8 @@ RULE = (
 )
 
 
-class DecideError(ValueError):
-    """Results that cannot be compared; the message names the files involved and what to do."""
-
-
-@dataclass(frozen=True)
-class DecideConfig:
-    eval_root: Path = EVAL_ROOT  # holds <track>/<label>/{predictions.jsonl,metrics.json}; decision.json goes here
-    tracks: tuple[Track, ...] = TRACKS
-    teacher_label: str = "teacher"
-    slm_label: str = "slm"  # the base SLM, free; every other label under a track is a candidate beside it
-    price_table_path: Path | None = None  # None: $SLM_SWAP_PRICE_TABLE, else slm_swap/price_table.json
-    slm_hardware: str = "cpu-2core"  # the price table's slm_usd_per_instance_hour entry the SLMs run on
-    teacher_price_model: str | None = None  # None: the teacher engine's "model" when listed, else "default"
-    bootstrap_resamples: int = 10_000
-    seed: int = 42
-    # parity verdict: is a candidate worse than the teacher by more than this difference of rates? (0.02: 2 points)
-    parity_margin: PositiveFloat = DEFAULT_MARGIN
-    require_langfuse: bool | None = None  # None: SLM_SWAP_REQUIRE_LANGFUSE
-
-
-class PairedHits(Protocol):
-    """What the comparison reads of one model's results (`ModelResults`, codeact's `LabelResults`)."""
-
-    @property
-    def label(self) -> str: ...
-    @property
-    def rates(self) -> dict[str, float]: ...
-    @property
-    def hits(self) -> dict[str, tuple[bool, ...]]: ...
-
-
-@dataclass(frozen=True)
-class ModelResults:
-    """One label's evaluation of one track, re-scored."""
-
-    label: str
-    predictions_path: Path
-    metrics_path: Path
-    records: tuple[PredictionRecord, ...]
-    summary: EvalMetrics  # metrics.json
-    rates: dict[str, float]  # re-scored rates (score_rows), core and info
-    hits: dict[str, tuple[bool, ...]]  # per-row hits by rate name, for metrics scored per row
-
-
 def r6(value: float) -> float:
     return round(float(value), 6)
-
-
-def eval_command(track: str, label: str, config: DecideConfig) -> str:
-    """The command that writes `<eval_root>/<track>/<label>/`."""
-    if label == config.teacher_label:
-        return f"slm-swap eval --track {track} --model teacher" + ("" if label == "teacher" else f" --label {label}")
-    if label == config.slm_label:
-        return f"slm-swap eval --track {track} --model slm" + ("" if label == "slm" else f" --label {label}")
-    constrained = " --decoding constrained" if is_constrained(label) else ""
-    if label == slm_label(adapted=False, constrained=True):
-        return f"slm-swap eval --track {track} --model slm{constrained}"
-    return f"slm-swap eval --track {track} --model slm --adapter ADAPTER_FOLDER{constrained} --label {label}"
 
 
 def teacher_model_name(engine: Mapping[str, Any]) -> str | None:
@@ -231,89 +167,6 @@ def compare_models(
         if metric not in CORE_METRICS[track]
     }
     return ModelComparison(reference.label, candidate.label, core, info, verdicts)
-
-
-def check_same_rows(reference: ModelResults, candidate: ModelResults) -> None:
-    """Paired statistics need the same rows in the same order: raise DecideError naming both files."""
-    ref_path, cand_path = reference.predictions_path, candidate.predictions_path
-    if len(reference.records) != len(candidate.records):
-        raise DecideError(
-            f"{ref_path} has {len(reference.records)} rows but {cand_path} has {len(candidate.records)}: "
-            "evaluate both models on the same test split"
-        )
-    for index, (ref, cand) in enumerate(zip(reference.records, candidate.records, strict=True)):
-        for field in ("prompt", "completion"):
-            if getattr(ref, field) != getattr(cand, field):
-                raise DecideError(
-                    f"{ref_path}:{index + 1} and {cand_path}:{index + 1}: different {field!r} at row {index}: "
-                    "both models must answer the same test split in the same order; re-run the stale evaluation"
-                )
-
-
-# ---- loading one label's results ----
-
-
-def row_hits(track: Track, records: Sequence[PredictionRecord]) -> dict[str, tuple[bool, ...]]:
-    """Per-row hits of every metric scored per row, keyed by rate name (e.g. 'exact_match_rate')."""
-    if track == "structured":
-        scores: list[Any] = [score_structured_row(record.completion, record.prediction) for record in records]
-    else:
-        scores = [score_toolcall_row(record.completion, record.prediction, record.prompt) for record in records]
-    names = [name for name, value in vars(scores[0]).items() if isinstance(value, bool)]
-    return {f"{name}_rate": tuple(getattr(score, name) for score in scores) for name in names}
-
-
-def read_summary(track: Track, metrics_path: Path, rerun: str) -> EvalMetrics:
-    """metrics.json as the decide step needs it: its record, for this track, with every latency."""
-    try:
-        summary = EvalMetrics.read(metrics_path)
-    except RecordError as error:
-        raise DecideError(f"{error}; {rerun}") from None
-    if summary.track != track:
-        raise DecideError(f"{metrics_path}: field 'track' is {summary.track!r} but the file sits under {track}/")
-    for key, value in summary.latency_s.to_json().items():
-        if value is None:
-            raise DecideError(f"{metrics_path}: field 'latency_s.{key}' is null (no row answered); {rerun}")
-    return summary
-
-
-def load_model_results(track: Track, label: str, config: DecideConfig, read_files: dict[str, str]) -> ModelResults:
-    """Read, check and re-score `<eval_root>/<track>/<label>/{predictions.jsonl,metrics.json}`.
-
-    Records each file's sha256 in `read_files` (project-relative path → digest).
-    """
-    folder = config.eval_root / track / label
-    predictions_path, metrics_path = folder / "predictions.jsonl", folder / METRICS_FILE
-    rerun = f"re-run {eval_command(track, label, config)}"
-    if not metrics_path.is_file():
-        raise DecideError(f"{metrics_path}: missing beside {predictions_path} (an interrupted evaluation?); {rerun}")
-    for path in (predictions_path, metrics_path):
-        read_files[project_relative(path)] = hashlib.sha256(path.read_bytes()).hexdigest()
-    records = tuple(read_predictions(predictions_path))
-    summary = read_summary(track, metrics_path, rerun)
-    if summary.rows != len(records):
-        raise DecideError(
-            f"{metrics_path} says rows={summary.rows} but {predictions_path} has {len(records)} lines: "
-            f"the two files come from different runs; {rerun}"
-        )
-    try:
-        scored = score_rows(
-            track,
-            golds=[record.completion for record in records],
-            predictions=[record.prediction for record in records],
-            prompts=[record.prompt for record in records],
-        )
-    except ValueError as error:
-        raise DecideError(f"{predictions_path}: {error}") from None
-    rates = {key: float(value) for key, value in scored.items() if key.endswith("_rate") or key.startswith("field_")}
-    for metric in CORE_METRICS[track]:
-        written = summary.metrics[metric]
-        if abs(written - rates[metric]) > 1e-6:
-            raise DecideError(
-                f"{metrics_path}: field 'metrics.{metric}' is {written!r} but {predictions_path} re-scores to "
-                f"{rates[metric]:.6f}; {rerun}"
-            )
-    return ModelResults(label, predictions_path, metrics_path, records, summary, rates, row_hits(track, records))
 
 
 # ---- latency and cost ----

@@ -122,7 +122,7 @@ def engine_plan(config: CodeactEvalConfig) -> EnginePlan:
 
     from ray_app.engines.cpu_linear import resolve_cpu_linear
     from ray_app.engines.slm import SlmSettings
-    from ray_app.eval.evaluate import driver_precision_choice
+    from ray_app.eval.slm_plan import driver_precision_choice
     from ray_app.ray_runtime import cluster_cpus, cluster_gpus
 
     model_path = agent_model_path(config.model_path)

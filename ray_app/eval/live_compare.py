@@ -29,17 +29,12 @@ from rich.live import Live
 from ray_app.data.rows import Row, Track, read_split
 from ray_app.engines.base import EngineRequest
 from ray_app.eval.config import EvalConfig, SlmEvalSettings, TeacherEvalSettings
-from ray_app.eval.evaluate import (
-    build_teacher_engine,
-    run_key_of,
-    slm_choices,
-    slm_plan,
-    teacher_identity,
-)
+from ray_app.eval.evaluate import build_teacher_engine, run_key_of, teacher_identity
 from ray_app.eval.live_board import LiveBoard, SideTally
 from ray_app.eval.live_save import save_side
 from ray_app.eval.ray_predictor import fixed_groups, prediction_record
 from ray_app.eval.run_facts import jsonable
+from ray_app.eval.slm_plan import slm_choices, slm_plan
 from ray_app.models.fingerprint import file_sha256
 from ray_app.paths import DATASET_ROOT, EVAL_ROOT, project_relative
 

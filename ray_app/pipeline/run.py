@@ -41,7 +41,8 @@ from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import SPLITS, TRACKS
 from ray_app.data.validate import validate_paths
 from ray_app.data.xlam import build_xlam_splits
-from ray_app.decide.decide import DecideConfig, run_decide
+from ray_app.decide.decide import run_decide
+from ray_app.decide.decide_config import DecideConfig
 from ray_app.decide.decision_record import DECISION_FILE, Decision
 from ray_app.decide.model_labels import SLM_LABEL, TEACHER_LABEL, slm_label
 from ray_app.engines.precision import PrecisionChoice

@@ -10,118 +10,42 @@
 - `<eval_root>/codeact/masking_ablation.json` (`benchmarks/codeact_masking.py`): loss on the student's turns
   only (masked) vs on every token (unmasked).
 A missing file becomes a line naming the command that writes it; a malformed one raises ReportError naming
-the file and the field. Nothing is measured again: answers are re-checked (`answer_check`) only to pick
-the task shown and to print its check beside each run.
+the file and the field. Nothing is measured again. What it reads under `codeact/` is loaded by
+`codeact_results.py`; the task side by side is rendered by `codeact_task_view.py`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray_app.codeact.answer_check import AnswerCheck, check_answer
-from ray_app.codeact.records import TASK_KINDS, Trajectory
+from ray_app.codeact.records import TASK_KINDS
 from ray_app.codeact.trajectory_dataset import FILTER_REPORT_FILE, MANIFEST_FILE
-from ray_app.decide.codeact_decide import DECISION_FILE, METRIC, CodeactDecideConfig, CodeactDecision, eval_command
+from ray_app.decide.codeact_decide import DECISION_FILE, METRIC, CodeactDecision
 from ray_app.decide.decision_record import ModelComparison
 from ray_app.decide.non_inferiority import points
-from ray_app.eval.codeact_store import TRAJECTORIES_NAME
-from ray_app.json_text import canonical_json
 from ray_app.metrics.codeact import CODEACT_TRACK, CodeactEvalMetrics
 from ray_app.metrics.metrics_record import METRICS_FILE
 from ray_app.paths import project_relative
 from ray_app.record_fields import RecordError, RecordFields, is_number, read_json_file
 from ray_app.report import markdown as md
+from ray_app.report.codeact_results import DECIDE_COMMAND, CodeactResults, load_results
+from ray_app.report.codeact_task_view import side_by_side_part
 from ray_app.report.inputs import ReportError
 from ray_app.report.track_section import engine_text
 from ray_app.report.track_view import relative
 
-ADAPTED_LABEL = "slm-codeact"  # what `slm-swap eval --track codeact --adapter ...` labels the adapted SLM
 ABLATION_FILE = "masking_ablation.json"
 ABLATION_COMMAND = "python benchmarks/codeact_masking.py"
-DECIDE_COMMAND = "slm-swap decide --track codeact"
 DATASET_COMMAND = "slm-swap data trajectories --traces slm_swap/01_source/trajectories/<model>/traces.jsonl"
-TEXT_CHARS, CODE_CHARS = 600, 1500  # a thought or observation, a code block: longer ones are cut
 METRIC_COLUMNS = {  # metrics.json `metrics.<field>` → column
     "tasks": "tasks", "success_rate": "success rate", "valid_action_rate": "valid action rate",
     "tool_error_rate": "tool error rate", "recovery_rate": "recovery rate", "mean_steps": "mean steps",
     "mean_prompt_tokens": "mean prompt tokens", "mean_completion_tokens": "mean completion tokens",
     "mean_latency_s": "mean latency s", "latency_p95_s": "p95 latency s",
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class CodeactResults:
-    """What `<eval_root>/codeact/` holds: the decision and each label's metrics.json."""
-
-    config: CodeactDecideConfig  # eval_root and the teacher / base-SLM labels decide used
-    decision: CodeactDecision | None
-    columns: list[str]  # teacher, slm, then adapted SLMs (slm-codeact when there is none)
-    records: dict[str, CodeactEvalMetrics]
-    statuses: dict[str, str]  # label → why it has no results
-
-    def name(self, path: Path) -> str:
-        """A file as the report names it: relative to eval_root (where report.md sits), else project-relative."""
-        return relative(path, self.config.eval_root)
-
-    def path(self, label: str, file: str) -> Path:
-        return self.config.folder / label / file
-
-
-def load_results(eval_root: Path) -> tuple[CodeactResults, list[Path]]:
-    """decision.json and every label's metrics.json under `<eval_root>/codeact/`, and the files read."""
-    folder, read = eval_root / CODEACT_TRACK, []
-    decision = None
-    if (folder / DECISION_FILE).is_file():
-        try:
-            decision = CodeactDecision.read(folder / DECISION_FILE)
-        except RecordError as error:
-            raise ReportError(f"{error}; re-run `{DECIDE_COMMAND}`") from None
-        read.append(folder / DECISION_FILE)
-    labels = decision.config if decision is not None else {}
-    config = CodeactDecideConfig(
-        eval_root=eval_root,
-        teacher_label=labels.get("teacher_label", "teacher"),
-        slm_label=labels.get("slm_label", "slm"),
-    )
-    first = [config.teacher_label, config.slm_label]
-    found = sorted(
-        entry.name
-        for entry in (folder.iterdir() if folder.is_dir() else ())
-        if entry.is_dir() and entry.name not in first
-        and ((entry / METRICS_FILE).is_file() or (entry / TRAJECTORIES_NAME).is_file())
-    )  # fmt: skip
-    columns = [*first, *(found or [ADAPTED_LABEL])]
-    records, statuses = {}, {}
-    for label in columns:
-        path, rerun = folder / label / METRICS_FILE, eval_command(label, config)
-        if path.is_file():
-            try:
-                records[label] = CodeactEvalMetrics.read(path)
-            except RecordError as error:
-                raise ReportError(f"{error}; re-run `{rerun}`") from None
-            read.append(path)
-        elif label == ADAPTED_LABEL and decision is not None and decision.fine_tune == 0:
-            statuses[label] = f"not trained: FINE_TUNE=0 ({decision.reason})"
-        elif label == ADAPTED_LABEL:
-            statuses[label] = f"not evaluated: train it (`slm-swap train --track codeact`), then run `{rerun}`"
-        else:
-            statuses[label] = f"not evaluated: run `{rerun}`"
-    return CodeactResults(config, decision, columns, records, statuses), read
-
-
-def read_trajectories(path: Path, rerun: str) -> list[Trajectory]:
-    trajectories = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            trajectories.append(Trajectory.from_json(json.loads(line)))
-        except (ValueError, KeyError, TypeError) as error:
-            raise ReportError(f"{path}:{number}: not a trajectory ({error}); re-run `{rerun}`") from None
-    return trajectories
 
 
 # ---- decision and results ----
@@ -370,113 +294,6 @@ def ablation_part(eval_root: Path) -> tuple[str, list[Path]]:
             md.source_line([name], ["difference"]),
         ]
     ), [path]  # fmt: skip
-
-
-# ---- one task, side by side ----
-
-
-def answer_check(trajectory: Trajectory) -> AnswerCheck:
-    return check_answer(trajectory.task, trajectory.final_answer, trajectory.has_final_answer, trajectory.tool_calls)
-
-
-def pick_task(teacher: list[Trajectory], student: list[Trajectory]) -> tuple[int, bool] | None:
-    """(index into `teacher`, whether the student solved it too): the first task the teacher solved and the
-    student ran, preferring one the student solved as well; None when there is none."""
-    by_task = {trajectory.task.task_id: trajectory for trajectory in student}
-    solved = [i for i, run in enumerate(teacher) if run.task.task_id in by_task and answer_check(run).correct]
-    both = [i for i in solved if answer_check(by_task[teacher[i].task.task_id]).correct]
-    if both:
-        return both[0], True
-    return (solved[0], False) if solved else None
-
-
-def text_block(text: str, limit: int = TEXT_CHARS, info: str = "text") -> str:
-    return md.code_block(md.shorten(text.strip(), limit) or "(empty)", info)
-
-
-def render_steps(trajectory: Trajectory, first_only: bool = False) -> list[str]:
-    parts = []
-    for number, step in enumerate(trajectory.steps[:1] if first_only else trajectory.steps, start=1):
-        parts += [f"**Step {number}.** Thought:", text_block(step.thought)]
-        if step.code is None:
-            parts += ["No code block (an invalid action); the model wrote:", text_block(step.model_output)]
-            continue
-        parts += ["Code:", text_block(step.code, CODE_CHARS, "python")]
-        execution = step.execution
-        if execution is not None:
-            raised = f" (raised {md.code(md.shorten(md.one_line(execution.error), 160))})" if execution.error else ""
-            refused = f", sandbox: {md.code(execution.violation)}" if execution.violation else ""
-            parts += [f"Observation{raised}{refused}:", text_block(execution.observation)]
-    return parts
-
-
-def run_summary(trajectory: Trajectory) -> str:
-    check = answer_check(trajectory)
-    detail = f" ({check.detail})" if check.detail else ""
-    answer = (
-        f"final answer {md.code(md.shorten(canonical_json(trajectory.final_answer), 200))}"
-        if trajectory.has_final_answer
-        else "no final answer"
-    )
-    return (
-        f"{len(trajectory.steps)} step(s), stopped on `{trajectory.stop_reason}`, {answer}; "
-        f"check: `{check.code}`{detail}."
-    )
-
-
-def student_label(results: CodeactResults) -> str:
-    """The adapted SLM shown beside the teacher: slm-codeact, else the first adapted label with trajectories."""
-    adapted = results.columns[2:]
-    with_runs = [label for label in adapted if results.path(label, TRAJECTORIES_NAME).is_file()]
-    return ADAPTED_LABEL if ADAPTED_LABEL in with_runs or not with_runs else with_runs[0]
-
-
-def side_by_side_part(results: CodeactResults) -> tuple[str, list[Path]]:
-    config, student = results.config, student_label(results)
-    teacher_label, slm_label = config.teacher_label, config.slm_label
-    heading = "### One test task, side by side"
-    paths = {label: results.path(label, TRAJECTORIES_NAME) for label in (teacher_label, student, slm_label)}
-    missing = [label for label in (teacher_label, student) if not paths[label].is_file()]
-    if missing:
-        needed = ", ".join(f"{md.code(results.name(paths[label]))} (`{eval_command(label, config)}`)"
-                           for label in missing)  # fmt: skip
-        return f"{heading}\n\nNeeds {needed}.", []
-    runs = {label: read_trajectories(path, eval_command(label, config))
-            for label, path in paths.items() if path.is_file()}  # fmt: skip
-    read = [paths[label] for label in runs]
-    teacher_file = md.code(results.name(paths[teacher_label]))
-    picked = pick_task(runs[teacher_label], runs[student])
-    if picked is None:
-        return f"{heading}\n\nNo task in {teacher_file} that the teacher solved and {md.code(student)} ran.", read
-    index, both = picked
-    task = runs[teacher_label][index].task
-    why = (
-        f"the first task in that file that the teacher and {md.code(student)} both solved"
-        if both
-        else f"the first task in that file that the teacher solved ({md.code(student)} solved none of them)"
-    )
-    request = task.request + (f"\n\nInstruction: {task.instruction}" if task.instruction else "")
-    tools = ", ".join(md.code(tool.python_name) for tool in task.tools) or "none"
-    parts = [
-        heading,
-        f"Task {md.code(task.task_id)} ({task.kind}, line {index + 1} of {teacher_file}"
-        + (f", from {md.code(task.source)}" if task.source else "")
-        + f"): {why}. Long texts are cut.",
-        "Request:",
-        text_block(request),
-        f"Tools: {tools}. Expected: {md.code(md.shorten(canonical_json(task.gold), 300))}.",
-    ]
-    by_task = {label: {run.task.task_id: run for run in trajectories} for label, trajectories in runs.items()}
-    shown = [("teacher", teacher_label, False), ("SLM + adapter", student, False), ("base SLM", slm_label, True)]
-    for title, label, first_only in shown:
-        run = by_task.get(label, {}).get(task.task_id)
-        if run is None:
-            why_not = "no trajectories.jsonl" if label not in runs else "no trajectory for this task"
-            parts.append(f"#### {title} ({md.code(label)})\n\nNot shown: {why_not} (`{eval_command(label, config)}`).")
-            continue
-        first = ", first step only" if first_only else ""
-        parts += [f"#### {title} ({md.code(label)}{first})", run_summary(run), *render_steps(run, first_only)]
-    return "\n\n".join(parts), read
 
 
 def render_codeact_section(eval_root: Path, dataset_root: Path) -> tuple[str, list[Path]]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ray_app.data.rows import Row, Track
-from ray_app.decide.decide import row_hits
+from ray_app.decide.model_results import row_hits
 from ray_app.metrics import CORE_METRICS, PredictionRecord
 from ray_app.prompts import PromptFormatError, parse_toolcall_prompt
 from ray_app.prompts.templates import template_parts

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray_app.data.rows import DatasetError, Row, Track, read_split
-from ray_app.decide.decide import DecideConfig, eval_command
+from ray_app.decide.decide_config import DecideConfig, eval_command
 from ray_app.decide.decision_record import DECISION_FILE, Decision
 from ray_app.eval.prediction_store import PREDICTIONS_NAME, TIMINGS_NAME
 from ray_app.metrics import PredictionRecord, PredictionsFileError, read_predictions

@@ -30,7 +30,7 @@ from typing import Literal
 
 from ray_app.atomic_files import atomic_write_text
 from ray_app.data.rows import TRACKS, Track
-from ray_app.decide.decide import DecideConfig
+from ray_app.decide.decide_config import DecideConfig
 from ray_app.decide.decision_record import DECISION_FILE, Decision
 from ray_app.eval.codeact_store import TRAJECTORIES_NAME
 from ray_app.metrics.codeact import CODEACT_TRACK

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ray_app.decide.decide import eval_command
+from ray_app.decide.decide_config import eval_command
 from ray_app.decide.decision_record import ModelComparison
 from ray_app.decide.non_inferiority import Parity, points
 from ray_app.metrics import CORE_METRICS

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ray_app.data.rows import Track
-from ray_app.decide.decide import DecideConfig, decide_fine_tune, eval_command
+from ray_app.decide.decide import decide_fine_tune
+from ray_app.decide.decide_config import DecideConfig, eval_command
 from ray_app.decide.decision_record import DECISION_FILE, Decision, TrackDecision
 from ray_app.decide.model_labels import ADAPTER_LABEL, configuration_order, is_constrained
 from ray_app.metrics import CORE_METRICS
