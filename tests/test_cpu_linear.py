@@ -1,4 +1,4 @@
-"""fp32 linear layers on CPU: torch's kernels or oneDNN's with the weights packed at load (engines.cpu_linear)."""
+"""fp32 and bf16 linear layers on CPU: torch's kernels or oneDNN's with weights packed at load (engines.cpu_linear)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.skipif(not cpu_linear.onednn_available(), reason="this 
 @pytest.fixture
 def probe_says(monkeypatch):
     def set_timings(torch_us: float, onednn_us: float) -> None:
-        monkeypatch.setattr(cpu_linear, "machine_probe", lambda hidden, width, threads: (torch_us, onednn_us))
+        monkeypatch.setattr(cpu_linear, "machine_probe", lambda *shape: (torch_us, onednn_us))
 
     return set_timings
 
@@ -25,19 +25,24 @@ def test_packed_layers_compute_what_torch_computes_and_keep_their_weights():
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.ReLU(), torch.nn.Linear(40, 8, bias=False))
-    half = torch.nn.Linear(8, 8).to(torch.bfloat16)
+    half = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.Linear(40, 8)).to(torch.bfloat16)
     inputs = torch.randn(3, 5, 24)  # [batch, positions, width], as a decoder's layers see it
+    half_inputs = inputs.to(torch.bfloat16)
     with torch.no_grad():
         expected = model(inputs)
         weight = model[0].weight.clone()
         assert pack_linear_weights(model) == 2
         assert pack_linear_weights(model) == 0  # already packed: nothing done twice
-        assert pack_linear_weights(half) == 0  # bf16 stays on torch's kernels
+        half_expected = half(half_inputs)
+        assert pack_linear_weights(half) == 2  # bf16 is packed too
+        half_packed = half(half_inputs)
         packed = model(inputs)
         strided = model(inputs.transpose(0, 1).contiguous().transpose(0, 1))  # not row-major: same answer
     assert packed.shape == expected.shape == (3, 5, 8)
     assert torch.allclose(packed, expected, atol=1e-5) and torch.allclose(strided, expected, atol=1e-5)
     assert torch.equal(model[0].weight, weight)  # tied embeddings and state_dict still read it
+    # bf16 rounds each product's output; torch's own bf16 kernels on a CPU without avx512 are not oneDNN's
+    assert half_packed.dtype == torch.bfloat16 and torch.allclose(half_packed, half_expected, atol=3e-2, rtol=2e-2)
 
 
 def test_auto_takes_onednn_only_where_the_probe_finds_it_clearly_faster(probe_says, tmp_path):
@@ -49,12 +54,17 @@ def test_auto_takes_onednn_only_where_the_probe_finds_it_clearly_faster(probe_sa
     assert choice.kernels == "torch" and "under 1.2x as fast" in choice.reason
 
 
-def test_only_an_fp32_model_on_cpu_is_packed_and_explicit_choices_are_kept(probe_says, tmp_path):
-    probe_says(1000.0, 100.0)
-    assert resolve_cpu_linear("auto", "bf16", "cpu", tmp_path).kernels == "torch"
-    assert resolve_cpu_linear("onednn", "8bit", "cuda", tmp_path).kernels == "torch"
+def test_only_an_fp32_or_bf16_model_on_cpu_is_packed_and_explicit_choices_are_kept(monkeypatch, tmp_path):
+    probed = []
+    monkeypatch.setattr(cpu_linear, "machine_probe", lambda *shape: probed.append(shape) or (1000.0, 100.0))
+    choice = resolve_cpu_linear("auto", "bf16", "cpu", tmp_path, threads=2)
+    assert choice.kernels == "onednn" and "16x576x1536 bf16" in choice.reason
+    assert probed == [(576, 1536, 2, "bf16")]  # bf16 is timed in bf16
+    assert resolve_cpu_linear("onednn", "bf16", "cuda", tmp_path).kernels == "torch"
+    assert resolve_cpu_linear("onednn", "8bit", "cuda", tmp_path).reason.endswith("(this one: 8bit on cuda)")
+    assert resolve_cpu_linear("onednn", "fp16", "cpu", tmp_path).kernels == "torch"
     assert resolve_cpu_linear("torch", "fp32", "cpu", tmp_path).reason == "torch as asked"
-    probe_says(100.0, 1000.0)
+    monkeypatch.setattr(cpu_linear, "machine_probe", lambda *shape: (100.0, 1000.0))
     assert resolve_cpu_linear("onednn", "fp32", "cpu", tmp_path).kernels == "onednn"
     with pytest.raises(ValueError, match="must be one of auto, torch, onednn"):
         resolve_cpu_linear("mkl", "fp32", "cpu", tmp_path)
@@ -66,12 +76,13 @@ def test_the_probe_times_the_models_own_mlp_shape_on_the_engines_threads(monkeyp
     probed = []
     monkeypatch.setattr(cpu_linear, "machine_probe", lambda *shape_threads: probed.append(shape_threads) or (2.0, 1.0))
     choice = resolve_cpu_linear("auto", "fp32", "cpu", tiny_model_dir, threads=1)
-    assert probed == [(32, 64, 1)] and "16x32x64" in choice.reason
+    assert probed == [(32, 64, 1, "fp32")] and choice.reason.endswith("(16x32x64)")
     resolve_cpu_linear("auto", "fp32", "cpu", tiny_model_dir)  # no engine threads given: this process's
-    assert probed[1] == (32, 64, torch.get_num_threads())
+    assert probed[1] == (32, 64, torch.get_num_threads(), "fp32")
     threads = torch.get_num_threads()
     cpu_linear.probe.cache_clear()
     assert all(timing > 0 for timing in cpu_linear.probe(8, 16, 1))  # a real probe on one thread
+    assert all(timing > 0 for timing in cpu_linear.probe(8, 16, 1, "bf16"))  # and in bf16
     assert torch.get_num_threads() == threads  # and this process's threads are as they were
     assert cpu_linear.model_mlp_shape(tiny_model_dir / "missing") == (576, 1536)  # the demo SLM's
 
@@ -93,6 +104,21 @@ def test_the_engine_answers_as_hf_generate_on_either_kernels_and_says_which(kern
         assert answer.token_ids == alone.token_ids
     facts = engine.describe()
     assert facts["cpu_linear"] == kernels and facts["cpu_linear_reason"].startswith(kernels)
+
+
+def test_a_bf16_engine_runs_on_packed_weights_when_asked_and_says_so(tiny_model_dir):
+    """bf16 answers may differ from torch's kernels in near-ties (not every CPU's torch runs bf16 on oneDNN):
+    what must hold is that the packed engine decodes, records its kernels and keeps to max_new_tokens."""
+    from ray_app.engines.base import EngineRequest
+    from ray_app.engines.decode.engine import SlmEngine
+    from ray_app.engines.slm import SlmSettings
+
+    settings = SlmSettings(model_path=tiny_model_dir, precision="bf16", batch_size=2, max_new_tokens=5)
+    engine = SlmEngine(SlmSettings(**{**settings.to_json(), "model_path": tiny_model_dir, "cpu_linear": "onednn"}))
+    answers = engine.generate([EngineRequest(index, "structured", text) for index, text in enumerate(["Hi.", "Go."])])
+    assert all(1 <= len(answer.token_ids) <= 5 for answer in answers)  # the tiny model may stop early
+    facts = engine.describe()
+    assert facts["precision"] == "bf16" and facts["cpu_linear"] == "onednn"
 
 
 def test_an_evaluation_decides_the_kernels_on_the_driver_and_keys_its_run_by_them(
@@ -123,7 +149,10 @@ def test_the_probe_is_measured_once_per_machine_and_kept(monkeypatch, tmp_path):
     assert cpu_linear.machine_probe(32, 64, 2) == (700.0, 500.0)  # kept, not measured again
     assert cpu_linear.machine_probe(48, 96, 2) == (1.0, 9.0)  # another shape is measured
     assert cpu_linear.machine_probe(32, 64, 1) == (1.0, 9.0)  # and another thread count
-    assert measured == [(32, 64, 2), (48, 96, 2), (32, 64, 1)] and len(json.loads(record.read_text())) == 3
+    assert cpu_linear.machine_probe(32, 64, 2, "bf16") == (1.0, 9.0)  # and another precision
+    assert measured == [(32, 64, 2, "fp32"), (48, 96, 2, "fp32"), (32, 64, 1, "fp32"), (32, 64, 2, "bf16")]
+    kept = json.loads(record.read_text())
+    assert len(kept) == 4 and sum(key.endswith(" | bf16") for key in kept) == 1  # fp32's keys as they always were
     for damaged in ("not json", '{"a key": [1.0]}', "[1, 2]"):
         record.write_text(damaged)
         assert cpu_linear.machine_probe(32, 64, 2) == (1.0, 9.0)  # a damaged record is measured again, rewritten
