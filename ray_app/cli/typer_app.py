@@ -32,7 +32,9 @@ PRECISION_HELP = (
 DECODE_ATTENTION_HELP = (
     "CPU decode steps' attention: auto (our kernel compiled for this CPU; torch's where no C compiler), compiled, torch"
 )
-CPU_LINEAR_HELP = "fp32 on CPU: auto (oneDNN's packed kernels where a probe finds them 1.2x faster), torch, onednn"
+CPU_LINEAR_HELP = (
+    "fp32 and bf16 on CPU: auto (oneDNN's packed kernels where a probe finds them 1.2x faster), torch, onednn"
+)
 ADAPTER_WEIGHTS_HELP = (
     "auto (merged into a copy of an fp32 base when the copies fit in memory, else beside the base), merged, unmerged"
 )

@@ -42,7 +42,7 @@ class SlmSettings:
     adapter_weights: AdapterWeights = "auto"  # merged into a base copy, or beside the base (engines.adapter_weights)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cpu_threads: int | None = None  # None: torch's default (all cores of the process)
-    cpu_linear: CpuLinear = "auto"  # fp32 on CPU: torch's or oneDNN's packed kernels (engines.cpu_linear)
+    cpu_linear: CpuLinear = "auto"  # fp32 and bf16 on CPU: torch's or oneDNN's packed kernels (engines.cpu_linear)
     decode_attention: DecodeAttention = "auto"  # CPU decode steps: compiled or torch (decode.attention_kernel)
     seed: int = SEED
 

@@ -42,7 +42,7 @@ class SlmEvalSettings:
         SlmSettings.precision
     )  # auto: GPU bf16 if it fits in half, else 8-bit; CPU bf16 where native, else fp32
     adapter_weights: AdapterWeights = SlmSettings.adapter_weights  # merged copies or beside the base (as Serve)
-    cpu_linear: CpuLinear = SlmSettings.cpu_linear  # fp32 on CPU: torch's or oneDNN's packed kernels (as Serve)
+    cpu_linear: CpuLinear = SlmSettings.cpu_linear  # fp32/bf16 on CPU: torch's or oneDNN's packed kernels (as Serve)
     decode_attention: DecodeAttention = SlmSettings.decode_attention  # CPU decode steps: compiled or torch (as Serve)
     # Rows decoding together in the engine's running batch, and rows an actor answers as one fixed group
     # (the unit of resume and progress). 32 and 64 over 16 and 32, demo SLM, 50 test rows, 128 new tokens,
