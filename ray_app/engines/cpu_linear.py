@@ -61,6 +61,14 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def onednn_bf16_available() -> bool:
+    """Whether this CPU runs oneDNN's bf16 kernels (avx512bw/vl/dq, avx_ne_convert or AMX): without them
+    torch's bf16 `F.linear` takes its own path and packing a bf16 weight raises."""
+    import torch
+
+    return onednn_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def model_mlp_shape(model_path: Path | None) -> tuple[int, int]:
     """(hidden size, MLP width) from the checkpoint's config.json; the demo SLM's when it has none."""
     try:
@@ -151,6 +159,13 @@ def resolve_cpu_linear(
         if requested == "onednn":
             raise ValueError("cpu linear kernels onednn: this torch build has no oneDNN (mkldnn)")
         return CpuLinearChoice("torch", "auto: this torch build has no oneDNN (mkldnn)")
+    if precision == "bf16" and not onednn_bf16_available():
+        if requested == "onednn":
+            raise ValueError(
+                "cpu linear kernels onednn: oneDNN has no bf16 kernels for this CPU (it needs avx512bw, avx512vl "
+                "and avx512dq, avx_ne_convert or AMX); use fp32 or --cpu-linear torch"
+            )
+        return CpuLinearChoice("torch", "auto: oneDNN has no bf16 kernels for this CPU")
     if requested == "onednn":
         return CpuLinearChoice("onednn", "onednn as asked")
     hidden, width = model_mlp_shape(model_path)
@@ -173,15 +188,17 @@ def resolve_cpu_linear(
 
 def pack_linear_weights(model) -> int:
     """Every fp32 or bf16 `nn.Linear` of `model` (a LoRA layer's base and adapter matrices included) runs
-    on oneDNN with its weight packed now; returns how many. Call it on the final module (after any merge
+    on oneDNN with its weight packed now (bf16 only where oneDNN has bf16 kernels for this CPU); returns
+    how many. Call it on the final module (after any merge
     or copy: a copied module would share the packed weight of its original). The module's `weight`
     stays as it is (tied embeddings, PEFT and `state_dict` read it); the packed copy costs its size
     again in memory."""
     import torch
 
+    dtypes = (torch.float32, torch.bfloat16) if onednn_bf16_available() else (torch.float32,)
     packed_layers = 0
     for module in model.modules():
-        if not isinstance(module, torch.nn.Linear) or module.weight.dtype not in (torch.float32, torch.bfloat16):
+        if not isinstance(module, torch.nn.Linear) or module.weight.dtype not in dtypes:
             continue
         if module.weight.device.type != "cpu" or getattr(module, "_onednn_packed", False):
             continue
