@@ -38,13 +38,15 @@ def flash_rows(grouped, key, value, scaling, spans):
     return output, log_sum_exp
 
 
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
 @pytest.mark.parametrize("head_dim", [8, 24, 64])  # below, between and at whole blocks of 16 lanes
-def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim):
+def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim, dtype_name):
     """Random rows of different lengths (1 to the whole buffer; padding and dead slots NaN, never read):
-    outputs and log-sum-exps equal torch's flash kernel's to rounding; dead slots are left untouched."""
+    outputs and log-sum-exps equal torch's flash kernel's to rounding (bf16: flash over the same bf16
+    numbers in fp32, our fp32 sums rounded to bf16 once); dead slots are left untouched."""
     import torch
 
-    dtype = torch.float32
+    dtype = getattr(torch, dtype_name)
     generator = torch.Generator().manual_seed(head_dim)
     slots, key_heads, per, width = 6, 3, 3, 53
     grouped = torch.randn(slots, key_heads, per, head_dim, generator=generator).to(dtype)
@@ -54,12 +56,18 @@ def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim):
     for slot, start in spans:
         key[slot, :, :start], value[slot, :, :start] = float("nan"), float("nan")
     key[2], value[2] = float("nan"), float("nan")
-    expected, expected_lse = flash_rows(grouped, key.nan_to_num(), value.nan_to_num(), 0.3, spans)
+    exact = [tensor.float().nan_to_num() for tensor in (grouped, key, value)]
+    expected, expected_lse = flash_rows(*exact, 0.3, spans)
     output = torch.full(grouped.shape, 7.0, dtype=dtype)
     log_sum_exp = torch.zeros(slots, key_heads, per)
     load_compiled()(grouped, key, value, 0.3, torch.tensor(spans), output, log_sum_exp)
     live = [slot for slot, _ in spans]
-    torch.testing.assert_close(output[live], expected[live], rtol=1e-5, atol=2e-6)
+    if dtype == torch.float32:
+        torch.testing.assert_close(output[live], expected[live], rtol=1e-5, atol=2e-6)
+    else:  # bf16: fp32's result rounded to nearest once (truncating matches ~60%); an ulp off at most
+        rounded = expected[live].to(dtype)
+        assert (output[live] == rounded).float().mean() >= 0.99
+        torch.testing.assert_close(output[live].float(), rounded.float(), rtol=2**-7, atol=0)
     torch.testing.assert_close(log_sum_exp[live], expected_lse[live], rtol=1e-5, atol=1e-5)
     assert torch.equal(output[2], torch.full_like(output[2], 7.0))
     # a row with no columns of its own (all in a shared prefix) adds nothing: zeros, log-sum-exp -inf
@@ -79,8 +87,8 @@ def test_row_attention_with_the_kernel_equals_it_without():
     module, query, key, value = rows_sharing_a_prefix(width=30, head_dim=16, length=length)
     starts = STARTS
     kernel = load_compiled()
-    assert kernel.supports(key) and not kernel.supports(key.transpose(2, 3))
-    assert not kernel.supports(key.bfloat16())  # bf16 keeps torch's kernel (and its answers)
+    assert kernel.supports(key) and kernel.supports(key.bfloat16()) and not kernel.supports(key.transpose(2, 3))
+    assert not kernel.supports(key.half())
     spans = RowSpans(tuple(enumerate(starts)))
     with_kernel, _ = row_attention_forward(module, query, key, value, None, scaling=0.3, row_spans=spans,
                                            row_kernel=kernel)  # fmt: skip
@@ -89,7 +97,10 @@ def test_row_attention_with_the_kernel_equals_it_without():
     half = [tensor.bfloat16() for tensor in (query, key, value)]
     with_kernel, _ = row_attention_forward(module, *half, None, scaling=0.3, row_spans=spans, row_kernel=kernel)
     without, _ = row_attention_forward(module, *half, None, scaling=0.3, row_spans=list(spans))
-    assert torch.equal(with_kernel, without)  # bf16 went through torch's kernel
+    assert with_kernel.dtype == torch.bfloat16  # bf16 rows through the kernel: torch's bf16 rounding aside, the same
+    torch.testing.assert_close(with_kernel.float(), without.float(), rtol=2**-6, atol=1e-3)
+    with pytest.raises(ValueError, match="share one dtype"):
+        kernel(half[0].reshape(5, 2, 3, 16), half[1].float(), half[2].float(), 0.3, spans.tensor, torch.zeros(1))
     without, _ = row_attention_forward(module, query, key, value, None, scaling=0.3, row_spans=list(spans))
     shared = [SharedPrefix((0, 2, 4), source=0, start=starts[0], length=length)]
     after_prefix = RowSpans(tuple((slot, start + (length if slot in (0, 2, 4) else 0))
@@ -106,6 +117,7 @@ def test_the_engine_decodes_with_the_compiled_kernel_and_says_so(slm):
     assert description.kernel == "compiled" and description.compiled is not None
     assert "built for this CPU" in description.reason
     assert description.compiled.path.exists() and description.compiled.path.name.startswith("decode_attention-")
+    assert resolve_decode_attention("auto", "bf16", "cpu").kernel == "compiled"  # a bf16 model's too
 
 
 def test_the_kernel_runs_on_torchs_own_openmp_runtime_and_refuses_a_second(monkeypatch):
@@ -135,8 +147,9 @@ def test_auto_takes_torchs_kernel_without_a_compiler_and_compiled_fails(monkeypa
         load_compiled.cache_clear()
     assert resolve_decode_attention("torch", "fp32", "cpu").reason == "torch as asked"
     assert resolve_decode_attention("auto", "fp32", "cuda").kernel == "torch"
-    in_bf16 = resolve_decode_attention("compiled", "bf16", "cpu")  # bf16 keeps torch's kernel, and says so
-    assert in_bf16.kernel == "torch" and in_bf16.compiled is None and "for fp32 models" in in_bf16.reason
+    assert "no C compiler" in resolve_decode_attention("auto", "bf16", "cpu").reason  # bf16 needs it too
+    in_fp16 = resolve_decode_attention("compiled", "fp16", "cpu")  # no fp16 kernel: torch's, and says so
+    assert in_fp16.kernel == "torch" and in_fp16.compiled is None and "for fp32 and bf16 models" in in_fp16.reason
     with pytest.raises(ValueError, match="must be one of auto, torch, compiled"):
         resolve_decode_attention("fast", "fp32", "cpu")
 

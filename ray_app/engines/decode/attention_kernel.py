@@ -15,9 +15,17 @@ same 50 answers. No library we can install does this on CPU for torch tensors (i
 paged-attention kernels stop at torch 2.8; vLLM's CPU backend is a whole server), so it is ours, and
 small: one C file, a pass over the keys and a pass over the values per (row, key head), fp32 sums.
 
-fp32 only. In bf16 it saved less (a step 105 → 98 ms, 39.2 → 38.3 s for the same 50 rows) and changed
-25 of the 50 answers (it sums in fp32 where torch's bf16 kernel rounds), so bf16 keeps torch's kernel
-and the answers it gave.
+fp32 and bf16. A bf16 row's keys, values and query are widened to fp32 as they are read, summed in fp32,
+and its output rounded to bf16 once; torch's bf16 flash kernel rounds the softmax weights to bf16 before
+it multiplies them into the values, so the two kernels' bf16 answers differ, as any two bf16 kernels'
+do, ours a little closer to fp32's: of the 100 test rows (50 per track; AMD EPYC with avx512_bf16, 2
+cores, 2026-12-05) torch's kernel gave fp32's answer on 33 (toolcall 16, structured 17), ours on 39 (15
+and 24). bf16 kept torch's kernel until then, when it had been measured on the Intel Xeon only, where it
+saved less (105 → 98 ms per step on the toolcall rows). Where a step's rows have few columns of their
+own, as on an agent load whose tool signatures are a shared prefix, torch's per-row call is mostly its
+fixed cost: there (same AMD machine, bf16, 64 support-desk requests, 16 rows) a step took 67.1 ms with
+torch's kernel and 54.2 ms with ours (190.7 → 225.8 completion tok/s in one process); the 50 toolcall
+test rows 78.3 → 62.1 s.
 
 `auto` compiles it with the machine's C compiler (`CC`, else `cc`, `gcc` or `clang`) for this CPU
 (`-march=native`) the first time a process needs it (~1 s), keeps the library under
@@ -57,20 +65,23 @@ class DecodeAttentionError(RuntimeError):
 
 
 class CompiledRowAttention:
-    """The compiled kernel (fp32); `supports` says whether it takes these tensors."""
+    """The compiled kernel (fp32 and bf16); `supports` says whether it takes these tensors."""
 
     def __init__(self, library: ctypes.CDLL, path: Path):
-        self.path = path
-        pointer, integer = ctypes.c_void_p, ctypes.c_int64
-        self._function = library.decode_attention_f32
-        self._function.argtypes = [pointer, pointer, pointer, integer, integer, pointer, integer, integer, integer,
-                                   integer, integer, ctypes.c_float, pointer, pointer]  # fmt: skip
-        self._function.restype = None
-
-    def supports(self, key) -> bool:
         import torch
 
-        return (key.device.type == "cpu" and key.dtype == torch.float32
+        self.path = path
+        pointer, integer = ctypes.c_void_p, ctypes.c_int64
+        self._functions = {}
+        for dtype, name in ((torch.float32, "decode_attention_f32"), (torch.bfloat16, "decode_attention_bf16")):
+            function = getattr(library, name)
+            function.argtypes = [pointer, pointer, pointer, integer, integer, pointer, integer, integer, integer,
+                                 integer, integer, ctypes.c_float, pointer, pointer]  # fmt: skip
+            function.restype = None
+            self._functions[dtype] = function
+
+    def supports(self, key) -> bool:
+        return (key.device.type == "cpu" and key.dtype in self._functions
                 and key.stride(-1) == 1 and key.stride(-2) == key.shape[-1])  # fmt: skip
 
     def __call__(self, grouped, key, value, scaling: float, spans, output, log_sum_exp=None) -> None:
@@ -84,9 +95,11 @@ class CompiledRowAttention:
             raise ValueError("keys and values must share one layout")
         if not output.is_contiguous() or spans.dtype != torch.int64 or not spans.is_contiguous():
             raise ValueError("the kernel writes a contiguous output and reads contiguous int64 spans")
+        if not grouped.dtype == key.dtype == value.dtype == output.dtype:
+            raise ValueError("queries, keys, values and output must share one dtype")
         slots, key_heads, per, head_dim = grouped.shape
         grouped = grouped.contiguous()
-        self._function(grouped.data_ptr(), key.data_ptr(), value.data_ptr(), key.stride(0), key.stride(1),
+        self._functions[key.dtype](grouped.data_ptr(), key.data_ptr(), value.data_ptr(), key.stride(0), key.stride(1),
                  spans.data_ptr(), spans.shape[0], key.shape[2], key_heads, per, head_dim, float(scaling),
                  output.data_ptr(), None if log_sum_exp is None else log_sum_exp.data_ptr())  # fmt: skip
 
@@ -184,13 +197,15 @@ def load_compiled(root: Path = KERNEL_ROOT) -> CompiledRowAttention:
 
 def resolve_decode_attention(requested: str, precision: str, device: str) -> DecodeAttentionChoice:
     """Which kernel runs a model's decode-step row attention, on this machine, and why: the compiled one
-    only for an fp32 model on CPU (bf16 keeps torch's kernel and its answers), as the run records say."""
+    for an fp32 or bf16 model on CPU, as the run records say."""
     if requested not in DECODE_ATTENTIONS:
         raise ValueError(f"decode attention must be one of {', '.join(DECODE_ATTENTIONS)}, got {requested!r}")
     if device != "cpu":
         return DecodeAttentionChoice("torch", f"torch: row attention is for CPU models (this one: {device})")
-    if precision != "fp32":
-        return DecodeAttentionChoice("torch", f"torch: the compiled kernel is for fp32 models (this one: {precision})")
+    if precision not in ("fp32", "bf16"):
+        return DecodeAttentionChoice(
+            "torch", f"torch: the compiled kernel is for fp32 and bf16 models (this one: {precision})"
+        )
     if requested == "torch":
         return DecodeAttentionChoice("torch", "torch as asked")
     try:

@@ -7,7 +7,8 @@
    in one pass over the keys and one over the values. Work items are (row, key head) pairs split
    across the OpenMP threads (torch's own libgomp: the same thread count torch uses); every item is
    computed by one thread in a fixed order, so a row's result depends on its own data only, never on
-   the thread count or on the rows beside it. fp32 only (see attention_kernel.py for bf16). */
+   the thread count or on the rows beside it. fp32 and bf16 tensors; the sums are fp32 in both (a bf16
+   row's output is rounded to bf16 once, at the end). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -33,6 +34,21 @@ static inline float exp_nonpositive(float x) {
     float two_n;
     memcpy(&two_n, &bits, sizeof two_n);
     return p * two_n;
+}
+
+static inline float bf16_load(uint16_t half) {
+    uint32_t bits = (uint32_t)half << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+static inline uint16_t bf16_store(float value) { /* round to nearest, ties to even, as torch does */
+    uint32_t bits;
+    memcpy(&bits, &value, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0; /* NaN */
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
 }
 
 static inline void prefetch_column(const void *column, int64_t bytes) {
@@ -131,3 +147,4 @@ static float sum_of(const float *s, int64_t length) {
     }
 
 DECODE_ATTENTION(decode_attention_f32, float, (float), (float))
+DECODE_ATTENTION(decode_attention_bf16, uint16_t, bf16_load, bf16_store)

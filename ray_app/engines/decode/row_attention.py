@@ -30,9 +30,9 @@ the group's queries go through the flash kernel together over that copy, whose b
 on how many rows the group has, so those rows' outputs can differ in their last bits (1e-7) from
 what the row alone would give; measured on the agent load, the same 64 answers in fp32.
 
-In fp32 the rows' own columns go through our compiled kernel when the engine has one
+In fp32 and bf16 the rows' own columns go through our compiled kernel when the engine has one
 (`attention_kernel.py`: all rows of a layer in one call, 61 → 45 ms of a step's attention on the 50
-toolcall rows, the same answers); the shared prefixes' part stays on torch's flash kernel.
+toolcall rows, the same answers in fp32); the shared prefixes' part stays on torch's flash kernel.
 
 CPU models only (`use_row_attention`), fp32 and bf16. bf16 took masked SDPA over the buffer while
 row attention still ran torch's math path (92 ms per step vs 80 ms masked); with the flash kernel the
