@@ -108,6 +108,10 @@ def test_row_attention_with_the_kernel_equals_it_without():
     with_kernel, _ = row_attention_forward(module, query, key, value, None, scaling=0.3, row_spans=after_prefix,
                                            shared_prefixes=shared, row_kernel=kernel)  # fmt: skip
     torch.testing.assert_close(with_kernel, without, rtol=1e-5, atol=1e-6)
+    with_kernel, _ = row_attention_forward(module, *half, None, scaling=0.3, row_spans=after_prefix,
+                                           shared_prefixes=shared, row_kernel=kernel)  # fmt: skip
+    assert with_kernel.dtype == torch.bfloat16  # bf16 rows sharing a prefix: the kernel's part merged with flash's
+    torch.testing.assert_close(with_kernel.float(), without, rtol=2**-6, atol=1e-2)
 
 
 def test_the_engine_decodes_with_the_compiled_kernel_and_says_so(slm):
