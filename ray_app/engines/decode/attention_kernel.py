@@ -56,6 +56,8 @@ SOURCE = Path(__file__).with_name("decode_attention.c")
 KERNEL_ROOT = PROJECT_ROOT / "storage" / "kernels"
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 COMPILE_TIMEOUT_S = 120
+# The models' precisions the library has a function for: precision → (torch dtype name, C function).
+KERNEL_FUNCTIONS = {"fp32": ("float32", "decode_attention_f32"), "bf16": ("bfloat16", "decode_attention_bf16")}
 
 logger = logging.getLogger(__name__)
 
@@ -73,12 +75,12 @@ class CompiledRowAttention:
         self.path = path
         pointer, integer = ctypes.c_void_p, ctypes.c_int64
         self._functions = {}
-        for dtype, name in ((torch.float32, "decode_attention_f32"), (torch.bfloat16, "decode_attention_bf16")):
+        for dtype_name, name in KERNEL_FUNCTIONS.values():
             function = getattr(library, name)
             function.argtypes = [pointer, pointer, pointer, integer, integer, pointer, integer, integer, integer,
                                  integer, integer, ctypes.c_float, pointer, pointer]  # fmt: skip
             function.restype = None
-            self._functions[dtype] = function
+            self._functions[getattr(torch, dtype_name)] = function
 
     def supports(self, key) -> bool:
         return (key.device.type == "cpu" and key.dtype in self._functions
@@ -202,9 +204,10 @@ def resolve_decode_attention(requested: str, precision: str, device: str) -> Dec
         raise ValueError(f"decode attention must be one of {', '.join(DECODE_ATTENTIONS)}, got {requested!r}")
     if device != "cpu":
         return DecodeAttentionChoice("torch", f"torch: row attention is for CPU models (this one: {device})")
-    if precision not in ("fp32", "bf16"):
+    if precision not in KERNEL_FUNCTIONS:
+        kernel_precisions = " and ".join(KERNEL_FUNCTIONS)
         return DecodeAttentionChoice(
-            "torch", f"torch: the compiled kernel is for fp32 and bf16 models (this one: {precision})"
+            "torch", f"torch: the compiled kernel is for {kernel_precisions} models (this one: {precision})"
         )
     if requested == "torch":
         return DecodeAttentionChoice("torch", "torch as asked")
