@@ -25,30 +25,30 @@ def slm(tiny_model_dir):
 
 
 def flash_rows(grouped, key, value, scaling, spans):
-    """torch's CPU flash kernel once per row: (output, log-sum-exp), zeros for the slots not in `spans`."""
+    """torch's CPU flash kernel once per row, zeros for the slots not in `spans`."""
     import torch
 
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     output = torch.zeros(grouped.shape, dtype=grouped.dtype)
-    log_sum_exp = torch.zeros(grouped.shape[:3], dtype=torch.float32)
     for slot, start in spans:
         rows = slice(slot, slot + 1)
-        output[rows], log_sum_exp[rows] = flash(grouped[rows], key[rows, :, start:], value[rows, :, start:],
-                                                scale=scaling)[:2]  # fmt: skip
-    return output, log_sum_exp
+        output[rows] = flash(grouped[rows], key[rows, :, start:], value[rows, :, start:], scale=scaling)[0]
+    return output
 
 
 @pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
-@pytest.mark.parametrize("head_dim", [8, 24, 64])  # below, between and at whole blocks of 16 lanes
+@pytest.mark.parametrize("head_dim", [8, 24, 64, 128])  # scalar (not whole blocks of 16 lanes) and vector paths
 def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim, dtype_name):
-    """Random rows of different lengths (1 to the whole buffer; padding and dead slots NaN, never read):
-    outputs and log-sum-exps equal torch's flash kernel's to rounding (bf16: flash over the same bf16
-    numbers in fp32, our fp32 sums rounded to bf16 once); dead slots are left untouched."""
+    """Random rows of different lengths (1 to the whole buffer, below and above blocks of 16 columns;
+    padding and dead slots NaN, never read): outputs equal torch's flash kernel's to rounding (bf16: flash
+    over the same bf16 numbers in fp32, our fp32 sums rounded to bf16 once); dead slots are left untouched."""
     import torch
+
+    from ray_app.engines.decode.row_attention import RowSpans
 
     dtype = getattr(torch, dtype_name)
     generator = torch.Generator().manual_seed(head_dim)
-    slots, key_heads, per, width = 6, 3, 3, 53
+    slots, key_heads, per, width = 6, 3, 5, 53  # 5 query heads per key head: one group of 4 and one of 1
     grouped = torch.randn(slots, key_heads, per, head_dim, generator=generator).to(dtype)
     key = torch.randn(slots, key_heads, width + 7, head_dim, generator=generator).to(dtype)[:, :, :width]
     value = torch.randn(slots, key_heads, width + 7, head_dim, generator=generator).to(dtype)[:, :, :width]
@@ -57,10 +57,9 @@ def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim, d
         key[slot, :, :start], value[slot, :, :start] = float("nan"), float("nan")
     key[2], value[2] = float("nan"), float("nan")
     exact = [tensor.float().nan_to_num() for tensor in (grouped, key, value)]
-    expected, expected_lse = flash_rows(*exact, 0.3, spans)
+    expected = flash_rows(*exact, 0.3, spans)
     output = torch.full(grouped.shape, 7.0, dtype=dtype)
-    log_sum_exp = torch.zeros(slots, key_heads, per)
-    load_compiled()(grouped, key, value, 0.3, torch.tensor(spans), output, log_sum_exp)
+    load_compiled()(grouped, key, value, 0.3, RowSpans(tuple(spans)).tensor, output)
     live = [slot for slot, _ in spans]
     if dtype == torch.float32:
         torch.testing.assert_close(output[live], expected[live], rtol=1e-5, atol=2e-6)
@@ -68,11 +67,38 @@ def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim, d
         rounded = expected[live].to(dtype)
         assert (output[live] == rounded).float().mean() >= 0.99
         torch.testing.assert_close(output[live].float(), rounded.float(), rtol=2**-7, atol=0)
-    torch.testing.assert_close(log_sum_exp[live], expected_lse[live], rtol=1e-5, atol=1e-5)
     assert torch.equal(output[2], torch.full_like(output[2], 7.0))
-    # a row with no columns of its own (all in a shared prefix) adds nothing: zeros, log-sum-exp -inf
-    load_compiled()(grouped, key.nan_to_num(), value.nan_to_num(), 0.3, torch.tensor([(2, width)]), output, log_sum_exp)
-    assert not output[2].any() and torch.equal(log_sum_exp[2], torch.full_like(log_sum_exp[2], float("-inf")))
+    # a row with no columns at all adds nothing: zeros
+    load_compiled()(grouped, key.nan_to_num(), value.nan_to_num(), 0.3, RowSpans(((2, width),)).tensor, output)
+    assert not output[2].any()
+    with pytest.raises(ValueError, match=r"spans must be \[rows, 5\]"):
+        load_compiled()(grouped, key, value, 0.3, torch.tensor(spans), output)
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+def test_rows_reading_a_shared_prefix_from_one_copy_give_the_bytes_they_give_over_their_own(dtype_name):
+    """The kernel reads a sharing row's prefix from the group's copy, in the row's own pass: with every copy
+    equal, each row's output is the very bytes it gives over its own columns, and the other copies are
+    never read (NaN there changes nothing)."""
+    import torch
+
+    from ray_app.engines.decode.row_attention import RowSpans, SharedPrefix
+    from tests.attention_rows import SHARING, STARTS, rows_sharing_a_prefix
+
+    length = 21  # a block of 16 columns and a tail, straddling the prefix's end
+    _, query, key, value = rows_sharing_a_prefix(width=60, head_dim=64, length=length, heads=9, key_heads=3)
+    query, key, value = (tensor.to(getattr(torch, dtype_name)) for tensor in (query, key, value))
+    grouped = query.reshape(len(STARTS), 3, 3, 64)
+    own = torch.zeros_like(grouped)
+    load_compiled()(grouped, key, value, 0.3, RowSpans(tuple(enumerate(STARTS))).tensor, own)
+    for slot in SHARING[1:]:
+        key[slot, :, STARTS[slot] : STARTS[slot] + length] = float("nan")
+        value[slot, :, STARTS[slot] : STARTS[slot] + length] = float("nan")
+    shared = RowSpans(tuple((slot, start + (length if slot in SHARING else 0)) for slot, start in enumerate(STARTS)),
+                      (SharedPrefix(SHARING, source=SHARING[0], start=STARTS[SHARING[0]], length=length),))  # fmt: skip
+    output = torch.zeros_like(grouped)
+    load_compiled()(grouped, key, value, 0.3, shared.tensor, output)
+    assert torch.equal(output, own)
 
 
 def test_row_attention_with_the_kernel_equals_it_without():
@@ -102,15 +128,17 @@ def test_row_attention_with_the_kernel_equals_it_without():
     with pytest.raises(ValueError, match="share one dtype"):
         kernel(half[0].reshape(5, 2, 3, 16), half[1].float(), half[2].float(), 0.3, spans.tensor, torch.zeros(1))
     without, _ = row_attention_forward(module, query, key, value, None, scaling=0.3, row_spans=list(spans))
-    shared = [SharedPrefix((0, 2, 4), source=0, start=starts[0], length=length)]
-    after_prefix = RowSpans(tuple((slot, start + (length if slot in (0, 2, 4) else 0))
-                                  for slot, start in enumerate(starts)))  # fmt: skip
+    after_prefix = RowSpans(
+        tuple((slot, start + (length if slot in (0, 2, 4) else 0)) for slot, start in enumerate(starts)),
+        (SharedPrefix((0, 2, 4), source=0, start=starts[0], length=length),),
+    )
     with_kernel, _ = row_attention_forward(module, query, key, value, None, scaling=0.3, row_spans=after_prefix,
-                                           shared_prefixes=shared, row_kernel=kernel)  # fmt: skip
+                                           row_kernel=kernel)  # fmt: skip
     torch.testing.assert_close(with_kernel, without, rtol=1e-5, atol=1e-6)
-    with_kernel, _ = row_attention_forward(module, *half, None, scaling=0.3, row_spans=after_prefix,
-                                           shared_prefixes=shared, row_kernel=kernel)  # fmt: skip
-    assert with_kernel.dtype == torch.bfloat16  # bf16 rows sharing a prefix: the kernel's part merged with flash's
+    merged, _ = row_attention_forward(module, query, key, value, None, scaling=0.3, row_spans=after_prefix)
+    torch.testing.assert_close(with_kernel, merged, rtol=1e-5, atol=1e-6)  # torch's kernel: flash, merged
+    with_kernel, _ = row_attention_forward(module, *half, None, scaling=0.3, row_spans=after_prefix, row_kernel=kernel)
+    assert with_kernel.dtype == torch.bfloat16  # bf16 rows sharing a prefix through the kernel
     torch.testing.assert_close(with_kernel.float(), without, rtol=2**-6, atol=1e-2)
 
 

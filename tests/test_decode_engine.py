@@ -792,13 +792,13 @@ def test_row_attention_is_for_cpu_models_in_either_precision(tiny_model_dir):
 
 
 def test_rows_sharing_a_prefix_read_one_copy_of_it_and_answer_as_over_their_own_columns():
-    """`shared_prefixes`: rows whose first columns hold the same prefix attend over the source row's copy
-    of it and their own columns after it, merged: equal to masked SDPA over each row's own columns; the
-    other rows' copies are never read (NaN there changes nothing)."""
+    """`RowSpans.shared` (torch's kernel): rows whose first columns hold the same prefix attend over the
+    source row's copy of it and their own columns after it, merged: equal to masked SDPA over each row's
+    own columns; the other rows' copies are never read (NaN there changes nothing)."""
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from ray_app.engines.decode.row_attention import SharedPrefix, row_attention_forward
+    from ray_app.engines.decode.row_attention import RowSpans, SharedPrefix, row_attention_forward
     from tests.attention_rows import STARTS, rows_sharing_a_prefix
 
     width, length = 20, 7
@@ -815,7 +815,7 @@ def test_rows_sharing_a_prefix_read_one_copy_of_it_and_answer_as_over_their_own_
     spans = [(slot, start + (length if slot in (0, 2, 4) else 0)) for slot, start in enumerate(starts)]
     shared = [SharedPrefix((0, 2, 4), source=0, start=starts[0], length=length)]
     rows, _ = row_attention_forward(module, query, poisoned_key, poisoned_value, None, scaling=0.3,
-                                    row_spans=spans, shared_prefixes=shared)  # fmt: skip
+                                    row_spans=RowSpans(tuple(spans), tuple(shared)))  # fmt: skip
     torch.testing.assert_close(rows, masked, rtol=1e-5, atol=1e-6)
 
 
@@ -840,27 +840,34 @@ def test_rows_decoding_together_group_by_the_longest_prefix_another_row_holds_to
     assert shared_prefix_groups(slots, min_columns=flights_tools_end + 1) == {}
 
 
-def test_an_engine_step_reads_the_shared_prefix_from_one_row_and_answers_as_alone(host, monkeypatch):
+@pytest.mark.parametrize("kernel", ["compiled", "torch"])
+def test_an_engine_step_reads_the_shared_prefix_from_one_row_and_answers_as_alone(host, monkeypatch, kernel):
     """Requests with the same tools decode together: the step passes their shared prefix to row attention,
     NaN in every copy of it but the source row's changes no token, and each answer is HF generate's,
-    as rows leave the group too."""
+    as rows leave the group too; through the compiled kernel (the group's copy read in each row's own
+    pass) and torch's (one flash call per group, merged)."""
     import torch
 
-    from ray_app.engines.decode import row_attention
+    from ray_app.engines.decode.attention_kernel import DecodeAttentionChoice
     from ray_app.engines.decode.running_batch import RunningBatch
     from ray_app.engines.decode.scheduler import DecodeScheduler
 
     queries = ["Weather in Paris?", "And in Oslo, for the whole weekend, in Celsius please?", "Rome tomorrow"]
     conversations = [chat_messages(toolcall_prompt([WEATHER], query)) for query in queries]
     seen = []
-    original = row_attention.shared_prefix_attention
+    original = RunningBatch._row_spans
 
-    def spy(grouped, key, value, scaling, row_spans, shared_prefixes, output, row_kernel=None):
-        seen.append([prefix.slots for prefix in shared_prefixes])
-        return original(grouped, key, value, scaling, row_spans, shared_prefixes, output, row_kernel)
+    def spy(self, starts):
+        arguments = original(self, starts)
+        if arguments["row_spans"].shared:
+            seen.append([prefix.slots for prefix in arguments["row_spans"].shared])
+        return arguments
 
-    monkeypatch.setattr(row_attention, "shared_prefix_attention", spy)
-
+    monkeypatch.setattr(RunningBatch, "_row_spans", spy)
+    if kernel == "torch":
+        monkeypatch.setattr(host.slm, "decode_attention", DecodeAttentionChoice("torch", "the test asks for it"))
+    elif host.slm.decode_attention.compiled is None:
+        pytest.skip(f"no compiled kernel here: {host.slm.decode_attention.reason}")
     monkeypatch.setattr(RunningBatch, "min_shared_columns", 0)  # the tiny model's prompts are short
 
     def answer(limits: list[int], share: bool = True, poison: bool = False) -> dict:

@@ -78,7 +78,7 @@ class CompiledRowAttention:
         for dtype_name, name in KERNEL_FUNCTIONS.values():
             function = getattr(library, name)
             function.argtypes = [pointer, pointer, pointer, integer, integer, pointer, integer, integer, integer,
-                                 integer, integer, ctypes.c_float, pointer, pointer]  # fmt: skip
+                                 integer, integer, ctypes.c_float, pointer]  # fmt: skip
             function.restype = None
             self._functions[getattr(torch, dtype_name)] = function
 
@@ -86,24 +86,27 @@ class CompiledRowAttention:
         return (key.device.type == "cpu" and key.dtype in self._functions
                 and key.stride(-1) == 1 and key.stride(-2) == key.shape[-1])  # fmt: skip
 
-    def __call__(self, grouped, key, value, scaling: float, spans, output, log_sum_exp=None) -> None:
-        """Row attention for the rows in `spans` ([rows, 2] int64: slot, first column) into `output`
-        ([slots, key heads, query heads per key head, head dim], contiguous, like `grouped`), and each
-        row's log-sum-exp into `log_sum_exp` (fp32 [slots, key heads, per]) when given. Slots not in
-        `spans` are left as they are."""
+    def __call__(self, grouped, key, value, scaling: float, spans, output) -> None:
+        """Row attention for the rows in `spans` into `output` ([slots, key heads, query heads per key head,
+        head dim], contiguous, like `grouped`). `spans`: [rows, 5] int64, contiguous: a row's slot and first
+        column of its own, then the slot, first column and length of a prefix it reads from another row's
+        columns before its own (length 0: none; `RowSpans.tensor`). Slots not in `spans` are left as they are."""
         import torch
 
         if key.stride() != value.stride():
             raise ValueError("keys and values must share one layout")
         if not output.is_contiguous() or spans.dtype != torch.int64 or not spans.is_contiguous():
             raise ValueError("the kernel writes a contiguous output and reads contiguous int64 spans")
+        if spans.dim() != 2 or spans.shape[1] != 5:
+            raise ValueError(f"spans must be [rows, 5] (slot, start, prefix slot, prefix start, prefix length), "
+                             f"got {list(spans.shape)}")  # fmt: skip
         if not grouped.dtype == key.dtype == value.dtype == output.dtype:
             raise ValueError("queries, keys, values and output must share one dtype")
         slots, key_heads, per, head_dim = grouped.shape
         grouped = grouped.contiguous()
         self._functions[key.dtype](grouped.data_ptr(), key.data_ptr(), value.data_ptr(), key.stride(0), key.stride(1),
                  spans.data_ptr(), spans.shape[0], key.shape[2], key_heads, per, head_dim, float(scaling),
-                 output.data_ptr(), None if log_sum_exp is None else log_sum_exp.data_ptr())  # fmt: skip
+                 output.data_ptr())  # fmt: skip
 
 
 @dataclass(frozen=True)

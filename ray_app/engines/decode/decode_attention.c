@@ -1,14 +1,23 @@
 /* One decode step's attention for the rows of a RunningBatch (see attention_kernel.py for why this
    exists and how it is built and loaded).
 
-   The key/value buffers are [slots, kv_heads, width, head_dim] with each row right-aligned: row i
-   (spans[i] = {slot, start}) attends over columns [start, end). Its `per` query heads per key head
-   (grouped-query attention) are q[slot, head, 0..per) and read that head's keys and values once,
-   in one pass over the keys and one over the values. Work items are (row, key head) pairs split
-   across the OpenMP threads (torch's own libgomp: the same thread count torch uses); every item is
-   computed by one thread in a fixed order, so a row's result depends on its own data only, never on
-   the thread count or on the rows beside it. fp32 and bf16 tensors; the sums are fp32 in both (a bf16
-   row's output is rounded to bf16 once, at the end). */
+   The key/value buffers are [slots, kv_heads, width, head_dim] with each row right-aligned. Row i
+   (spans[5i..5i+5) = {slot, start, prefix slot, prefix start, prefix length}) attends over the
+   `prefix length` columns of the prefix slot from `prefix start` (a prompt prefix it shares with
+   other rows: one copy, read by all of them while it is in cache), then over its own columns
+   [start, end), as one sequence of columns: where the prefix slot's copy equals its own, its result
+   is the bytes it gives reading its own copy. Its `per` query heads per key head (grouped-query
+   attention) are q[slot, head, 0..per) and read that head's keys and values. Work items are
+   (row, key head) pairs split across the OpenMP threads (torch's own libgomp: the same thread count
+   torch uses); every item is computed by one thread in a fixed order, so a row's result depends on
+   its own data only, never on the thread count or on the rows beside it. fp32 and bf16 tensors; the
+   sums are fp32 in both (a bf16 row's output is rounded to bf16 once, at the end).
+
+   A score is a dot product over head_dim in 16 lanes (lane l sums dimensions l, l + 16, ...), its lanes
+   then added pairwise (8 apart, 4, 2, 1). Where head_dim is a multiple of 16, 16 columns' scores are
+   computed at once in vectors of 16 floats (GCC/clang vector extensions: AVX-512, or two AVX2
+   registers), their lanes added by shuffles that pair the same lanes in the same order, so a score has
+   the same bits in a block of 16 columns as alone; other head dims take the same sums in scalar code. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -16,25 +25,43 @@
 
 #define LANES 16    /* partial sums per dot product, added pairwise at the end */
 #define PREFETCH 16 /* columns ahead */
+#define MAX_CHUNKS 16 /* head_dim up to 256 in the vector path */
 
-static inline float exp_nonpositive(float x) {
-    /* e^x for x <= 0 (a score minus its row's maximum), written so the loop around it vectorizes:
-       Cephes' expf (range reduction by ln 2, degree-6 polynomial; ~1 ulp), clamped below. */
-    if (x < -87.0f) x = -87.0f;
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500E-4f;
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef uint16_t v16h __attribute__((vector_size(32)));
+
+#ifdef __clang__
+#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (v16i){__VA_ARGS__})
+#endif
+
+static inline v16f splat(float value) { return (v16f){0} + value; }
+
+static inline v16f exp_nonpositive(v16f x) {
+    /* e^x for x <= 0 (a score minus its row's maximum), 16 at a time: Cephes' expf (range reduction by
+       ln 2, degree-6 polynomial; ~1 ulp), clamped below; floor() as truncation, less one where that
+       rounded up (below zero). */
+    v16i low = x < -87.0f;
+    x = (v16f)(((v16i)splat(-87.0f) & low) | ((v16i)x & ~low));
+    v16f t = x * 1.44269504088896341f + 0.5f;
+    v16f n = __builtin_convertvector(__builtin_convertvector(t, v16i), v16f);
+    n = n - (v16f)((v16i)splat(1.0f) & (n > t));
+    v16f r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    v16f p = splat(1.9875691500E-4f);
     p = p * r + 1.3981999507E-3f;
     p = p * r + 8.3334519073E-3f;
     p = p * r + 4.1665795894E-2f;
     p = p * r + 1.6666665459E-1f;
     p = p * r + 5.0000001201E-1f;
     p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return p * two_n;
+    return p * (v16f)((__builtin_convertvector(n, v16i) + 127) << 23);
 }
+
+static inline float f32_load(float value) { return value; }
+static inline float f32_store(float value) { return value; }
 
 static inline float bf16_load(uint16_t half) {
     uint32_t bits = (uint32_t)half << 16;
@@ -51,8 +78,47 @@ static inline uint16_t bf16_store(float value) { /* round to nearest, ties to ev
     return (uint16_t)(bits >> 16);
 }
 
+static inline v16f f32_load16(const float *p) {
+    v16f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline v16f bf16_load16(const uint16_t *p) {
+    v16h half;
+    memcpy(&half, p, sizeof half);
+    return (v16f)(__builtin_convertvector(half, v16u) << 16);
+}
+
 static inline void prefetch_column(const void *column, int64_t bytes) {
     for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch((const char *)column + offset);
+}
+
+static inline float lanes_sum(v16f a) { /* lanes added pairwise: 8 apart, then 4, 2, 1 */
+    float b[8], c[4], d[2];
+    for (int i = 0; i < 8; ++i) b[i] = a[i] + a[i + 8];
+    for (int i = 0; i < 4; ++i) c[i] = b[i] + b[i + 4];
+    for (int i = 0; i < 2; ++i) d[i] = c[i] + c[i + 2];
+    return d[0] + d[1];
+}
+
+/* The block of 16 columns whose dot products were summed into a[slot]: a[s] belongs to column
+   SLOT_COLUMN[s], so that after the four pairwise stages of blocks_sum lane l holds column l. */
+static const int SLOT_COLUMN[16] = {0, 4, 2, 6, 1, 5, 3, 7, 8, 12, 10, 14, 9, 13, 11, 15};
+
+static inline v16f blocks_sum(const v16f *a) { /* lanes_sum of 16 vectors at once, the same additions */
+    v16f v[8], w[4], x[2];
+    for (int p = 0; p < 8; ++p)
+        v[p] = SHUFFLE(a[2 * p], a[2 * p + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+             + SHUFFLE(a[2 * p], a[2 * p + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    for (int q = 0; q < 4; ++q)
+        w[q] = SHUFFLE(v[2 * q], v[2 * q + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27)
+             + SHUFFLE(v[2 * q], v[2 * q + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+    for (int r = 0; r < 2; ++r)
+        x[r] = SHUFFLE(w[2 * r], w[2 * r + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29)
+             + SHUFFLE(w[2 * r], w[2 * r + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+    return SHUFFLE(x[0], x[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+         + SHUFFLE(x[0], x[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 
 static float max_of(const float *s, int64_t length) {
@@ -60,10 +126,11 @@ static float max_of(const float *s, int64_t length) {
     for (int lane = 0; lane < LANES; ++lane) peaks[lane] = -INFINITY;
     int64_t whole = length - length % LANES;
     for (int64_t j = 0; j < whole; j += LANES)
-        for (int lane = 0; lane < LANES; ++lane) peaks[lane] = fmaxf(peaks[lane], s[j + lane]);
-    for (int64_t j = whole; j < length; ++j) peaks[0] = fmaxf(peaks[0], s[j]);
+        for (int lane = 0; lane < LANES; ++lane) peaks[lane] = peaks[lane] < s[j + lane] ? s[j + lane] : peaks[lane];
+    for (int64_t j = whole; j < length; ++j) peaks[0] = peaks[0] < s[j] ? s[j] : peaks[0];
     for (int width = LANES / 2; width > 0; width /= 2)
-        for (int lane = 0; lane < width; ++lane) peaks[lane] = fmaxf(peaks[lane], peaks[lane + width]);
+        for (int lane = 0; lane < width; ++lane)
+            peaks[lane] = peaks[lane] < peaks[lane + width] ? peaks[lane + width] : peaks[lane];
     return peaks[0];
 }
 
@@ -78,64 +145,152 @@ static float sum_of(const float *s, int64_t length) {
     return totals[0];
 }
 
+/* column j of a row's sequence: the shared prefix's columns first, then its own */
+#define COLUMN(base, j) ((base) + ((j) < counts[0] ? offsets[0] + (j) * head_dim : offsets[1] + ((j) - counts[0]) * head_dim))
+#define HEADS 4 /* query heads whose sums are kept in registers together (a column is loaded once for them) */
+
+/* One (row, key head) item's scores (per rows of `stride` floats, scaled) and sums (per × head_dim,
+   unnormalized) with vectors of 16 floats; `chunks` = head_dim / 16 (a constant where it is inlined,
+   so the loops over it unroll). Query heads go HEADS at a time: a column is loaded and widened once for
+   them. */
+#define VECTOR_PASSES(T, LOAD16)                                                                            \
+    static inline __attribute__((always_inline)) void vector_scores_##T(                                   \
+        const float *query, const T *k, const int64_t *counts, const int64_t *offsets, int64_t length,     \
+        int64_t stride, int64_t per, int64_t head_dim, int64_t chunks, float scale, float *scores) {      \
+        for (int64_t h0 = 0; h0 < per; h0 += HEADS) {                                                      \
+            int heads = per - h0 < HEADS ? (int)(per - h0) : HEADS;                                        \
+            v16f q[HEADS][MAX_CHUNKS];                                                                     \
+            for (int h = 0; h < heads; ++h)                                                                \
+                for (int64_t c = 0; c < chunks; ++c) q[h][c] = f32_load16(query + (h0 + h) * head_dim + 16 * c); \
+            int64_t j = 0;                                                                                 \
+            for (; j + 16 <= length; j += 16) {                                                            \
+                v16f a[HEADS][16];                                                                         \
+                for (int slot = 0; slot < 16; ++slot) {                                                    \
+                    int64_t column = j + SLOT_COLUMN[slot];                                                \
+                    if (h0 == 0 && column + PREFETCH < length)                                             \
+                        prefetch_column(COLUMN(k, column + PREFETCH), head_dim * (int64_t)sizeof(T));      \
+                    const T *key = COLUMN(k, column);                                                      \
+                    v16f keys[MAX_CHUNKS];                                                                 \
+                    for (int64_t c = 0; c < chunks; ++c) keys[c] = LOAD16(key + 16 * c);                   \
+                    for (int h = 0; h < HEADS; ++h) {                                                      \
+                        if (h >= heads) break;                                                             \
+                        v16f acc = q[h][0] * keys[0];                                                      \
+                        for (int64_t c = 1; c < chunks; ++c) acc += q[h][c] * keys[c];                     \
+                        a[h][slot] = acc;                                                                  \
+                    }                                                                                      \
+                }                                                                                          \
+                for (int h = 0; h < heads; ++h) {                                                          \
+                    v16f block = blocks_sum(a[h]) * scale;                                                 \
+                    memcpy(scores + (h0 + h) * stride + j, &block, sizeof block);                          \
+                }                                                                                          \
+            }                                                                                              \
+            for (; j < length; ++j) {                                                                      \
+                const T *key = COLUMN(k, j);                                                               \
+                for (int h = 0; h < heads; ++h) {                                                          \
+                    v16f acc = q[h][0] * LOAD16(key);                                                      \
+                    for (int64_t c = 1; c < chunks; ++c) acc += q[h][c] * LOAD16(key + 16 * c);            \
+                    scores[(h0 + h) * stride + j] = lanes_sum(acc) * scale;                                \
+                }                                                                                          \
+            }                                                                                              \
+        }                                                                                                  \
+    }                                                                                                      \
+    static inline __attribute__((always_inline)) void vector_values_##T(                                   \
+        const T *v, const int64_t *counts, const int64_t *offsets, int64_t length, int64_t stride,         \
+        int64_t per, int64_t head_dim, int64_t chunks, const float *scores, float *sums) {                \
+        for (int64_t h0 = 0; h0 < per; h0 += HEADS) {                                                      \
+            int heads = per - h0 < HEADS ? (int)(per - h0) : HEADS;                                        \
+            v16f acc[HEADS][MAX_CHUNKS];                                                                   \
+            for (int h = 0; h < HEADS; ++h)                                                                \
+                for (int64_t c = 0; c < chunks; ++c) acc[h][c] = (v16f){0};                                \
+            for (int64_t j = 0; j < length; ++j) {                                                         \
+                if (h0 == 0 && j + PREFETCH < length)                                                      \
+                    prefetch_column(COLUMN(v, j + PREFETCH), head_dim * (int64_t)sizeof(T));               \
+                const T *value = COLUMN(v, j);                                                             \
+                v16f values[MAX_CHUNKS];                                                                   \
+                for (int64_t c = 0; c < chunks; ++c) values[c] = LOAD16(value + 16 * c);                   \
+                for (int h = 0; h < HEADS; ++h) {                                                          \
+                    if (h >= heads) break;                                                                 \
+                    float weight = scores[(h0 + h) * stride + j];                                          \
+                    for (int64_t c = 0; c < chunks; ++c) acc[h][c] += weight * values[c];                  \
+                }                                                                                          \
+            }                                                                                              \
+            for (int h = 0; h < heads; ++h)                                                                \
+                for (int64_t c = 0; c < chunks; ++c)                                                       \
+                    memcpy(sums + (h0 + h) * head_dim + 16 * c, &acc[h][c], sizeof acc[h][c]);             \
+        }                                                                                                  \
+    }
+
+typedef uint16_t bf16;
+VECTOR_PASSES(float, f32_load16)
+VECTOR_PASSES(bf16, bf16_load16)
+
 #define DECODE_ATTENTION(NAME, T, LOAD, STORE)                                                              \
     void NAME(const T *q, const T *k, const T *v, int64_t slot_stride, int64_t head_stride,                \
               const int64_t *spans, int64_t rows, int64_t end, int64_t kv_heads, int64_t per,              \
-              int64_t head_dim, float scale, T *out, float *lse) {                                         \
+              int64_t head_dim, float scale, T *out) {                                                     \
+        int64_t chunks = head_dim % 16 == 0 && head_dim <= 16 * MAX_CHUNKS ? head_dim / 16 : 0;            \
         _Pragma("omp parallel") {                                                                          \
             float *scores = NULL;                                                                          \
             int64_t capacity = 0;                                                                          \
-            float query[per * head_dim], sums[per * head_dim], column[head_dim];                           \
-            int64_t whole_dims = head_dim - head_dim % LANES;                                              \
+            float *query = malloc(sizeof(float) * per * head_dim), *sums = malloc(sizeof(float) * per * head_dim); \
             _Pragma("omp for schedule(static)") for (int64_t item = 0; item < rows * kv_heads; ++item) {   \
-                int64_t row = item / kv_heads, head = item % kv_heads, slot = spans[2 * row];              \
-                int64_t start = spans[2 * row + 1], length = end - start;                                  \
-                const T *keys = k + slot * slot_stride + head * head_stride + start * head_dim;            \
-                const T *values = v + slot * slot_stride + head * head_stride + start * head_dim;          \
+                const int64_t *span = spans + 5 * (item / kv_heads);                                       \
+                int64_t head = item % kv_heads, slot = span[0], start = span[1];                           \
+                int64_t counts[2] = {span[4], end - start}; /* the shared prefix's columns, its own */     \
+                int64_t offsets[2] = {span[2] * slot_stride + head * head_stride + span[3] * head_dim,     \
+                                      slot * slot_stride + head * head_stride + start * head_dim};         \
+                int64_t length = counts[0] + counts[1], padded = (length + 15) / 16 * 16;                  \
                 int64_t first = (slot * kv_heads + head) * per;                                            \
-                if (length <= 0) { /* no columns of its own (all in a shared prefix): nothing to attend */ \
+                if (length <= 0) { /* no columns at all: nothing to attend */                              \
                     for (int64_t i = 0; i < per * head_dim; ++i) out[first * head_dim + i] = STORE(0.0f);  \
-                    for (int64_t h = 0; h < per && lse; ++h) lse[first + h] = -INFINITY;                   \
                     continue;                                                                              \
                 }                                                                                          \
                 for (int64_t i = 0; i < per * head_dim; ++i) query[i] = LOAD(q[first * head_dim + i]);    \
-                if (capacity < per * length) {                                                             \
+                if (capacity < per * padded) {                                                             \
                     free(scores);                                                                          \
-                    capacity = per * length;                                                               \
+                    capacity = per * padded;                                                               \
                     scores = (float *)malloc(sizeof(float) * capacity);                                    \
                 }                                                                                          \
-                for (int64_t j = 0; j < length; ++j) { /* scores: one pass over the keys */                \
-                    const T *key = keys + j * head_dim;                                                    \
-                    prefetch_column(key + PREFETCH * head_dim, head_dim * (int64_t)sizeof(T));             \
-                    for (int64_t d = 0; d < head_dim; ++d) column[d] = LOAD(key[d]);                       \
-                    for (int64_t h = 0; h < per; ++h) {                                                    \
-                        float acc[LANES] = {0};                                                            \
-                        for (int64_t d = 0; d < whole_dims; d += LANES)                                    \
-                            for (int lane = 0; lane < LANES; ++lane)                                       \
-                                acc[lane] += query[h * head_dim + d + lane] * column[d + lane];            \
-                        for (int64_t d = whole_dims; d < head_dim; ++d)                                    \
-                            acc[d - whole_dims] += query[h * head_dim + d] * column[d];                    \
-                        for (int width = LANES / 2; width > 0; width /= 2)                                 \
-                            for (int lane = 0; lane < width; ++lane) acc[lane] += acc[lane + width];       \
-                        scores[h * length + j] = acc[0] * scale;                                           \
+                if (chunks == 4) /* head_dim 64: loops over chunks unrolled */                             \
+                    vector_scores_##T(query, k, counts, offsets, length, padded, per, head_dim, 4, scale, scores); \
+                else if (chunks == 8)                                                                      \
+                    vector_scores_##T(query, k, counts, offsets, length, padded, per, head_dim, 8, scale, scores); \
+                else if (chunks)                                                                           \
+                    vector_scores_##T(query, k, counts, offsets, length, padded, per, head_dim, chunks, scale, scores); \
+                else                                                                                       \
+                    for (int64_t j = 0; j < length; ++j) { /* scores, a column at a time */                \
+                        const T *key = COLUMN(k, j);                                                       \
+                        for (int64_t h = 0; h < per; ++h) {                                                \
+                            float acc[LANES] = {0};                                                        \
+                            for (int64_t d = 0; d < head_dim; ++d)                                         \
+                                acc[d % LANES] += query[h * head_dim + d] * LOAD(key[d]);                  \
+                            for (int width = LANES / 2; width > 0; width /= 2)                             \
+                                for (int lane = 0; lane < width; ++lane) acc[lane] += acc[lane + width];   \
+                            scores[h * padded + j] = acc[0] * scale;                                       \
+                        }                                                                                  \
                     }                                                                                      \
-                }                                                                                          \
                 float inverse_sums[per];                                                                   \
                 for (int64_t h = 0; h < per; ++h) { /* softmax, unnormalized: divided at the end */        \
-                    float *s = scores + h * length, peak = max_of(s, length);                              \
-                    for (int64_t j = 0; j < length; ++j) s[j] = exp_nonpositive(s[j] - peak);              \
-                    float total = sum_of(s, length);                                                       \
-                    if (lse) lse[first + h] = peak + logf(total);                                          \
-                    inverse_sums[h] = 1.0f / total;                                                        \
+                    float *s = scores + h * padded, peak = max_of(s, length);                              \
+                    for (int64_t j = 0; j < length; j += 16) { /* whole vectors: `padded` leaves room */   \
+                        v16f e = exp_nonpositive(f32_load16(s + j) - peak);                                \
+                        memcpy(s + j, &e, sizeof e);                                                       \
+                    }                                                                                      \
+                    inverse_sums[h] = 1.0f / sum_of(s, length);                                            \
                 }                                                                                          \
-                memset(sums, 0, sizeof sums);                                                              \
-                for (int64_t j = 0; j < length; ++j) { /* outputs: one pass over the values */             \
-                    const T *value = values + j * head_dim;                                                \
-                    prefetch_column(value + PREFETCH * head_dim, head_dim * (int64_t)sizeof(T));           \
-                    for (int64_t d = 0; d < head_dim; ++d) column[d] = LOAD(value[d]);                     \
-                    for (int64_t h = 0; h < per; ++h) {                                                    \
-                        float weight = scores[h * length + j];                                             \
-                        for (int64_t d = 0; d < head_dim; ++d) sums[h * head_dim + d] += weight * column[d]; \
+                if (chunks == 4)                                                                           \
+                    vector_values_##T(v, counts, offsets, length, padded, per, head_dim, 4, scores, sums); \
+                else if (chunks == 8)                                                                      \
+                    vector_values_##T(v, counts, offsets, length, padded, per, head_dim, 8, scores, sums); \
+                else if (chunks)                                                                           \
+                    vector_values_##T(v, counts, offsets, length, padded, per, head_dim, chunks, scores, sums); \
+                else {                                                                                     \
+                    memset(sums, 0, sizeof(float) * per * head_dim);                                       \
+                    for (int64_t j = 0; j < length; ++j) { /* outputs, a column at a time */               \
+                        const T *value = COLUMN(v, j);                                                     \
+                        for (int64_t h = 0; h < per; ++h)                                                  \
+                            for (int64_t d = 0; d < head_dim; ++d)                                         \
+                                sums[h * head_dim + d] += scores[h * padded + j] * LOAD(value[d]);         \
                     }                                                                                      \
                 }                                                                                          \
                 for (int64_t h = 0; h < per; ++h)                                                          \
@@ -143,8 +298,10 @@ static float sum_of(const float *s, int64_t length) {
                         out[(first + h) * head_dim + d] = STORE(sums[h * head_dim + d] * inverse_sums[h]); \
             }                                                                                              \
             free(scores);                                                                                  \
+            free(query);                                                                                   \
+            free(sums);                                                                                    \
         }                                                                                                  \
     }
 
-DECODE_ATTENTION(decode_attention_f32, float, (float), (float))
-DECODE_ATTENTION(decode_attention_bf16, uint16_t, bf16_load, bf16_store)
+DECODE_ATTENTION(decode_attention_f32, float, f32_load, f32_store)
+DECODE_ATTENTION(decode_attention_bf16, bf16, bf16_load, bf16_store)

@@ -25,14 +25,16 @@ which rows decode beside it (but for the last bits of rows that share a prefix, 
 prompt, causal) and every call without row spans go to transformers' own SDPA attention unchanged.
 
 Rows that hold the same prompt prefix (one agent's tool signatures on every request) each keep a copy
-of it; with `shared_prefixes` a group reads one copy per step instead (`shared_prefix_attention`):
-the group's queries go through the flash kernel together over that copy, whose blocking then depends
-on how many rows the group has, so those rows' outputs can differ in their last bits (1e-7) from
-what the row alone would give; measured on the agent load, the same 64 answers in fp32.
+of it; with `RowSpans.shared` a group reads one copy per step instead. With torch's kernel
+(`shared_prefix_attention`) the group's queries go through the flash kernel together over that copy,
+whose blocking then depends on how many rows the group has, so those rows' outputs can differ in their
+last bits (1e-7) from what the row alone would give; measured on the agent load, the same 64 answers
+in fp32.
 
-In fp32 and bf16 the rows' own columns go through our compiled kernel when the engine has one
-(`attention_kernel.py`: all rows of a layer in one call, 61 → 45 ms of a step's attention on the 50
-toolcall rows, the same answers in fp32); the shared prefixes' part stays on torch's flash kernel.
+In fp32 and bf16 the rows go through our compiled kernel when the engine has one (`attention_kernel.py`:
+all rows of a layer in one call). It reads a sharing row's prefix from the group's copy in the row's
+own pass, as if it were the row's own columns: a row gives the very bytes it gives alone wherever its
+copy of the prefix equals the group's (in evaluation, always), with no second call and no merge.
 
 CPU models only (`use_row_attention`), fp32 and bf16. bf16 took masked SDPA over the buffer while
 row attention still ran torch's math path (92 ms per step vs 80 ms masked); with the flash kernel the
@@ -96,19 +98,26 @@ class SharedPrefix:
 
 @dataclass(frozen=True)
 class RowSpans:
-    """(slot, first column) of each live row in a decode step; iterates as those pairs."""
+    """(slot, first column) of each live row in a decode step; iterates as those pairs. `shared`: the
+    prefixes groups of these rows share (a sharing row's own span starts after its prefix)."""
 
     pairs: tuple[tuple[int, int], ...]
+    shared: tuple[SharedPrefix, ...] = ()
 
     def __iter__(self):
         return iter(self.pairs)
 
     @functools.cached_property
     def tensor(self):
-        """[rows, 2] int64, as the compiled kernel reads them (built once per step, read by every layer)."""
+        """[rows, 5] int64 (slot, first column, and the slot, first column and length of the prefix the row
+        shares, length 0 where none), as the compiled kernel reads them (built once per step, read by every
+        layer)."""
         import torch
 
-        return torch.tensor(self.pairs, dtype=torch.int64).reshape(-1, 2)
+        prefixes = {slot: (prefix.source, prefix.start, prefix.length) for prefix in self.shared
+                    for slot in prefix.slots}  # fmt: skip
+        rows = [(slot, start, *prefixes.get(slot, (slot, 0, 0))) for slot, start in self.pairs]
+        return torch.tensor(rows, dtype=torch.int64).reshape(-1, 5)
 
 
 @dataclass(frozen=True)
@@ -147,14 +156,13 @@ def packed_prefill_attention(module, query, key, value, packed: PackedPrefill, d
 def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers' attention signature. With `row_spans` ((slot, first column), one per live row;
     a decode step: one query position per row), each listed row attends over its own columns only;
-    with `shared_prefixes` too (`SharedPrefix`; a listed row's span then starts after the prefix), the
-    rows of each share the prefix's part; without spans, SDPA as transformers computes it. With
-    `row_kernel` (`attention_kernel.CompiledRowAttention`) the rows' own columns go through it, all
-    rows in one call, instead of torch's flash kernel once per row."""
+    with `RowSpans.shared` (a sharing row's span then starts after its prefix) the rows of each group
+    read one copy of the prefix; without spans, SDPA as transformers computes it. With `row_kernel`
+    (`attention_kernel.CompiledRowAttention`) all rows go through it in one call, instead of torch's
+    flash kernel once per row (and once per shared prefix)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     row_spans = kwargs.pop("row_spans", None)
-    shared_prefixes = kwargs.pop("shared_prefixes", ())
     row_kernel = kwargs.pop("row_kernel", None)
     packed_prefill = kwargs.pop("packed_prefill", None)
     if packed_prefill is not None:
@@ -172,12 +180,12 @@ def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     output = torch.zeros(grouped.shape, dtype=grouped.dtype, device=grouped.device)  # contiguous
     if row_kernel is not None and not row_kernel.supports(key):
         row_kernel = None
-    if row_kernel is not None and not isinstance(row_spans, RowSpans):
+    if not isinstance(row_spans, RowSpans):
         row_spans = RowSpans(tuple(row_spans))
-    if shared_prefixes:
-        shared_prefix_attention(grouped, key, value, scaling, row_spans, shared_prefixes, output, row_kernel)
-    elif row_kernel is not None:
+    if row_kernel is not None:  # every row's shared prefix too: one call per layer
         row_kernel(grouped, key, value, scaling, row_spans.tensor, output)
+    elif row_spans.shared:
+        shared_prefix_attention(grouped, key, value, scaling, row_spans, output)
     else:
         for slot, start in row_spans:  # 4-D slices: torch's CPU flash kernel (3-D inputs take the math path)
             output[slot : slot + 1] = torch.nn.functional.scaled_dot_product_attention(
@@ -187,24 +195,23 @@ def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     return output.reshape(slots, 1, heads, head_dim), None
 
 
-def shared_prefix_attention(grouped, key, value, scaling, row_spans, shared_prefixes, output, row_kernel=None) -> None:
-    """Attention in two parts for rows that share a prefix: every row over its own span (for a sharing
-    row the columns after the prefix), then each group's queries together over the one copy of its
-    prefix; the two parts are merged by their log-sum-exps (as FlashInfer's cascade attention, or the
-    flash kernel itself between blocks of keys). A decode step of rows that share a long prefix (one
-    agent's tool signatures) reads that prefix's keys/values once instead of once per row."""
+def shared_prefix_attention(grouped, key, value, scaling, row_spans: RowSpans, output) -> None:
+    """torch's kernel for rows that share a prefix, in two parts: every row over its own span (for a
+    sharing row the columns after the prefix), then each group's queries together over the one copy of
+    its prefix; the two parts are merged by their log-sum-exps (as FlashInfer's cascade attention, or
+    the flash kernel itself between blocks of keys). A decode step of rows that share a long prefix (one
+    agent's tool signatures) reads that prefix's keys/values once instead of once per row. (The compiled
+    kernel reads the group's copy in each row's own pass instead: no second call, no merge.)"""
     import torch
 
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # returns the log-sum-exp too
     log_sum_exp = torch.zeros(grouped.shape[:3], dtype=torch.float32, device=grouped.device)
-    if row_kernel is not None:
-        row_kernel(grouped, key, value, scaling, row_spans.tensor, output, log_sum_exp)
-    for slot, start in row_spans if row_kernel is None else ():
+    for slot, start in row_spans:
         rows = slice(slot, slot + 1)
         output[rows], log_sum_exp[rows] = flash(grouped[rows], key[rows, :, start:], value[rows, :, start:],
                                                 scale=scaling)  # fmt: skip
     key_heads, per_key_head, head_dim = grouped.shape[1:]
-    for prefix in shared_prefixes:
+    for prefix in row_spans.shared:
         index, count = prefix.index, len(prefix.slots)
         queries = grouped[index].transpose(0, 1).reshape(1, key_heads, count * per_key_head, head_dim)
         columns = slice(prefix.start, prefix.start + prefix.length)
