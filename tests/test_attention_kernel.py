@@ -17,6 +17,24 @@ pytestmark = pytest.mark.skipif(attention_kernel.compiler() is None, reason="nee
 
 
 @pytest.fixture(scope="module")
+def kernels(tmp_path_factory):
+    """{"native": the kernel as the engine builds it, "columns": built with -DVECTOR_PATH=0 (the
+    column-at-a-time loops an AVX2 build runs)}; on a CPU without AVX-512 both are the latter."""
+    import ctypes
+
+    path = tmp_path_factory.mktemp("kernels") / "columns.so"
+    flags = attention_kernel.COMPILE_FLAGS
+    attention_kernel.COMPILE_FLAGS = (*flags, "-DVECTOR_PATH=0")
+    try:
+        attention_kernel.build(attention_kernel.compiler(), path)
+    finally:
+        attention_kernel.COMPILE_FLAGS = flags
+    columns = attention_kernel.CompiledRowAttention(ctypes.CDLL(str(path)), path)
+    assert not columns.reads_shared_prefixes
+    return {"native": load_compiled(), "columns": columns}
+
+
+@pytest.fixture(scope="module")
 def slm(tiny_model_dir):
     from ray_app.engines.decode.loaded_slm import LoadedSlm
     from ray_app.engines.slm import SlmSettings
@@ -25,30 +43,35 @@ def slm(tiny_model_dir):
 
 
 def flash_rows(grouped, key, value, scaling, spans):
-    """torch's CPU flash kernel once per row, zeros for the slots not in `spans`."""
+    """torch's CPU flash kernel once per row: (output, log-sum-exp), zeros for the slots not in `spans`."""
     import torch
 
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     output = torch.zeros(grouped.shape, dtype=grouped.dtype)
+    log_sum_exp = torch.zeros(grouped.shape[:3], dtype=torch.float32)
     for slot, start in spans:
         rows = slice(slot, slot + 1)
-        output[rows] = flash(grouped[rows], key[rows, :, start:], value[rows, :, start:], scale=scaling)[0]
-    return output
+        output[rows], log_sum_exp[rows] = flash(grouped[rows], key[rows, :, start:], value[rows, :, start:],
+                                                scale=scaling)[:2]  # fmt: skip
+    return output, log_sum_exp
 
 
+@pytest.mark.parametrize("build", ["native", "columns"])
 @pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
-@pytest.mark.parametrize("head_dim", [8, 24, 64, 128])  # scalar (not whole blocks of 16 lanes) and vector paths
-def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim, dtype_name):
+@pytest.mark.parametrize("head_dim", [8, 24, 64, 128])  # not whole blocks of 16 lanes, and whole ones (vectors)
+def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim, dtype_name, build, kernels):
     """Random rows of different lengths (1 to the whole buffer, below and above blocks of 16 columns;
-    padding and dead slots NaN, never read): outputs equal torch's flash kernel's to rounding (bf16: flash
-    over the same bf16 numbers in fp32, our fp32 sums rounded to bf16 once); dead slots are left untouched."""
+    padding and dead slots NaN, never read): outputs and log-sum-exps equal torch's flash kernel's to
+    rounding (bf16: flash over the same bf16 numbers in fp32, our fp32 sums rounded to bf16 once); dead
+    slots are left untouched. Both builds: the vector path (AVX-512) and the column-at-a-time loops."""
     import torch
 
     from ray_app.engines.decode.row_attention import RowSpans
 
+    kernel = kernels[build]
     dtype = getattr(torch, dtype_name)
     generator = torch.Generator().manual_seed(head_dim)
-    slots, key_heads, per, width = 6, 3, 5, 53  # 5 query heads per key head: one group of 4 and one of 1
+    slots, key_heads, per, width = 6, 3, 5, 53  # 5 query heads per key head: a group of 4 and one of 1
     grouped = torch.randn(slots, key_heads, per, head_dim, generator=generator).to(dtype)
     key = torch.randn(slots, key_heads, width + 7, head_dim, generator=generator).to(dtype)[:, :, :width]
     value = torch.randn(slots, key_heads, width + 7, head_dim, generator=generator).to(dtype)[:, :, :width]
@@ -57,9 +80,10 @@ def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim, d
         key[slot, :, :start], value[slot, :, :start] = float("nan"), float("nan")
     key[2], value[2] = float("nan"), float("nan")
     exact = [tensor.float().nan_to_num() for tensor in (grouped, key, value)]
-    expected = flash_rows(*exact, 0.3, spans)
+    expected, expected_lse = flash_rows(*exact, 0.3, spans)
     output = torch.full(grouped.shape, 7.0, dtype=dtype)
-    load_compiled()(grouped, key, value, 0.3, RowSpans(tuple(spans)).tensor, output)
+    log_sum_exp = torch.zeros(slots, key_heads, per)
+    kernel(grouped, key, value, 0.3, RowSpans(tuple(spans)).tensor, output, log_sum_exp)
     live = [slot for slot, _ in spans]
     if dtype == torch.float32:
         torch.testing.assert_close(output[live], expected[live], rtol=1e-5, atol=2e-6)
@@ -67,16 +91,35 @@ def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim, d
         rounded = expected[live].to(dtype)
         assert (output[live] == rounded).float().mean() >= 0.99
         torch.testing.assert_close(output[live].float(), rounded.float(), rtol=2**-7, atol=0)
+    torch.testing.assert_close(log_sum_exp[live], expected_lse[live], rtol=1e-5, atol=1e-5)
     assert torch.equal(output[2], torch.full_like(output[2], 7.0))
-    # a row with no columns at all adds nothing: zeros
-    load_compiled()(grouped, key.nan_to_num(), value.nan_to_num(), 0.3, RowSpans(((2, width),)).tensor, output)
-    assert not output[2].any()
+    # a row with no columns at all adds nothing: zeros, log-sum-exp -inf
+    kernel(grouped, key.nan_to_num(), value.nan_to_num(), 0.3, RowSpans(((2, width),)).tensor, output, log_sum_exp)
+    assert not output[2].any() and torch.equal(log_sum_exp[2], torch.full_like(log_sum_exp[2], float("-inf")))
     with pytest.raises(ValueError, match=r"spans must be \[rows, 5\]"):
-        load_compiled()(grouped, key, value, 0.3, torch.tensor(spans), output)
+        kernel(grouped, key, value, 0.3, torch.tensor(spans), output)
 
 
+def test_the_two_builds_answer_alike(kernels):
+    """The vector path and the column-at-a-time loops add the same products in the same order: their
+    fp32 outputs agree to the last bits or so (exactly, where the compiler fuses both alike)."""
+    import torch
+
+    from ray_app.engines.decode.row_attention import RowSpans
+
+    generator = torch.Generator().manual_seed(7)
+    grouped = torch.randn(4, 3, 3, 64, generator=generator)
+    key, value = torch.randn(4, 3, 300, 64, generator=generator), torch.randn(4, 3, 300, 64, generator=generator)
+    spans = RowSpans(((0, 0), (1, 133), (2, 280), (3, 299))).tensor
+    outputs = {name: torch.zeros_like(grouped) for name in kernels}
+    for name, kernel in kernels.items():
+        kernel(grouped, key, value, 0.125, spans, outputs[name])
+    torch.testing.assert_close(outputs["native"], outputs["columns"], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("build", ["native", "columns"])
 @pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
-def test_rows_reading_a_shared_prefix_from_one_copy_give_the_bytes_they_give_over_their_own(dtype_name):
+def test_rows_reading_a_shared_prefix_from_one_copy_give_the_bytes_they_give_over_their_own(dtype_name, build, kernels):
     """The kernel reads a sharing row's prefix from the group's copy, in the row's own pass: with every copy
     equal, each row's output is the very bytes it gives over its own columns, and the other copies are
     never read (NaN there changes nothing)."""
@@ -90,20 +133,23 @@ def test_rows_reading_a_shared_prefix_from_one_copy_give_the_bytes_they_give_ove
     query, key, value = (tensor.to(getattr(torch, dtype_name)) for tensor in (query, key, value))
     grouped = query.reshape(len(STARTS), 3, 3, 64)
     own = torch.zeros_like(grouped)
-    load_compiled()(grouped, key, value, 0.3, RowSpans(tuple(enumerate(STARTS))).tensor, own)
+    kernels[build](grouped, key, value, 0.3, RowSpans(tuple(enumerate(STARTS))).tensor, own)
     for slot in SHARING[1:]:
         key[slot, :, STARTS[slot] : STARTS[slot] + length] = float("nan")
         value[slot, :, STARTS[slot] : STARTS[slot] + length] = float("nan")
     shared = RowSpans(tuple((slot, start + (length if slot in SHARING else 0)) for slot, start in enumerate(STARTS)),
                       (SharedPrefix(SHARING, source=SHARING[0], start=STARTS[SHARING[0]], length=length),))  # fmt: skip
     output = torch.zeros_like(grouped)
-    load_compiled()(grouped, key, value, 0.3, shared.tensor, output)
+    kernels[build](grouped, key, value, 0.3, shared.tensor, output)
     assert torch.equal(output, own)
 
 
-def test_row_attention_with_the_kernel_equals_it_without():
+@pytest.mark.parametrize("build", ["native", "columns"])
+def test_row_attention_with_the_kernel_equals_it_without(build, kernels):
     """`row_attention_forward` given the compiled kernel (as the engine's running batch passes it) equals
-    the per-row flash loop, with and without a shared prefix; the kernel reports the tensors it takes."""
+    the per-row flash loop, with and without a shared prefix (read in each row's pass by the vector path,
+    else torch's flash call for the group merged with the kernel's part); the kernel reports the tensors
+    it takes."""
     import torch
 
     from ray_app.engines.decode.row_attention import RowSpans, SharedPrefix, row_attention_forward
@@ -112,7 +158,7 @@ def test_row_attention_with_the_kernel_equals_it_without():
     length = 9
     module, query, key, value = rows_sharing_a_prefix(width=30, head_dim=16, length=length)
     starts = STARTS
-    kernel = load_compiled()
+    kernel = kernels[build]
     assert kernel.supports(key) and kernel.supports(key.bfloat16()) and not kernel.supports(key.transpose(2, 3))
     assert not kernel.supports(key.half())
     spans = RowSpans(tuple(enumerate(starts)))
@@ -149,6 +195,8 @@ def test_the_engine_decodes_with_the_compiled_kernel_and_says_so(slm):
     assert description.kernel == "compiled" and description.compiled is not None
     assert "built for this CPU" in description.reason
     assert description.compiled.path.exists() and description.compiled.path.name.startswith("decode_attention-")
+    has_avx512 = " avx512f " in f" {attention_kernel.cpu_identity().split('|')[-1]} "
+    assert description.compiled.reads_shared_prefixes == has_avx512  # the vector path: built for AVX-512
     assert resolve_decode_attention("auto", "bf16", "cpu").kernel == "compiled"  # a bf16 model's too
 
 

@@ -78,19 +78,23 @@ class CompiledRowAttention:
         for dtype_name, name in KERNEL_FUNCTIONS.values():
             function = getattr(library, name)
             function.argtypes = [pointer, pointer, pointer, integer, integer, pointer, integer, integer, integer,
-                                 integer, integer, ctypes.c_float, pointer]  # fmt: skip
+                                 integer, integer, ctypes.c_float, pointer, pointer]  # fmt: skip
             function.restype = None
             self._functions[getattr(torch, dtype_name)] = function
+        # built with the vector path (AVX-512): a row reads a shared prefix in its own pass faster than torch's
+        # flash call for the group and the merge; without it, slower (`row_attention.row_attention_forward`)
+        self.reads_shared_prefixes = bool(library.decode_attention_vector_path())
 
     def supports(self, key) -> bool:
         return (key.device.type == "cpu" and key.dtype in self._functions
                 and key.stride(-1) == 1 and key.stride(-2) == key.shape[-1])  # fmt: skip
 
-    def __call__(self, grouped, key, value, scaling: float, spans, output) -> None:
+    def __call__(self, grouped, key, value, scaling: float, spans, output, log_sum_exp=None) -> None:
         """Row attention for the rows in `spans` into `output` ([slots, key heads, query heads per key head,
-        head dim], contiguous, like `grouped`). `spans`: [rows, 5] int64, contiguous: a row's slot and first
-        column of its own, then the slot, first column and length of a prefix it reads from another row's
-        columns before its own (length 0: none; `RowSpans.tensor`). Slots not in `spans` are left as they are."""
+        head dim], contiguous, like `grouped`), and each row's log-sum-exp into `log_sum_exp` (fp32 [slots,
+        key heads, per]) when given. `spans`: [rows, 5] int64, contiguous: a row's slot and first column of its
+        own, then the slot, first column and length of a prefix it reads from another row's columns before
+        its own (length 0: none; `RowSpans.tensor`). Slots not in `spans` are left as they are."""
         import torch
 
         if key.stride() != value.stride():
@@ -106,7 +110,7 @@ class CompiledRowAttention:
         grouped = grouped.contiguous()
         self._functions[key.dtype](grouped.data_ptr(), key.data_ptr(), value.data_ptr(), key.stride(0), key.stride(1),
                  spans.data_ptr(), spans.shape[0], key.shape[2], key_heads, per, head_dim, float(scaling),
-                 output.data_ptr())  # fmt: skip
+                 output.data_ptr(), None if log_sum_exp is None else log_sum_exp.data_ptr())  # fmt: skip
 
 
 @dataclass(frozen=True)

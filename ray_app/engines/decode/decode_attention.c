@@ -14,10 +14,12 @@
    sums are fp32 in both (a bf16 row's output is rounded to bf16 once, at the end).
 
    A score is a dot product over head_dim in 16 lanes (lane l sums dimensions l, l + 16, ...), its lanes
-   then added pairwise (8 apart, 4, 2, 1). Where head_dim is a multiple of 16, 16 columns' scores are
-   computed at once in vectors of 16 floats (GCC/clang vector extensions: AVX-512, or two AVX2
-   registers), their lanes added by shuffles that pair the same lanes in the same order, so a score has
-   the same bits in a block of 16 columns as alone; other head dims take the same sums in scalar code. */
+   then added pairwise (8 apart, 4, 2, 1). Built for AVX-512, where head_dim is a multiple of 16, 16
+   columns' scores are computed at once in vectors of 16 floats (GCC/clang vector extensions), their
+   lanes added by shuffles that pair the same lanes in the same order, so a score has the same bits in a
+   block of 16 columns as alone; elsewhere the same sums run a column at a time. With `lse`, each row's
+   log-sum-exp too (torch's flash kernel for a shared prefix is merged with it where the vector path is
+   missing). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -26,6 +28,21 @@
 #define LANES 16    /* partial sums per dot product, added pairwise at the end */
 #define PREFETCH 16 /* columns ahead */
 #define MAX_CHUNKS 16 /* head_dim up to 256 in the vector path */
+/* The vector path wants 32 vector registers of 16 floats (AVX-512): with AVX2's 16 of 8 floats the
+   same code spills and its shuffles cross registers (measured 2x slower than the column-at-a-time
+   loops, built with -march=haswell on the AMD EPYC), so there the column-at-a-time loops run.
+   (-DVECTOR_PATH=0 builds those loops on any CPU: the tests compare the two.) */
+#ifndef VECTOR_PATH
+#ifdef __AVX512F__
+#define VECTOR_PATH 1
+#else
+#define VECTOR_PATH 0
+#endif
+#endif
+
+/* Whether this build has the vector path: a row then reads a shared prefix in its own pass at the speed
+   of a GEMM-backed flash call (without it, a group's flash call and a merge are faster: attention_kernel.py). */
+int decode_attention_vector_path(void) { return VECTOR_PATH; }
 
 typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
@@ -227,12 +244,12 @@ VECTOR_PASSES(bf16, bf16_load16)
 #define DECODE_ATTENTION(NAME, T, LOAD, STORE)                                                              \
     void NAME(const T *q, const T *k, const T *v, int64_t slot_stride, int64_t head_stride,                \
               const int64_t *spans, int64_t rows, int64_t end, int64_t kv_heads, int64_t per,              \
-              int64_t head_dim, float scale, T *out) {                                                     \
-        int64_t chunks = head_dim % 16 == 0 && head_dim <= 16 * MAX_CHUNKS ? head_dim / 16 : 0;            \
+              int64_t head_dim, float scale, T *out, float *lse) {                                         \
+        int64_t chunks = VECTOR_PATH && head_dim % 16 == 0 && head_dim <= 16 * MAX_CHUNKS ? head_dim / 16 : 0; \
         _Pragma("omp parallel") {                                                                          \
             float *scores = NULL;                                                                          \
             int64_t capacity = 0;                                                                          \
-            float *query = malloc(sizeof(float) * per * head_dim), *sums = malloc(sizeof(float) * per * head_dim); \
+            float query[per * head_dim], sums[per * head_dim], column[head_dim];                           \
             _Pragma("omp for schedule(static)") for (int64_t item = 0; item < rows * kv_heads; ++item) {   \
                 const int64_t *span = spans + 5 * (item / kv_heads);                                       \
                 int64_t head = item % kv_heads, slot = span[0], start = span[1];                           \
@@ -241,8 +258,9 @@ VECTOR_PASSES(bf16, bf16_load16)
                                       slot * slot_stride + head * head_stride + start * head_dim};         \
                 int64_t length = counts[0] + counts[1], padded = (length + 15) / 16 * 16;                  \
                 int64_t first = (slot * kv_heads + head) * per;                                            \
-                if (length <= 0) { /* no columns at all: nothing to attend */                              \
+                if (length <= 0) { /* no columns at all (all in a prefix merged elsewhere): nothing */     \
                     for (int64_t i = 0; i < per * head_dim; ++i) out[first * head_dim + i] = STORE(0.0f);  \
+                    for (int64_t h = 0; h < per && lse; ++h) lse[first + h] = -INFINITY;                   \
                     continue;                                                                              \
                 }                                                                                          \
                 for (int64_t i = 0; i < per * head_dim; ++i) query[i] = LOAD(q[first * head_dim + i]);    \
@@ -257,18 +275,26 @@ VECTOR_PASSES(bf16, bf16_load16)
                     vector_scores_##T(query, k, counts, offsets, length, padded, per, head_dim, 8, scale, scores); \
                 else if (chunks)                                                                           \
                     vector_scores_##T(query, k, counts, offsets, length, padded, per, head_dim, chunks, scale, scores); \
-                else                                                                                       \
-                    for (int64_t j = 0; j < length; ++j) { /* scores, a column at a time */                \
+                else { /* scores, a column at a time */                                                    \
+                    int64_t whole_dims = head_dim - head_dim % LANES;                                      \
+                    for (int64_t j = 0; j < length; ++j) {                                                 \
                         const T *key = COLUMN(k, j);                                                       \
+                        if (j + PREFETCH < length)                                                         \
+                            prefetch_column(COLUMN(k, j + PREFETCH), head_dim * (int64_t)sizeof(T));       \
+                        for (int64_t d = 0; d < head_dim; ++d) column[d] = LOAD(key[d]);                   \
                         for (int64_t h = 0; h < per; ++h) {                                                \
                             float acc[LANES] = {0};                                                        \
-                            for (int64_t d = 0; d < head_dim; ++d)                                         \
-                                acc[d % LANES] += query[h * head_dim + d] * LOAD(key[d]);                  \
+                            for (int64_t d = 0; d < whole_dims; d += LANES)                                \
+                                for (int lane = 0; lane < LANES; ++lane)                                   \
+                                    acc[lane] += query[h * head_dim + d + lane] * column[d + lane];        \
+                            for (int64_t d = whole_dims; d < head_dim; ++d)                                \
+                                acc[d - whole_dims] += query[h * head_dim + d] * column[d];                \
                             for (int width = LANES / 2; width > 0; width /= 2)                             \
                                 for (int lane = 0; lane < width; ++lane) acc[lane] += acc[lane + width];   \
                             scores[h * padded + j] = acc[0] * scale;                                       \
                         }                                                                                  \
                     }                                                                                      \
+                }                                                                                          \
                 float inverse_sums[per];                                                                   \
                 for (int64_t h = 0; h < per; ++h) { /* softmax, unnormalized: divided at the end */        \
                     float *s = scores + h * padded, peak = max_of(s, length);                              \
@@ -276,7 +302,9 @@ VECTOR_PASSES(bf16, bf16_load16)
                         v16f e = exp_nonpositive(f32_load16(s + j) - peak);                                \
                         memcpy(s + j, &e, sizeof e);                                                       \
                     }                                                                                      \
-                    inverse_sums[h] = 1.0f / sum_of(s, length);                                            \
+                    float total = sum_of(s, length);                                                       \
+                    if (lse) lse[first + h] = peak + logf(total);                                          \
+                    inverse_sums[h] = 1.0f / total;                                                        \
                 }                                                                                          \
                 if (chunks == 4)                                                                           \
                     vector_values_##T(v, counts, offsets, length, padded, per, head_dim, 4, scores, sums); \
@@ -284,13 +312,17 @@ VECTOR_PASSES(bf16, bf16_load16)
                     vector_values_##T(v, counts, offsets, length, padded, per, head_dim, 8, scores, sums); \
                 else if (chunks)                                                                           \
                     vector_values_##T(v, counts, offsets, length, padded, per, head_dim, chunks, scores, sums); \
-                else {                                                                                     \
+                else { /* outputs, a column at a time */                                                   \
                     memset(sums, 0, sizeof(float) * per * head_dim);                                       \
-                    for (int64_t j = 0; j < length; ++j) { /* outputs, a column at a time */               \
+                    for (int64_t j = 0; j < length; ++j) {                                                 \
                         const T *value = COLUMN(v, j);                                                     \
-                        for (int64_t h = 0; h < per; ++h)                                                  \
-                            for (int64_t d = 0; d < head_dim; ++d)                                         \
-                                sums[h * head_dim + d] += scores[h * padded + j] * LOAD(value[d]);         \
+                        if (j + PREFETCH < length)                                                         \
+                            prefetch_column(COLUMN(v, j + PREFETCH), head_dim * (int64_t)sizeof(T));       \
+                        for (int64_t d = 0; d < head_dim; ++d) column[d] = LOAD(value[d]);                 \
+                        for (int64_t h = 0; h < per; ++h) {                                                \
+                            float weight = scores[h * padded + j];                                         \
+                            for (int64_t d = 0; d < head_dim; ++d) sums[h * head_dim + d] += weight * column[d]; \
+                        }                                                                                  \
                     }                                                                                      \
                 }                                                                                          \
                 for (int64_t h = 0; h < per; ++h)                                                          \
@@ -298,8 +330,6 @@ VECTOR_PASSES(bf16, bf16_load16)
                         out[(first + h) * head_dim + d] = STORE(sums[h * head_dim + d] * inverse_sums[h]); \
             }                                                                                              \
             free(scores);                                                                                  \
-            free(query);                                                                                   \
-            free(sums);                                                                                    \
         }                                                                                                  \
     }
 

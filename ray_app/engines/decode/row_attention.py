@@ -119,6 +119,12 @@ class RowSpans:
         rows = [(slot, start, *prefixes.get(slot, (slot, 0, 0))) for slot, start in self.pairs]
         return torch.tensor(rows, dtype=torch.int64).reshape(-1, 5)
 
+    @functools.cached_property
+    def own_columns_tensor(self):
+        """`tensor` without the shared prefixes: each row over its own columns only (merged with a flash
+        call per shared prefix: `shared_prefix_attention`)."""
+        return RowSpans(self.pairs).tensor
+
 
 @dataclass(frozen=True)
 class PackedPrefill:
@@ -182,10 +188,10 @@ def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0
         row_kernel = None
     if not isinstance(row_spans, RowSpans):
         row_spans = RowSpans(tuple(row_spans))
-    if row_kernel is not None:  # every row's shared prefix too: one call per layer
-        row_kernel(grouped, key, value, scaling, row_spans.tensor, output)
+    if row_kernel is not None and (row_kernel.reads_shared_prefixes or not row_spans.shared):
+        row_kernel(grouped, key, value, scaling, row_spans.tensor, output)  # shared prefixes too: one call
     elif row_spans.shared:
-        shared_prefix_attention(grouped, key, value, scaling, row_spans, output)
+        shared_prefix_attention(grouped, key, value, scaling, row_spans, output, row_kernel)
     else:
         for slot, start in row_spans:  # 4-D slices: torch's CPU flash kernel (3-D inputs take the math path)
             output[slot : slot + 1] = torch.nn.functional.scaled_dot_product_attention(
@@ -195,18 +201,21 @@ def row_attention_forward(module, query, key, value, attention_mask, dropout=0.0
     return output.reshape(slots, 1, heads, head_dim), None
 
 
-def shared_prefix_attention(grouped, key, value, scaling, row_spans: RowSpans, output) -> None:
-    """torch's kernel for rows that share a prefix, in two parts: every row over its own span (for a
-    sharing row the columns after the prefix), then each group's queries together over the one copy of
-    its prefix; the two parts are merged by their log-sum-exps (as FlashInfer's cascade attention, or
-    the flash kernel itself between blocks of keys). A decode step of rows that share a long prefix (one
-    agent's tool signatures) reads that prefix's keys/values once instead of once per row. (The compiled
-    kernel reads the group's copy in each row's own pass instead: no second call, no merge.)"""
+def shared_prefix_attention(grouped, key, value, scaling, row_spans: RowSpans, output, row_kernel=None) -> None:
+    """Attention in two parts for rows that share a prefix: every row over its own span (for a sharing
+    row the columns after the prefix; through `row_kernel` when given, else torch's flash kernel per row),
+    then each group's queries together over the one copy of its prefix through torch's flash kernel; the
+    two parts are merged by their log-sum-exps (as FlashInfer's cascade attention, or the flash kernel
+    itself between blocks of keys). A decode step of rows that share a long prefix (one agent's tool
+    signatures) reads that prefix's keys/values once instead of once per row. (A compiled kernel built with
+    its vector path reads the group's copy in each row's own pass instead: no second call, no merge.)"""
     import torch
 
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # returns the log-sum-exp too
     log_sum_exp = torch.zeros(grouped.shape[:3], dtype=torch.float32, device=grouped.device)
-    for slot, start in row_spans:
+    if row_kernel is not None:
+        row_kernel(grouped, key, value, scaling, row_spans.own_columns_tensor, output, log_sum_exp)
+    for slot, start in row_spans if row_kernel is None else ():
         rows = slice(slot, slot + 1)
         output[rows], log_sum_exp[rows] = flash(grouped[rows], key[rows, :, start:], value[rows, :, start:],
                                                 scale=scaling)  # fmt: skip

@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from ray_app.engines.decode.prefill import PrefillTask
 
 # With torch's kernel a group of rows reads its shared prefix once when it spares reading at least this many
-# key/value columns ((rows - 1) × prefix length); with the compiled kernel every group does (it reads the
-# group's copy in each row's own pass). With torch's, sharing adds an attention call and a merge per layer;
+# key/value columns ((rows - 1) × prefix length); with the compiled kernel's vector path every group does (it
+# reads the group's copy in each row's own pass). Else sharing adds an attention call and a merge per layer;
 # measured on the Intel Xeon (avx512_bf16, AMX; 2 cores, fp32, 16 rows, 2026-12-04): 15 rows × a 380-token agent tool
 # block (5,700 columns) 108 → 90 ms per decode step, 15 rows × the 74-token toolcall instruction (1,110
 # columns) 113 → 118 ms. Where memory is slower (a step's row attention ~190 µs per row and layer on the
@@ -222,8 +222,9 @@ class RunningBatch:
         from ray_app.engines.decode.row_attention import RowSpans, SharedPrefix
 
         if self._sharing is None:
-            # the compiled kernel reads a group's copy in each row's own pass, at no cost of its own: any prefix
-            min_columns = 0 if self.row_kernel is not None else self.min_shared_columns
+            # the compiled kernel's vector path reads a group's copy in each row's own pass at no cost of its own
+            reads_prefixes = self.row_kernel is not None and self.row_kernel.reads_shared_prefixes
+            min_columns = 0 if reads_prefixes else self.min_shared_columns
             self._sharing = shared_prefix_groups(self.slots, min_columns) if self.share_prefix_reads else {}
         spans, groups = [], {}
         for slot, row in enumerate(self.slots):
