@@ -27,6 +27,19 @@ fixed cost: there (same AMD machine, bf16, 64 support-desk requests, 16 rows) a 
 torch's kernel and 54.2 ms with ours (190.7 → 225.8 completion tok/s in one process); the 50 toolcall
 test rows 78.3 → 62.1 s.
 
+Built for AVX-512, the kernel computes 16 columns' scores at a time in vectors of 16 floats
+(`decode_attention.c`: the same additions in the same order as a column alone) and reads a row's shared
+prompt prefix from its group's copy in the row's own pass (`row_attention.RowSpans.shared`), so a row
+gives the bytes it gives alone and a layer takes one call, no flash call and no merge. Same AMD machine,
+2026-12-06: 30 layers × 16 rows × 3 key heads, 60 columns of their own 3.5 → 1.7 ms per step in bf16
+(4.1 → 2.4 fp32), 440 columns 18.0-27.1 → 7.4-8.6 ms (20.9 → 14.0 fp32); the agent load in one process
+53 → 43 ms per step, 247 → 309 completion tok/s; the 50 toolcall test rows in bf16 39.8 s (44.5 s the day
+before), fp32 still the same 50 answers as HF generate. Built for AVX2 the same vectors ran 2× slower than a column at
+a time (16 registers of 8 floats: spills, shuffles across pairs), so an AVX2 build keeps the
+column-at-a-time loops (as fast as before, built with -march=haswell on the same machine) and there a
+group's shared prefix stays on torch's GEMM-backed flash call, merged by log-sum-exps, which beats
+reading it in each row's pass at that speed (`CompiledRowAttention.reads_shared_prefixes`).
+
 `auto` compiles it with the machine's C compiler (`CC`, else `cc`, `gcc` or `clang`) for this CPU
 (`-march=native`) the first time a process needs it (~1 s), keeps the library under
 storage/kernels/ keyed by the source, compiler and CPU, and takes torch's kernel when there is no
