@@ -569,8 +569,8 @@ def test_switching_between_the_base_and_an_adapter_gives_each_its_own_logits(ada
 
     adapter_dir = tmp_path / "adapter_toolcall"
     random_lora_adapter(tiny_model_dir, adapter_dir)
-    slm = LoadedSlm(
-        SlmSettings(model_path=tiny_model_dir, precision="fp32", adapter_weights=adapter_weights),
+    slm = LoadedSlm(  # torch's linear kernels, whatever this machine's probe chose: compared bitwise with HF's model
+        SlmSettings(model_path=tiny_model_dir, precision="fp32", adapter_weights=adapter_weights, cpu_linear="torch"),
         {"slm-toolcall": adapter_dir},
     )
     assert slm.adapter_weights.name == adapter_weights

@@ -171,6 +171,14 @@ static float sum_of(const float *s, int64_t length) {
    so the loops over it unroll). Query heads go HEADS at a time: a column is loaded and widened once for
    them. */
 #define VECTOR_PASSES(T, LOAD16)                                                                            \
+    static inline __attribute__((always_inline)) void widen_##T(                                         \
+        const T *base, const int64_t *counts, const int64_t *offsets, int64_t head_dim, int64_t j,         \
+        int64_t length, int prefetch, int64_t chunks, v16f *out) { /* column j as fp32 chunks */           \
+        if (prefetch && j + PREFETCH < length)                                                             \
+            prefetch_column(COLUMN(base, j + PREFETCH), head_dim * (int64_t)sizeof(T));                    \
+        const T *column = COLUMN(base, j);                                                                 \
+        for (int64_t c = 0; c < chunks; ++c) out[c] = LOAD16(column + 16 * c);                            \
+    }                                                                                                      \
     static inline __attribute__((always_inline)) void vector_scores_##T(                                   \
         const float *query, const T *k, const int64_t *counts, const int64_t *offsets, int64_t length,     \
         int64_t stride, int64_t per, int64_t head_dim, int64_t chunks, float scale, float *scores) {      \
@@ -183,12 +191,8 @@ static float sum_of(const float *s, int64_t length) {
             for (; j + 16 <= length; j += 16) {                                                            \
                 v16f a[HEADS][16];                                                                         \
                 for (int slot = 0; slot < 16; ++slot) {                                                    \
-                    int64_t column = j + SLOT_COLUMN[slot];                                                \
-                    if (h0 == 0 && column + PREFETCH < length)                                             \
-                        prefetch_column(COLUMN(k, column + PREFETCH), head_dim * (int64_t)sizeof(T));      \
-                    const T *key = COLUMN(k, column);                                                      \
                     v16f keys[MAX_CHUNKS];                                                                 \
-                    for (int64_t c = 0; c < chunks; ++c) keys[c] = LOAD16(key + 16 * c);                   \
+                    widen_##T(k, counts, offsets, head_dim, j + SLOT_COLUMN[slot], length, h0 == 0, chunks, keys); \
                     for (int h = 0; h < HEADS; ++h) {                                                      \
                         if (h >= heads) break;                                                             \
                         v16f acc = q[h][0] * keys[0];                                                      \
@@ -202,10 +206,11 @@ static float sum_of(const float *s, int64_t length) {
                 }                                                                                          \
             }                                                                                              \
             for (; j < length; ++j) {                                                                      \
-                const T *key = COLUMN(k, j);                                                               \
+                v16f keys[MAX_CHUNKS];                                                                     \
+                widen_##T(k, counts, offsets, head_dim, j, length, 0, chunks, keys);                       \
                 for (int h = 0; h < heads; ++h) {                                                          \
-                    v16f acc = q[h][0] * LOAD16(key);                                                      \
-                    for (int64_t c = 1; c < chunks; ++c) acc += q[h][c] * LOAD16(key + 16 * c);            \
+                    v16f acc = q[h][0] * keys[0];                                                          \
+                    for (int64_t c = 1; c < chunks; ++c) acc += q[h][c] * keys[c];                         \
                     scores[(h0 + h) * stride + j] = lanes_sum(acc) * scale;                                \
                 }                                                                                          \
             }                                                                                              \
@@ -220,11 +225,8 @@ static float sum_of(const float *s, int64_t length) {
             for (int h = 0; h < HEADS; ++h)                                                                \
                 for (int64_t c = 0; c < chunks; ++c) acc[h][c] = (v16f){0};                                \
             for (int64_t j = 0; j < length; ++j) {                                                         \
-                if (h0 == 0 && j + PREFETCH < length)                                                      \
-                    prefetch_column(COLUMN(v, j + PREFETCH), head_dim * (int64_t)sizeof(T));               \
-                const T *value = COLUMN(v, j);                                                             \
                 v16f values[MAX_CHUNKS];                                                                   \
-                for (int64_t c = 0; c < chunks; ++c) values[c] = LOAD16(value + 16 * c);                   \
+                widen_##T(v, counts, offsets, head_dim, j, length, h0 == 0, chunks, values);               \
                 for (int h = 0; h < HEADS; ++h) {                                                          \
                     if (h >= heads) break;                                                                 \
                     float weight = scores[(h0 + h) * stride + j];                                          \
@@ -237,9 +239,21 @@ static float sum_of(const float *s, int64_t length) {
         }                                                                                                  \
     }
 
+/* column j of a row's sequence widened to fp32 into `column`, the column PREFETCH ahead prefetched */
+#define WIDEN_COLUMN(T, LOAD)                                                                               \
+    static inline __attribute__((always_inline)) void widen_column_##T(                                  \
+        const T *base, const int64_t *counts, const int64_t *offsets, int64_t head_dim, int64_t j,         \
+        int64_t length, float *column) {                                                                   \
+        if (j + PREFETCH < length) prefetch_column(COLUMN(base, j + PREFETCH), head_dim * (int64_t)sizeof(T)); \
+        const T *source = COLUMN(base, j);                                                                 \
+        for (int64_t d = 0; d < head_dim; ++d) column[d] = LOAD(source[d]);                                \
+    }
+
 typedef uint16_t bf16;
 VECTOR_PASSES(float, f32_load16)
 VECTOR_PASSES(bf16, bf16_load16)
+WIDEN_COLUMN(float, f32_load)
+WIDEN_COLUMN(bf16, bf16_load)
 
 #define DECODE_ATTENTION(NAME, T, LOAD, STORE)                                                              \
     void NAME(const T *q, const T *k, const T *v, int64_t slot_stride, int64_t head_stride,                \
@@ -278,10 +292,7 @@ VECTOR_PASSES(bf16, bf16_load16)
                 else { /* scores, a column at a time */                                                    \
                     int64_t whole_dims = head_dim - head_dim % LANES;                                      \
                     for (int64_t j = 0; j < length; ++j) {                                                 \
-                        const T *key = COLUMN(k, j);                                                       \
-                        if (j + PREFETCH < length)                                                         \
-                            prefetch_column(COLUMN(k, j + PREFETCH), head_dim * (int64_t)sizeof(T));       \
-                        for (int64_t d = 0; d < head_dim; ++d) column[d] = LOAD(key[d]);                   \
+                        widen_column_##T(k, counts, offsets, head_dim, j, length, column);                 \
                         for (int64_t h = 0; h < per; ++h) {                                                \
                             float acc[LANES] = {0};                                                        \
                             for (int64_t d = 0; d < whole_dims; d += LANES)                                \
@@ -315,10 +326,7 @@ VECTOR_PASSES(bf16, bf16_load16)
                 else { /* outputs, a column at a time */                                                   \
                     memset(sums, 0, sizeof(float) * per * head_dim);                                       \
                     for (int64_t j = 0; j < length; ++j) {                                                 \
-                        const T *value = COLUMN(v, j);                                                     \
-                        if (j + PREFETCH < length)                                                         \
-                            prefetch_column(COLUMN(v, j + PREFETCH), head_dim * (int64_t)sizeof(T));       \
-                        for (int64_t d = 0; d < head_dim; ++d) column[d] = LOAD(value[d]);                 \
+                        widen_column_##T(v, counts, offsets, head_dim, j, length, column);                 \
                         for (int64_t h = 0; h < per; ++h) {                                                \
                             float weight = scores[h * padded + j];                                         \
                             for (int64_t d = 0; d < head_dim; ++d) sums[h * head_dim + d] += weight * column[d]; \
