@@ -239,23 +239,89 @@ static float sum_of(const float *s, int64_t length) {
         }                                                                                                  \
     }
 
-/* column j of a row's sequence widened to fp32 into `column`, the column PREFETCH ahead prefetched */
-#define WIDEN_COLUMN(T, LOAD)                                                                               \
+/* column j of a row's sequence widened to fp32 into `column`, the column PREFETCH ahead prefetched; and
+   one item's scores and sums a column at a time with it (where the vector path is not built) */
+#define COLUMN_PASSES(T, LOAD)                                                                              \
     static inline __attribute__((always_inline)) void widen_column_##T(                                  \
         const T *base, const int64_t *counts, const int64_t *offsets, int64_t head_dim, int64_t j,         \
         int64_t length, float *column) {                                                                   \
         if (j + PREFETCH < length) prefetch_column(COLUMN(base, j + PREFETCH), head_dim * (int64_t)sizeof(T)); \
         const T *source = COLUMN(base, j);                                                                 \
         for (int64_t d = 0; d < head_dim; ++d) column[d] = LOAD(source[d]);                                \
+    }                                                                                                      \
+    static inline __attribute__((always_inline)) void column_scores_##T(                                   \
+        const float *query, const T *k, const int64_t *counts, const int64_t *offsets, int64_t length,     \
+        int64_t stride, int64_t per, int64_t head_dim, float scale, float *column, float *scores) {       \
+        int64_t whole_dims = head_dim - head_dim % LANES;                                                  \
+        for (int64_t j = 0; j < length; ++j) {                                                             \
+            widen_column_##T(k, counts, offsets, head_dim, j, length, column);                             \
+            for (int64_t h = 0; h < per; ++h) {                                                            \
+                float acc[LANES] = {0};                                                                    \
+                for (int64_t d = 0; d < whole_dims; d += LANES)                                            \
+                    for (int lane = 0; lane < LANES; ++lane) acc[lane] += query[h * head_dim + d + lane] * column[d + lane]; \
+                for (int64_t d = whole_dims; d < head_dim; ++d) acc[d - whole_dims] += query[h * head_dim + d] * column[d]; \
+                for (int width = LANES / 2; width > 0; width /= 2)                                         \
+                    for (int lane = 0; lane < width; ++lane) acc[lane] += acc[lane + width];               \
+                scores[h * stride + j] = acc[0] * scale;                                                   \
+            }                                                                                              \
+        }                                                                                                  \
+    }                                                                                                      \
+    static inline __attribute__((always_inline)) void column_values_##T(                                   \
+        const T *v, const int64_t *counts, const int64_t *offsets, int64_t length, int64_t stride,         \
+        int64_t per, int64_t head_dim, const float *scores, float *column, float *sums) {                 \
+        memset(sums, 0, sizeof(float) * per * head_dim);                                                   \
+        for (int64_t j = 0; j < length; ++j) {                                                             \
+            widen_column_##T(v, counts, offsets, head_dim, j, length, column);                             \
+            for (int64_t h = 0; h < per; ++h) {                                                            \
+                float weight = scores[h * stride + j];                                                     \
+                for (int64_t d = 0; d < head_dim; ++d) sums[h * head_dim + d] += weight * column[d];       \
+            }                                                                                              \
+        }                                                                                                  \
+    }
+
+/* One (row, key head) item: its `per` query heads' scores over the row's `length` columns, their softmax
+   (and log-sum-exps into `lse` when given) and the weighted sum of values, written to `out` at query head
+   `first`. `chunks` = head_dim / 16 with the vector path, 0 without; a constant where it is inlined, so
+   the loops over it unroll and the other path's branch drops out. */
+#define ATTEND_ITEM(T, LOAD, STORE)                                                                         \
+    static inline __attribute__((always_inline)) void attend_item_##T(                                    \
+        const T *q, const T *k, const T *v, const int64_t *counts, const int64_t *offsets, int64_t first, \
+        int64_t per, int64_t head_dim, int64_t chunks, float scale, int64_t padded, float *scores,        \
+        float *query, float *sums, float *column, float *inverse_sums, T *out, float *lse) {              \
+        int64_t length = counts[0] + counts[1];                                                            \
+        for (int64_t i = 0; i < per * head_dim; ++i) query[i] = LOAD(q[first * head_dim + i]);            \
+        if (chunks)                                                                                        \
+            vector_scores_##T(query, k, counts, offsets, length, padded, per, head_dim, chunks, scale, scores); \
+        else                                                                                               \
+            column_scores_##T(query, k, counts, offsets, length, padded, per, head_dim, scale, column, scores); \
+        for (int64_t h = 0; h < per; ++h) { /* softmax, unnormalized: divided at the end */                \
+            float *s = scores + h * padded, peak = max_of(s, length);                                      \
+            for (int64_t j = 0; j < length; j += 16) { /* whole vectors: `padded` leaves room */           \
+                v16f e = exp_nonpositive(f32_load16(s + j) - peak);                                        \
+                memcpy(s + j, &e, sizeof e);                                                               \
+            }                                                                                              \
+            float total = sum_of(s, length);                                                               \
+            if (lse) lse[first + h] = peak + logf(total);                                                  \
+            inverse_sums[h] = 1.0f / total;                                                                \
+        }                                                                                                  \
+        if (chunks)                                                                                        \
+            vector_values_##T(v, counts, offsets, length, padded, per, head_dim, chunks, scores, sums);    \
+        else                                                                                               \
+            column_values_##T(v, counts, offsets, length, padded, per, head_dim, scores, column, sums);     \
+        for (int64_t h = 0; h < per; ++h)                                                                  \
+            for (int64_t d = 0; d < head_dim; ++d)                                                         \
+                out[(first + h) * head_dim + d] = STORE(sums[h * head_dim + d] * inverse_sums[h]);         \
     }
 
 typedef uint16_t bf16;
 VECTOR_PASSES(float, f32_load16)
 VECTOR_PASSES(bf16, bf16_load16)
-WIDEN_COLUMN(float, f32_load)
-WIDEN_COLUMN(bf16, bf16_load)
+COLUMN_PASSES(float, f32_load)
+COLUMN_PASSES(bf16, bf16_load)
+ATTEND_ITEM(float, f32_load, f32_store)
+ATTEND_ITEM(bf16, bf16_load, bf16_store)
 
-#define DECODE_ATTENTION(NAME, T, LOAD, STORE)                                                              \
+#define DECODE_ATTENTION(NAME, T, STORE)                                                                    \
     void NAME(const T *q, const T *k, const T *v, int64_t slot_stride, int64_t head_stride,                \
               const int64_t *spans, int64_t rows, int64_t end, int64_t kv_heads, int64_t per,              \
               int64_t head_dim, float scale, T *out, float *lse) {                                         \
@@ -263,7 +329,7 @@ WIDEN_COLUMN(bf16, bf16_load)
         _Pragma("omp parallel") {                                                                          \
             float *scores = NULL;                                                                          \
             int64_t capacity = 0;                                                                          \
-            float query[per * head_dim], sums[per * head_dim], column[head_dim];                           \
+            float query[per * head_dim], sums[per * head_dim], column[head_dim], inverse_sums[per];       \
             _Pragma("omp for schedule(static)") for (int64_t item = 0; item < rows * kv_heads; ++item) {   \
                 const int64_t *span = spans + 5 * (item / kv_heads);                                       \
                 int64_t head = item % kv_heads, slot = span[0], start = span[1];                           \
@@ -277,69 +343,24 @@ WIDEN_COLUMN(bf16, bf16_load)
                     for (int64_t h = 0; h < per && lse; ++h) lse[first + h] = -INFINITY;                   \
                     continue;                                                                              \
                 }                                                                                          \
-                for (int64_t i = 0; i < per * head_dim; ++i) query[i] = LOAD(q[first * head_dim + i]);    \
                 if (capacity < per * padded) {                                                             \
                     free(scores);                                                                          \
                     capacity = per * padded;                                                               \
                     scores = (float *)malloc(sizeof(float) * capacity);                                    \
                 }                                                                                          \
-                if (chunks == 4) /* head_dim 64: loops over chunks unrolled */                             \
-                    vector_scores_##T(query, k, counts, offsets, length, padded, per, head_dim, 4, scale, scores); \
+                if (chunks == 4) /* head_dim 64 */                                                         \
+                    attend_item_##T(q, k, v, counts, offsets, first, per, head_dim, 4, scale, padded, scores, \
+                                    query, sums, column, inverse_sums, out, lse);                         \
                 else if (chunks == 8)                                                                      \
-                    vector_scores_##T(query, k, counts, offsets, length, padded, per, head_dim, 8, scale, scores); \
-                else if (chunks)                                                                           \
-                    vector_scores_##T(query, k, counts, offsets, length, padded, per, head_dim, chunks, scale, scores); \
-                else { /* scores, a column at a time */                                                    \
-                    int64_t whole_dims = head_dim - head_dim % LANES;                                      \
-                    for (int64_t j = 0; j < length; ++j) {                                                 \
-                        widen_column_##T(k, counts, offsets, head_dim, j, length, column);                 \
-                        for (int64_t h = 0; h < per; ++h) {                                                \
-                            float acc[LANES] = {0};                                                        \
-                            for (int64_t d = 0; d < whole_dims; d += LANES)                                \
-                                for (int lane = 0; lane < LANES; ++lane)                                   \
-                                    acc[lane] += query[h * head_dim + d + lane] * column[d + lane];        \
-                            for (int64_t d = whole_dims; d < head_dim; ++d)                                \
-                                acc[d - whole_dims] += query[h * head_dim + d] * column[d];                \
-                            for (int width = LANES / 2; width > 0; width /= 2)                             \
-                                for (int lane = 0; lane < width; ++lane) acc[lane] += acc[lane + width];   \
-                            scores[h * padded + j] = acc[0] * scale;                                       \
-                        }                                                                                  \
-                    }                                                                                      \
-                }                                                                                          \
-                float inverse_sums[per];                                                                   \
-                for (int64_t h = 0; h < per; ++h) { /* softmax, unnormalized: divided at the end */        \
-                    float *s = scores + h * padded, peak = max_of(s, length);                              \
-                    for (int64_t j = 0; j < length; j += 16) { /* whole vectors: `padded` leaves room */   \
-                        v16f e = exp_nonpositive(f32_load16(s + j) - peak);                                \
-                        memcpy(s + j, &e, sizeof e);                                                       \
-                    }                                                                                      \
-                    float total = sum_of(s, length);                                                       \
-                    if (lse) lse[first + h] = peak + logf(total);                                          \
-                    inverse_sums[h] = 1.0f / total;                                                        \
-                }                                                                                          \
-                if (chunks == 4)                                                                           \
-                    vector_values_##T(v, counts, offsets, length, padded, per, head_dim, 4, scores, sums); \
-                else if (chunks == 8)                                                                      \
-                    vector_values_##T(v, counts, offsets, length, padded, per, head_dim, 8, scores, sums); \
-                else if (chunks)                                                                           \
-                    vector_values_##T(v, counts, offsets, length, padded, per, head_dim, chunks, scores, sums); \
-                else { /* outputs, a column at a time */                                                   \
-                    memset(sums, 0, sizeof(float) * per * head_dim);                                       \
-                    for (int64_t j = 0; j < length; ++j) {                                                 \
-                        widen_column_##T(v, counts, offsets, head_dim, j, length, column);                 \
-                        for (int64_t h = 0; h < per; ++h) {                                                \
-                            float weight = scores[h * padded + j];                                         \
-                            for (int64_t d = 0; d < head_dim; ++d) sums[h * head_dim + d] += weight * column[d]; \
-                        }                                                                                  \
-                    }                                                                                      \
-                }                                                                                          \
-                for (int64_t h = 0; h < per; ++h)                                                          \
-                    for (int64_t d = 0; d < head_dim; ++d)                                                 \
-                        out[(first + h) * head_dim + d] = STORE(sums[h * head_dim + d] * inverse_sums[h]); \
+                    attend_item_##T(q, k, v, counts, offsets, first, per, head_dim, 8, scale, padded, scores, \
+                                    query, sums, column, inverse_sums, out, lse);                         \
+                else /* other head dims, and the column-at-a-time build (chunks 0) */                      \
+                    attend_item_##T(q, k, v, counts, offsets, first, per, head_dim, chunks, scale, padded, scores, \
+                                    query, sums, column, inverse_sums, out, lse);                         \
             }                                                                                              \
             free(scores);                                                                                  \
         }                                                                                                  \
     }
 
-DECODE_ATTENTION(decode_attention_f32, float, f32_load, f32_store)
-DECODE_ATTENTION(decode_attention_bf16, bf16, bf16_load, bf16_store)
+DECODE_ATTENTION(decode_attention_f32, float, f32_store)
+DECODE_ATTENTION(decode_attention_bf16, bf16, bf16_store)
