@@ -136,11 +136,13 @@ class PackedPrefill:
 
 def packed_prefill_attention(module, query, key, value, packed: PackedPrefill, dropout, scaling, **kwargs):
     """Each piece appends its keys/values to its own prompt's cache and attends over that cache
-    alone, causally, through transformers' SDPA attention with the mask transformers builds for
-    that piece computed on its own: what a piece's attention computes does not depend on the pieces
-    packed beside it."""
+    alone, causally, through torch's SDPA with the mask transformers would build for that piece
+    computed on its own: what a piece's attention computes does not depend on the pieces packed
+    beside it. Grouped-query heads go to SDPA as they are (`enable_gqa`): transformers' SDPA
+    attention copies each key head for its query heads first wherever there is a mask, i.e. in every
+    piece after the first, and the copy cost more than the attention (same bits; fp32, 9 query and 3
+    key heads, 16 positions after 436: 0.64 → 0.18 ms, AMD EPYC held to AVX2, 2026-12-06)."""
     import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     outputs, at = [], 0
     for cache, length in packed.pieces:
@@ -150,9 +152,11 @@ def packed_prefill_attention(module, query, key, value, packed: PackedPrefill, d
         mask = None  # no past (SDPA's causal mask) or one query (no mask), as transformers leaves it
         if past and length > 1:
             mask = torch.ones(length, past + length, dtype=torch.bool, device=query.device).tril(past)[None, None]
-        output, _ = sdpa_attention_forward(module, query[:, :, piece], piece_keys, piece_values, mask,
-                                           dropout=dropout, scaling=scaling, **kwargs)  # fmt: skip
-        outputs.append(output)
+        output = torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, piece], piece_keys, piece_values, attn_mask=mask, dropout_p=dropout, scale=scaling,
+            is_causal=mask is None and length > 1, enable_gqa=True,
+        )  # fmt: skip
+        outputs.append(output.transpose(1, 2).contiguous())  # [batch, positions, heads, head_dim], as transformers'
         at += length
     if at != query.shape[2]:
         raise ValueError(f"packed prefill pieces cover {at} positions of {query.shape[2]}")
