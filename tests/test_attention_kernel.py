@@ -16,22 +16,47 @@ from ray_app.engines.decode.attention_kernel import (
 pytestmark = pytest.mark.skipif(attention_kernel.compiler() is None, reason="needs a C compiler")
 
 
+BUILDS = ["native", "columns", "clang"]
+
+
+def variant_build(path, compiler_path, add=(), drop=()):
+    """The kernel built by `compiler_path` with the engine's flags, `add`ed and without `drop`."""
+    import ctypes
+
+    flags = attention_kernel.COMPILE_FLAGS
+    attention_kernel.COMPILE_FLAGS = (*(flag for flag in flags if flag not in drop), *add)
+    try:
+        attention_kernel.build(compiler_path, path)
+    finally:
+        attention_kernel.COMPILE_FLAGS = flags
+    return attention_kernel.CompiledRowAttention(ctypes.CDLL(str(path)), path)
+
+
 @pytest.fixture(scope="module")
 def kernels(tmp_path_factory):
     """{"native": the kernel as the engine builds it, "columns": built with -DVECTOR_PATH=0 (the
-    column-at-a-time loops an AVX2 build runs)}; on a CPU without AVX-512 both are the latter."""
-    import ctypes
+    column-at-a-time loops an AVX2 build runs), "clang": built by clang where there is one (its own
+    shuffle builtin), else None}; on a CPU without AVX-512 "native" runs the column loops too. The clang
+    build leaves out OpenMP (one thread): clang's runtime is not torch's, and a second one loaded into
+    this process would make `load_compiled` refuse for the tests after it; a row's bytes do not depend on
+    the thread count."""
+    import shutil
 
-    path = tmp_path_factory.mktemp("kernels") / "columns.so"
-    flags = attention_kernel.COMPILE_FLAGS
-    attention_kernel.COMPILE_FLAGS = (*flags, "-DVECTOR_PATH=0")
-    try:
-        attention_kernel.build(attention_kernel.compiler(), path)
-    finally:
-        attention_kernel.COMPILE_FLAGS = flags
-    columns = attention_kernel.CompiledRowAttention(ctypes.CDLL(str(path)), path)
+    folder = tmp_path_factory.mktemp("kernels")
+    columns = variant_build(folder / "columns.so", attention_kernel.compiler(), add=("-DVECTOR_PATH=0",))
     assert not columns.reads_shared_prefixes
-    return {"native": load_compiled(), "columns": columns}
+    clang = shutil.which("clang")
+    return {
+        "native": load_compiled(),
+        "columns": columns,
+        "clang": clang and variant_build(folder / "clang.so", clang, add=("-Wno-psabi",), drop=("-fopenmp",)),
+    }
+
+
+def kernel_of(kernels, build):
+    if kernels[build] is None:
+        pytest.skip(f"no {build} here")
+    return kernels[build]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +81,7 @@ def flash_rows(grouped, key, value, scaling, spans):
     return output, log_sum_exp
 
 
-@pytest.mark.parametrize("build", ["native", "columns"])
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
 @pytest.mark.parametrize("head_dim", [8, 24, 64, 128])  # not whole blocks of 16 lanes, and whole ones (vectors)
 def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim, dtype_name, build, kernels):
@@ -68,7 +93,7 @@ def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim, d
 
     from ray_app.engines.decode.row_attention import RowSpans
 
-    kernel = kernels[build]
+    kernel = kernel_of(kernels, build)
     dtype = getattr(torch, dtype_name)
     generator = torch.Generator().manual_seed(head_dim)
     slots, key_heads, per, width = 6, 3, 5, 53  # 5 query heads per key head: a group of 4 and one of 1
@@ -100,9 +125,10 @@ def test_the_compiled_kernel_answers_each_row_as_torchs_flash_kernel(head_dim, d
         kernel(grouped, key, value, 0.3, torch.tensor(spans), output)
 
 
-def test_the_two_builds_answer_alike(kernels):
+def test_the_builds_answer_alike(kernels):
     """The vector path and the column-at-a-time loops add the same products in the same order: their
-    fp32 outputs agree to the last bits or so (exactly, where the compiler fuses both alike)."""
+    fp32 outputs agree to the last bits or so (exactly, where the compiler fuses both alike); so does
+    clang's build of the same source (it contracts multiply-adds into FMAs in other places than GCC)."""
     import torch
 
     from ray_app.engines.decode.row_attention import RowSpans
@@ -111,13 +137,15 @@ def test_the_two_builds_answer_alike(kernels):
     grouped = torch.randn(4, 3, 3, 64, generator=generator)
     key, value = torch.randn(4, 3, 300, 64, generator=generator), torch.randn(4, 3, 300, 64, generator=generator)
     spans = RowSpans(((0, 0), (1, 133), (2, 280), (3, 299))).tensor
-    outputs = {name: torch.zeros_like(grouped) for name in kernels}
-    for name, kernel in kernels.items():
+    built = {name: kernel for name, kernel in kernels.items() if kernel is not None}
+    outputs = {name: torch.zeros_like(grouped) for name in built}
+    for name, kernel in built.items():
         kernel(grouped, key, value, 0.125, spans, outputs[name])
-    torch.testing.assert_close(outputs["native"], outputs["columns"], rtol=1e-6, atol=1e-7)
+    for name in built:
+        torch.testing.assert_close(outputs[name], outputs["native"], rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("build", ["native", "columns"])
+@pytest.mark.parametrize("build", BUILDS)
 @pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
 def test_rows_reading_a_shared_prefix_from_one_copy_give_the_bytes_they_give_over_their_own(dtype_name, build, kernels):
     """The kernel reads a sharing row's prefix from the group's copy, in the row's own pass: with every copy
@@ -133,18 +161,18 @@ def test_rows_reading_a_shared_prefix_from_one_copy_give_the_bytes_they_give_ove
     query, key, value = (tensor.to(getattr(torch, dtype_name)) for tensor in (query, key, value))
     grouped = query.reshape(len(STARTS), 3, 3, 64)
     own = torch.zeros_like(grouped)
-    kernels[build](grouped, key, value, 0.3, RowSpans(tuple(enumerate(STARTS))).tensor, own)
+    kernel_of(kernels, build)(grouped, key, value, 0.3, RowSpans(tuple(enumerate(STARTS))).tensor, own)
     for slot in SHARING[1:]:
         key[slot, :, STARTS[slot] : STARTS[slot] + length] = float("nan")
         value[slot, :, STARTS[slot] : STARTS[slot] + length] = float("nan")
     shared = RowSpans(tuple((slot, start + (length if slot in SHARING else 0)) for slot, start in enumerate(STARTS)),
                       (SharedPrefix(SHARING, source=SHARING[0], start=STARTS[SHARING[0]], length=length),))  # fmt: skip
     output = torch.zeros_like(grouped)
-    kernels[build](grouped, key, value, 0.3, shared.tensor, output)
+    kernel_of(kernels, build)(grouped, key, value, 0.3, shared.tensor, output)
     assert torch.equal(output, own)
 
 
-@pytest.mark.parametrize("build", ["native", "columns"])
+@pytest.mark.parametrize("build", BUILDS)
 def test_row_attention_with_the_kernel_equals_it_without(build, kernels):
     """`row_attention_forward` given the compiled kernel (as the engine's running batch passes it) equals
     the per-row flash loop, with and without a shared prefix (read in each row's pass by the vector path,
@@ -158,7 +186,7 @@ def test_row_attention_with_the_kernel_equals_it_without(build, kernels):
     length = 9
     module, query, key, value = rows_sharing_a_prefix(width=30, head_dim=16, length=length)
     starts = STARTS
-    kernel = kernels[build]
+    kernel = kernel_of(kernels, build)
     assert kernel.supports(key) and kernel.supports(key.bfloat16()) and not kernel.supports(key.transpose(2, 3))
     assert not kernel.supports(key.half())
     spans = RowSpans(tuple(enumerate(starts)))
