@@ -13,7 +13,7 @@ fix proposed in PR #26954), so llama.cpp runs its AVX-512/VNNI paths, as on a CP
 (torch's oneDNN does use AMX on the same machine). cmake runs under `nice -n 19` with `--jobs`
 (default 2), so a shared machine stays usable.
 
-Writes `storage/llama_server/`:
+Writes `storage/llama_server/` (`--isa avx2`: `storage/llama_server_avx2/`, see ISA_FLAGS):
     llama_cpp_python-<version>.tar.gz   the sdist
     src/llama_cpp_python-<version>/     its sources
     build/                              cmake's build tree (kept: a rebuild only compiles what changed)
@@ -21,10 +21,10 @@ Writes `storage/llama_server/`:
     build.json                          sdist sha256, cmake flags, CPU, build seconds
 
 Idempotent: nothing is done when both binaries exist and build.json names SDIST_SHA256 and
-CMAKE_FLAGS; otherwise cmake rebuilds what changed in the kept build tree.
+today's flags for the ISA (`cmake_flags`); otherwise cmake rebuilds what changed in the kept build tree.
 Prints the binary's path on stdout (progress on stderr).
 
-    .venv/bin/python benchmarks/build_llama_server.py [--jobs 2]
+    .venv/bin/python benchmarks/build_llama_server.py [--jobs 2] [--isa native|avx2]
 """
 
 from __future__ import annotations
@@ -54,12 +54,9 @@ BUILD_ROOT = PROJECT_ROOT / "storage" / "llama_server"
 SDIST_NAME = f"llama_cpp_python-{LLAMA_CPP_VERSION}"
 TARGETS = ("llama-server", "llama-quantize")
 NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-CMAKE_FLAGS = (
+COMMON_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=OFF",  # one self-contained binary, copied out of the build tree
-    "-DGGML_NATIVE=ON",
-    f"-DCMAKE_C_FLAGS={NO_AMX}",  # explicit -mno-* win over -march=native's implied features in gcc
-    f"-DCMAKE_CXX_FLAGS={NO_AMX}",
     "-DLLAMA_CURL=OFF",
     "-DLLAMA_OPENSSL=OFF",
     "-DLLAMA_BUILD_UI=OFF",
@@ -67,6 +64,39 @@ CMAKE_FLAGS = (
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
 )
+# What the CPU backend is built for: `native`, every instruction this CPU has (but AMX, above); `avx2`,
+# what an AVX2-only CPU has (AVX2, FMA, F16C, BMI2; no AVX-512), so that a machine with AVX-512 can
+# measure the peer as an AVX2-only machine runs it, beside our engine with its ISA held to AVX2 (README,
+# "Serving on an AVX2-only CPU"). Each is built in its own folder.
+ISA_FLAGS = {
+    "native": (
+        "-DGGML_NATIVE=ON",
+        f"-DCMAKE_C_FLAGS={NO_AMX}",  # explicit -mno-* win over -march=native's implied features in gcc
+        f"-DCMAKE_CXX_FLAGS={NO_AMX}",
+    ),
+    "avx2": (
+        "-DGGML_NATIVE=OFF",
+        "-DGGML_AVX=ON",
+        "-DGGML_AVX2=ON",
+        "-DGGML_FMA=ON",
+        "-DGGML_F16C=ON",
+        "-DGGML_BMI2=ON",
+        "-DGGML_AVX512=OFF",
+        "-DGGML_AVX_VNNI=OFF",
+        "-DGGML_AMX_TILE=OFF",
+    ),
+}
+ISAS = tuple(ISA_FLAGS)
+
+
+def build_root(isa: str = "native") -> Path:
+    if isa not in ISA_FLAGS:
+        raise ValueError(f"isa must be one of {', '.join(ISAS)}, got {isa!r}")
+    return BUILD_ROOT if isa == "native" else BUILD_ROOT.with_name(f"{BUILD_ROOT.name}_{isa}")
+
+
+def cmake_flags(isa: str = "native") -> tuple[str, ...]:
+    return (*COMMON_FLAGS, *ISA_FLAGS[isa])
 
 
 class BuildFailed(RuntimeError):
@@ -90,13 +120,13 @@ def quantize_binary(root: Path = BUILD_ROOT) -> Path:
     return root / "bin" / "llama-quantize"
 
 
-def built_from_pinned_sdist(root: Path = BUILD_ROOT) -> bool:
-    """Both binaries are there, built from the pinned sdist with today's flags."""
+def built_from_pinned_sdist(root: Path = BUILD_ROOT, isa: str = "native") -> bool:
+    """Both binaries are there, built from the pinned sdist with today's flags for `isa`."""
     record = root / "build.json"
     if not all((root / "bin" / target).is_file() for target in TARGETS) or not record.is_file():
         return False
     built = json.loads(record.read_text(encoding="utf-8"))
-    return built.get("sdist_sha256") == SDIST_SHA256 and built.get("cmake_flags") == list(CMAKE_FLAGS)
+    return built.get("sdist_sha256") == SDIST_SHA256 and built.get("cmake_flags") == list(cmake_flags(isa))
 
 
 def run_logged(command: list[str], log_path: Path, what: str) -> None:
@@ -140,9 +170,12 @@ def download_sdist(root: Path) -> Path:
     return sdist
 
 
-def build_llama_server(root: Path = BUILD_ROOT, jobs: int = 2) -> Path:
-    """The path of a `llama-server` built from the pinned sdist; built first unless already there."""
-    if built_from_pinned_sdist(root):
+def build_llama_server(root: Path | None = None, jobs: int = 2, isa: str = "native") -> Path:
+    """The path of a `llama-server` built from the pinned sdist for `isa` (in `build_root(isa)` unless `root`
+    is given); built first unless already there."""
+    root = build_root(isa) if root is None else root
+    flags = cmake_flags(isa)
+    if built_from_pinned_sdist(root, isa):
         say(f"{' and '.join(TARGETS)} already built from sdist sha256 {SDIST_SHA256[:12]}…; skipping")
         return server_binary(root)
     for tool in ("cmake", "g++", "nice"):
@@ -165,7 +198,7 @@ def build_llama_server(root: Path = BUILD_ROOT, jobs: int = 2) -> Path:
     log_path.unlink(missing_ok=True)
     say(f"building {' and '.join(TARGETS)} with {jobs} jobs under nice -n 19 (many minutes); log: {log_path}")
     started = time.perf_counter()
-    run_logged(["cmake", "-S", str(source), "-B", str(build_dir), *CMAKE_FLAGS], log_path, "cmake configure")
+    run_logged(["cmake", "-S", str(source), "-B", str(build_dir), *flags], log_path, "cmake configure")
     run_logged(
         ["cmake", "--build", str(build_dir), "--target", *TARGETS, "--parallel", str(jobs)], log_path, "cmake build"
     )
@@ -179,7 +212,8 @@ def build_llama_server(root: Path = BUILD_ROOT, jobs: int = 2) -> Path:
         {
             "sdist": sdist.name,
             "sdist_sha256": SDIST_SHA256,
-            "cmake_flags": list(CMAKE_FLAGS),
+            "isa": isa,
+            "cmake_flags": list(flags),
             "targets": list(TARGETS),
             "jobs": jobs,
             "build_s": round(build_s, 1),
@@ -196,9 +230,11 @@ def build_llama_server(root: Path = BUILD_ROOT, jobs: int = 2) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2, help="parallel compile jobs (default 2)")
+    parser.add_argument("--isa", default="native", choices=ISAS,
+                        help="native: this CPU's instructions; avx2: an AVX2-only CPU's (default native)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        binary = build_llama_server(jobs=args.jobs)
+        binary = build_llama_server(jobs=args.jobs, isa=args.isa)
     except BuildFailed as error:
         say(str(error))
         return 1

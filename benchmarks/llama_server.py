@@ -19,7 +19,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from benchmarks.build_llama_server import BUILD_ROOT, quantize_binary, server_binary
+from benchmarks.build_llama_server import BUILD_ROOT, build_root, quantize_binary, server_binary
 from benchmarks.llama_cpp_server import DEMO_GGUF_DIR, LlamaCppUnavailable, demo_gguf
 
 LLAMA_SERVER_MODEL_ALIAS = "smollm2-135m-instruct"
@@ -29,11 +29,13 @@ GGUF_KINDS = ("q4_1", "f16")
 BUILD_COMMAND = ".venv/bin/python benchmarks/build_llama_server.py"
 
 
-def require_llama_server(root: Path = BUILD_ROOT) -> Path:
-    binary = server_binary(root)
+def require_llama_server(isa: str = "native") -> Path:
+    """The llama-server binary built for `isa` (`build_llama_server.ISA_FLAGS`)."""
+    binary = server_binary(build_root(isa))
     if not binary.is_file():
+        command = BUILD_COMMAND + ("" if isa == "native" else f" --isa {isa}")
         raise LlamaCppUnavailable(
-            f"llama-server is not built ({binary} is missing); build it once with `{BUILD_COMMAND}` "
+            f"llama-server is not built ({binary} is missing); build it once with `{command}` "
             "(llama.cpp from the llama-cpp-python sdist on PyPI; needs cmake and g++), or run with --peers none."
         )
     return binary
@@ -57,12 +59,13 @@ def f16_gguf(q4_1_path: Path, target_dir: Path = DEMO_GGUF_DIR, root: Path = BUI
     return target
 
 
-def demo_ggufs(kinds: list[str]) -> dict[str, Path]:
-    """The demo SLM's GGUF of each kind asked for ("q4_1", "f16"), made on first use."""
+def demo_ggufs(kinds: list[str], isa: str = "native") -> dict[str, Path]:
+    """The demo SLM's GGUF of each kind asked for ("q4_1", "f16"), made on first use (by the llama-quantize
+    built for `isa`: the files are the same whichever build writes them)."""
     if not kinds:
         return {}
     q4_1 = demo_gguf()
-    return {kind: q4_1 if kind == "q4_1" else f16_gguf(q4_1) for kind in kinds}
+    return {kind: q4_1 if kind == "q4_1" else f16_gguf(q4_1, root=build_root(isa)) for kind in kinds}
 
 
 def llama_server_command(

@@ -27,6 +27,7 @@ the server logs' paths on stderr).
     .venv/bin/python benchmarks/serve_load.py [--load toolcall|agent|both] [--clients 16] [--requests 64]
         [--max-tokens 64] [--batch-sizes 16,1] [--precision bf16] [--prefix-cache both|on|off]
         [--peers llama-server[,llama-cpp-python]|none] [--llama-server-ggufs q4_1,f16] [--skip-ours]
+        [--llama-server-isa native|avx2]
         [--output FILE]
 """
 
@@ -49,6 +50,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/serve_load.py`: make 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
 from benchmarks import llama_server  # noqa: E402
+from benchmarks.build_llama_server import ISAS  # noqa: E402
 from benchmarks.llama_cpp_server import LLAMA_CPP_VERSION, LlamaCppUnavailable  # noqa: E402
 from benchmarks.machine_limits import limit_fraction, matmul_parameters, probe_machine  # noqa: E402
 from benchmarks.serve_load_requests import LOADS, LoadRequest, load_description, load_requests  # noqa: E402
@@ -305,6 +307,10 @@ def choices_list(flag: str, allowed: tuple[str, ...], allow_none: bool = False) 
     return parse
 
 
+# torch's, oneDNN's and MKL's instruction-set caps, and the C compiler our attention kernel is built with
+ISA_LIMIT_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "CC")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--load", choices=[*LOADS, "both"], default="both", help="which load(s) to send")
@@ -332,6 +338,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=choices_list("--llama-server-ggufs", llama_server.GGUF_KINDS),
         default=list(llama_server.GGUF_KINDS),
         help="the GGUFs llama-server runs (default q4_1,f16)",
+    )
+    parser.add_argument(
+        "--llama-server-isa",
+        choices=ISAS,
+        default="native",
+        help="llama-server built for this CPU (native) or as an AVX2-only CPU runs it (avx2: "
+        "build_llama_server.py --isa avx2; beside our engine with its ISA held to AVX2, README)",
     )
     parser.add_argument("--output", type=Path, help="also write the JSON report here")
     args = parser.parse_args(argv)
@@ -375,7 +388,7 @@ def result_line(entry: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        server_binary = require_peers(args.peers)
+        server_binary = require_peers(args.peers, args.llama_server_isa)
     except LlamaCppUnavailable as error:
         say(str(error))
         return 2
@@ -389,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     gguf_kinds = set(args.llama_server_ggufs) if "llama-server" in args.peers else set()
     if "llama-cpp-python" in args.peers:
         gguf_kinds.add("q4_1")  # llama-cpp-python runs the Q4_1 file
-    ggufs = llama_server.demo_ggufs(sorted(gguf_kinds))
+    ggufs = llama_server.demo_ggufs(sorted(gguf_kinds), args.llama_server_isa)
     load_names = list(LOADS) if args.load == "both" else [args.load]
     loads = {load: load_requests(load, args.requests) for load in load_names}
     say("probing this machine's GEMM rate and memory bandwidth")
@@ -430,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_requests": WARMUP_REQUESTS,
         },
         "machine": machine,
+        "llama_server_isa": args.llama_server_isa,
+        # our side's instruction set where it is held below the CPU's (README, "Serving on an AVX2-only CPU")
+        "isa_limits": {name: os.environ[name] for name in ISA_LIMIT_VARIABLES if name in os.environ},
         "versions": {
             **package_versions(["torch", "transformers", "ray", "llama_cpp_python"]),
             "llama_server": f"llama.cpp vendored in llama-cpp-python {LLAMA_CPP_VERSION}",

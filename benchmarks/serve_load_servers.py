@@ -126,9 +126,9 @@ def llama_cpp_python_configuration(q4_1_gguf: Path) -> Configuration:
     )
 
 
-def require_peers(peers: list[str]) -> Path | None:
+def require_peers(peers: list[str], llama_server_isa: str = "native") -> Path | None:
     """Fail before any compute when a peer cannot run (LlamaCppUnavailable says how to get it);
-    llama-server's binary if it runs."""
+    llama-server's binary (built for `llama_server_isa`) if it runs."""
     if "llama-cpp-python" in peers:
         llama_cpp_server.require_llama_cpp()
-    return llama_server.require_llama_server() if "llama-server" in peers else None
+    return llama_server.require_llama_server(llama_server_isa) if "llama-server" in peers else None

@@ -260,7 +260,7 @@ def test_without_llama_cpp_python_the_run_stops_before_any_work_and_says_how_to_
 
 def test_build_is_skipped_only_for_both_binaries_built_from_the_pinned_sdist_with_todays_flags(tmp_path):
     def record(**changes):
-        built = {"sdist_sha256": build_llama_server.SDIST_SHA256, "cmake_flags": list(build_llama_server.CMAKE_FLAGS)}
+        built = {"sdist_sha256": build_llama_server.SDIST_SHA256, "cmake_flags": list(build_llama_server.cmake_flags())}
         (tmp_path / "build.json").write_text(json.dumps({**built, **changes}))
 
     assert not build_llama_server.built_from_pinned_sdist(tmp_path)
@@ -273,9 +273,22 @@ def test_build_is_skipped_only_for_both_binaries_built_from_the_pinned_sdist_wit
     assert not build_llama_server.built_from_pinned_sdist(tmp_path)  # another source
     record(cmake_flags=["-DCMAKE_BUILD_TYPE=Release"])
     assert not build_llama_server.built_from_pinned_sdist(tmp_path)  # other flags (AMX still on, say)
+    assert not build_llama_server.built_from_pinned_sdist(tmp_path, "avx2")  # built for this CPU, not AVX2 only
+    record(cmake_flags=list(build_llama_server.cmake_flags("avx2")))
+    assert build_llama_server.built_from_pinned_sdist(tmp_path, "avx2")
     record()
     (tmp_path / "bin" / "llama-quantize").unlink()
     assert not build_llama_server.built_from_pinned_sdist(tmp_path)
+
+
+def test_each_isa_is_built_in_its_own_folder_and_the_avx2_build_leaves_avx512_out():
+    assert build_llama_server.build_root() == build_llama_server.BUILD_ROOT
+    assert build_llama_server.build_root("avx2") != build_llama_server.BUILD_ROOT
+    avx2 = build_llama_server.cmake_flags("avx2")
+    assert "-DGGML_NATIVE=OFF" in avx2 and "-DGGML_AVX2=ON" in avx2 and "-DGGML_AVX512=OFF" in avx2
+    assert "-DGGML_NATIVE=ON" in build_llama_server.cmake_flags("native")
+    with pytest.raises(ValueError, match="isa must be one of"):
+        build_llama_server.build_root("avx512")
 
 
 # --- the load generator and the server processes -------------------------------------------------
@@ -388,19 +401,24 @@ def test_a_peers_only_run_reports_each_load_with_its_limit_fraction(monkeypatch,
         path.write_bytes(b"\0" * size)
     machine = {"cpu": {"model_name": "test"}, "cores": 2, "gemm_gflops": {"fp32": 1.0, "bf16": 2.0},
                "gemm_gflops_used": 2.0, "copy_gb_per_s": 1.0}  # fmt: skip
-    monkeypatch.setattr(llama_server, "require_llama_server", lambda: binary)
-    monkeypatch.setattr(llama_server, "demo_ggufs", lambda kinds: {kind: ggufs[kind] for kind in kinds})
+    isas = []  # the build each asked for: the one named on the command line
+    monkeypatch.setattr(llama_server, "require_llama_server", lambda isa: isas.append(isa) or binary)
+    monkeypatch.setattr(llama_server, "demo_ggufs", lambda kinds, isa: isas.append(isa) or {k: ggufs[k] for k in kinds})
     monkeypatch.setattr(serve_load, "probe_machine", lambda config: machine)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     monkeypatch.setattr(serve_load, "LOG_DIR", tmp_path / "logs")
     # the peers run the demo GGUFs, so the floors use the demo SLM's shape (its config alone here)
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "config.json").write_text(json.dumps(SMOLLM2_135M_CONFIG))
     monkeypatch.setattr(demo_checkpoint, "fetch_demo_model", lambda: (tmp_path / "demo", False))
     output = tmp_path / "report.json"
-    arguments = ["--skip-ours", "--clients", "2", "--requests", "4", "--max-tokens", "4", "--output", str(output)]
+    arguments = ["--skip-ours", "--clients", "2", "--requests", "4", "--max-tokens", "4", "--output", str(output),
+                 "--llama-server-isa", "avx2"]  # fmt: skip
     assert serve_load.main(arguments) == 0
     report = json.loads(capsys.readouterr().out)
     assert report == json.loads(output.read_text())
+    assert isas == ["avx2", "avx2"] and report["llama_server_isa"] == "avx2"
+    assert report["isa_limits"]["ATEN_CPU_CAPABILITY"] == "avx2"
     assert report["machine"] == machine and report["ggufs"] == {kind: str(path) for kind, path in ggufs.items()}
     assert list(report["servers"]) == ["llama_server_q4_1", "llama_server_f16"]
     assert list(report["loads"]) == ["toolcall", "agent"]
