@@ -67,7 +67,7 @@ COMMON_FLAGS = (
 # What the CPU backend is built for: `native`, every instruction this CPU has (but AMX, above); `avx2`,
 # what an AVX2-only CPU has (AVX2, FMA, F16C, BMI2; no AVX-512), so that a machine with AVX-512 can
 # measure the peer as an AVX2-only machine runs it, beside our engine with its ISA held to AVX2 (README,
-# "Serving on an AVX2-only CPU"). Each is built in its own folder.
+# "Serving vs llama-server, run by run"; benchmarks/avx2_proxy.sh holds our side). Each in its own folder.
 ISA_FLAGS = {
     "native": (
         "-DGGML_NATIVE=ON",

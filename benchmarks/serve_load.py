@@ -344,7 +344,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=ISAS,
         default="native",
         help="llama-server built for this CPU (native) or as an AVX2-only CPU runs it (avx2: "
-        "build_llama_server.py --isa avx2; beside our engine with its ISA held to AVX2, README)",
+        "build_llama_server.py --isa avx2; beside our engine under benchmarks/avx2_proxy.sh)",
     )
     parser.add_argument("--output", type=Path, help="also write the JSON report here")
     args = parser.parse_args(argv)
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "machine": machine,
         "llama_server_isa": args.llama_server_isa,
-        # our side's instruction set where it is held below the CPU's (README, "Serving on an AVX2-only CPU")
+        # our side's instruction set where it is held below the CPU's (benchmarks/avx2_proxy.sh)
         "isa_limits": {name: os.environ[name] for name in ISA_LIMIT_VARIABLES if name in os.environ},
         "versions": {
             **package_versions(["torch", "transformers", "ray", "llama_cpp_python"]),
