@@ -112,12 +112,19 @@ def copy_gb_per_s(size_bytes: int = COPY_PROBE_BYTES) -> float:
 def probe_machine(config: dict) -> dict:
     """The machine's measured rates, on the model's own prefill shape."""
     shape = {"rows": PROBE_TOKENS, "hidden": config["hidden_size"], "width": config["intermediate_size"]}
-    gemm = {name: round(gemm_gflops(name, **shape), 1) for name in ("fp32", "bf16")}
+    from ray_app.engines.precision import cpu_bf16_support
+
+    # bf16 only where the CPU computes it: emulated (AVX2 only) it runs at ~1 GFLOP/s, and timing it took
+    # two minutes on a real AVX2-only AMD EPYC (2026-12-06) for a figure no floor would use
+    bf16 = cpu_bf16_support()
+    dtypes = ("fp32", "bf16") if bf16.native else ("fp32",)
+    gemm = {name: round(gemm_gflops(name, **shape), 1) for name in dtypes}
     return {
         "cpu": cpu_description(),
         "cores": os.cpu_count(),
         "gemm_shape": f"[{shape['rows']} x {shape['hidden']}] x [{shape['hidden']} x {shape['width']}]",
         "gemm_gflops": gemm,
+        "gemm_bf16": "timed" if bf16.native else f"not timed: emulated on this CPU ({bf16.evidence})",
         "gemm_gflops_used": max(gemm.values()),
         "copy_gb_per_s": round(copy_gb_per_s(), 1),
     }

@@ -153,6 +153,23 @@ def test_probes_measure_positive_rates_on_small_shapes():
     assert machine_limits.copy_gb_per_s(1 << 20) > 0
 
 
+def test_the_machine_probe_times_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    """Emulated bf16 (AVX2 only) runs at ~1 GFLOP/s: timing it took two minutes for a figure no floor uses."""
+    from ray_app.engines import precision
+
+    timed = []
+    monkeypatch.setattr(machine_limits, "gemm_gflops", lambda name, **shape: timed.append(name) or 100.0)
+    monkeypatch.setattr(machine_limits, "copy_gb_per_s", lambda: 20.0)
+    config = {"hidden_size": 16, "intermediate_size": 32}
+    for native, dtypes in ((False, ["fp32"]), (True, ["fp32", "bf16"])):
+        support = precision.CpuBf16Support(native=native, evidence="per the test", cpu="test CPU")
+        monkeypatch.setattr(precision, "cpu_bf16_support", lambda support=support: support)
+        timed.clear()
+        machine = machine_limits.probe_machine(config)
+        assert timed == dtypes and list(machine["gemm_gflops"]) == dtypes
+        assert machine["gemm_bf16"] == ("timed" if native else "not timed: emulated on this CPU (per the test)")
+
+
 # --- comparisons and flags -----------------------------------------------------------------------
 
 
