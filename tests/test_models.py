@@ -110,7 +110,21 @@ def test_the_demo_conversion_prints_no_progress_bars_and_restores_them(tmp_path,
 
     gguf_bar = modeling_gguf_pytorch_utils.tqdm
     assert transformers_logging.is_progress_bar_enabled()
-    materialise_checkpoint(gguf_path, tmp_path / "checkpoint")
+    import gguf
+
+    reader_class, parsed = gguf.GGUFReader, []
+
+    def counting_reader(path, mode="r"):
+        parsed.append(path)
+        return reader_class(path, mode)
+
+    gguf.GGUFReader = counting_reader
+    try:
+        materialise_checkpoint(gguf_path, tmp_path / "checkpoint")
+        # config, tokenizer and weights each ask for a reader: the file's metadata is parsed once
+        assert len(parsed) == 1 and gguf.GGUFReader is counting_reader
+    finally:
+        gguf.GGUFReader = reader_class
     output = capfd.readouterr()
     assert demo_checkpoint_complete(tmp_path / "checkpoint")
     for bar in ("Converting and de-quantizing", "Loading weights", "Writing model shards", "it/s"):
