@@ -18,7 +18,7 @@ MEASURE_OTHERS_CPU_CORES = cpu_linear.others_cpu_cores
 def quiet_machine(monkeypatch):
     """Every probe here is taken as quiet (a scripted probe must not be retried because the test machine is
     busy), and this process has probed nothing yet."""
-    monkeypatch.setattr(cpu_linear, "others_cpu_cores", lambda measure: (measure(), 0.0))
+    monkeypatch.setattr(cpu_linear, "others_cpu_cores", lambda measure: (measure(), 0.0, 2))
     monkeypatch.setattr(cpu_linear, "PROBED_THIS_PROCESS", {})
 
 
@@ -205,18 +205,20 @@ def test_a_probe_taken_while_another_process_is_busy_is_taken_again_and_only_a_q
     record = tmp_path / "cpu_linear_probe.json"
     monkeypatch.setattr(cpu_linear, "PROBE_RECORD", record)
     monkeypatch.setattr(cpu_linear, "PROBE_RETRY_WAIT_S", 0.0)
-    measured = iter([((688.0, 652.0), 0.9), ((627.0, 375.0), 0.05), ((630.0, 380.0), 0.1)])
+    measured = iter([((688.0, 652.0), 0.9, 2), ((627.0, 375.0), 0.05, 2), ((630.0, 380.0), 0.1, 2)])
     monkeypatch.setattr(cpu_linear, "others_cpu_cores", lambda measure: next(measured))
     assert cpu_linear.machine_probe(576, 1536, 2) == (630.0, 380.0)  # the busy pair dropped, the quiet confirmed
     assert next(measured, None) is None and list(json.loads(record.read_text()).values()) == [[630.0, 380.0]]
 
-    busy = iter([((500.0, 450.0), 0.8), ((700.0, 400.0), 0.5), ((600.0, 590.0), 1.2), ((900.0, 300.0), 0.6)])
+    busy = iter(
+        [((500.0, 450.0), 0.8, 2), ((700.0, 400.0), 0.5, 2), ((600.0, 590.0), 1.2, 2), ((900.0, 300.0), 0.6, 2)]
+    )
     monkeypatch.setattr(cpu_linear, "others_cpu_cores", lambda measure: next(busy))
     assert cpu_linear.machine_probe(32, 64, 2) == (700.0, 400.0)  # busy throughout: the least disturbed one
     assert len(json.loads(record.read_text())) == 1  # and not kept
     assert cpu_linear.machine_probe(32, 64, 2) == (700.0, 400.0)  # this process keeps its choice
     monkeypatch.setattr(cpu_linear, "PROBED_THIS_PROCESS", {})  # the next run
-    monkeypatch.setattr(cpu_linear, "others_cpu_cores", lambda measure: (measure(), 0.0))
+    monkeypatch.setattr(cpu_linear, "others_cpu_cores", lambda measure: (measure(), 0.0, 2))
     monkeypatch.setattr(cpu_linear, "probe", lambda *shape_threads: (9.0, 10.0))
     assert cpu_linear.machine_probe(32, 64, 2) == (9.0, 10.0) and len(json.loads(record.read_text())) == 2
 
@@ -230,8 +232,8 @@ def test_the_cpu_other_processes_use_is_measured():
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)  # started
-        result, others = MEASURE_OTHERS_CPU_CORES(lambda: time.sleep(0.6) or "done")
+        result, others, cores = MEASURE_OTHERS_CPU_CORES(lambda: time.sleep(0.6) or "done")
     finally:
         spinner.kill()
         spinner.wait()
-    assert result == "done" and others > 0.5  # the spinner's core, while this process slept
+    assert result == "done" and others > 0.5 and cores >= 1  # the spinner's core, while this process slept

@@ -123,44 +123,51 @@ def probe(hidden: int, width: int, threads: int, precision: str = "fp32") -> tup
 
 
 def others_cpu_cores(measure):
-    """(`measure()`, the CPU cores other processes used on average while it ran): the machine's busy time
-    from /proc/stat less this process's own CPU time, over the wall time. 0.0 where /proc/stat cannot be
-    read (not Linux): the measurement is then taken as it is."""
+    """(`measure()`, the CPU cores other processes used on average while it ran, the cores watched): the
+    busy time of the CPUs this process may run on (its affinity; per-CPU lines of /proc/stat, so a
+    container limited to a cpuset counts its own CPUs only) less this process's own CPU time, over the
+    wall time. 0.0 other cores where /proc/stat cannot be read (not Linux): the measurement is then
+    taken as it is."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
     def busy_seconds() -> float | None:
         try:
-            fields = Path("/proc/stat").read_text(encoding="ascii").split("\n", 1)[0].split()[1:]
-            ticks = [int(field) for field in fields]
-        except (OSError, ValueError):
+            lines = Path("/proc/stat").read_text(encoding="ascii").splitlines()
+            per_cpu = {line.split()[0]: [int(field) for field in line.split()[1:9]] for line in lines
+                       if line.startswith("cpu") and line[3:4].isdigit()}  # fmt: skip
+            ticks = [per_cpu[f"cpu{cpu}"] for cpu in cpus]
+        except (OSError, ValueError, KeyError):
             return None
-        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle and iowait
-        return (sum(ticks[:8]) - idle) / CLOCK_TICKS  # guest time is already in user time
+        # busy = all but idle and iowait (guest time is already in user time)
+        return sum(sum(fields) - fields[3] - fields[4] for fields in ticks) / CLOCK_TICKS if ticks else None
 
     busy_before, own_before, wall_before = busy_seconds(), time.process_time(), time.perf_counter()
     result = measure()
     busy_after, own_after, wall_after = busy_seconds(), time.process_time(), time.perf_counter()
     if busy_before is None or busy_after is None:
-        return result, 0.0
+        return result, 0.0, len(cpus)
     others = (busy_after - busy_before) - (own_after - own_before)
-    return result, max(0.0, others) / max(wall_after - wall_before, 1e-9)
+    return result, max(0.0, others) / max(wall_after - wall_before, 1e-9), len(cpus)
 
 
 def quiet_probe(hidden: int, width: int, threads: int, precision: str) -> tuple[tuple[float, float], bool]:
-    """`probe`'s timings taken while no other process used more than PROBE_OTHERS_MAX_CORES of the
-    machine, and True; after PROBE_ATTEMPTS busy probes (PROBE_RETRY_WAIT_S apart), the least disturbed
-    one's timings and False. On 2 cores another process's work decides the comparison: during a fresh
-    clone's `make demo` (AMD EPYC, AVX2 only, 2026-12-06) a probe timed oneDNN at 652 µs beside torch's
-    688 while Ray started its workers, and on a quiet machine minutes later at 375 µs beside 627; the
-    choice was kept for the machine, and every evaluation after it ran torch's slower kernels."""
+    """`probe`'s timings taken while other processes left the probe's `threads` cores free (they may use
+    the cores beyond those, and PROBE_OTHERS_MAX_CORES more), and True; after PROBE_ATTEMPTS busy probes
+    (PROBE_RETRY_WAIT_S apart), the least disturbed one's timings and False. On 2 cores another
+    process's work decides the comparison: during a fresh clone's `make demo` (AMD EPYC, AVX2 only,
+    2026-12-06) a probe timed oneDNN at 652 µs beside torch's 688 while Ray started its workers, and on
+    a quiet machine minutes later at 375 µs beside 627; the choice was kept for the machine, and every
+    evaluation after it ran torch's slower kernels."""
     attempts = []
     for attempt in range(PROBE_ATTEMPTS):
-        timings, others = others_cpu_cores(lambda: probe(hidden, width, threads, precision))
-        if others <= PROBE_OTHERS_MAX_CORES:
+        timings, others, cores = others_cpu_cores(lambda: probe(hidden, width, threads, precision))
+        disturbance = others - max(0, cores - threads)  # what other processes took from the probe's cores
+        if disturbance <= PROBE_OTHERS_MAX_CORES:
             return timings, True
-        attempts.append((others, timings))
+        attempts.append((disturbance, timings))
         logger.info(
-            "cpu linear probe %d of %d: other processes used %.2f CPU cores meanwhile; probing again in %.0f s",
-            attempt + 1, PROBE_ATTEMPTS, others, PROBE_RETRY_WAIT_S,
+            "cpu linear probe %d of %d: other processes used %.2f of %d CPU cores meanwhile; probing again in %.0f s",
+            attempt + 1, PROBE_ATTEMPTS, others, cores, PROBE_RETRY_WAIT_S,
         )  # fmt: skip
         if attempt + 1 < PROBE_ATTEMPTS:
             time.sleep(PROBE_RETRY_WAIT_S)
