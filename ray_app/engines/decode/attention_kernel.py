@@ -41,7 +41,9 @@ group's shared prefix stays on torch's GEMM-backed flash call, merged by log-sum
 reading it in each row's pass at that speed (`CompiledRowAttention.reads_shared_prefixes`).
 
 `auto` compiles it with the machine's C compiler (`CC`, else `cc`, `gcc` or `clang`) for this CPU
-(`-march=native`) the first time a process needs it (~1 s), keeps the library under
+(`-march=native`) the first time a process needs it (~2 s; an AVX2 build leaves the vector path's code
+out: compiled in, emulated in 8-wide registers though never run, it took GCC 19.3 s at -O3 on the AMD EPYC
+without AVX-512, 2026-12-06, the first evaluation of a fresh clone waiting on it), keeps the library under
 storage/kernels/ keyed by the source, compiler and CPU, and takes torch's kernel when there is no
 compiler or the build fails (the reason is recorded). `compiled` fails instead; `torch` never builds.
 clang compiles the source alike (its own shuffle builtin; the tests build it where clang is installed:
