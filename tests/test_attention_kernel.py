@@ -16,7 +16,7 @@ from ray_app.engines.decode.attention_kernel import (
 pytestmark = pytest.mark.skipif(attention_kernel.compiler() is None, reason="needs a C compiler")
 
 
-BUILDS = ["native", "columns", "clang"]
+BUILDS = ["native", "columns", "eight", "clang"]
 
 
 def variant_build(path, compiler_path, add=(), drop=()):
@@ -35,7 +35,8 @@ def variant_build(path, compiler_path, add=(), drop=()):
 @pytest.fixture(scope="module")
 def kernels(tmp_path_factory):
     """{"native": the kernel as the engine builds it, "columns": built with -DVECTOR_PATH=0 (the
-    column-at-a-time loops an AVX2 build runs), "clang": built by clang where there is one (its own
+    column-at-a-time loops alone), "eight": with -DEIGHT_PATH=1 too (the 8-float path an AVX2 build runs;
+    None on a CPU without AVX2 and FMA), "clang": built by clang where there is one (its own
     shuffle builtin), else None}; on a CPU without AVX-512 "native" runs the column loops too. The clang
     build leaves out OpenMP (one thread): clang's runtime is not torch's, and a second one loaded into
     this process would make `load_compiled` refuse for the tests after it; a row's bytes do not depend on
@@ -45,12 +46,23 @@ def kernels(tmp_path_factory):
     folder = tmp_path_factory.mktemp("kernels")
     columns = variant_build(folder / "columns.so", attention_kernel.compiler(), add=("-DVECTOR_PATH=0",))
     assert not columns.reads_shared_prefixes
+    eight = None
+    if {"avx2", "fma"} <= cpu_flags():
+        eight = variant_build(folder / "eight.so", attention_kernel.compiler(), add=("-DVECTOR_PATH=0", "-DEIGHT_PATH=1"))
     clang = shutil.which("clang")
     return {
         "native": load_compiled(),
         "columns": columns,
+        "eight": eight,
         "clang": clang and variant_build(folder / "clang.so", clang, add=("-Wno-psabi",), drop=("-fopenmp",)),
     }
+
+
+def cpu_flags() -> set[str]:
+    from pathlib import Path
+
+    lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+    return set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
 
 
 def kernel_of(kernels, build):
@@ -143,6 +155,31 @@ def test_the_builds_answer_alike(kernels):
         kernel(grouped, key, value, 0.125, spans, outputs[name])
     for name in built:
         torch.testing.assert_close(outputs[name], outputs["native"], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+@pytest.mark.parametrize("head_dim", [24, 64, 128])
+def test_the_avx2_path_gives_the_column_loops_bytes(head_dim, dtype_name, kernels):
+    """The 8-float path adds the same products in the same order as the column loops, its blocks of 8
+    columns and its tails alike: the same bytes, outputs and log-sum-exps (rows of 1 to 300 columns)."""
+    import torch
+
+    from ray_app.engines.decode.row_attention import RowSpans
+
+    eight, columns = kernel_of(kernels, "eight"), kernels["columns"]
+    dtype = getattr(torch, dtype_name)
+    generator = torch.Generator().manual_seed(head_dim)
+    grouped = torch.randn(6, 3, 3, head_dim, generator=generator).to(dtype)
+    key = torch.randn(6, 3, 301, head_dim, generator=generator).to(dtype)
+    value = torch.randn(6, 3, 301, head_dim, generator=generator).to(dtype)
+    spans = RowSpans(((0, 0), (1, 133), (2, 280), (3, 300), (4, 293), (5, 7))).tensor
+    results = []
+    for kernel in (eight, columns):
+        output, log_sum_exp = torch.zeros_like(grouped), torch.zeros(6, 3, 3)
+        kernel(grouped, key, value, 0.125, spans, output, log_sum_exp)
+        results.append((output, log_sum_exp))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
 
 
 @pytest.mark.parametrize("build", BUILDS)

@@ -30,13 +30,26 @@
 #define MAX_CHUNKS 16 /* head_dim up to 256 in the vector path */
 /* The vector path wants 32 vector registers of 16 floats (AVX-512): with AVX2's 16 of 8 floats the
    same code spills and its shuffles cross registers (measured 2x slower than the column-at-a-time
-   loops, built with -march=haswell on the AMD EPYC), so there the column-at-a-time loops run.
-   (-DVECTOR_PATH=0 builds those loops on any CPU: the tests compare the two.) */
-#ifndef VECTOR_PATH
+   loops, built with -march=haswell on the AMD EPYC), so AVX2 has the path below instead. */
+/* AVX2 (16 registers of 8 floats) has a path of its own, EIGHT_PATH: a score's 16 lanes are two vectors of
+   8, added (8 apart), and then 8 columns' sums are added across at once by shuffles (4 apart, 2, 1): the
+   same additions in the same order as the column loops, each column's horizontal sum spread over a block.
+   -DVECTOR_PATH=0 builds the column loops alone, -DVECTOR_PATH=0 -DEIGHT_PATH=1 the AVX2 path on any CPU
+   with AVX2 and FMA (the tests compare the three). */
+#ifdef VECTOR_PATH /* given on the command line */
+#ifndef EIGHT_PATH
+#define EIGHT_PATH 0
+#endif
+#else
 #ifdef __AVX512F__
 #define VECTOR_PATH 1
+#define EIGHT_PATH 0
+#elif defined(__AVX2__) && defined(__FMA__)
+#define VECTOR_PATH 0
+#define EIGHT_PATH 1
 #else
 #define VECTOR_PATH 0
+#define EIGHT_PATH 0
 #endif
 #endif
 
@@ -317,6 +330,106 @@ typedef uint16_t bf16;
 #if VECTOR_PATH
 VECTOR_PASSES(float, f32_load16)
 VECTOR_PASSES(bf16, bf16_load16)
+#elif EIGHT_PATH
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+typedef uint16_t v8h __attribute__((vector_size(16)));
+#ifdef __clang__
+#define SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+#endif
+
+static inline v8f f32_load8(const float *p) {
+    v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline v8f bf16_load8(const uint16_t *p) {
+    v8h half;
+    memcpy(&half, p, sizeof half);
+    return (v8f)(__builtin_convertvector(half, v8u) << 16);
+}
+
+/* The block of 8 columns whose "8 apart" sums are in c[slot]: c[s] belongs to column SLOT8_COLUMN[s], so
+   that after the shuffles of blocks8_sum lane l holds column l. */
+static const int SLOT8_COLUMN[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+
+static inline v8f blocks8_sum(const v8f *c) { /* the column loops' "4 apart, 2, 1" for 8 columns at once */
+    v8f d[4], e[2];
+    for (int p = 0; p < 4; ++p)
+        d[p] = SHUFFLE8(c[2 * p], c[2 * p + 1], 0, 1, 2, 3, 8, 9, 10, 11)
+             + SHUFFLE8(c[2 * p], c[2 * p + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+    for (int r = 0; r < 2; ++r)
+        e[r] = SHUFFLE8(d[2 * r], d[2 * r + 1], 0, 1, 8, 9, 4, 5, 12, 13)
+             + SHUFFLE8(d[2 * r], d[2 * r + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+    return SHUFFLE8(e[0], e[1], 0, 2, 8, 10, 4, 6, 12, 14) + SHUFFLE8(e[0], e[1], 1, 3, 9, 11, 5, 7, 13, 15);
+}
+
+/* One (row, key head) item's scores and sums, 8 floats at a time; `chunks` = head_dim / 16 as above. A
+   score: lanes 0-7 and 8-15 of each 16 dimensions in two vectors (each lane's products added in the
+   column loops' order, from zero), the two added (8 apart), then blocks8_sum. A sum: each dimension's
+   weighted values added column after column from zero, as the column loops do, in registers. */
+#define EIGHT_PASSES(T, LOAD8)                                                                              \
+    static inline __attribute__((always_inline)) void vector_scores_##T(                                   \
+        const float *query, const T *k, const int64_t *counts, const int64_t *offsets, int64_t length,     \
+        int64_t stride, int64_t per, int64_t head_dim, int64_t chunks, float scale, float *scores) {      \
+        for (int64_t h = 0; h < per; ++h) {                                                                \
+            v8f q[2 * MAX_CHUNKS];                                                                         \
+            for (int64_t c = 0; c < 2 * chunks; ++c) q[c] = f32_load8(query + h * head_dim + 8 * c);       \
+            int64_t j = 0;                                                                                 \
+            for (; j + 8 <= length; j += 8) {                                                              \
+                v8f sums8[8];                                                                              \
+                for (int slot = 0; slot < 8; ++slot) {                                                     \
+                    int64_t column_index = j + SLOT8_COLUMN[slot];                                         \
+                    if (h == 0 && column_index + PREFETCH < length)                                        \
+                        prefetch_column(COLUMN(k, column_index + PREFETCH), head_dim * (int64_t)sizeof(T)); \
+                    const T *column = COLUMN(k, column_index);                                             \
+                    v8f low = (v8f){0}, high = (v8f){0};                                                   \
+                    for (int64_t c = 0; c < chunks; ++c) {                                                 \
+                        low += q[2 * c] * LOAD8(column + 16 * c);                                          \
+                        high += q[2 * c + 1] * LOAD8(column + 16 * c + 8);                                 \
+                    }                                                                                      \
+                    sums8[slot] = low + high;                                                              \
+                }                                                                                          \
+                v8f block = blocks8_sum(sums8) * scale;                                                    \
+                memcpy(scores + h * stride + j, &block, sizeof block);                                     \
+            }                                                                                              \
+            for (; j < length; ++j) {                                                                      \
+                const T *column = COLUMN(k, j);                                                            \
+                v8f low = (v8f){0}, high = (v8f){0};                                                       \
+                for (int64_t c = 0; c < chunks; ++c) {                                                     \
+                    low += q[2 * c] * LOAD8(column + 16 * c);                                              \
+                    high += q[2 * c + 1] * LOAD8(column + 16 * c + 8);                                     \
+                }                                                                                          \
+                v8f lanes = low + high;                                                                    \
+                float b[4], d[2];                                                                          \
+                for (int i = 0; i < 4; ++i) b[i] = lanes[i] + lanes[i + 4];                                \
+                for (int i = 0; i < 2; ++i) d[i] = b[i] + b[i + 2];                                        \
+                scores[h * stride + j] = (d[0] + d[1]) * scale;                                            \
+            }                                                                                              \
+        }                                                                                                  \
+    }                                                                                                      \
+    static inline __attribute__((always_inline)) void vector_values_##T(                                   \
+        const T *v, const int64_t *counts, const int64_t *offsets, int64_t length, int64_t stride,         \
+        int64_t per, int64_t head_dim, int64_t chunks, const float *scores, float *sums) {                \
+        for (int64_t h = 0; h < per; ++h) {                                                                \
+            v8f acc[2 * MAX_CHUNKS];                                                                       \
+            for (int64_t c = 0; c < 2 * chunks; ++c) acc[c] = (v8f){0};                                    \
+            for (int64_t j = 0; j < length; ++j) {                                                         \
+                if (h == 0 && j + PREFETCH < length)                                                       \
+                    prefetch_column(COLUMN(v, j + PREFETCH), head_dim * (int64_t)sizeof(T));               \
+                const T *column = COLUMN(v, j);                                                            \
+                float weight = scores[h * stride + j];                                                     \
+                for (int64_t c = 0; c < 2 * chunks; ++c) acc[c] += weight * LOAD8(column + 8 * c);         \
+            }                                                                                              \
+            for (int64_t c = 0; c < 2 * chunks; ++c) memcpy(sums + h * head_dim + 8 * c, &acc[c], sizeof acc[c]); \
+        }                                                                                                  \
+    }
+EIGHT_PASSES(float, f32_load8)
+EIGHT_PASSES(bf16, bf16_load8)
 #else
 /* Without the vector path `chunks` is always 0 and these are never called: empty, so the compiler does not
    generate (and, on AVX2, take ~20 s over) 16-wide vector code emulated in 8-wide registers. */
@@ -339,7 +452,7 @@ ATTEND_ITEM(bf16, bf16_load, bf16_store)
     void NAME(const T *q, const T *k, const T *v, int64_t slot_stride, int64_t head_stride,                \
               const int64_t *spans, int64_t rows, int64_t end, int64_t kv_heads, int64_t per,              \
               int64_t head_dim, float scale, T *out, float *lse) {                                         \
-        int64_t chunks = VECTOR_PATH && head_dim % 16 == 0 && head_dim <= 16 * MAX_CHUNKS ? head_dim / 16 : 0; \
+        int64_t chunks = (VECTOR_PATH || EIGHT_PATH) && head_dim % 16 == 0 && head_dim <= 16 * MAX_CHUNKS ? head_dim / 16 : 0; \
         _Pragma("omp parallel") {                                                                          \
             float *scores = NULL;                                                                          \
             int64_t capacity = 0;                                                                          \
