@@ -48,7 +48,8 @@ def kernels(tmp_path_factory):
     assert not columns.reads_shared_prefixes
     eight = None
     if {"avx2", "fma"} <= cpu_flags():
-        eight = variant_build(folder / "eight.so", attention_kernel.compiler(), add=("-DVECTOR_PATH=0", "-DEIGHT_PATH=1"))
+        eight_flags = ("-DVECTOR_PATH=0", "-DEIGHT_PATH=1")
+        eight = variant_build(folder / "eight.so", attention_kernel.compiler(), add=eight_flags)
     clang = shutil.which("clang")
     return {
         "native": load_compiled(),
