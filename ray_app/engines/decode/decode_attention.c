@@ -57,16 +57,32 @@
    of a GEMM-backed flash call (without it, a group's flash call and a merge are faster: attention_kernel.py). */
 int decode_attention_vector_path(void) { return VECTOR_PATH; }
 
-typedef float v16f __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-typedef uint32_t v16u __attribute__((vector_size(64)));
-typedef uint16_t v16h __attribute__((vector_size(32)));
+/* Vectors of N floats (and their int32, uint32 and bf16 companions), with loads of N floats and of N bf16
+   widened to floats (each one's bits in the top half). */
+#define VECTOR_TYPES(N)                                                                                     \
+    typedef float v##N##f __attribute__((vector_size(4 * N)));                                           \
+    typedef int32_t v##N##i __attribute__((vector_size(4 * N)));                                         \
+    typedef uint32_t v##N##u __attribute__((vector_size(4 * N)));                                        \
+    typedef uint16_t v##N##h __attribute__((vector_size(2 * N)));                                        \
+    static inline v##N##f f32_load##N(const float *p) {                                                    \
+        v##N##f v;                                                                                         \
+        memcpy(&v, p, sizeof v);                                                                           \
+        return v;                                                                                          \
+    }                                                                                                      \
+    static inline v##N##f bf16_load##N(const uint16_t *p) {                                                \
+        v##N##h half;                                                                                      \
+        memcpy(&half, p, sizeof half);                                                                     \
+        return (v##N##f)(__builtin_convertvector(half, v##N##u) << 16);                                   \
+    }
+VECTOR_TYPES(16)
 
+/* lanes of a and b (b's numbered from the width on), picked by index: GCC's and clang's builtins */
 #ifdef __clang__
-#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#define SHUFFLE_OF(N, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else
-#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (v16i){__VA_ARGS__})
+#define SHUFFLE_OF(N, a, b, ...) __builtin_shuffle(a, b, (v##N##i){__VA_ARGS__})
 #endif
+#define SHUFFLE(a, b, ...) SHUFFLE_OF(16, a, b, __VA_ARGS__)
 
 static inline v16f splat(float value) { return (v16f){0} + value; }
 
@@ -106,18 +122,6 @@ static inline uint16_t bf16_store(float value) { /* round to nearest, ties to ev
     if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0; /* NaN */
     bits += 0x7fffu + ((bits >> 16) & 1u);
     return (uint16_t)(bits >> 16);
-}
-
-static inline v16f f32_load16(const float *p) {
-    v16f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline v16f bf16_load16(const uint16_t *p) {
-    v16h half;
-    memcpy(&half, p, sizeof half);
-    return (v16f)(__builtin_convertvector(half, v16u) << 16);
 }
 
 static inline void prefetch_column(const void *column, int64_t bytes) {
@@ -331,27 +335,8 @@ typedef uint16_t bf16;
 VECTOR_PASSES(float, f32_load16)
 VECTOR_PASSES(bf16, bf16_load16)
 #elif EIGHT_PATH
-typedef float v8f __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-typedef uint32_t v8u __attribute__((vector_size(32)));
-typedef uint16_t v8h __attribute__((vector_size(16)));
-#ifdef __clang__
-#define SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
-#else
-#define SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
-#endif
-
-static inline v8f f32_load8(const float *p) {
-    v8f v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline v8f bf16_load8(const uint16_t *p) {
-    v8h half;
-    memcpy(&half, p, sizeof half);
-    return (v8f)(__builtin_convertvector(half, v8u) << 16);
-}
+VECTOR_TYPES(8)
+#define SHUFFLE8(a, b, ...) SHUFFLE_OF(8, a, b, __VA_ARGS__)
 
 /* The block of 8 columns whose "8 apart" sums are in c[slot]: c[s] belongs to column SLOT8_COLUMN[s], so
    that after the shuffles of blocks8_sum lane l holds column l. */
