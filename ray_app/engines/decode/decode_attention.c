@@ -358,6 +358,15 @@ static inline v8f blocks8_sum(const v8f *c) { /* the column loops' "4 apart, 2, 
    column loops' order, from zero), the two added (8 apart), then blocks8_sum. A sum: each dimension's
    weighted values added column after column from zero, as the column loops do, in registers. */
 #define EIGHT_PASSES(T, LOAD8)                                                                              \
+    static inline __attribute__((always_inline)) v8f halves_sum_##T(const v8f *q, const T *column,         \
+                                                                    int64_t chunks) {                      \
+        v8f low = (v8f){0}, high = (v8f){0}; /* lanes 0-7 and 8-15 of the column loops' 16 */              \
+        for (int64_t c = 0; c < chunks; ++c) {                                                             \
+            low += q[2 * c] * LOAD8(column + 16 * c);                                                      \
+            high += q[2 * c + 1] * LOAD8(column + 16 * c + 8);                                             \
+        }                                                                                                  \
+        return low + high; /* their "8 apart" */                                                           \
+    }                                                                                                      \
     static inline __attribute__((always_inline)) void vector_scores_##T(                                   \
         const float *query, const T *k, const int64_t *counts, const int64_t *offsets, int64_t length,     \
         int64_t stride, int64_t per, int64_t head_dim, int64_t chunks, float scale, float *scores) {      \
@@ -371,25 +380,13 @@ static inline v8f blocks8_sum(const v8f *c) { /* the column loops' "4 apart, 2, 
                     int64_t column_index = j + SLOT8_COLUMN[slot];                                         \
                     if (h == 0 && column_index + PREFETCH < length)                                        \
                         prefetch_column(COLUMN(k, column_index + PREFETCH), head_dim * (int64_t)sizeof(T)); \
-                    const T *column = COLUMN(k, column_index);                                             \
-                    v8f low = (v8f){0}, high = (v8f){0};                                                   \
-                    for (int64_t c = 0; c < chunks; ++c) {                                                 \
-                        low += q[2 * c] * LOAD8(column + 16 * c);                                          \
-                        high += q[2 * c + 1] * LOAD8(column + 16 * c + 8);                                 \
-                    }                                                                                      \
-                    sums8[slot] = low + high;                                                              \
+                    sums8[slot] = halves_sum_##T(q, COLUMN(k, column_index), chunks);                     \
                 }                                                                                          \
                 v8f block = blocks8_sum(sums8) * scale;                                                    \
                 memcpy(scores + h * stride + j, &block, sizeof block);                                     \
             }                                                                                              \
             for (; j < length; ++j) {                                                                      \
-                const T *column = COLUMN(k, j);                                                            \
-                v8f low = (v8f){0}, high = (v8f){0};                                                       \
-                for (int64_t c = 0; c < chunks; ++c) {                                                     \
-                    low += q[2 * c] * LOAD8(column + 16 * c);                                              \
-                    high += q[2 * c + 1] * LOAD8(column + 16 * c + 8);                                     \
-                }                                                                                          \
-                v8f lanes = low + high;                                                                    \
+                v8f lanes = halves_sum_##T(q, COLUMN(k, j), chunks);                                       \
                 float b[4], d[2];                                                                          \
                 for (int i = 0; i < 4; ++i) b[i] = lanes[i] + lanes[i + 4];                                \
                 for (int i = 0; i < 2; ++i) d[i] = b[i] + b[i + 2];                                        \
