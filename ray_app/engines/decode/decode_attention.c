@@ -17,7 +17,8 @@
    then added pairwise (8 apart, 4, 2, 1). Built for AVX-512, where head_dim is a multiple of 16, 16
    columns' scores are computed at once in vectors of 16 floats (GCC/clang vector extensions), their
    lanes added by shuffles that pair the same lanes in the same order, so a score has the same bits in a
-   block of 16 columns as alone; elsewhere the same sums run a column at a time. With `lse`, each row's
+   block of 16 columns as alone; built for AVX2, 8 columns at once in vectors of 8 floats the same way
+   (EIGHT_PATH below); elsewhere the same sums run a column at a time. With `lse`, each row's
    log-sum-exp too (torch's flash kernel for a shared prefix is merged with it where the vector path is
    missing). */
 #include <math.h>
