@@ -6,24 +6,27 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo-codeact demo test install lint unit mastra-test mastra-demo data clean-venv llama-server bench-serve
 
-# Torch is pinned and installed first: 2.13.0 has a CPU build on this machine's disk, and
-# installing it before the rest stops pip from pulling a multi-GB CUDA build.
-# The rest goes in with uv (PyPI's `uv`), which installed the same 143 packages as pip in 7 s vs 68 s
-# (AMD EPYC, 2 cores, 2026-12-03); where uv cannot reach its index (it reads no pip.conf), pip does it.
+# Everything goes in with uv (PyPI's `uv`), torch included: on this machine kind (AMD EPYC without AVX-512,
+# 2 cores, 2026-12-06, uv's cache empty) uv put torch and the project's 143 other packages in place in
+# 10.7 s where pip took 33 s for torch alone. torch is pinned: 2.13.0 has a CPU build on this machine's
+# disk (pip's find-links, which uv does not read from pip's config, so the Makefile hands them over);
+# a looser pin pulls a multi-GB CUDA build. Where uv cannot reach its index, pip does it all.
 # uv writes no bytecode unless asked (pip does by default); where PYTHONDONTWRITEBYTECODE is set (this
 # machine kind's default) every process then compiled the sources it imports: an eval actor's imports
-# took ~3-5 s longer, the driver's (ray, transformers, trl) 15.5-19.3 s vs 11.9-12.8 s. --compile-bytecode
-# costs ~20 s at install (82 s in all, AMD EPYC without AVX-512, 2 cores, 2026-12-06) and saves that
-# several times over in a demo's dozen processes and the tests' subprocesses.
+# took ~3-5 s longer, the driver's (ray, transformers, trl) 25 s vs 10.5 s. --compile-bytecode costs
+# ~28 s at install (39 s with it, same machine) and saves that several times over in a demo's dozen
+# processes and the tests' subprocesses.
 # bfcl-eval (pyproject's bfcl extra: BFCL's checker for tests/test_bfcl_agreement.py) goes in with
 # --no-deps: its own dependencies pin older numpy/filelock/networkx and pull torch 2.14 with CUDA.
+PIP_FIND_LINKS_CONFIGURED := $(strip $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+UV_FIND_LINKS_FLAGS := $(foreach link,$(sort $(PIP_FIND_LINKS_CONFIGURED)),--find-links $(link))
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or run: make PYTHON=python3 ...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0 "uv>=0.13,<0.14"
-	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e ".[dev]" \
-	  || { echo "uv could not install the project; pip installs it instead"; $(BIN)/python -m pip install --quiet -e ".[dev]"; }
+	$(BIN)/python -m pip install --quiet "uv>=0.13,<0.14"
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python $(UV_FIND_LINKS_FLAGS) torch==2.13.0 -e ".[dev]" \
+	  || { echo "uv could not install the project; pip installs it instead"; \
+	       $(BIN)/python -m pip install --quiet torch==2.13.0 && $(BIN)/python -m pip install --quiet -e ".[dev]"; }
 	$(BIN)/python -m pip install --quiet --no-deps "bfcl-eval==2026.3.23"
 	touch $(STAMP)
 
