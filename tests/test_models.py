@@ -102,7 +102,12 @@ def test_the_demo_conversion_prints_no_progress_bars_and_restores_them(tmp_path,
     bars stay off while the GGUF converts, and transformers' own switch is as it was afterwards."""
     from transformers.utils import logging as transformers_logging
 
-    from ray_app.models.demo_checkpoint import demo_checkpoint_complete, download_demo_gguf, materialise_checkpoint
+    from ray_app.models.demo_checkpoint import (
+        demo_checkpoint_complete,
+        download_demo_gguf,
+        fetch_demo_model,
+        materialise_checkpoint,
+    )
 
     gguf_path = download_demo_gguf(tmp_path / "download")
     capfd.readouterr()
@@ -113,20 +118,31 @@ def test_the_demo_conversion_prints_no_progress_bars_and_restores_them(tmp_path,
     import gguf
 
     reader_class, parsed = gguf.GGUFReader, []
+    build_name_map, name_maps = gguf.get_tensor_name_map, []
 
     def counting_reader(path, mode="r"):
         parsed.append(path)
         return reader_class(path, mode)
 
-    gguf.GGUFReader = counting_reader
+    def counting_name_map(arch, n_blocks):
+        name_maps.append((arch, n_blocks))
+        return build_name_map(arch, n_blocks)
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = counting_reader, counting_name_map
     try:
         materialise_checkpoint(gguf_path, tmp_path / "checkpoint")
-        # config, tokenizer and weights each ask for a reader: the file's metadata is parsed once
+        # config, tokenizer and weights each ask for a reader: the file's metadata is parsed once; the
+        # weights' name mapping asks for the tensor name map at every module: it is built once
         assert len(parsed) == 1 and gguf.GGUFReader is counting_reader
+        assert len(name_maps) == 1 and gguf.get_tensor_name_map is counting_name_map
     finally:
-        gguf.GGUFReader = reader_class
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, build_name_map
     output = capfd.readouterr()
     assert demo_checkpoint_complete(tmp_path / "checkpoint")
     for bar in ("Converting and de-quantizing", "Loading weights", "Writing model shards", "it/s"):
         assert bar not in output.err + output.out
     assert transformers_logging.is_progress_bar_enabled() and modeling_gguf_pytorch_utils.tqdm is gguf_bar
+    # the shortcuts (one parse, one name map, no random initial values) change no byte of the checkpoint
+    fetched, _ = fetch_demo_model()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
+        assert (tmp_path / "checkpoint" / name).read_bytes() == (fetched / name).read_bytes(), name
