@@ -14,6 +14,7 @@ reported as the last checkpoint, with the loss curve and throughput as metrics.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import shutil
@@ -260,8 +261,18 @@ def run_training_loop(config: dict[str, Any]) -> None:
     resumed_from_step = 0
     if resume_from is not None:
         resumed_from_step = json.loads((Path(resume_from) / "trainer_state.json").read_text())["global_step"]
+    # What is loaded now (torch, transformers, the model and trainer: ~550k objects) lives through the
+    # training; frozen, Python's cyclic collector stops walking it at every full collection. The toolcall
+    # recipe on 8 rows (AMD EPYC without AVX-512, 2 cores, 2026-12-06): collections 1.86 s -> 0.73 s,
+    # the same losses (no value is touched). Unfrozen after, so a local-mode run (in the job's own
+    # process) leaves its model collectable.
+    gc.collect()
+    gc.freeze()
     started = time.perf_counter()
-    train_output = trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        train_output = trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        gc.unfreeze()
     seconds = time.perf_counter() - started
     eval_loss = None
     if trainer.eval_dataset is not None:
