@@ -49,10 +49,11 @@ from benchmarks.machine_limits import cpu_description  # noqa: E402
 from ray_app.data.rows import read_split  # noqa: E402
 from ray_app.engines.base import EngineRequest  # noqa: E402
 from ray_app.engines.decode.attention_kernel import DECODE_ATTENTIONS, resolve_decode_attention  # noqa: E402
+from ray_app.engines.decode.loaded_slm import BASE_MODEL_NAME  # noqa: E402
 from ray_app.engines.precision import resolve_precision  # noqa: E402
 from ray_app.engines.slm import SlmSettings, generate_greedy, load_model_and_tokenizer  # noqa: E402
 from ray_app.eval.config import SlmEvalSettings  # noqa: E402
-from ray_app.eval.ray_predictor import fixed_groups, predict_with_ray_data  # noqa: E402
+from ray_app.eval.ray_predictor import PassItem, fixed_groups, predict_with_ray_data  # noqa: E402
 from ray_app.models.demo_checkpoint import fetch_demo_model  # noqa: E402
 from ray_app.paths import DATASET_ROOT, PROJECT_ROOT  # noqa: E402
 from ray_app.prompts import chat_messages  # noqa: E402
@@ -106,9 +107,9 @@ def engine_ray_data(rows, settings: SlmSettings, rows_per_task: int) -> dict:
 
     ensure_ray()
     started = time.perf_counter()
-    work = [(group, ["free"]) for group in fixed_groups(rows, rows_per_task)]
+    work = [PassItem("toolcall", BASE_MODEL_NAME, group, ["free"]) for group in fixed_groups(rows, rows_per_task)]
     gpus = 1 if settings.device == "cuda" else 0
-    answered = list(predict_with_ray_data(rows, work, settings, "toolcall", 1, 0.5, gpus))
+    answered = list(predict_with_ray_data({"toolcall": rows}, work, settings, {}, 1, 0.5, gpus))
     finished = time.perf_counter()
     records = sorted((r for one in answered for r in one["records"]), key=lambda r: r["index"])
     tokens = sum(r["completion_tokens"] for r in records)

@@ -647,9 +647,10 @@ def test_the_eval_actor_loads_its_engine_on_the_thread_that_answers_its_batches(
     from ray_app.eval.ray_predictor import SlmPredictor
 
     settings = asdict(SlmSettings(model_path=tiny_model_dir, precision="fp32", max_new_tokens=4))
-    predictor = SlmPredictor(settings, "toolcall")
+    predictor = SlmPredictor(settings, {})
     assert predictor.engine is None
-    payload = json.dumps({"indices": [0], "prompts": [toolcall_prompt([WEATHER], "Weather in Oslo?")],
+    payload = json.dumps({"track": "toolcall", "model": "slm", "indices": [0],
+                          "prompts": [toolcall_prompt([WEATHER], "Weather in Oslo?")],
                           "completions": ['<tool_call name="get_weather">{"city": "Oslo"}</tool_call>'],
                           "decodings": ["free"]})  # fmt: skip
     calls = ThreadPoolExecutor(1)
@@ -671,12 +672,13 @@ def test_the_eval_actor_sends_a_groups_rows_as_they_finish_with_the_answers_of_o
 
     settings = asdict(SlmSettings(model_path=tiny_model_dir, precision="fp32", max_new_tokens=12, batch_size=2))
     prompts = [toolcall_prompt([WEATHER], f"Weather in {city}?") for city in ("Oslo", "Lima", "Pune", "Kyiv", "Rome")]
-    payload = json.dumps({"indices": [10, 11, 12, 13, 14], "prompts": prompts, "completions": [""] * 5,
+    payload = json.dumps({"track": "toolcall", "model": "slm", "indices": [10, 11, 12, 13, 14], "prompts": prompts,
+                          "completions": [""] * 5,
                           "decodings": ["free", "constrained"]})  # fmt: skip
 
     def results(every_s: float) -> list[dict]:
         monkeypatch.setattr(ray_predictor, "RESULT_EVERY_S", every_s)
-        return [json.loads(out["result"][0]) for out in SlmPredictor(settings, "toolcall")({"payload": [payload]})]
+        return [json.loads(out["result"][0]) for out in SlmPredictor(settings, {})({"payload": [payload]})]
 
     whole = results(3600.0)
     assert [result["decoding"] for result in whole] == ["free", "constrained"]

@@ -258,14 +258,58 @@ def test_free_and_constrained_in_one_pass_write_what_each_writes_alone_and_resum
     assert "evaluated_in_one_pass_with" not in again[1].metrics.engine  # answered alone this time
 
 
-def test_only_decodings_of_one_slm_on_one_split_are_evaluated_in_one_pass(tiny_model_dir, dataset_root, tmp_path):
+def test_both_tracks_and_their_adapters_in_one_pass_write_what_each_writes_alone(
+    ray_session, tiny_model_dir, dataset_root, tmp_path
+):
+    """The main job's passes: both tracks, free and constrained, in one pass (the base), then each track
+    with its own adapter in one pass (both adapters loaded beside the base by every actor); each
+    configuration writes the same predictions under the same run key as when evaluated alone."""
+    from tests.test_lora_forward import adapter
+
+    adapters = {
+        "structured": adapter(tiny_model_dir, tmp_path / "adapters" / "adapter_structured", alpha=8, seed=1),
+        "toolcall": adapter(tiny_model_dir, tmp_path / "adapters" / "adapter_toolcall", alpha=12, seed=2),
+    }
+
+    def configs(eval_root: Path, with_adapters: bool) -> list[EvalConfig]:
+        listed = []
+        for track in ("structured", "toolcall"):
+            for decoding in DECODINGS:
+                config = slm_config(tiny_model_dir, dataset_root, eval_root, track, decoding)
+                if with_adapters:
+                    config = dataclasses.replace(
+                        config, slm=dataclasses.replace(config.slm, adapter_path=adapters[track])
+                    )
+                listed.append(config)
+        return listed
+
+    for with_adapters in (False, True):
+        alone = [run_eval(config) for config in configs(tmp_path / "alone", with_adapters)]
+        together = run_evals(configs(tmp_path / "one-pass", with_adapters))
+        for one, other in zip(alone, together, strict=True):
+            assert one.predictions_path.read_bytes() == other.predictions_path.read_bytes()
+            assert one.metrics.run_key == other.metrics.run_key and not other.reused
+            assert one.metrics.engine["adapter_path"] == other.metrics.engine["adapter_path"]
+        label = "slm-adapter" if with_adapters else "slm"
+        assert together[0].metrics.engine["evaluated_in_one_pass_with"] == [
+            f"{label}-constrained",
+            f"toolcall/{label}",
+            f"toolcall/{label}-constrained",
+        ]
+        if with_adapters:  # each track answered by its own adapter, not the other's or the base
+            assert together[0].metrics.engine["adapter_path"] == str(adapters["structured"].resolve())
+            base = run_eval(configs(tmp_path / "base", False)[2])
+            assert base.predictions_path.read_bytes() != together[2].predictions_path.read_bytes()
+
+
+def test_only_configurations_of_one_slm_on_one_split_are_evaluated_in_one_pass(tiny_model_dir, dataset_root, tmp_path):
     free = slm_config(tiny_model_dir, dataset_root, tmp_path, "toolcall", "free")
     constrained = slm_config(tiny_model_dir, dataset_root, tmp_path, "toolcall", "constrained")
     structured = slm_config(tiny_model_dir, dataset_root, tmp_path, "structured", "constrained")
     other_budget = dataclasses.replace(constrained, slm=dataclasses.replace(constrained.slm, max_new_tokens=8))
     teacher = EvalConfig(track="toolcall", model="teacher", dataset_root=dataset_root, eval_root=tmp_path)
-    for configs in ([free, free], [free, structured], [free, other_budget], [teacher, free]):
-        with pytest.raises(EvalConfigError, match="differ only in decoding"):
+    for configs in ([free, free], [free, other_budget], [teacher, free], [structured, other_budget]):
+        with pytest.raises(EvalConfigError, match="differ only in track, adapter and decoding"):
             run_evals(configs)
 
 

@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ray_app.atomic_files import atomic_write_json
 from ray_app.data.rows import Row, read_split
 from ray_app.engines.base import EngineRequest
-from ray_app.eval.config import EvalConfig, EvalConfigError, teacher_mode_from_env
+from ray_app.eval.config import EvalConfig, EvalConfigError, SlmEvalSettings, teacher_mode_from_env
 from ray_app.eval.prediction_store import PredictionStore
-from ray_app.eval.ray_predictor import fixed_groups, predict_with_ray_data, prediction_record
+from ray_app.eval.ray_predictor import PassItem, fixed_groups, predict_with_ray_data, prediction_record
 from ray_app.eval.row_constraints import constrained_engine, split_constraints
 from ray_app.eval.run_facts import latency_summary, run_facts
 from ray_app.eval.slm_plan import SlmPlan, slm_choices, slm_plan
@@ -109,34 +109,84 @@ class PendingEval:
     store: PredictionStore | None = None
     trace: Any = None
     task: Any = None
+    evaluated_with: list[PendingEval] = field(default_factory=list)  # the SLM configurations of its pass
 
 
-def answer_with_slm(pending: list[PendingEval], rows: list[Row], progress) -> dict[str, Any]:
-    """Answer the missing rows of each pending SLM configuration (one per decoding) in one Ray Data
-    pass; returns what the actors loaded."""
+def model_name_of(entry: PendingEval) -> str:
+    """The engine's name for the model an SLM configuration evaluates: the base, or its adapter's."""
+    from ray_app.engines.decode.loaded_slm import BASE_MODEL_NAME, adapter_model_name
+
+    adapter = entry.plan.settings.adapter_path
+    return adapter_model_name(adapter) if adapter else BASE_MODEL_NAME
+
+
+def one_pass_groups(pending: list[PendingEval]) -> list[list[PendingEval]]:
+    """The pending SLM configurations, in passes: one, unless several adapters' merged copies would not
+    fit where one does (`resolve_adapter_weights` for that many); then a pass per adapter, so every
+    actor applies each adapter as its run key says."""
+    from ray_app.engines.adapter_weights import checkpoint_bytes, resolve_adapter_weights
+
+    adapters = {entry.plan.settings.adapter_path for entry in pending} - {None}
+    if len(adapters) <= 1:
+        return [pending]
+    settings = pending[0].plan.settings
+    together = resolve_adapter_weights(
+        pending[0].config.slm.adapter_weights,
+        settings.precision,
+        settings.device,
+        checkpoint_bytes(settings.model_path),
+        len(adapters),
+    )
+    planned = {entry.plan.settings.adapter_weights for entry in pending if entry.plan.settings.adapter_path}
+    if planned == {together.name}:
+        return [pending]
+    by_adapter: dict[Path | None, list[PendingEval]] = {}
+    for entry in pending:
+        by_adapter.setdefault(entry.plan.settings.adapter_path, []).append(entry)
+    return list(by_adapter.values())
+
+
+def answer_with_slm(pending: list[PendingEval], rows: dict[str, list[Row]], progress) -> dict[str, dict[str, Any]]:
+    """Answer the missing rows of each pending SLM configuration in one Ray Data pass (`one_pass_groups`
+    may ask for more): each track's groups, for each model, under each decoding its configurations
+    want. Returns, by model name, what the actors loaded."""
     from ray_app.ray_runtime import ensure_ray
 
     ensure_ray()
-    plan = pending[0].plan
-    by_decoding = {entry.config.slm.decoding: entry for entry in pending}  # free first, as given
-    # A group with any row missing is answered again whole: its rows decode together, so only the
-    # same group gives the same bytes; rows already stored are kept as they are.
-    work = []
-    for group in fixed_groups(rows, plan.rows_per_task):
-        missing = [
-            decoding for decoding, entry in by_decoding.items() if any(i not in entry.store.records for i in group)
-        ]
-        if missing:
-            work.append((group, missing))
-    engine_description: dict[str, Any] = {}
-    pool = (plan.num_actors, plan.actor_cpus, plan.actor_gpus)
-    for result in predict_with_ray_data(rows, work, plan.settings, pending[0].config.track, *pool):
-        entry = by_decoding[result["decoding"]]
-        new_records = [record for record in result["records"] if record["index"] not in entry.store.records]
-        entry.store.append(new_records, result["elapsed_s"])
-        progress.update(entry.task, advance=len(new_records))
-        engine_description = result["engine"]
-    return engine_description
+    loaded: dict[str, dict[str, Any]] = {}
+    for group_of_pass in one_pass_groups(pending):
+        plan = group_of_pass[0].plan
+        for entry in group_of_pass:
+            entry.evaluated_with = group_of_pass
+        entries = {
+            (entry.config.track, model_name_of(entry), entry.config.slm.decoding): entry for entry in group_of_pass
+        }  # in the order given: a track and model's free configuration before its constrained one
+        adapters = {
+            model_name_of(entry): entry.plan.settings.adapter_path
+            for entry in group_of_pass
+            if entry.plan.settings.adapter_path
+        }
+        # A group with any row missing is answered again whole: its rows decode together, so only the
+        # same group gives the same bytes; rows already stored are kept as they are.
+        work = []
+        for track, model in dict.fromkeys((track, model) for track, model, _ in entries):
+            for group in fixed_groups(rows[track], plan.rows_per_task):
+                missing = [
+                    decoding
+                    for (entry_track, entry_model, decoding), entry in entries.items()
+                    if (entry_track, entry_model) == (track, model) and any(i not in entry.store.records for i in group)
+                ]
+                if missing:
+                    work.append(PassItem(track, model, group, missing))
+        settings = dataclasses.replace(plan.settings, adapter_path=None)  # the adapters go by name
+        pool = (plan.num_actors, plan.actor_cpus, plan.actor_gpus)
+        for result in predict_with_ray_data(rows, work, settings, adapters, *pool):
+            entry = entries[(result["track"], result["model"], result["decoding"])]
+            new_records = [record for record in result["records"] if record["index"] not in entry.store.records]
+            entry.store.append(new_records, result["elapsed_s"])
+            progress.update(entry.task, advance=len(new_records))
+            loaded[result["model"]] = result["engine"]
+    return loaded
 
 
 def answer_with_teacher(entry: PendingEval, rows: list[Row], progress) -> None:
@@ -223,21 +273,32 @@ def run_eval(config: EvalConfig) -> EvalOutcome:
 
 
 def check_evaluated_together(configs: list[EvalConfig]) -> None:
+    """One pass evaluates configurations of one SLM on one split name: they may differ in track, adapter
+    and decoding, nothing else, and each writes its own folder."""
     first = configs[0]
     if len(configs) == 1:
         return
-    same = {"model": "slm", "track": first.track, "split": first.split, "dataset_root": first.dataset_root}
-    decodings = [config.slm.decoding for config in configs]
+    same = {"model": "slm", "split": first.split, "dataset_root": first.dataset_root, "eval_root": first.eval_root,
+            "seed": first.seed, "force": first.force, "require_langfuse": first.require_langfuse}  # fmt: skip
+
+    def settings_beyond_track(config: EvalConfig) -> SlmEvalSettings:
+        return dataclasses.replace(config.slm, decoding="free", adapter_path=None)
+
+    adapters_by_name: dict[str, set[Path]] = {}
+    for config in configs:
+        if config.slm.adapter_path is not None:
+            folder = Path(config.slm.adapter_path).resolve()
+            adapters_by_name.setdefault(folder.name, set()).add(folder)
     if (
         any(getattr(config, name) != value for config in configs for name, value in same.items())
-        or any(dataclasses.replace(config.slm, decoding="free") != dataclasses.replace(first.slm, decoding="free")
-               for config in configs)
-        or len(set(decodings)) != len(decodings)
+        or any(settings_beyond_track(config) != settings_beyond_track(first) for config in configs)
         or len({config.output_dir for config in configs}) != len(configs)
-    ):  # fmt: skip
+        or any(len(folders) > 1 for folders in adapters_by_name.values())
+    ):
         raise EvalConfigError(
-            "evaluated in one pass: configurations of the same SLM on the same split that differ only in "
-            f"decoding, each once; got {[(c.model, c.track, c.split, c.slm.decoding, c.model_label) for c in configs]}"
+            "evaluated in one pass: configurations of the same SLM on one split that differ only in track, "
+            "adapter and decoding, each written to its own folder (and adapters with distinct folder names); got "
+            f"{[(c.model, c.track, c.split, c.slm.decoding, str(c.slm.adapter_path), c.model_label) for c in configs]}"
         )
 
 
@@ -257,7 +318,13 @@ def prepare(config: EvalConfig, rows: list[Row], split_identity: dict[str, Any])
 
 def slm_engine_description(entry: PendingEval, loaded: dict[str, Any], together: list[PendingEval]) -> dict[str, Any]:
     config, plan = entry.config, entry.plan
-    others = [other.config.model_label for other in together if other is not entry]
+    others = [
+        other.config.model_label
+        if other.config.track == config.track
+        else f"{other.config.track}/{other.config.model_label}"
+        for other in together
+        if other is not entry
+    ]
     return {
         **plan.settings.to_json(),
         **loaded,  # what the actors loaded
@@ -271,16 +338,21 @@ def slm_engine_description(entry: PendingEval, loaded: dict[str, Any], together:
 
 
 def run_evals(configs: list[EvalConfig]) -> list[EvalOutcome]:
-    """Evaluate `configs` — one configuration, or the free and constrained decodings of one SLM on one
-    split, which are answered in one Ray Data pass (one actor pool, one model load; `ray_predictor`).
-    Each keeps its own run key, outputs, resume point, progress line and trace; finished ones are reused."""
+    """Evaluate `configs` — one configuration, or configurations of one SLM on one split name that differ
+    in track, adapter and decoding (the main job's: both tracks, free and constrained), which are
+    answered in one Ray Data pass (one actor pool, one load of the base and of each adapter;
+    `ray_predictor`). Each keeps its own run key, outputs, resume point, progress line and trace;
+    finished ones are reused."""
     from ray_app.tracing import start_run_trace
 
     check_evaluated_together(configs)
-    first = configs[0]
-    rows: list[Row] = read_split(first.split_path, first.track)
-    split_identity = {"track": first.track, "split": first.split, "split_sha256": file_sha256(first.split_path)}
-    prepared = [prepare(config, rows, split_identity) for config in configs]
+    split_paths = {config.track: config.split_path for config in configs}
+    rows_by_track: dict[str, list[Row]] = {track: read_split(path, track) for track, path in split_paths.items()}
+    split_identity = {
+        track: {"track": track, "split": configs[0].split, "split_sha256": file_sha256(path)}
+        for track, path in split_paths.items()
+    }
+    prepared = [prepare(config, rows_by_track[config.track], split_identity[config.track]) for config in configs]
     outcomes: dict[int, EvalOutcome] = {}
     for number, entry in enumerate(prepared):
         config = entry.config
@@ -303,7 +375,7 @@ def run_evals(configs: list[EvalConfig]) -> list[EvalOutcome]:
                     input={
                         "split": project_relative(config.split_path),
                         "output_dir": project_relative(config.output_dir),
-                        "rows": len(rows),
+                        "rows": len(rows_by_track[config.track]),
                         "identity": entry.identity,
                         "config": run_facts(config)["config"],
                     },
@@ -315,33 +387,38 @@ def run_evals(configs: list[EvalConfig]) -> list[EvalOutcome]:
             if entry.store.discarded_reason:
                 console.print(f"eval {config.track}/{label}: {entry.store.discarded_reason}")
             if entry.store.records:
-                console.print(
-                    f"eval {config.track}/{label}: resuming, {len(entry.store.records)}/{len(rows)} rows already done"
-                )
+                done, total = len(entry.store.records), len(rows_by_track[config.track])
+                console.print(f"eval {config.track}/{label}: resuming, {done}/{total} rows already done")
         if pending:
             with progress_bar() as progress, ExitStack() as spans:
                 for entry in pending:
                     entry.task = progress.add_task(
                         f"eval {entry.config.track}/{entry.config.model_label}",
-                        total=len(rows),
+                        total=len(rows_by_track[entry.config.track]),
                         completed=len(entry.store.records),
                     )
                 generate_spans = [
                     spans.enter_context(
-                        entry.trace.span("generate", input={"rows_todo": len(rows) - len(entry.store.records)})
+                        entry.trace.span(
+                            "generate",
+                            input={"rows_todo": len(rows_by_track[entry.config.track]) - len(entry.store.records)},
+                        )
                     )
                     for entry in pending
                 ]
                 if pending[0].plan is not None:
-                    loaded = answer_with_slm(pending, rows, progress)
-                    descriptions = [slm_engine_description(entry, loaded, pending) for entry in pending]
+                    loaded = answer_with_slm(pending, rows_by_track, progress)
+                    descriptions = [
+                        slm_engine_description(entry, loaded.get(model_name_of(entry), {}), entry.evaluated_with)
+                        for entry in pending
+                    ]
                 else:
-                    answer_with_teacher(pending[0], rows, progress)
+                    answer_with_teacher(pending[0], rows_by_track[pending[0].config.track], progress)
                     descriptions = [pending[0].teacher_engine.describe()]
                 for entry, span in zip(pending, generate_spans, strict=True):
                     span.update(output={"rows_done": len(entry.store.records)})
             for entry, description in zip(pending, descriptions, strict=True):
-                outcomes[prepared.index(entry)] = finish_eval(entry, rows, description)
+                outcomes[prepared.index(entry)] = finish_eval(entry, rows_by_track[entry.config.track], description)
     return [outcomes[number] for number in range(len(prepared))]
 
 

@@ -8,9 +8,11 @@ step count, never by the clock. So the rows that decode together at each step ar
 every run, whatever the number of actors and however often a run was resumed: with greedy decoding
 that makes the predictions byte-identical.
 
-An item may ask for its group under several decodings: the main job evaluates the free and the
-constrained configuration of one model in one pass (`evaluate.run_evals`): one actor pool, one model
-load, and each group answered free, then constrained, by the same actor. Under constrained decoding
+An item may ask for its group under several decodings, and items may come from several tracks and
+name several models (the base SLM or one of its adapters): the main job evaluates every configuration
+of a step in one pass (`evaluate.run_evals`: both tracks, free and constrained, the base or each
+track's adapter): one actor pool, one load of the base (and of each adapter), and each group answered
+free, then constrained, by the same actor, with the model its item names. Under constrained decoding
 the actor builds every row's constraint from the row's prompt (`row_constraints.py`, the same pure
 function the driver checked them with); free decoding sends none. The engine schedules a group the
 same whatever its prefix cache holds (`engines/decode/prefill.PrefillTask`), so the bytes of a
@@ -22,7 +24,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from ray_app.data.rows import Row, Track
@@ -61,10 +64,10 @@ class SlmPredictor:
     calls on two threads, and a model loaded on one thread and run on another is ~2x slower on a
     2-core CPU (torch's OpenMP teams: `engines/decode/loaded_slm.py`)."""
 
-    def __init__(self, settings: dict[str, Any], track: Track):
+    def __init__(self, settings: dict[str, Any], adapters: dict[str, str]):
         self.settings = SlmSettings(**settings)
+        self.adapters = {name: Path(folder) for name, folder in adapters.items()}
         self.engine: SlmEngine | None = None
-        self.track = track
 
     def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, list[str]]]:
         """Yields the group's answered rows under each decoding as they finish, at most one result every
@@ -73,9 +76,10 @@ class SlmPredictor:
         What a result holds depends on the clock; what a row's answer is does not (the schedule is
         step-driven), so a resumed run that answers a partly stored group again gets the same bytes."""
         if self.engine is None:
-            self.engine = SlmEngine(self.settings)  # on the thread every call runs on
+            self.engine = SlmEngine(self.settings, self.adapters)  # on the thread every call runs on
         for payload in batch["payload"]:
             work = json.loads(payload)
+            track, model = work["track"], work["model"]
             rows = [
                 Row(prompt, completion) for prompt, completion in zip(work["prompts"], work["completions"], strict=True)
             ]
@@ -83,45 +87,60 @@ class SlmPredictor:
                 requests = [
                     EngineRequest(
                         index,
-                        self.track,
+                        track,
                         row.prompt,
-                        row_constraint(self.track, row.prompt) if decoding == "constrained" else None,
+                        row_constraint(track, row.prompt) if decoding == "constrained" else None,
                     )
                     for index, row in zip(work["indices"], rows, strict=True)
                 ]
                 since = time.perf_counter()
                 records = []
-                for position, generation in self.engine.generate_as_finished(requests):
+                for position, generation in self.engine.generate_as_finished(requests, model):
                     records.append(prediction_record(work["indices"][position], rows[position], generation))
                     if time.perf_counter() - since >= RESULT_EVERY_S:
-                        yield self.result(decoding, records, since)
+                        yield self.result(track, model, decoding, records, since)
                         since, records = time.perf_counter(), []
                 if records:
-                    yield self.result(decoding, records, since)
+                    yield self.result(track, model, decoding, records, since)
 
-    def result(self, decoding: Decoding, records: list[dict[str, Any]], since: float) -> dict[str, list[str]]:
+    def result(
+        self, track: Track, model: str, decoding: Decoding, records: list[dict[str, Any]], since: float
+    ) -> dict[str, list[str]]:
         """One Ray Data output row: answered rows and the generation time since the previous result."""
         result = {
+            "track": track,
+            "model": model,
             "decoding": decoding,
             "records": records,
             "elapsed_s": time.perf_counter() - since,
-            "engine": self.engine.describe(),
+            "engine": self.engine.describe(model),
         }
         return {"result": [json.dumps(result)]}
 
 
+@dataclass(frozen=True)
+class PassItem:
+    """One dataset item: a fixed group of one track's rows, for one model, under its decodings."""
+
+    track: Track
+    model: str  # the base (`slm`) or an adapter's model name
+    group: list[int]
+    decodings: list[Decoding]
+
+
 def predict_with_ray_data(
-    rows: list[Row],
-    work: list[tuple[list[int], list[Decoding]]],
+    rows: dict[Track, list[Row]],
+    work: list[PassItem],
     settings: SlmSettings,
-    track: Track,
+    adapters: dict[str, Path],
     num_actors: int,
     actor_num_cpus: float,
     actor_num_gpus: float,
 ) -> Iterator[dict[str, Any]]:
-    """For each (group, decodings) in `work`, yield `{"decoding", "records", "elapsed_s", "engine"}` as
+    """For each item of `work`, yield `{"track", "model", "decoding", "records", "elapsed_s", "engine"}` as
     the group's rows are answered under each of its decodings (a group's rows may come in several
-    results, `SlmPredictor`), in completion order."""
+    results, `SlmPredictor`), in completion order. `adapters`: model name → folder, loaded beside the
+    base by every actor."""
     import ray
 
     from ray_app.ray_runtime import map_batches_without_restarts
@@ -130,14 +149,16 @@ def predict_with_ray_data(
         {
             "payload": json.dumps(
                 {
-                    "indices": group,
-                    "prompts": [rows[i].prompt for i in group],
-                    "completions": [rows[i].completion for i in group],
-                    "decodings": decodings,
+                    "track": item.track,
+                    "model": item.model,
+                    "indices": item.group,
+                    "prompts": [rows[item.track][i].prompt for i in item.group],
+                    "completions": [rows[item.track][i].completion for i in item.group],
+                    "decodings": item.decodings,
                 }
             )
         }
-        for group, decodings in work
+        for item in work
     ]
     settings_json = asdict(settings)
     # Every result an actor yields is its own output block, sent on at once: by default Ray Data gathers
@@ -149,7 +170,7 @@ def predict_with_ray_data(
         dataset = map_batches_without_restarts(
             ray.data.from_items(items, override_num_blocks=max(1, len(items))),
             SlmPredictor,
-            fn_constructor_kwargs={"settings": settings_json, "track": track},
+            fn_constructor_kwargs={"settings": settings_json, "adapters": {n: str(f) for n, f in adapters.items()}},
             batch_size=1,  # one item = one fixed group of rows
             compute=ray.data.ActorPoolStrategy(size=num_actors),
             num_cpus=actor_num_cpus,

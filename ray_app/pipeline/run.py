@@ -7,10 +7,10 @@
 3. SLM: SLM_MODEL_PATH / --model-path, or the demo SLM fetched;
 4. teacher evaluation on both tracks (Azure, OpenAI-compatible, or replay);
 5. SLM evaluation on both tracks through Ray Data, free (`slm`) and, with `constrained_eval`, under
-   constrained decoding (`slm-constrained`), both in one pass per track;
+   constrained decoding (`slm-constrained`), all four in one pass;
 6. decide: decision.json with FINE_TUNE per track (teacher vs the free SLM; slm-constrained beside it);
 7. train the tracks with FINE_TUNE=1 on Ray Train;
-8. evaluate every installed adapter, free and constrained (reused when its evaluation is up to date);
+8. evaluate every installed adapter, free and constrained, in one pass (reused when up to date);
 9. decide again, with the adapters: every configuration against the teacher → decision.json;
 10. report: report.md, the same as one self-contained report.html, and their charts.
 
@@ -344,20 +344,20 @@ def decodings(config: PipelineConfig) -> tuple[Decoding, ...]:
     return ("free", "constrained") if config.constrained_eval else ("free",)
 
 
-def evaluate_slm(
-    config: PipelineConfig, track: str, dataset_root: Path, model_path: str, adapter: Path | None = None
-) -> None:
-    """One SLM configuration on one track, free and constrained (`slm`, `slm-constrained`, or
-    `slm-adapter`...), in one Ray Data pass: one model load, each group answered free then constrained."""
+def evaluate_slm(config: PipelineConfig, dataset_root: Path, model_path: str, adapters: dict[str, Path | None]) -> None:
+    """SLM configurations, each track with its adapter (None: the base SLM), free and constrained
+    (`slm`, `slm-constrained`, or `slm-adapter`...), in one Ray Data pass: one load of the base and of
+    each adapter, each track's groups answered free, then constrained."""
     results = run_evals(
         [
             EvalConfig(track=track, model="slm", dataset_root=dataset_root, eval_root=config.eval_root,  # type: ignore[arg-type]
                        seed=config.seed, slm=slm_settings(config, model_path, adapter, decoding))
+            for track, adapter in adapters.items()
             for decoding in decodings(config)
         ]
     )  # fmt: skip
     for result in results:
-        detail(f"{track}/{result.metrics.model_label}: {eval_reused_note(result)}")
+        detail(f"{result.metrics.track}/{result.metrics.model_label}: {eval_reused_note(result)}")
 
 
 def evaluate_base_models(config: PipelineConfig, dataset_root: Path, model_path: str, teacher_mode: str) -> None:
@@ -375,8 +375,7 @@ def evaluate_base_models(config: PipelineConfig, dataset_root: Path, model_path:
     say(
         5, f"SLM on both tracks through Ray Data, {decoded} ({precision.summary()}; {config.max_new_tokens} new tokens)"
     )
-    for track in TRACKS:
-        evaluate_slm(config, track, dataset_root, model_path)
+    evaluate_slm(config, dataset_root, model_path, dict.fromkeys(TRACKS))
 
 
 def decide_unless_done(
@@ -452,12 +451,15 @@ def train_needed_tracks(
 def evaluate_adapters(config: PipelineConfig, dataset_root: Path, model_path: str) -> None:
     """Step 8: every installed adapter on its track, free and constrained (reused when up to date)."""
     say(8, f"SLM + adapter on the tracks that have one, {' and '.join(decodings(config))}")
+    adapters: dict[str, Path | None] = {}
     for track in TRACKS:
         adapter = config.adapter_root / f"adapter_{track}"
-        if not is_adapter_folder(adapter):
+        if is_adapter_folder(adapter):
+            adapters[track] = adapter
+        else:
             detail(f"{track}: no adapter in {adapter}")
-            continue
-        evaluate_slm(config, track, dataset_root, model_path, adapter)
+    if adapters:
+        evaluate_slm(config, dataset_root, model_path, adapters)
 
 
 def write_the_report(config: PipelineConfig, ledger: StepLedger) -> Path | None:

@@ -10,6 +10,7 @@ Latency of a row = from its admission (prefill start) until its answer is comple
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from ray_app.engines.base import ChatRequest, EngineRequest
 from ray_app.engines.decode.loaded_slm import BASE_MODEL_NAME, LoadedSlm, adapter_model_name
@@ -28,11 +29,19 @@ ENGINE_IDENTITY = (
 class SlmEngine:
     kind = "transformers"
 
-    def __init__(self, settings: SlmSettings):
+    def __init__(self, settings: SlmSettings, adapters: dict[str, Path] | None = None):
+        """`settings.adapter_path`'s adapter, or `adapters` (model name → folder) beside the base: then a
+        request names its model (`generate_as_finished(..., model_name)`), as Serve's do."""
         self.settings = settings
-        adapters = {adapter_model_name(settings.adapter_path): settings.adapter_path} if settings.adapter_path else {}
-        self.slm = LoadedSlm(settings, adapters)
-        self.model_name = next(iter(adapters), BASE_MODEL_NAME)
+        if adapters is None:
+            adapters = (
+                {adapter_model_name(settings.adapter_path): settings.adapter_path} if settings.adapter_path else {}
+            )
+        elif settings.adapter_path is not None:
+            raise ValueError("give the adapters either as settings.adapter_path or by name, not both")
+        self.adapters = dict(adapters)
+        self.slm = LoadedSlm(settings, self.adapters)
+        self.model_name = next(iter(self.adapters), BASE_MODEL_NAME)  # what a request names by default
         # Answers that depend on the rows alone, not on what the prefix cache held (`PrefillTask`).
         self.scheduler = DecodeScheduler(
             self.slm,
@@ -50,14 +59,16 @@ class SlmEngine:
     def precision(self) -> str:
         return self.slm.precision
 
-    def describe(self) -> dict[str, object]:
+    def describe(self, model_name: str | None = None) -> dict[str, object]:
+        """The engine as `model_name` (default: the engine's own model) answers with it."""
+        adapter = self.adapters.get(model_name or self.model_name)
         return {
             "kind": self.kind,
             "model_path": str(self.settings.model_path),
-            "adapter_path": str(self.settings.adapter_path) if self.settings.adapter_path else None,
+            "adapter_path": str(adapter) if adapter else None,
             "device": self.slm.device,
             "precision": self.slm.precision,
-            **(self.adapter_weights_facts() if self.settings.adapter_path else {}),
+            **(self.adapter_weights_facts() if adapter else {}),
             "cpu_linear": self.slm.cpu_linear.kernels,
             "cpu_linear_reason": self.slm.cpu_linear.reason,
             "decode_attention": self.slm.decode_attention.kernel,
@@ -78,13 +89,19 @@ class SlmEngine:
         """Answers in request order; rows are admitted in that order as the running batch has room."""
         return self.scheduler.run_to_completion(self.generation_jobs(requests))
 
-    def generate_as_finished(self, requests: list[EngineRequest]) -> Iterator[tuple[int, GreedyAnswer]]:
-        """`(position in requests, answer)` as each row finishes; the same schedule and bytes as `generate`."""
-        return self.scheduler.answers_as_finished(self.generation_jobs(requests))
+    def generate_as_finished(
+        self, requests: list[EngineRequest], model_name: str | None = None
+    ) -> Iterator[tuple[int, GreedyAnswer]]:
+        """`(position in requests, answer)` as each row finishes; the same schedule and bytes as `generate`.
+        `model_name`: the base (`slm`) or one of the engine's adapters by name; default the engine's own."""
+        return self.scheduler.answers_as_finished(self.generation_jobs(requests, model_name))
 
-    def generation_jobs(self, requests: list[EngineRequest]) -> list[GenerationJob]:
+    def generation_jobs(self, requests: list[EngineRequest], model_name: str | None = None) -> list[GenerationJob]:
+        name = model_name or self.model_name
+        if name not in self.slm.model_names:
+            raise ValueError(f"no model {name!r} in this engine; it has {', '.join(self.slm.model_names)}")
         return [
-            self.slm.job(self.model_name, request.messages, self.settings.max_new_tokens, constraint=request.constraint)
+            self.slm.job(name, request.messages, self.settings.max_new_tokens, constraint=request.constraint)
             for request in requests
         ]
 
