@@ -383,3 +383,36 @@ def test_the_main_job_evaluates_constrained_configurations_unless_told_not_to(mo
     monkeypatch.delenv("SLM_MODEL_PATH", raising=False)
     assert decodings(config_from_argv([])) == ("free", "constrained")
     assert decodings(config_from_argv(["--no-constrained-eval"])) == ("free",)
+
+
+def test_adapters_whose_merged_copies_do_not_fit_together_get_a_pass_each(tmp_path, monkeypatch):
+    """Each adapter's run key says merged (one copy fits); when two copies would not, the pass is split
+    per adapter, so no actor applies an adapter otherwise than its run key says."""
+    from types import SimpleNamespace
+
+    from ray_app.engines import adapter_weights
+    from ray_app.engines.adapter_weights import AdapterWeightsChoice
+    from ray_app.eval.evaluate import PendingEval, one_pass_groups
+
+    def entry(track: str, adapter: Path | None, decoding: str) -> PendingEval:
+        settings = SimpleNamespace(
+            adapter_path=adapter, adapter_weights="merged" if adapter else "auto", precision="fp32",
+            device="cpu", model_path=tmp_path,
+        )  # fmt: skip
+        config = SimpleNamespace(track=track, slm=SimpleNamespace(adapter_weights="auto", decoding=decoding))
+        return PendingEval(config, {}, track + decoding, plan=SimpleNamespace(settings=settings))  # type: ignore[arg-type]
+
+    first, second = tmp_path / "adapter_structured", tmp_path / "adapter_toolcall"
+    pending = [entry(track, folder, d) for track, folder in (("structured", first), ("toolcall", second))
+               for d in DECODINGS]  # fmt: skip
+    fits = {1: True, 2: True}
+    monkeypatch.setattr(
+        adapter_weights,
+        "resolve_adapter_weights",
+        lambda requested, precision, device, size, count: AdapterWeightsChoice(fits[count], "test"),
+    )
+    assert one_pass_groups(pending) == [pending]
+    fits[2] = False
+    assert one_pass_groups(pending) == [pending[:2], pending[2:]]
+    base_and_one = [entry("structured", None, "free"), pending[2]]  # one adapter: nothing to fit together
+    assert one_pass_groups(base_and_one) == [base_and_one]
