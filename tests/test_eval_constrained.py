@@ -308,7 +308,10 @@ def test_only_configurations_of_one_slm_on_one_split_are_evaluated_in_one_pass(t
     structured = slm_config(tiny_model_dir, dataset_root, tmp_path, "structured", "constrained")
     other_budget = dataclasses.replace(constrained, slm=dataclasses.replace(constrained.slm, max_new_tokens=8))
     teacher = EvalConfig(track="toolcall", model="teacher", dataset_root=dataset_root, eval_root=tmp_path)
-    for configs in ([free, free], [free, other_budget], [teacher, free], [structured, other_budget]):
+    # two adapter folders an actor would load under one model name (`slm-toolcall`)
+    clashing = [dataclasses.replace(config, slm=dataclasses.replace(config.slm, adapter_path=tmp_path / folder))
+                for config, folder in ((free, "a/adapter_toolcall"), (structured, "b/toolcall"))]  # fmt: skip
+    for configs in ([free, free], [free, other_budget], [teacher, free], [structured, other_budget], clashing):
         with pytest.raises(EvalConfigError, match="differ only in track, adapter and decoding"):
             run_evals(configs)
 

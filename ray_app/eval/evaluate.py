@@ -158,9 +158,9 @@ def answer_with_slm(pending: list[PendingEval], rows: dict[str, list[Row]], prog
         plan = group_of_pass[0].plan
         for entry in group_of_pass:
             entry.evaluated_with = group_of_pass
-        entries = {
-            (entry.config.track, model_name_of(entry), entry.config.slm.decoding): entry for entry in group_of_pass
-        }  # in the order given: a track and model's free configuration before its constrained one
+        by_model: dict[tuple[str, str], dict[str, PendingEval]] = {}  # (track, model) → decoding → entry
+        for entry in group_of_pass:  # in the order given: free before constrained
+            by_model.setdefault((entry.config.track, model_name_of(entry)), {})[entry.config.slm.decoding] = entry
         adapters = {
             model_name_of(entry): entry.plan.settings.adapter_path
             for entry in group_of_pass
@@ -169,19 +169,19 @@ def answer_with_slm(pending: list[PendingEval], rows: dict[str, list[Row]], prog
         # A group with any row missing is answered again whole: its rows decode together, so only the
         # same group gives the same bytes; rows already stored are kept as they are.
         work = []
-        for track, model in dict.fromkeys((track, model) for track, model, _ in entries):
+        for (track, model), by_decoding in by_model.items():
             for group in fixed_groups(rows[track], plan.rows_per_task):
                 missing = [
                     decoding
-                    for (entry_track, entry_model, decoding), entry in entries.items()
-                    if (entry_track, entry_model) == (track, model) and any(i not in entry.store.records for i in group)
+                    for decoding, entry in by_decoding.items()
+                    if any(i not in entry.store.records for i in group)
                 ]
                 if missing:
                     work.append(PassItem(track, model, group, missing))
         settings = dataclasses.replace(plan.settings, adapter_path=None)  # the adapters go by name
         pool = (plan.num_actors, plan.actor_cpus, plan.actor_gpus)
         for result in predict_with_ray_data(rows, work, settings, adapters, *pool):
-            entry = entries[(result["track"], result["model"], result["decoding"])]
+            entry = by_model[(result["track"], result["model"])][result["decoding"]]
             new_records = [record for record in result["records"] if record["index"] not in entry.store.records]
             entry.store.append(new_records, result["elapsed_s"])
             progress.update(entry.task, advance=len(new_records))
@@ -284,11 +284,13 @@ def check_evaluated_together(configs: list[EvalConfig]) -> None:
     def settings_beyond_track(config: EvalConfig) -> SlmEvalSettings:
         return dataclasses.replace(config.slm, decoding="free", adapter_path=None)
 
-    adapters_by_name: dict[str, set[Path]] = {}
+    from ray_app.engines.decode.loaded_slm import adapter_model_name
+
+    adapters_by_name: dict[str, set[Path]] = {}  # the name an actor loads each adapter under → its folders
     for config in configs:
         if config.slm.adapter_path is not None:
             folder = Path(config.slm.adapter_path).resolve()
-            adapters_by_name.setdefault(folder.name, set()).add(folder)
+            adapters_by_name.setdefault(adapter_model_name(folder), set()).add(folder)
     if (
         any(getattr(config, name) != value for config in configs for name, value in same.items())
         or any(settings_beyond_track(config) != settings_beyond_track(first) for config in configs)
@@ -297,7 +299,7 @@ def check_evaluated_together(configs: list[EvalConfig]) -> None:
     ):
         raise EvalConfigError(
             "evaluated in one pass: configurations of the same SLM on one split that differ only in track, "
-            "adapter and decoding, each written to its own folder (and adapters with distinct folder names); got "
+            "adapter and decoding, each written to its own folder (and adapters with distinct model names); got "
             f"{[(c.model, c.track, c.split, c.slm.decoding, str(c.slm.adapter_path), c.model_label) for c in configs]}"
         )
 

@@ -39,9 +39,8 @@ class SlmEngine:
             )
         elif settings.adapter_path is not None:
             raise ValueError("give the adapters either as settings.adapter_path or by name, not both")
-        self.adapters = dict(adapters)
-        self.slm = LoadedSlm(settings, self.adapters)
-        self.model_name = next(iter(self.adapters), BASE_MODEL_NAME)  # what a request names by default
+        self.slm = LoadedSlm(settings, adapters)
+        self.model_name = next(iter(adapters), BASE_MODEL_NAME)  # what a request names by default
         # Answers that depend on the rows alone, not on what the prefix cache held (`PrefillTask`).
         self.scheduler = DecodeScheduler(
             self.slm,
@@ -61,7 +60,7 @@ class SlmEngine:
 
     def describe(self, model_name: str | None = None) -> dict[str, object]:
         """The engine as `model_name` (default: the engine's own model) answers with it."""
-        adapter = self.adapters.get(model_name or self.model_name)
+        adapter = self.slm.adapters.get(model_name or self.model_name)
         return {
             "kind": self.kind,
             "model_path": str(self.settings.model_path),
