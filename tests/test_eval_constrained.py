@@ -403,7 +403,7 @@ def test_adapters_whose_merged_copies_do_not_fit_together_get_a_pass_each(tmp_pa
             device="cpu", model_path=tmp_path,
         )  # fmt: skip
         config = SimpleNamespace(track=track, slm=SimpleNamespace(adapter_weights="auto", decoding=decoding))
-        return PendingEval(config, {}, track + decoding, plan=SimpleNamespace(settings=settings))  # type: ignore[arg-type]
+        return PendingEval(config, [], {}, track + decoding, plan=SimpleNamespace(settings=settings))  # type: ignore[arg-type]
 
     first, second = tmp_path / "adapter_structured", tmp_path / "adapter_toolcall"
     pending = [entry(track, folder, d) for track, folder in (("structured", first), ("toolcall", second))

@@ -98,10 +98,11 @@ def progress_bar() -> Progress:
 
 @dataclass(eq=False)  # one per configuration: found by identity
 class PendingEval:
-    """One configuration of `run_evals` that has to be answered: its key, plan and, once open, its
-    prediction store, trace and progress line."""
+    """One configuration of `run_evals` that has to be answered: its split's rows, key, plan and, once
+    open, its prediction store, trace and progress line."""
 
     config: EvalConfig
+    rows: list[Row]  # the split's, in order (one list for the configurations of a track)
     identity: dict[str, Any]
     run_key: str
     plan: SlmPlan | None = None  # the SLM's
@@ -146,7 +147,7 @@ def one_pass_groups(pending: list[PendingEval]) -> list[list[PendingEval]]:
     return list(by_adapter.values())
 
 
-def answer_with_slm(pending: list[PendingEval], rows: dict[str, list[Row]], progress) -> dict[str, dict[str, Any]]:
+def answer_with_slm(pending: list[PendingEval], progress) -> dict[str, dict[str, Any]]:
     """Answer the missing rows of each pending SLM configuration in one Ray Data pass (`one_pass_groups`
     may ask for more): each track's groups, for each model, under each decoding its configurations
     want. Returns, by model name, what the actors loaded."""
@@ -156,6 +157,7 @@ def answer_with_slm(pending: list[PendingEval], rows: dict[str, list[Row]], prog
     loaded: dict[str, dict[str, Any]] = {}
     for group_of_pass in one_pass_groups(pending):
         plan = group_of_pass[0].plan
+        rows = {entry.config.track: entry.rows for entry in group_of_pass}
         for entry in group_of_pass:
             entry.evaluated_with = group_of_pass
         by_model: dict[tuple[str, str], dict[str, PendingEval]] = {}  # (track, model) → decoding → entry
@@ -189,8 +191,8 @@ def answer_with_slm(pending: list[PendingEval], rows: dict[str, list[Row]], prog
     return loaded
 
 
-def answer_with_teacher(entry: PendingEval, rows: list[Row], progress) -> None:
-    config, store, engine, task = entry.config, entry.store, entry.teacher_engine, entry.task
+def answer_with_teacher(entry: PendingEval, progress) -> None:
+    config, rows, store, engine, task = entry.config, entry.rows, entry.store, entry.teacher_engine, entry.task
     chunk = max(1, config.teacher.concurrency) * 2
     todo = [index for index in range(len(rows)) if index not in store.records]
     for start in range(0, len(todo), chunk):
@@ -312,10 +314,12 @@ def prepare(config: EvalConfig, rows: list[Row], split_identity: dict[str, Any])
         if config.slm.decoding == "constrained":
             split_constraints(config.track, rows, project_relative(config.split_path))  # each row's, before compute
         plan = slm_plan(config, cluster_gpus(), cluster_cpus())
-        return PendingEval(config, plan.identity, run_key_of({**split_identity, **plan.identity}), plan=plan)
+        return PendingEval(config, rows, plan.identity, run_key_of({**split_identity, **plan.identity}), plan=plan)
     teacher_engine = build_teacher_engine(config)
     identity = teacher_identity(teacher_engine, config)
-    return PendingEval(config, identity, run_key_of({**split_identity, **identity}), teacher_engine=teacher_engine)
+    return PendingEval(
+        config, rows, identity, run_key_of({**split_identity, **identity}), teacher_engine=teacher_engine
+    )
 
 
 def slm_engine_description(entry: PendingEval, loaded: dict[str, Any], together: list[PendingEval]) -> dict[str, Any]:
@@ -377,7 +381,7 @@ def run_evals(configs: list[EvalConfig]) -> list[EvalOutcome]:
                     input={
                         "split": project_relative(config.split_path),
                         "output_dir": project_relative(config.output_dir),
-                        "rows": len(rows_by_track[config.track]),
+                        "rows": len(entry.rows),
                         "identity": entry.identity,
                         "config": run_facts(config)["config"],
                     },
@@ -389,44 +393,41 @@ def run_evals(configs: list[EvalConfig]) -> list[EvalOutcome]:
             if entry.store.discarded_reason:
                 console.print(f"eval {config.track}/{label}: {entry.store.discarded_reason}")
             if entry.store.records:
-                done, total = len(entry.store.records), len(rows_by_track[config.track])
+                done, total = len(entry.store.records), len(entry.rows)
                 console.print(f"eval {config.track}/{label}: resuming, {done}/{total} rows already done")
         if pending:
             with progress_bar() as progress, ExitStack() as spans:
                 for entry in pending:
                     entry.task = progress.add_task(
                         f"eval {entry.config.track}/{entry.config.model_label}",
-                        total=len(rows_by_track[entry.config.track]),
+                        total=len(entry.rows),
                         completed=len(entry.store.records),
                     )
                 generate_spans = [
                     spans.enter_context(
-                        entry.trace.span(
-                            "generate",
-                            input={"rows_todo": len(rows_by_track[entry.config.track]) - len(entry.store.records)},
-                        )
+                        entry.trace.span("generate", input={"rows_todo": len(entry.rows) - len(entry.store.records)})
                     )
                     for entry in pending
                 ]
                 if pending[0].plan is not None:
-                    loaded = answer_with_slm(pending, rows_by_track, progress)
+                    loaded = answer_with_slm(pending, progress)
                     descriptions = [
                         slm_engine_description(entry, loaded.get(model_name_of(entry), {}), entry.evaluated_with)
                         for entry in pending
                     ]
                 else:
-                    answer_with_teacher(pending[0], rows_by_track[pending[0].config.track], progress)
+                    answer_with_teacher(pending[0], progress)
                     descriptions = [pending[0].teacher_engine.describe()]
                 for entry, span in zip(pending, generate_spans, strict=True):
                     span.update(output={"rows_done": len(entry.store.records)})
             for entry, description in zip(pending, descriptions, strict=True):
-                outcomes[prepared.index(entry)] = finish_eval(entry, rows_by_track[entry.config.track], description)
+                outcomes[prepared.index(entry)] = finish_eval(entry, description)
     return [outcomes[number] for number in range(len(prepared))]
 
 
-def finish_eval(entry: PendingEval, rows: list[Row], engine_description: dict[str, Any]) -> EvalOutcome:
+def finish_eval(entry: PendingEval, engine_description: dict[str, Any]) -> EvalOutcome:
     """Score the stored answers, write metrics.json, end the run's trace and say what it measured."""
-    config, store = entry.config, entry.store
+    config, rows, store = entry.config, entry.rows, entry.store
     records = store.finish(len(rows))
     result = eval_metrics_record(
         track=config.track,
