@@ -135,9 +135,13 @@ def test_killed_eval_restarted_finishes_with_the_same_predictions(tiny_model_dir
     assert killed_predictions == (tmp_path / "reference" / "toolcall" / "slm" / "predictions.jsonl").read_bytes()
 
 
-def test_slm_plan_sizes_the_actor_pool_from_the_resources_it_is_given(tiny_model_dir, tmp_path):
+def test_slm_plan_sizes_the_actor_pool_from_the_resources_it_is_given(tiny_model_dir, tmp_path, monkeypatch):
+    from ray_app import ray_runtime
     from ray_app.eval.slm_plan import slm_plan
 
+    # The 4 GPUs below are made up: with the suite's Ray up and no GPU in it, asking the cluster what GPU
+    # the actors get would wait out GPU_PROBE_TIMEOUT_S (300 s) and then say what this does: no answer.
+    monkeypatch.setattr(ray_runtime, "cluster_gpu_facts", lambda: None)
     on_cpus = slm_config(tiny_model_dir, tmp_path)
     plan = slm_plan(on_cpus, gpus=0, cpus=8.0)
     assert (plan.num_actors, plan.actor_gpus, plan.settings.device, plan.settings.cpu_threads) == (1, 0, "cpu", 8)
